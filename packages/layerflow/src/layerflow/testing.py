@@ -1,0 +1,119 @@
+"""Tiny, download-free LayerFlow models for tests, examples, benchmarks and demos.
+
+Everything is built from configs with fixed seeds: a 1-block transformer (2 heads x 8 dims), a tiny
+CogVideoX VAE (8x spatial, 4x temporal compression, 4 latent channels), a word-level tokenizer and a
+tiny T5. Prompts are 12 tokens per layer instead of the official 226 (``max_text_seq_length``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLCogVideoX
+from layer_embeddings.testing import build_tiny_t5_encoder, build_word_tokenizer
+
+from .layout import LayerLayout
+from .models import LayerFlowTransformer3DModel
+from .pipelines import LayerFlowPipeline
+from .pipelines.scheduling import SchedulerKind, make_scheduler
+
+TINY_TEXT_WIDTH = 16
+TINY_TEXT_LENGTH = 12
+TINY_WORDS = (
+    "a red circle moving left over blue stripes drifting up a green square bouncing on a grey field "
+    "with yellow dots the fox snow forest"
+)
+
+
+def tiny_transformer_config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "num_attention_heads": 2,
+        "attention_head_dim": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "time_embed_dim": 16,
+        "text_embed_dim": TINY_TEXT_WIDTH,
+        "num_layers": 1,
+        "sample_width": 4,
+        "sample_height": 4,
+        "sample_frames": 5,
+        "max_text_seq_length": TINY_TEXT_LENGTH,
+        "num_layer_prompts": 4,
+    }
+    config.update(overrides)
+    return config
+
+
+def _seeded(seed: int, build: Any) -> Any:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def build_tiny_transformer(seed: int = 0, **overrides: Any) -> LayerFlowTransformer3DModel:
+    """A tiny transformer with a NON-zero layer embedding (so layers are told apart)."""
+
+    def build() -> LayerFlowTransformer3DModel:
+        model = LayerFlowTransformer3DModel(**tiny_transformer_config(**overrides))
+        embedder = model.patch_embed.layer_embedder
+        if embedder is not None:
+            for param in embedder.parameters():
+                torch.nn.init.normal_(param, std=0.5)
+        return model.eval()
+
+    return _seeded(seed, build)
+
+
+def build_tiny_vae(seed: int = 0, latent_channels: int = 4) -> AutoencoderKLCogVideoX:
+    return _seeded(
+        seed,
+        lambda: AutoencoderKLCogVideoX(
+            block_out_channels=(8, 8, 8, 8),
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            latent_channels=latent_channels,
+            layers_per_block=1,
+            norm_num_groups=4,
+            temporal_compression_ratio=4,
+        ).eval(),
+    )
+
+
+def build_tiny_pipeline(
+    layout: LayerLayout | None = None,
+    *,
+    scheduler: SchedulerKind = "dpm",
+    transparent_vae: Any = None,
+    words: Iterable[str] = (TINY_WORDS,),
+    seed: int = 0,
+    **transformer_overrides: Any,
+) -> LayerFlowPipeline:
+    """A complete tiny pipeline (32x32 pixels by default, 12 text tokens per layer prompt)."""
+    tokenizer = build_word_tokenizer(list(words), model_max_length=TINY_TEXT_LENGTH)
+    layout = layout or LayerLayout.official()
+    return LayerFlowPipeline(
+        tokenizer=tokenizer,
+        text_encoder=build_tiny_t5_encoder(len(tokenizer), d_model=TINY_TEXT_WIDTH, num_layers=1, seed=seed),
+        vae=build_tiny_vae(seed),
+        transformer=build_tiny_transformer(seed, **transformer_overrides),
+        scheduler=make_scheduler(scheduler),
+        transparent_vae=transparent_vae,
+        layout=layout.to_dict(),
+    )
+
+
+def random_layer_frames(
+    layout: LayerLayout, num_frames: int = 8, height: int = 32, width: int = 32, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random frames for every layer: foregrounds RGBA (straight alpha), others RGB, ``[T, C, H, W]`` in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    frames: dict[str, torch.Tensor] = {}
+    for spec in layout.layers:
+        channels = 4 if spec.transparent else 3
+        frames[spec.name] = torch.rand(num_frames, channels, height, width, generator=generator)
+    return frames
