@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import CogVideoXPatchEmbed
+# diffusers' pipeline loader resolves a component's base class by name in the component's module.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTransformer3DModel
 from layer_embeddings import LayerEmbedder
 from torch import nn
