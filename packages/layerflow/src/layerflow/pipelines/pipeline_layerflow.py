@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -23,6 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from layer_embeddings import LayerPromptEncoder
 
 from ..layout import LayerLayout, TaskLayout
+from ..media.output import OutputLayer, write_output_dir
 from . import representation as rep
 
 OutputType = Literal["pt", "np", "latent"]
@@ -53,11 +56,37 @@ class LayerFlowOutput(BaseOutput):
             carries alpha, opaque layers RGB. Empty for ``output_type="latent"``.
         latents: ``[B, F, C, h, w]``, every clip in layout order (condition clips included).
         task: the task that produced them.
+        roles: layer name -> role (``"foreground"``, ``"background"``, ``"composite"``).
+        prompts: layer name -> the prompt it was generated with (prompted layers only).
     """
 
     layers: dict[str, Any]
     latents: torch.Tensor
     task: str
+    roles: dict[str, str]
+    prompts: dict[str, str]
+
+    def save(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        sample: int = 0,
+        fps: int = 8,
+        seed: int | None = None,
+        settings: Mapping[str, Any] | None = None,
+        videos: bool = True,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write sample ``sample`` as a LayerFlow output folder (PNG sequences, videos, previews, manifest)."""
+        if not self.layers or not isinstance(next(iter(self.layers.values())), torch.Tensor):
+            raise ValueError("only output_type='pt' results can be saved")
+        layers = [
+            OutputLayer(name, self.roles[name], frames[sample], self.prompts.get(name))
+            for name, frames in self.layers.items()
+        ]
+        return write_output_dir(
+            out_dir, layers, task=self.task, fps=fps, seed=seed, settings=settings, videos=videos, overwrite=overwrite
+        )
 
 
 @dataclass(frozen=True)
@@ -534,7 +563,14 @@ class LayerFlowPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return layers, full
-        return LayerFlowOutput(layers=layers, latents=full, task=task)
+        texts = task_layout.resolve_prompts(prompts) if prompts is not None else []
+        return LayerFlowOutput(
+            layers=layers,
+            latents=full,
+            task=task,
+            roles={layer.name: layer.role for layer in task_layout.layers},
+            prompts=dict(zip([layer.name for layer in task_layout.prompt_layers], texts, strict=False)),
+        )
 
     @staticmethod
     def _assemble(
