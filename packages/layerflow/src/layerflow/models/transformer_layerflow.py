@@ -46,7 +46,9 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
         learned_position_frames: int | None,
         **stock: Any,
     ) -> None:
-        super().__init__(**stock, use_positional_embeddings=True, use_learned_positional_embeddings=False)
+        # The stock fixed-size joint table (a 136 MB buffer for 2B) is never used: positions are
+        # computed per call for the actual clips, so the parent is told not to build it.
+        super().__init__(**stock, use_positional_embeddings=False, use_learned_positional_embeddings=False)
         if self.patch_size_t is not None:
             raise ValueError("LayerFlow supports CogVideoX 1.0 patching (patch_size_t=None) only")
         if position_mode not in ("continuous", "per_clip"):
@@ -73,7 +75,7 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
         video = self._get_positional_embeddings(self.sample_height, self.sample_width, frames)
         video = video[:, self.max_text_seq_length :]
         text = video.new_zeros(1, self.num_layer_prompts * self.max_text_seq_length, self.embed_dim)
-        return torch.cat([text, video], dim=1)
+        return torch.cat([text, video], dim=1).float()
 
     def _video_table(self, latent_frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
         """Sin-cos positions for ``latent_frames`` frames of ``height x width`` latents (cached)."""

@@ -1,0 +1,408 @@
+"""Convert an official LayerFlow (SAT, CogVideoX-2B) checkpoint into a ``from_pretrained`` directory.
+
+The official checkpoint is ``<experiment>/<iteration>/mp_rank_00_model_states.pt`` (a dict whose
+``"module"`` holds the weights; read with ``torch.load(weights_only=True)``, never unrestricted
+unpickling). Only ``model.diffusion_model.*`` is the DiT; T5 and the VAE inside the file are stock
+CogVideoX components and are skipped. SAT names map to diffusers' CogVideoX names by the rules of
+diffusers' ``convert_cogvideox_to_diffusers.py`` plus LayerFlow's extras: ``.original`` base weights
+under LoRA wrappers, the LoRA matrices (``matrix_A/B`` = motion, ``matrix_C/D`` = content, one pair
+per q/k/v partition), the layer embedder (``mixins.pos_embed.txt_embedder``) and the joint position
+table, kept when it differs from the sin-cos table it starts as.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .layout import AlphaRepresentation, LayerLayout
+from .media.atomic import atomic_directory
+from .models import LayerFlowTransformer3DModel
+from .pipelines.scheduling import make_scheduler
+
+logger = logging.getLogger(__name__)
+
+SAT_PREFIX = "model.diffusion_model."
+CHECKPOINT_NAME = "mp_rank_00_model_states.pt"
+#: Non-DiT parts of the official file (T5, VAE, loss buffers): stock components, not converted.
+SKIPPED_PREFIXES = ("conditioner.", "first_stage_model.", "model_ema.", "loss_fn.")
+#: SAT keys diffusers drops too (RoPE buffers, token/position embeddings removed by ``reinit``).
+DROPPED_SUFFIXES = ("freqs_sin", "freqs_cos", "embed_tokens.weight", "position_embedding")
+LoraMode = Literal["adapters", "merge"]
+#: Official LoRA scaling: lora_alpha = 1, so scaling = 1 / rank.
+OFFICIAL_LORA_ALPHA = 1.0
+LORA_ROLES = {"A": ("motion", "down"), "B": ("motion", "up"), "C": ("content", "down"), "D": ("content", "up")}
+QKV = ("to_q", "to_k", "to_v")
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not have the expected keys or shapes; nothing was written."""
+
+
+@dataclass
+class ConvertedCheckpoint:
+    """A converted DiT: transformer config + state dict, LoRA factors by adapter and module, notes."""
+
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    lora: dict[str, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def lora_rank(self, adapter: str) -> int:
+        factors = next(iter(self.lora[adapter].values()))
+        return int(factors["down"].shape[0])
+
+
+# ------------------------------------------------------------------------------------------ reading
+def find_checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """An official experiment folder (with ``latest``), an iteration folder, or the ``.pt`` file itself."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"official checkpoint {path} does not exist")
+    if (path / CHECKPOINT_NAME).is_file():
+        return path / CHECKPOINT_NAME
+    latest = path / "latest"
+    if latest.is_file():
+        candidate = path / latest.read_text().strip() / CHECKPOINT_NAME
+        if candidate.is_file():
+            return candidate
+        raise FileNotFoundError(f"{latest} points to {candidate}, which does not exist")
+    raise FileNotFoundError(f"no {CHECKPOINT_NAME} in {path} (nor a 'latest' file naming an iteration folder)")
+
+
+def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The ``module`` weights of an official checkpoint, loaded with ``weights_only=True``."""
+    file = find_checkpoint_file(path)
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises UnpicklingError/RuntimeError for bad or unsafe files
+        raise ConversionError(f"cannot read {file} as a weights-only torch checkpoint: {error}") from error
+    if not isinstance(payload, Mapping) or "module" not in payload:
+        keys = list(payload)[:10] if isinstance(payload, Mapping) else type(payload).__name__
+        raise ConversionError(f"{file} has no 'module' entry (found {keys}); is it a SAT checkpoint?")
+    return dict(payload["module"])
+
+
+# ------------------------------------------------------------------------------------------ mapping
+_BLOCK_RULES: tuple[tuple[str, str], ...] = (
+    ("input_layernorm", "norm1.norm"),
+    ("post_attention_layernorm", "norm2.norm"),
+    ("mlp.dense_h_to_4h", "ff.net.0.proj"),
+    ("mlp.dense_4h_to_h", "ff.net.2"),
+    ("attention.dense.original", "attn1.to_out.0"),
+    ("attention.dense", "attn1.to_out.0"),
+)
+_GLOBAL_RULES: dict[str, str] = {
+    "time_embed.0": "time_embedding.linear_1",
+    "time_embed.2": "time_embedding.linear_2",
+    "mixins.patch_embed.proj": "patch_embed.proj",
+    "mixins.patch_embed.text_proj": "patch_embed.text_proj",
+    "transformer.final_layernorm": "norm_final",
+    "mixins.final_layer.norm_final": "norm_out.norm",
+    "mixins.final_layer.linear": "proj_out",
+    "mixins.final_layer.adaLN_modulation.1": "norm_out.linear",
+    "mixins.pos_embed.txt_embedder.0": "patch_embed.layer_embedder.embed.0",
+    "mixins.pos_embed.txt_embedder.1": "patch_embed.layer_embedder.embed.1",
+}
+_LAYER = re.compile(r"^transformer\.layers\.(\d+)\.(.+)$")
+_LORA = re.compile(r"^transformer\.layers\.(\d+)\.attention\.(query_key_value|dense)\.matrix_([ABCD])\.(\d+)$")
+_ADALN = re.compile(r"^mixins\.adaln_layer\.adaLN_modulations\.(\d+)\.1\.(weight|bias)$")
+_QK_NORM = re.compile(r"^mixins\.adaln_layer\.(query|key)_layernorm_list\.(\d+)\.(weight|bias)$")
+_QKV = re.compile(r"^transformer\.layers\.(\d+)\.attention\.query_key_value(?:\.original)?\.(weight|bias)$")
+
+
+def _split_param(name: str) -> tuple[str, str]:
+    module, _, param = name.rpartition(".")
+    return module, param
+
+
+class _Mapper:
+    """Maps one SAT key at a time, collecting LoRA factors and unknown keys."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, torch.Tensor] = {}
+        self.lora: dict[str, dict[str, dict[str, torch.Tensor]]] = {"motion": {}, "content": {}}
+        self.unknown: list[str] = []
+        self.position_table: torch.Tensor | None = None
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        if key.endswith(DROPPED_SUFFIXES) and key != "mixins.pos_embed.pos_embedding":
+            return
+        if key == "mixins.pos_embed.pos_embedding":
+            self.position_table = value
+        elif match := _LORA.match(key):
+            self._add_lora(int(match[1]), match[2], match[3], int(match[4]), value)
+        elif match := _QKV.match(key):
+            for name, chunk in zip(QKV, value.chunk(3, dim=0), strict=True):
+                self.out[f"transformer_blocks.{match[1]}.attn1.{name}.{match[2]}"] = chunk.clone()
+        elif match := _ADALN.match(key):
+            chunks = value.chunk(12, dim=0)
+            block = f"transformer_blocks.{match[1]}"
+            self.out[f"{block}.norm1.linear.{match[2]}"] = torch.cat(chunks[0:3] + chunks[6:9])
+            self.out[f"{block}.norm2.linear.{match[2]}"] = torch.cat(chunks[3:6] + chunks[9:12])
+        elif match := _QK_NORM.match(key):
+            which = "norm_q" if match[1] == "query" else "norm_k"
+            self.out[f"transformer_blocks.{match[2]}.attn1.{which}.{match[3]}"] = value
+        elif match := _LAYER.match(key):
+            module, param = _split_param(match[2])
+            for sat, ours in _BLOCK_RULES:
+                if module == sat:
+                    self.out[f"transformer_blocks.{match[1]}.{ours}.{param}"] = value
+                    return
+            self.unknown.append(SAT_PREFIX + key)
+        else:
+            module, param = _split_param(key)
+            if module in _GLOBAL_RULES:
+                self.out[f"{_GLOBAL_RULES[module]}.{param}"] = value
+            else:
+                self.unknown.append(SAT_PREFIX + key)
+
+    def _add_lora(self, block: int, where: str, letter: str, partition: int, value: torch.Tensor) -> None:
+        adapter, side = LORA_ROLES[letter]
+        if where == "query_key_value":
+            if partition > 2:
+                raise ConversionError(f"query_key_value LoRA partition {partition} in block {block}: expected 0, 1, 2")
+            module = f"transformer_blocks.{block}.attn1.{QKV[partition]}"
+        else:
+            if partition != 0:
+                raise ConversionError(f"dense LoRA partition {partition} in block {block}: expected 0")
+            module = f"transformer_blocks.{block}.attn1.to_out.0"
+        self.lora[adapter].setdefault(module, {})[side] = value
+
+
+def _infer_config(
+    weights: Mapping[str, torch.Tensor],
+    position_table: torch.Tensor | None,
+    *,
+    max_text_seq_length: int,
+    sample_height: int,
+    sample_width: int,
+    num_layer_prompts: int | None,
+) -> dict[str, Any]:
+    """The transformer config implied by the weight shapes (and the position table's length)."""
+
+    def need(key: str) -> torch.Tensor:
+        if key not in weights:
+            raise ConversionError(f"the checkpoint lacks {key!r}, needed to infer the model configuration")
+        return weights[key]
+
+    proj = need("patch_embed.proj.weight")
+    hidden, in_channels, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
+    head_dim = int(need("transformer_blocks.0.attn1.norm_q.weight").shape[0])
+    num_layers = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("transformer_blocks."))
+    tokens_per_frame = (sample_height // patch) * (sample_width // patch)
+    config: dict[str, Any] = {
+        "num_attention_heads": hidden // head_dim,
+        "attention_head_dim": head_dim,
+        "in_channels": in_channels,
+        "out_channels": int(need("proj_out.weight").shape[0]) // (patch * patch),
+        "time_embed_dim": int(need("time_embedding.linear_1.weight").shape[0]),
+        "text_embed_dim": int(need("patch_embed.text_proj.weight").shape[1]),
+        "num_layers": num_layers,
+        "sample_height": sample_height,
+        "sample_width": sample_width,
+        "patch_size": patch,
+        "max_text_seq_length": max_text_seq_length,
+        "layer_embedder": "linear" if "patch_embed.layer_embedder.embed.0.weight" in weights else None,
+    }
+    if position_table is not None:
+        rows = int(position_table.shape[1])
+        candidates = [
+            (prompts, (rows - prompts * max_text_seq_length) // tokens_per_frame)
+            for prompts in range(1, 9)
+            if rows > prompts * max_text_seq_length and (rows - prompts * max_text_seq_length) % tokens_per_frame == 0
+        ]
+        if num_layer_prompts is not None:
+            candidates = [c for c in candidates if c[0] == num_layer_prompts]
+        if len(candidates) != 1:
+            raise ConversionError(
+                f"cannot split the position table ({rows} rows) into prompts of {max_text_seq_length} tokens and "
+                f"frames of {tokens_per_frame} tokens (candidates {candidates}); check the sample size / text length"
+            )
+        prompts, frames = candidates[0]
+        config.update(num_layer_prompts=prompts, sample_frames=(frames - 1) * 4 + 1)
+    else:
+        config["num_layer_prompts"] = num_layer_prompts or 3
+    return config
+
+
+def convert_official_state_dict(
+    sat_state_dict: Mapping[str, torch.Tensor],
+    *,
+    lora: LoraMode = "adapters",
+    max_text_seq_length: int = 226,
+    sample_height: int = 60,
+    sample_width: int = 90,
+    num_layer_prompts: int | None = None,
+) -> ConvertedCheckpoint:
+    """SAT names -> ``LayerFlowTransformer3DModel`` names; raises :class:`ConversionError` naming bad keys.
+
+    ``lora="adapters"`` keeps the motion (A/B) and content (C/D) LoRAs as adapter factors;
+    ``"merge"`` folds the content LoRA into the base weights (``W += D C / r`` in fp32, what the
+    official inference computes) and drops the motion LoRA (gated to 0 at inference).
+    """
+    if lora not in ("adapters", "merge"):
+        raise ValueError(f"lora must be 'adapters' or 'merge', got {lora!r}")
+    mapper = _Mapper()
+    skipped = 0
+    foreign: list[str] = []
+    for key, value in sat_state_dict.items():
+        if key.startswith(SAT_PREFIX):
+            mapper.add(key[len(SAT_PREFIX) :], value)
+        elif key.startswith(SKIPPED_PREFIXES):
+            skipped += 1
+        else:
+            foreign.append(key)
+    if mapper.unknown or foreign:
+        raise ConversionError(f"unknown keys in the official checkpoint: {sorted(mapper.unknown + foreign)}")
+    config = _infer_config(
+        mapper.out,
+        mapper.position_table,
+        max_text_seq_length=max_text_seq_length,
+        sample_height=sample_height,
+        sample_width=sample_width,
+        num_layer_prompts=num_layer_prompts,
+    )
+    notes = [f"skipped {skipped} T5/VAE/other non-DiT tensors"] if skipped else []
+    state_dict = dict(mapper.out)
+
+    if mapper.position_table is not None:
+        frames = (config["sample_frames"] - 1) // 4 + 1
+        with torch.no_grad():
+            reference = LayerFlowTransformer3DModel(
+                **{**config, "num_layers": 0, "learned_position_frames": frames}
+            ).patch_embed.position_table
+        assert reference is not None
+        table = mapper.position_table.float()
+        if reference.shape == table.shape and torch.allclose(reference, table, atol=1e-5, rtol=0):
+            notes.append("position table equals the sin-cos table: computed at run time")
+        else:
+            config["learned_position_frames"] = frames
+            state_dict["patch_embed.position_table"] = mapper.position_table
+            notes.append("position table differs from sin-cos (learned): stored in the checkpoint")
+
+    lora_factors = {name: mods for name, mods in mapper.lora.items() if mods}
+    for adapter, modules in lora_factors.items():
+        for module, factors in modules.items():
+            if set(factors) != {"down", "up"}:
+                raise ConversionError(f"{adapter} LoRA of {module} is incomplete: has {sorted(factors)}")
+    if lora == "merge":
+        for module, factors in lora_factors.get("content", {}).items():
+            weight_key = f"{module}.weight"
+            if weight_key not in state_dict:
+                raise ConversionError(f"content LoRA for {module}, whose base weight is missing")
+            down, up = factors["down"].double(), factors["up"].double()
+            delta = (up @ down) * (OFFICIAL_LORA_ALPHA / down.shape[0])
+            base = state_dict[weight_key]
+            state_dict[weight_key] = (base.double() + delta).to(base.dtype)
+        merged = len(lora_factors.get("content", {}))
+        notes.append(f"merged the content LoRA into {merged} projections; motion LoRA dropped")
+        lora_factors = {}
+    return ConvertedCheckpoint(config=config, state_dict=state_dict, lora=lora_factors, notes=notes)
+
+
+def build_transformer(converted: ConvertedCheckpoint) -> LayerFlowTransformer3DModel:
+    """Instantiate the converted transformer; missing or unexpected keys raise naming them."""
+    with torch.device("meta"):
+        model = LayerFlowTransformer3DModel(**converted.config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted.state_dict))
+    unexpected = sorted(set(converted.state_dict) - set(expected))
+    if missing or unexpected:
+        raise ConversionError(f"converted weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    wrong = [
+        f"{key}: model {tuple(expected[key].shape)}, checkpoint {tuple(value.shape)}"
+        for key, value in converted.state_dict.items()
+        if tuple(value.shape) != tuple(expected[key].shape)
+    ]
+    if wrong:
+        raise ConversionError("shape mismatch: " + "; ".join(wrong))
+    model.load_state_dict(converted.state_dict, assign=True)
+    if converted.lora:
+        from .models.adapters import attach_official_lora
+
+        attach_official_lora(model, converted.lora)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ writing
+def convert_official_checkpoint(
+    official: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    alpha: AlphaRepresentation = "alpha_clip",
+    lora: LoraMode = "adapters",
+    max_text_seq_length: int = 226,
+    sample_height: int = 60,
+    sample_width: int = 90,
+    num_layer_prompts: int | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert ``official`` into ``out_dir`` (atomically: nothing is written if anything fails).
+
+    ``out_dir`` gets ``transformer/`` (safetensors + config), ``scheduler/`` and a
+    ``model_index.json``. With ``base`` (a local diffusers CogVideoX-2B folder) its ``vae``,
+    ``text_encoder`` and ``tokenizer`` are copied in and the folder loads with
+    ``LayerFlowPipeline.from_pretrained``; without it, ``LayerFlowTransformer3DModel.from_pretrained(out_dir / "transformer")``.
+    """
+    base_index: dict[str, Any] = {}
+    if base is not None:
+        base = Path(base)
+        index_file = base / "model_index.json"
+        if not index_file.is_file():
+            raise FileNotFoundError(f"base {base} is not a diffusers pipeline folder (no model_index.json)")
+        base_index = json.loads(index_file.read_text())
+        missing = [c for c in ("vae", "text_encoder", "tokenizer") if c not in base_index or not (base / c).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"base {base} lacks component folder(s) {missing}")
+    layout = LayerLayout.official(alpha)
+    converted = convert_official_state_dict(
+        load_official_state_dict(official),
+        lora=lora,
+        max_text_seq_length=max_text_seq_length,
+        sample_height=sample_height,
+        sample_width=sample_width,
+        num_layer_prompts=num_layer_prompts,
+    )
+    transformer = build_transformer(converted)
+    if dtype is not None:
+        transformer = transformer.to(dtype)
+    for note in converted.notes:
+        logger.info(note)
+    with atomic_directory(out_dir, overwrite=overwrite) as temporary:
+        transformer.save_pretrained(temporary / "transformer", safe_serialization=True)
+        if converted.lora:
+            from .models.adapters import save_official_lora
+
+            save_official_lora(transformer, temporary / "transformer" / "adapters")
+        make_scheduler("dpm").save_pretrained(temporary / "scheduler")
+        index: dict[str, Any] = {
+            "_class_name": "LayerFlowPipeline",
+            "layout": layout.to_dict(),
+            "scheduler": ["diffusers", "CogVideoXDPMScheduler"],
+            "transformer": ["layerflow.models.transformer_layerflow", "LayerFlowTransformer3DModel"],
+            "transparent_vae": [None, None],
+        }
+        for component in ("vae", "text_encoder", "tokenizer"):
+            if base is not None:
+                shutil.copytree(Path(base) / component, temporary / component)
+                index[component] = base_index[component]
+        (temporary / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (temporary / "conversion.json").write_text(
+            json.dumps({"source": str(official), "lora": lora, "alpha": alpha, "notes": converted.notes}, indent=2)
+            + "\n"
+        )
+    return Path(out_dir)

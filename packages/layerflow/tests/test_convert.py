@@ -1,0 +1,207 @@
+"""Converter round trip: a tiny model written in the official SAT naming converts back exactly."""
+
+import pickle
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from layerflow.convert import (
+    ConversionError,
+    build_transformer,
+    convert_official_checkpoint,
+    convert_official_state_dict,
+)
+from layerflow.models import LayerFlowTransformer3DModel
+from layerflow.pipelines import LayerFlowPipeline
+from layerflow.testing import build_tiny_pipeline, build_tiny_transformer, single_thread
+
+TEXT = 12
+FRAMES = 8  # latent frames covered by the official position table
+PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+P = "model.diffusion_model."
+TINY = {"sample_height": 4, "sample_width": 4, "max_text_seq_length": TEXT, "num_layer_prompts": 3}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _random_lora(model, rank, seed):
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name, module in model.named_modules():
+        if name.endswith(PROJECTIONS):
+            factors[name] = (
+                torch.randn(rank, module.in_features, generator=g) * 0.3,
+                torch.randn(module.out_features, rank, generator=g) * 0.3,
+            )
+    return factors
+
+
+def to_sat(model, motion=None, content=None, position_table=None):
+    """The inverse of the documented SAT -> diffusers mapping, written independently for the test."""
+    sd = model.state_dict()
+    out = {}
+    for i in range(model.config.num_layers):
+        b, layer = f"transformer_blocks.{i}.", f"{P}transformer.layers.{i}."
+        for ours, sat in (("norm1.norm", "input_layernorm"), ("norm2.norm", "post_attention_layernorm")):
+            for p in ("weight", "bias"):
+                out[f"{layer}{sat}.{p}"] = sd[f"{b}{ours}.{p}"]
+        for p in ("weight", "bias"):
+            out[f"{layer}attention.query_key_value.original.{p}"] = torch.cat(
+                [sd[f"{b}attn1.{n}.{p}"] for n in ("to_q", "to_k", "to_v")]
+            )
+            out[f"{layer}attention.dense.original.{p}"] = sd[f"{b}attn1.to_out.0.{p}"]
+            out[f"{layer}mlp.dense_h_to_4h.{p}"] = sd[f"{b}ff.net.0.proj.{p}"]
+            out[f"{layer}mlp.dense_4h_to_h.{p}"] = sd[f"{b}ff.net.2.{p}"]
+            one, two = sd[f"{b}norm1.linear.{p}"].chunk(6), sd[f"{b}norm2.linear.{p}"].chunk(6)
+            out[f"{P}mixins.adaln_layer.adaLN_modulations.{i}.1.{p}"] = torch.cat(one[:3] + two[:3] + one[3:] + two[3:])
+            out[f"{P}mixins.adaln_layer.query_layernorm_list.{i}.{p}"] = sd[f"{b}attn1.norm_q.{p}"]
+            out[f"{P}mixins.adaln_layer.key_layernorm_list.{i}.{p}"] = sd[f"{b}attn1.norm_k.{p}"]
+        for letters, factors in ((("A", "B"), motion), (("C", "D"), content)):
+            for index, name in enumerate(("to_q", "to_k", "to_v")):
+                down, up = factors[f"{b}attn1.{name}"]
+                out[f"{layer}attention.query_key_value.matrix_{letters[0]}.{index}"] = down
+                out[f"{layer}attention.query_key_value.matrix_{letters[1]}.{index}"] = up
+            down, up = factors[f"{b}attn1.to_out.0"]
+            out[f"{layer}attention.dense.matrix_{letters[0]}.0"] = down
+            out[f"{layer}attention.dense.matrix_{letters[1]}.0"] = up
+    pairs = {
+        "time_embed.0": "time_embedding.linear_1",
+        "time_embed.2": "time_embedding.linear_2",
+        "mixins.patch_embed.proj": "patch_embed.proj",
+        "mixins.patch_embed.text_proj": "patch_embed.text_proj",
+        "transformer.final_layernorm": "norm_final",
+        "mixins.final_layer.norm_final": "norm_out.norm",
+        "mixins.final_layer.linear": "proj_out",
+        "mixins.final_layer.adaLN_modulation.1": "norm_out.linear",
+        "mixins.pos_embed.txt_embedder.0": "patch_embed.layer_embedder.embed.0",
+        "mixins.pos_embed.txt_embedder.1": "patch_embed.layer_embedder.embed.1",
+    }
+    for sat, ours in pairs.items():
+        for p in ("weight", "bias"):
+            out[f"{P}{sat}.{p}"] = sd[f"{ours}.{p}"]
+    if position_table is None:
+        position_table = build_tiny_transformer(learned_position_frames=FRAMES, num_layer_prompts=3).patch_embed.position_table
+    out[f"{P}mixins.pos_embed.pos_embedding"] = position_table.detach().clone()
+    out["conditioner.embedders.0.transformer.shared.weight"] = torch.zeros(4, 4)  # T5: skipped
+    out["first_stage_model.encoder.conv_in.weight"] = torch.zeros(4)  # VAE: skipped
+    return out
+
+
+def _write_official(tmp_path, module, name="exp"):
+    folder = tmp_path / name / "1000"
+    folder.mkdir(parents=True)
+    torch.save({"module": module, "iteration": 1000}, folder / "mp_rank_00_model_states.pt")
+    (tmp_path / name / "latest").write_text("1000\n")
+    return tmp_path / name
+
+
+def assert_same_model(converted, model):
+    """Bit-identical weights; outputs equal up to the alignment-dependent rounding of mmapped weights."""
+    expected = model.state_dict()
+    assert converted.state_dict().keys() == expected.keys()
+    for key, value in converted.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    video, text, t = _inputs()
+    torch.testing.assert_close(converted(video, text, t).sample, model(video, text, t).sample, rtol=0, atol=1e-6)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(1, FRAMES, 4, 4, 4, generator=g), torch.randn(1, 3 * TEXT, 16, generator=g), torch.tensor([500])
+
+
+def _convert(tmp_path, sat, **kwargs):
+    official = _write_official(tmp_path, sat)
+    out = convert_official_checkpoint(official, tmp_path / "out", **TINY, **kwargs)
+    return LayerFlowTransformer3DModel.from_pretrained(out / "transformer").eval()
+
+
+@torch.no_grad()
+def test_round_trip_is_exact_without_lora(tmp_path):
+    model = build_tiny_transformer(num_layer_prompts=3)
+    zero = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 4, 0).items()}
+    motion = _random_lora(model, 2, 1)  # the motion LoRA is gated off at inference: dropped
+    converted = _convert(tmp_path, to_sat(model, motion=motion, content=zero), lora="merge")
+    assert converted.config.layer_embedder == "linear" and converted.config.learned_position_frames is None
+    assert converted.patch_embed.position_table is None
+    assert_same_model(converted, model)
+    assert (tmp_path / "out" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@torch.no_grad()
+def test_merged_content_lora_matches_peft(tmp_path):
+    model = build_tiny_transformer(num_layer_prompts=3)
+    content, motion = _random_lora(model, 4, 2), _random_lora(model, 2, 3)
+    converted = _convert(tmp_path, to_sat(model, motion=motion, content=content), lora="merge")
+    # Oracle: peft LoRA with the official scaling alpha / r = 1 / 4 on the original model.
+    model.add_adapter(LoraConfig(r=4, lora_alpha=1, target_modules=list(PROJECTIONS)), adapter_name="content")
+    for name, module in model.named_modules():
+        if name in content:
+            module.lora_A["content"].weight.copy_(content[name][0])
+            module.lora_B["content"].weight.copy_(content[name][1])
+    video, text, t = _inputs()
+    expected = model(video, text, t).sample
+    torch.testing.assert_close(converted(video, text, t).sample, expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_learned_position_table_is_kept(tmp_path):
+    model = build_tiny_transformer(num_layer_prompts=3, learned_position_frames=FRAMES)
+    model.patch_embed.position_table.add_(torch.randn_like(model.patch_embed.position_table) * 0.1)
+    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 2, 0).items()}
+    sat = to_sat(model, motion=lora, content=lora, position_table=model.patch_embed.position_table)
+    converted = _convert(tmp_path, sat, lora="merge")
+    assert converted.config.learned_position_frames == FRAMES
+    assert_same_model(converted, model)
+
+
+def test_unknown_and_missing_keys_are_named_and_nothing_is_written(tmp_path):
+    model = build_tiny_transformer(num_layer_prompts=3)
+    lora = _random_lora(model, 2, 0)
+    sat = to_sat(model, motion=lora, content=lora)
+    sat[f"{P}mixins.mystery.weight"] = torch.zeros(1)
+    with pytest.raises(ConversionError, match="mixins.mystery.weight"):
+        _convert(tmp_path, sat, lora="merge")
+    assert not (tmp_path / "out").exists()
+    sat = to_sat(model, motion=lora, content=lora)
+    del sat[f"{P}transformer.layers.0.mlp.dense_4h_to_h.bias"]
+    with pytest.raises(ConversionError, match=r"missing \['transformer_blocks.0.ff.net.2.bias'\]"):
+        build_transformer(convert_official_state_dict(sat, lora="merge", **TINY))
+    del sat[f"{P}transformer.layers.0.attention.dense.matrix_D.0"]
+    with pytest.raises(ConversionError, match="content LoRA of transformer_blocks.0.attn1.to_out.0 is incomplete"):
+        convert_official_state_dict(sat, lora="merge", **TINY)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("unrestricted unpickling ran code",))
+
+
+def test_refuses_unsafe_pickles(tmp_path):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    with open(folder / "mp_rank_00_model_states.pt", "wb") as handle:
+        pickle.dump({"module": {}, "payload": Payload()}, handle)
+    with pytest.raises(ConversionError, match="weights-only"):
+        convert_official_checkpoint(folder, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no mp_rank_00_model_states.pt"):
+        convert_official_checkpoint(tmp_path, tmp_path / "out2")
+
+
+@torch.no_grad()
+def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
+    base = build_tiny_pipeline()
+    base.save_pretrained(tmp_path / "base")
+    model = build_tiny_transformer(num_layer_prompts=3)
+    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 2, 0).items()}
+    official = _write_official(tmp_path, to_sat(model, motion=lora, content=lora))
+    out = convert_official_checkpoint(official, tmp_path / "pipe", base=tmp_path / "base", lora="merge", **TINY)
+    pipe = LayerFlowPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    result = pipe({"foreground": "a fox", "background": "snow", "composite": "a fox in snow"}, num_frames=8, num_inference_steps=1)
+    assert result.layers["foreground"].shape == (1, 8, 4, 16, 16)
