@@ -63,16 +63,26 @@ def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(files, key=key)
 
 
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read frame {path}: {error}") from error
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """One image file as a one-frame sequence ``[1, C, H, W]``."""
+    return _stack([_open(Path(path))], Path(path))
+
+
 def read_png_sequence(folder: str | os.PathLike[str]) -> torch.Tensor:
     """Read a frame folder -> ``[T, C, H, W]``; C = 4 when any frame has alpha, else 3 (1 for greyscale-only)."""
-    images: list[Image.Image] = []
-    for path in frame_files(folder):
-        try:
-            with Image.open(path) as image:
-                image.load()
-                images.append(image.copy())
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read frame {path}: {error}") from error
+    return _stack([_open(path) for path in frame_files(folder)], Path(folder))
+
+
+def _stack(images: list[Image.Image], folder: Path) -> torch.Tensor:
     sizes = {image.size for image in images}
     if len(sizes) > 1:
         raise ValueError(f"frames in {folder} have different sizes: {sorted(sizes)}")

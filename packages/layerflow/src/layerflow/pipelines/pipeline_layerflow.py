@@ -101,6 +101,30 @@ class _Geometry:
     latent_width: int
 
 
+def check_geometry(num_frames: int, height: int, width: int, *, spatial: int, temporal: int, patch: int) -> _Geometry:
+    """Check frames per clip and frame size against the VAE's compression factors and the patch size.
+
+    The causal 3D VAE maps ``n`` frames to ``ceil(n / temporal)`` latents and decodes ``k`` latents to
+    ``temporal * k`` frames (``k`` even) or ``temporal * (k - 1) + 1`` (``k`` odd), so a clip survives
+    the round trip only with ``n % (2 * temporal)`` in ``{0, 1}`` (official clips: 16 frames).
+    """
+    if num_frames < 1 or num_frames % (2 * temporal) not in (0, 1):
+        good = [n for n in range(1, 6 * temporal) if n % (2 * temporal) in (0, 1)]
+        raise ValueError(
+            f"num_frames={num_frames} per clip does not survive the VAE's temporal compression x{temporal}: "
+            f"use a multiple of {2 * temporal} or a multiple plus one (e.g. {good}; official clips are 16)"
+        )
+    multiple = spatial * patch
+    for name, size in (("height", height), ("width", width)):
+        if size < multiple or size % multiple:
+            raise ValueError(
+                f"{name}={size} must be a positive multiple of {multiple} "
+                f"(VAE spatial factor {spatial} x transformer patch size {patch})"
+            )
+    latent_frames = (num_frames + temporal - 1) // temporal
+    return _Geometry(num_frames, height, width, latent_frames, height // spatial, width // spatial)
+
+
 def dynamic_guidance_scale(guidance_scale: float, timestep: float, num_inference_steps: int) -> float:
     """CogVideoX/SAT "dynamic CFG": ``1 + s(1 - cos(pi ((N - t) / N)^5)) / 2`` with the timestep VALUE ``t``.
 
@@ -161,26 +185,15 @@ class LayerFlowPipeline(DiffusionPipeline):
         self.vae.enable_tiling()
 
     # ------------------------------------------------------------------ validation
-    def latent_frames_for(self, num_frames: int) -> int:
-        """Latent frames the causal 3D VAE makes of ``num_frames`` pixel frames."""
-        return (num_frames + self.vae_scale_factor_temporal - 1) // self.vae_scale_factor_temporal
-
     def _check_geometry(self, num_frames: int, height: int, width: int) -> _Geometry:
-        t, s = self.vae_scale_factor_temporal, self.vae_scale_factor_spatial
-        if num_frames < 1 or num_frames % (2 * t) not in (0, 1):
-            good = [n for n in range(1, 6 * t) if n % (2 * t) in (0, 1)]
-            raise ValueError(
-                f"num_frames={num_frames} per clip does not survive the VAE's temporal compression x{t}: "
-                f"use a multiple of {2 * t} or a multiple plus one (e.g. {good}; official clips are 16)"
-            )
-        multiple = s * int(self.transformer.config.patch_size)
-        for name, size in (("height", height), ("width", width)):
-            if size < multiple or size % multiple:
-                raise ValueError(
-                    f"{name}={size} must be a positive multiple of {multiple} "
-                    f"(VAE spatial factor {s} x transformer patch size {self.transformer.config.patch_size})"
-                )
-        return _Geometry(num_frames, height, width, self.latent_frames_for(num_frames), height // s, width // s)
+        return check_geometry(
+            num_frames,
+            height,
+            width,
+            spatial=self.vae_scale_factor_spatial,
+            temporal=self.vae_scale_factor_temporal,
+            patch=int(self.transformer.config.patch_size),
+        )
 
     def _check_components(self, task_layout: TaskLayout) -> None:
         config = self.transformer.config

@@ -1,0 +1,348 @@
+"""``layerflow`` command line: the four tasks, checkpoint conversion and ``info``.
+
+Examples::
+
+    layerflow generate MODEL -p foreground="a red fox" -p background="a snowy forest" \\
+        -p composite="a red fox in a snowy forest" -o out/
+    layerflow fg2bg MODEL -i foreground=fox.webm -p foreground=... -p background=... -p composite=... -o out/
+    layerflow bg2fg MODEL -i background=forest.mp4 -p ... -o out/
+    layerflow decompose MODEL -i composite=clip.mp4 -p foreground=... -p background=... -o out/
+    layerflow convert OFFICIAL_DIR OUT_DIR --base CogVideoX-2b/
+    layerflow info PATH
+
+Inputs (``-i LAYER=PATH``) are video files (WebM VP9 keeps alpha), PNG/JPG frame folders, or RGBA
+PNG folders; ``-a LAYER=PATH`` adds a separate alpha matte (frames or video) to an RGB input.
+Problems are reported as one line naming the file, layer or setting, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .layout import LayerLayout
+from .media import read_manifest, read_png_sequence, read_video
+from .media.frames import FRAME_SUFFIXES, read_image
+
+TASK_COMMANDS = {
+    "generate": "generate",
+    "fg2bg": "foreground_to_background",
+    "bg2fg": "background_to_foreground",
+    "decompose": "decompose",
+}
+REQUIRED_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CliError(Exception):
+    """A user-facing problem: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values or ():
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise CliError(f"{flag} expects LAYER=VALUE, got {value!r}")
+        if name in pairs:
+            raise CliError(f"{flag} given twice for layer {name!r}")
+        pairs[name] = text
+    return pairs
+
+
+def read_frames(path: str | Path) -> torch.Tensor:
+    """A frame folder, a video file or a single image -> ``[T, C, H, W]`` in [0, 1]."""
+    path = Path(path)
+    if not path.exists():
+        raise CliError(f"input {path} does not exist")
+    try:
+        if path.is_dir():
+            return read_png_sequence(path)
+        if path.suffix.lower() in FRAME_SUFFIXES:
+            return read_image(path)
+        return read_video(path)[0]
+    except (ValueError, FileNotFoundError) as error:
+        raise CliError(str(error)) from error
+
+
+def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Read every ``-i``/``-a`` input; frame counts and sizes must agree across all of them."""
+    stray = sorted(set(alphas) - set(inputs))
+    if stray:
+        raise CliError(f"alpha given for {stray} without an input for that layer")
+    frames: dict[str, torch.Tensor] = {}
+    for name, path in inputs.items():
+        color = read_frames(path)
+        if color.shape[1] == 1:  # a greyscale video is an RGB one
+            color = color.expand(-1, 3, -1, -1)
+        if name in alphas:
+            matte = read_frames(alphas[name])
+            if matte.shape[0] != color.shape[0] or matte.shape[-2:] != color.shape[-2:]:
+                raise CliError(
+                    f"alpha {alphas[name]} has {matte.shape[0]} frames of {tuple(matte.shape[-2:])}, "
+                    f"input {path} has {color.shape[0]} frames of {tuple(color.shape[-2:])}"
+                )
+            color = torch.cat([color[:, :3], matte[:, :1] if matte.shape[1] == 1 else matte[:, :3].mean(1, True)], 1)
+        frames[name] = color
+    shapes = {name: (f.shape[0], *f.shape[-2:]) for name, f in frames.items()}
+    if len(set(shapes.values())) > 1:
+        described = ", ".join(f"{name}: {n} frames of {h}x{w}" for name, (n, h, w) in shapes.items())
+        raise CliError(f"inputs disagree in frame count or size ({described})")
+    return frames
+
+
+# ------------------------------------------------------------------------------------------ model
+def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
+    """The model folder's ``model_index.json``, after checking that every component folder exists."""
+    model_dir = Path(model_dir)
+    index_file = model_dir / "model_index.json"
+    if not index_file.is_file():
+        raise CliError(f"{model_dir} is not a LayerFlow model folder: {index_file} is missing")
+    index = json.loads(index_file.read_text())
+    missing = [
+        c for c in REQUIRED_COMPONENTS if not (index.get(c) and index[c][0] and (model_dir / c).is_dir())
+    ]
+    if missing:
+        raise CliError(f"model folder {model_dir} lacks component(s) {missing} (a folder and a model_index.json entry each)")
+    if index.get("transparent_vae") and index["transparent_vae"][0] and not (model_dir / "transparent_vae").is_dir():
+        raise CliError(f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder")
+    return index
+
+
+def check_sizes(args: argparse.Namespace, conditions: dict[str, torch.Tensor]) -> None:
+    """Frames and size (from the inputs or the flags) against the model's compression factors, before loading it."""
+    from .pipelines.pipeline_layerflow import check_geometry
+
+    model = Path(args.model)
+    vae = json.loads((model / "vae" / "config.json").read_text())
+    transformer = json.loads((model / "transformer" / "config.json").read_text())
+    spatial = 2 ** (len(vae.get("block_out_channels", (128, 256, 256, 512))) - 1)
+    first = next(iter(conditions.values()), None)
+    frames = args.frames if args.frames is not None else (first.shape[0] if first is not None else 16)
+    height = args.height or (first.shape[-2] if first is not None else transformer.get("sample_height", 60) * spatial)
+    width = args.width or (first.shape[-1] if first is not None else transformer.get("sample_width", 90) * spatial)
+    if first is not None and (frames, height, width) != (first.shape[0], *first.shape[-2:]):
+        raise CliError(
+            f"inputs have {first.shape[0]} frames of {first.shape[-2]}x{first.shape[-1]}, "
+            f"but --frames/--height/--width ask for {frames} frames of {height}x{width}"
+        )
+    try:
+        check_geometry(
+            frames,
+            height,
+            width,
+            spatial=spatial,
+            temporal=int(vae.get("temporal_compression_ratio", 4)),
+            patch=int(transformer.get("patch_size", 2)),
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from error
+
+
+def load_pipeline(args: argparse.Namespace) -> Any:
+    from .pipelines import LayerFlowPipeline
+    from .pipelines.scheduling import switch_scheduler
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    pipe = LayerFlowPipeline.from_pretrained(args.model, dtype=dtype)
+    if args.scheduler != "dpm":
+        pipe.scheduler = switch_scheduler(pipe.scheduler, args.scheduler)
+    if args.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    pipe.enable_vae_slicing()
+    return pipe
+
+
+def run_task(args: argparse.Namespace) -> Path:
+    task = TASK_COMMANDS[args.command]
+    index = check_model_dir(args.model)
+    layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
+    task_layout = layout.for_task(task)
+    prompts = _pairs(args.prompt, "--prompt")
+    negative = _pairs(args.negative, "--negative") or None
+    try:
+        task_layout.resolve_prompts(prompts)
+    except (ValueError, TypeError) as error:
+        raise CliError(str(error)) from error
+    needed = [layer.name for layer in task_layout.condition_layers]
+    inputs = _pairs(args.input, "--input")
+    if sorted(inputs) != sorted(needed):
+        raise CliError(f"task {task!r} needs --input for {needed}, got {sorted(inputs) or 'none'}")
+    conditions = load_inputs(inputs, _pairs(args.alpha, "--alpha"))
+    check_sizes(args, conditions)
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise CliError(f"output {output} already exists (use --overwrite)")
+
+    pipe = load_pipeline(args)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    try:
+        result = pipe(
+            prompts,
+            task,
+            conditions=conditions or None,
+            negative_prompts=negative,
+            num_frames=args.frames,
+            height=args.height,
+            width=args.width,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            use_dynamic_cfg=args.dynamic_cfg,
+            unconditional="encoded" if negative else args.unconditional,
+            generator=generator,
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    settings = {
+        "model": str(args.model),
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "dynamic_cfg": args.dynamic_cfg,
+        "scheduler": args.scheduler,
+        "unconditional": "encoded" if negative else args.unconditional,
+        "negative_prompts": negative or {},
+        "alpha_representation": layout.alpha,
+    }
+    return result.save(
+        output, fps=args.fps, seed=args.seed, settings=settings, videos=not args.no_video, overwrite=args.overwrite
+    )
+
+
+# ------------------------------------------------------------------------------------------ info
+def describe(path: str | Path) -> str:
+    """A short description of a model folder, an output folder, an official checkpoint or a media input."""
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        index = json.loads((path / "model_index.json").read_text())
+        lines = [f"LayerFlow model folder {path}"]
+        layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
+        lines.append(f"  layers: {[f'{s.name} ({s.role})' for s in layout.layers]}, alpha: {layout.alpha}")
+        for name, entry in index.items():
+            if isinstance(entry, list) and len(entry) == 2:
+                state = "present" if (path / name).is_dir() else ("not used" if entry[0] is None else "MISSING")
+                lines.append(f"  {name}: {entry[1]} ({state})")
+        config_file = path / "transformer" / "config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            keys = ("num_layers", "num_attention_heads", "attention_head_dim", "num_layer_prompts", "layer_embedder",
+                    "position_mode", "learned_position_frames", "max_text_seq_length")
+            lines.append("  transformer: " + ", ".join(f"{k}={config.get(k)}" for k in keys))
+        adapters = path / "transformer" / "adapters"
+        if adapters.is_dir():
+            lines.append(f"  adapters: {sorted(p.name for p in adapters.iterdir())}")
+        return "\n".join(lines)
+    if (path / "manifest.json").is_file():
+        manifest = read_manifest(path)
+        layers = ", ".join(f"{layer['name']} ({layer['kind']})" for layer in manifest["layers"])
+        return (
+            f"LayerFlow output {path}: task {manifest['task']}, {manifest['num_frames']} frames of "
+            f"{manifest['height']}x{manifest['width']} at {manifest['fps']} fps, seed {manifest['seed']}; layers: {layers}"
+        )
+    if path.is_dir() and ((path / "latest").is_file() or (path / "mp_rank_00_model_states.pt").is_file()):
+        from .convert import find_checkpoint_file
+
+        return f"official LayerFlow checkpoint: {find_checkpoint_file(path)} (convert with `layerflow convert`)"
+    frames = read_frames(path)
+    kind = "RGBA" if frames.shape[1] == 4 else "RGB"
+    return f"{path}: {frames.shape[0]} {kind} frames of {frames.shape[2]}x{frames.shape[3]}"
+
+
+# ------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerflow", description="Layer-aware video generation (LayerFlow).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+    helps = {
+        "generate": "generate every layer from per-layer prompts",
+        "fg2bg": "generate background and composite for a given foreground",
+        "bg2fg": "generate foreground and composite for a given background",
+        "decompose": "decompose a composite video into foreground and background",
+    }
+    for name, text in helps.items():
+        task = commands.add_parser(name, help=text, description=text)
+        task.add_argument("model", help="a LayerFlow model folder (from `layerflow convert` or save_pretrained)")
+        task.add_argument("-o", "--output", required=True, help="output folder (PNG sequences, videos, manifest)")
+        task.add_argument("-p", "--prompt", action="append", metavar="LAYER=TEXT", help="one per prompted layer")
+        task.add_argument("-n", "--negative", action="append", metavar="LAYER=TEXT", help="negative prompt for a layer")
+        if name != "generate":
+            task.add_argument("-i", "--input", action="append", metavar="LAYER=PATH", help="condition layer input")
+            task.add_argument("-a", "--alpha", action="append", metavar="LAYER=PATH", help="separate alpha matte")
+        task.add_argument("--frames", type=int, help="frames per layer (default: the input's, else 16)")
+        task.add_argument("--height", type=int)
+        task.add_argument("--width", type=int)
+        task.add_argument("--steps", type=int, default=50)
+        task.add_argument("--guidance", type=float, default=6.0)
+        task.add_argument("--dynamic-cfg", action="store_true", help="the official oscillating CFG schedule")
+        task.add_argument("--unconditional", choices=("zeros", "encoded"), default="zeros")
+        task.add_argument("--scheduler", choices=("dpm", "ddim"), default="dpm")
+        task.add_argument("--seed", type=int, default=0)
+        task.add_argument("--fps", type=int, default=8)
+        task.add_argument("--device", help="default: cuda when available")
+        task.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+        task.add_argument("--cpu-offload", action="store_true", help="model CPU offload (low GPU memory)")
+        task.add_argument("--vae-tiling", action="store_true")
+        task.add_argument("--no-video", action="store_true", help="PNG sequences and previews only")
+        task.add_argument("--overwrite", action="store_true")
+    convert = commands.add_parser("convert", help="convert an official LayerFlow checkpoint")
+    convert.add_argument("official", help="experiment folder (with 'latest'), iteration folder or .pt file")
+    convert.add_argument("out", help="output folder")
+    convert.add_argument("--base", help="local diffusers CogVideoX-2B folder to take vae/text_encoder/tokenizer from")
+    convert.add_argument("--alpha", choices=("alpha_clip", "rgb"), default="alpha_clip", help="RGBA or RGB variant")
+    convert.add_argument("--lora", choices=("adapters", "merge"), default="adapters",
+                         help="keep motion/content LoRAs as adapters, or merge the content LoRA into the weights")
+    convert.add_argument("--dtype", choices=sorted(DTYPES), help="store weights in this dtype")
+    convert.add_argument("--overwrite", action="store_true")
+    info = commands.add_parser("info", help="describe a model folder, output folder, checkpoint or input")
+    info.add_argument("path")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        if args.command in TASK_COMMANDS:
+            if not args.prompt:
+                raise CliError("give one --prompt LAYER=TEXT per prompted layer")
+            if args.command == "generate":
+                args.input, args.alpha = None, None
+            print(f"wrote {run_task(args)}")
+        elif args.command == "convert":
+            from .convert import ConversionError, convert_official_checkpoint
+
+            try:
+                out = convert_official_checkpoint(
+                    args.official,
+                    args.out,
+                    base=args.base,
+                    alpha=args.alpha,
+                    lora=args.lora,
+                    dtype=DTYPES[args.dtype] if args.dtype else None,
+                    overwrite=args.overwrite,
+                )
+            except (ConversionError, FileNotFoundError, FileExistsError) as error:
+                raise CliError(str(error)) from error
+            print(f"wrote {out}")
+        else:
+            print(describe(args.path))
+    except CliError as error:
+        print(f"layerflow: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
