@@ -195,7 +195,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             patch=int(self.transformer.config.patch_size),
         )
 
-    def _check_components(self, task_layout: TaskLayout) -> None:
+    def _check_components(self, task_layout: TaskLayout, decoding: bool) -> None:
         config = self.transformer.config
         if self.vae.config.latent_channels != config.in_channels:
             raise ValueError(
@@ -207,7 +207,13 @@ class LayerFlowPipeline(DiffusionPipeline):
                 f"task {task_layout.task!r} uses {task_layout.num_prompts} layer prompts, the transformer has "
                 f"{config.num_layer_prompts} prompt slots"
             )
-        if self.layer_layout.alpha == "latent_offset" and self.transparent_vae is None:
+        # The transparent VAE is needed to encode a transparent condition or to decode a transparent layer.
+        transparent_condition = any(layer.role == "foreground" for layer in task_layout.condition_layers)
+        if (
+            self.layer_layout.alpha == "latent_offset"
+            and self.transparent_vae is None
+            and (decoding or transparent_condition)
+        ):
             raise ValueError("the layout carries alpha as a latent offset, but the pipeline has no transparent_vae")
 
     def _check_conditions(
@@ -435,9 +441,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         """
         # 1. Everything is validated before any model runs.
         task_layout = self.layer_layout.for_task(task)
-        self._check_components(task_layout)
         if output_type not in ("pt", "np", "latent"):
             raise ValueError(f"output_type must be 'pt', 'np' or 'latent', got {output_type!r}")
+        self._check_components(task_layout, decoding=output_type != "latent")
         if unconditional not in ("zeros", "encoded"):
             raise ValueError(f"unconditional must be 'zeros' or 'encoded', got {unconditional!r}")
         if num_inference_steps < 1:
