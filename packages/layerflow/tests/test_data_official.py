@@ -27,7 +27,11 @@ def test_reads_official_layout(tmp_path, style):
     torch.testing.assert_close(sample.alpha, alpha)
     torch.testing.assert_close(sample.composite, composite)
     torch.testing.assert_close(sample.foreground * alpha, composite * alpha)  # fg = bl * mask
-    assert sample.prompts == {"foreground": "a dog walking", "background": "a grassy field", "composite": "a dog in a field"}
+    assert sample.prompts == {
+        "foreground": "a dog walking",
+        "background": "a grassy field",
+        "composite": "a dog in a field",
+    }
     assert sample.source == "video" and sample.fps == 8
     torch.testing.assert_close(dataset[2].alpha, sample.alpha)  # "dog*1" reads the dog folders
 

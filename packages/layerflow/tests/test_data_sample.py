@@ -74,7 +74,9 @@ def test_stride_fps_and_determinism():
     assert picked.tolist() == again.tolist()
     starts = {int(sampler.indices(40, 24.0, sample_rng(3, epoch, 7))[0]) for epoch in range(20)}
     assert len(starts) > 1
-    offset = FrameSampler(num_frames=3, stride=2, start="first", start_offset=5).indices(20, 8.0, sample_rng(0, 0, 0))
+    offset = FrameSampler(num_frames=3, stride=2, start="first", start_offset=5).indices(
+        20, 8.0, sample_rng(0, 0, 0)
+    )
     assert offset.tolist() == [5, 7, 9]
     with pytest.raises(ValueError, match="need"):
         FrameSampler(num_frames=8, stride=2).indices(10, 8.0, sample_rng(0, 0, 0))

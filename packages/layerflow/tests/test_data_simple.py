@@ -52,7 +52,7 @@ def test_resize_center_crop_and_deterministic_windows(tmp_path):
     dataset = SimpleLayoutDataset(tmp_path, preprocess, seed=5)
     first = dataset[0]
     assert first.foreground.shape == (3, 3, 16, 16) and first.fps == 4
-    assert 0 <= float(first.foreground.min()) and float(first.alpha.max()) <= 1
+    assert float(first.foreground.min()) >= 0 and float(first.alpha.max()) <= 1
     torch.testing.assert_close(dataset[0].composite, first.composite)
     windows = set()
     for epoch in range(8):

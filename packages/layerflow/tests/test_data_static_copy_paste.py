@@ -17,9 +17,9 @@ def test_static_images_repeat_and_are_static(tmp_path):
     layers = layer_frames(1)
     folder = tmp_path / "img"
     folder.mkdir()
-    Image.fromarray(np.concatenate([layers["foreground"][0], layers["alpha"][0][..., None]], -1), "RGBA").save(
-        folder / "foreground.png"
-    )
+    Image.fromarray(
+        np.concatenate([layers["foreground"][0], layers["alpha"][0][..., None]], -1), "RGBA"
+    ).save(folder / "foreground.png")
     Image.fromarray(layers["background"][0]).save(folder / "background.jpg", quality=100)
     (folder / "prompts.json").write_text(json.dumps(PROMPTS))
     (tmp_path / "incomplete").mkdir()
@@ -48,7 +48,9 @@ def write_sources(root):
 
 def test_copy_paste_composite_placement_and_determinism(tmp_path):
     write_sources(tmp_path)
-    dataset = CopyPasteDataset(tmp_path / "fg", tmp_path / "bg", PRE, num_samples=6, scale_range=(0.3, 0.6), seed=1)
+    dataset = CopyPasteDataset(
+        tmp_path / "fg", tmp_path / "bg", PRE, num_samples=6, scale_range=(0.3, 0.6), seed=1
+    )
     sizes, positions = set(), set()
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -62,7 +64,10 @@ def test_copy_paste_composite_placement_and_determinism(tmp_path):
         assert height <= 0.6 * 24 + 1 and width <= 0.6 * 32 + 1  # the object box fits the scale range
         sizes.add((height, width))
         positions.add((int(rows[0]), int(cols[0])))
-        assert sample.prompts["composite"] == f"{sample.prompts['foreground']}, in front of {sample.prompts['background']}"
+        assert (
+            sample.prompts["composite"]
+            == f"{sample.prompts['foreground']}, in front of {sample.prompts['background']}"
+        )
     assert len(sizes) > 1 and len(positions) > 1
     torch.testing.assert_close(dataset[3].composite, dataset[3].composite)
     other_seed = CopyPasteDataset(tmp_path / "fg", tmp_path / "bg", PRE, num_samples=6, seed=2)

@@ -43,7 +43,9 @@ def build_sample(
     """Check decoded layers, resize + crop them and compute a missing composite: the common last step."""
     check_raw_layers(sample_id, layers)
     h, w, mode = preprocess.height, preprocess.width, preprocess.resample
-    foreground, alpha = resize_foreground(frames_to_tensor(layers.foreground), frames_to_tensor(layers.alpha), h, w, mode)
+    foreground, alpha = resize_foreground(
+        frames_to_tensor(layers.foreground), frames_to_tensor(layers.alpha), h, w, mode
+    )
     background = resize_opaque(frames_to_tensor(layers.background), h, w, mode)
     if layers.composite is None:
         composite = alpha * foreground + (1.0 - alpha) * background
@@ -87,15 +89,17 @@ class LayerFiles:
 
 def pick_frames(
     sample_id: str, preprocess: Preprocess, length: int, fps: float, rng: np.random.Generator
-) -> np.ndarray:
+) -> list[int]:
     """Frame indices by the preprocessing's sampler; a too-short clip is a :class:`SampleError`."""
     try:
-        return preprocess.frames.indices(length, fps, rng)
+        return preprocess.frames.indices(length, fps, rng).tolist()
     except ValueError as error:
         raise SampleError(sample_id, str(error)) from None
 
 
-def read_clip(sample_id: str, files: LayerFiles, preprocess: Preprocess, rng: np.random.Generator) -> RawLayers:
+def read_clip(
+    sample_id: str, files: LayerFiles, preprocess: Preprocess, rng: np.random.Generator
+) -> RawLayers:
     """Pick frame indices once for all layers (which must agree in length) and decode only those."""
     length = check_lengths(sample_id, {name: len(seq) for name, seq in files.sequences().items()})
     indices = pick_frames(sample_id, preprocess, length, files.fps, rng)

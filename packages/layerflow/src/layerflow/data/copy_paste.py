@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import LayeredDataset, frames_to_tensor, file_stats, pick_frames
+from .base import LayeredDataset, file_stats, frames_to_tensor, pick_frames
 from .checks import check_matte, check_values
 from .errors import OnError, SampleError
 from .frames import FrameSequence
@@ -113,8 +113,12 @@ class CopyPasteDataset(LayeredDataset):
         color_files, alpha_files = open_foreground(fg_folder, sample_id)
         lengths = {len(color_files)} | ({len(alpha_files)} if alpha_files is not None else set())
         if len(lengths) > 1:
-            raise SampleError(sample_id, f"foreground {fg_folder.name}: colour and alpha differ in length {lengths}")
-        fg_indices = pick_frames(sample_id, self.preprocess, len(color_files), _sequence_fps(color_files), rng)
+            raise SampleError(
+                sample_id, f"foreground {fg_folder.name}: colour and alpha differ in length {lengths}"
+            )
+        fg_indices = pick_frames(
+            sample_id, self.preprocess, len(color_files), _sequence_fps(color_files), rng
+        )
         color = color_files.read(fg_indices)
         if alpha_files is None:
             color, alpha = color[..., :3], color[..., 3:]
@@ -126,7 +130,10 @@ class CopyPasteDataset(LayeredDataset):
         rows = np.flatnonzero(alpha.max(axis=(0, 2, 3)) > 0)
         cols = np.flatnonzero(alpha.max(axis=(0, 1, 3)) > 0)
         box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        color_box, alpha_box = frames_to_tensor(color[:, box[0], box[1]]), frames_to_tensor(alpha[:, box[0], box[1]])
+        color_box, alpha_box = (
+            frames_to_tensor(color[:, box[0], box[1]]),
+            frames_to_tensor(alpha[:, box[0], box[1]]),
+        )
 
         # 3. Random scale and position; the box always fits inside the frame.
         scale = rng.uniform(*self.scale_range)
@@ -171,5 +178,8 @@ class CopyPasteDataset(LayeredDataset):
             "scale_range": self.scale_range,
             "static": self.static,
             "composite_prompt": self.composite_prompt,
-            "files": [stats(self.foregrounds_root, self.foregrounds), stats(self.backgrounds_root, self.backgrounds)],
+            "files": [
+                stats(self.foregrounds_root, self.foregrounds),
+                stats(self.backgrounds_root, self.backgrounds),
+            ],
         }

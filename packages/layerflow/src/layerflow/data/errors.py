@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,10 @@ class SampleError(ValueError):
 
 def check_on_error(on_error: str) -> OnError:
     """Validate the ``on_error`` option once, at construction time."""
-    if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
-    return cast(OnError, on_error)
+    for choice in ON_ERROR_CHOICES:
+        if on_error == choice:
+            return choice
+    raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
 
 
 @dataclass

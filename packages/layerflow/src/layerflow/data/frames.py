@@ -86,7 +86,9 @@ def read_video(path: Path, mode: FrameMode) -> tuple[np.ndarray, float]:
             for packet in container.demux(stream):
                 for frame in decoder.decode(packet):
                     if mode == "rgba" and not any(c.is_alpha for c in frame.format.components):
-                        raise FrameError(f"{path}: expected a video with alpha, got pixel format {frame.format.name}")
+                        raise FrameError(
+                            f"{path}: expected a video with alpha, got pixel format {frame.format.name}"
+                        )
                     frames.append(frame.to_ndarray(format=pixel_format))
     except av.error.FFmpegError as error:
         raise FrameError(f"{path}: cannot decode video ({error})") from error
@@ -118,7 +120,9 @@ def list_frame_files(folder: Path) -> list[Path]:
         if path.suffix.lower() in IMAGE_SUFFIXES and match:
             number = int(match.group(1))
             if number in numbered:
-                raise FrameError(f"{folder}: frame {number} exists twice ({numbered[number].name}, {path.name})")
+                raise FrameError(
+                    f"{folder}: frame {number} exists twice ({numbered[number].name}, {path.name})"
+                )
             numbered[number] = path
     if not numbered:
         raise FrameError(f"{folder}: no frame files (expected 0000.png, 0001.png, ...)")

@@ -71,7 +71,9 @@ def _frame_file(folder: Path, name: str, suffixes: tuple[str, ...]) -> Path:
     for suffix in suffixes:
         if (folder / f"{name}{suffix}").is_file():
             return folder / f"{name}{suffix}"
-    raise FrameError(f"{folder}: frame {name} is missing (looked for {', '.join(name + s for s in suffixes)})")
+    raise FrameError(
+        f"{folder}: frame {name} is missing (looked for {', '.join(name + s for s in suffixes)})"
+    )
 
 
 def _resize_matte(alpha: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -152,7 +154,7 @@ class OfficialLayoutDataset(LayeredDataset):
         if not isinstance(frames, list) or not frames:
             raise SampleError(key, f"{where}['objects'][{max_id!r}]['frames'] must be a non-empty list")
         names = sorted(str(f) for f in frames)[:MAX_META_FRAMES]
-        composite_dir, background_dir, mask_dir, suffixes = self._folders(key.split("*")[0])
+        composite_dir, background_dir, mask_dir, suffixes = self._folders(key.split("*", maxsplit=1)[0])
         return OfficialRecord(
             sample_id=key,
             composite=[_frame_file(composite_dir, n, suffixes) for n in names],

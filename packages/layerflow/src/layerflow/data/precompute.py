@@ -259,7 +259,9 @@ def precompute_cache(
             previous = CacheManifest.load(cache_dir)
             reason = describe_staleness(previous.fingerprints, fingerprints)
             if not reason and all((cache_dir / s).is_file() for s in previous.shards):
-                logger.info("precompute cache %s is up to date (%d entries)", cache_dir, len(previous.entries))
+                logger.info(
+                    "precompute cache %s is up to date (%d entries)", cache_dir, len(previous.entries)
+                )
                 return previous
             reason = reason or "shard files are missing"
         except (StaleCacheError, json.JSONDecodeError, TypeError) as error:
@@ -322,6 +324,8 @@ def precompute_cache(
     flush()
     dataset.set_epoch(0)
     if not manifest.entries:
-        raise RuntimeError(f"no sample of {type(dataset).__name__} could be encoded:\n{dataset.skips.summary()}")
+        raise RuntimeError(
+            f"no sample of {type(dataset).__name__} could be encoded:\n{dataset.skips.summary()}"
+        )
     manifest.save(cache_dir)
     return manifest

@@ -50,10 +50,14 @@ class LayeredSample:
             if got != shape:
                 raise ValueError(f"sample {self.sample_id!r}: {name} has shape {got}, expected {shape}")
         if self.source not in SOURCES:
-            raise ValueError(f"sample {self.sample_id!r}: source must be one of {SOURCES}, got {self.source!r}")
+            raise ValueError(
+                f"sample {self.sample_id!r}: source must be one of {SOURCES}, got {self.source!r}"
+            )
         missing = [role for role in PROMPT_ROLES if role not in self.prompts]
         if missing:
-            raise ValueError(f"sample {self.sample_id!r}: prompts lack {missing} (have {sorted(self.prompts)})")
+            raise ValueError(
+                f"sample {self.sample_id!r}: prompts lack {missing} (have {sorted(self.prompts)})"
+            )
 
     @property
     def num_frames(self) -> int:
@@ -74,7 +78,9 @@ def to_static(sample: LayeredSample, frame: int, num_frames: int | None = None) 
     one random frame 16 times); the result is tagged ``"static"`` so its motion gate is 1.
     """
     if not -sample.num_frames <= frame < sample.num_frames:
-        raise IndexError(f"sample {sample.sample_id!r}: frame {frame} out of range for {sample.num_frames} frames")
+        raise IndexError(
+            f"sample {sample.sample_id!r}: frame {frame} out of range for {sample.num_frames} frames"
+        )
     count = sample.num_frames if num_frames is None else num_frames
     frame %= sample.num_frames
 

@@ -105,7 +105,9 @@ class SimpleLayoutDataset(LayeredDataset):
                 self._open(folder)
                 self.folders.append(folder)
             except (SampleError, ValueError) as error:
-                sample_error = error if isinstance(error, SampleError) else SampleError(folder.name, str(error))
+                sample_error = (
+                    error if isinstance(error, SampleError) else SampleError(folder.name, str(error))
+                )
                 if self.on_error == "raise":
                     raise sample_error from None
                 self.skips.record(sample_error)
@@ -146,7 +148,12 @@ class SimpleLayoutDataset(LayeredDataset):
         layers = read_clip(folder.name, files, self.preprocess, rng)
         stride = self.preprocess.frames.effective_stride(files.fps)
         return build_sample(
-            folder.name, layers, self.preprocess, prompts=files.prompts, source=files.source, fps=files.fps / stride
+            folder.name,
+            layers,
+            self.preprocess,
+            prompts=files.prompts,
+            source=files.source,
+            fps=files.fps / stride,
         )
 
     def _fingerprint_payload(self) -> dict[str, Any]:

@@ -17,18 +17,18 @@ PROMPTS = {"foreground": "a red square", "background": "blue stripes", "composit
 
 def layer_frames(num_frames: int, height: int = 24, width: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     """uint8 layers: fg colour [T,H,W,3], alpha [T,H,W] (a moving soft square), bg [T,H,W,3]."""
-    t, y, x = np.meshgrid(np.arange(num_frames), np.arange(height), np.arange(width), indexing="ij")
+    time, y, x = np.meshgrid(np.arange(num_frames), np.arange(height), np.arange(width), indexing="ij")
     phase = 0.7 * seed
 
     def smooth(a: float, b: float, c: float) -> np.ndarray:
-        channels = [np.sin(a * x + b * y + c * t + phase + k) for k in range(3)]
+        channels = [np.sin(a * x + b * y + c * time + phase + k) for k in range(3)]
         return ((np.stack(channels, -1) + 1.0) * 127.5).round().astype(np.uint8)
 
     fg = smooth(0.15, 0.05, 0.3)
     bg = smooth(0.04, 0.11, -0.2)
     alpha = np.zeros((num_frames, height, width), dtype=np.uint8)
     for t in range(num_frames):
-        alpha[t, 4 : 14, 3 + t % 8 : 15 + t % 8] = 255
+        alpha[t, 4:14, 3 + t % 8 : 15 + t % 8] = 255
         alpha[t, 3, 3 + t % 8 : 15 + t % 8] = 128
     return {"foreground": fg, "alpha": alpha, "background": bg}
 
@@ -41,7 +41,13 @@ def write_frames(folder: Path, frames: np.ndarray, mode: str, suffix: str = ".pn
 
 
 def write_simple_sample(
-    root: Path, sample_id: str, num_frames: int = 6, *, separate_alpha: bool = False, seed: int = 0, **meta: object
+    root: Path,
+    sample_id: str,
+    num_frames: int = 6,
+    *,
+    separate_alpha: bool = False,
+    seed: int = 0,
+    **meta: object,
 ) -> dict[str, np.ndarray]:
     """One sample folder of the simple layout (RGBA foreground, or RGB + ``alpha/``); returns the layers."""
     folder = root / sample_id
@@ -76,7 +82,9 @@ def write_video(path: Path, frames: np.ndarray, *, alpha: np.ndarray | None = No
         stream.height, stream.width = frames.shape[1:3]
         for t, frame in enumerate(frames):
             if alpha is not None:
-                image = av.VideoFrame.from_ndarray(np.concatenate([frame, alpha[t][..., None]], -1), format="rgba")
+                image = av.VideoFrame.from_ndarray(
+                    np.concatenate([frame, alpha[t][..., None]], -1), format="rgba"
+                )
             else:
                 image = av.VideoFrame.from_ndarray(frame, format="rgb24")
             for packet in stream.encode(image):
@@ -95,9 +103,13 @@ def write_official(root: Path, style: str, videos: dict[str, int], *, repeat: st
     for index, (vid, num_frames) in enumerate(videos.items()):
         layers = layer_frames(num_frames, seed=index)
         composite = (
-            layers["alpha"][..., None] / 255.0 * layers["foreground"]
-            + (1 - layers["alpha"][..., None] / 255.0) * layers["background"]
-        ).round().astype(np.uint8)
+            (
+                layers["alpha"][..., None] / 255.0 * layers["foreground"]
+                + (1 - layers["alpha"][..., None] / 255.0) * layers["background"]
+            )
+            .round()
+            .astype(np.uint8)
+        )
         layers["composite"] = composite
         layers_by_video[vid] = layers
         names = [f"{t:04d}" for t in range(num_frames)]
@@ -106,7 +118,9 @@ def write_official(root: Path, style: str, videos: dict[str, int], *, repeat: st
             write_frames(root / vid / "bl", composite, "RGB")
             write_frames(root / vid / "bg", layers["background"], "RGB")
             write_frames(root / vid / "mask", layers["alpha"], "L")
-            grey = (composite * (layers["alpha"][..., None] / 255.0) + 127.5 * (1 - layers["alpha"][..., None] / 255.0))
+            grey = composite * (layers["alpha"][..., None] / 255.0) + 127.5 * (
+                1 - layers["alpha"][..., None] / 255.0
+            )
             write_frames(root / vid / "fg", grey.round().astype(np.uint8), "RGB")
         else:
             entry["is_seg"] = "False"

@@ -50,7 +50,9 @@ def resize_center_crop(frames: torch.Tensor, height: int, width: int, resample: 
     """Resize ``[T, C, H, W]`` so it covers ``height x width`` (aspect kept), then crop the center."""
     source_h, source_w = frames.shape[-2:]
     scale = max(height / source_h, width / source_w)
-    frames = resize(frames, (max(height, round(source_h * scale)), max(width, round(source_w * scale))), resample)
+    frames = resize(
+        frames, (max(height, round(source_h * scale)), max(width, round(source_w * scale))), resample
+    )
     top = (frames.shape[-2] - height) // 2
     left = (frames.shape[-1] - width) // 2
     return frames[..., top : top + height, left : left + width]
