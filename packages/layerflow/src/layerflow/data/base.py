@@ -6,10 +6,10 @@ import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +24,15 @@ from .sampling import sample_rng
 from .transforms import Preprocess, resize_foreground, resize_opaque
 
 logger = logging.getLogger(__name__)
+
+RecordT = TypeVar("RecordT")
+
+
+def sample_folders(root: Path) -> list[Path]:
+    """The sub-folders of a dataset root (one per sample), sorted, hidden ones excluded."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a directory")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def frames_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -127,7 +136,7 @@ def digest(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class LayeredDataset(Dataset[LayeredSample], ABC):
+class LayeredDataset(Dataset[LayeredSample], ABC, Generic[RecordT]):
     """Base of every reader: yields :class:`LayeredSample`, reproducibly for ``(seed, epoch, index)``.
 
     Args:
@@ -146,16 +155,13 @@ class LayeredDataset(Dataset[LayeredSample], ABC):
         self.seed = seed
         self.epoch = 0
         self.skips = SkipReport()
+        self.records: list[RecordT] = []
         self._indices: list[int] = []
 
     # -- what a reader implements ---------------------------------------------------------------
     @abstractmethod
-    def _num_records(self) -> int:
-        """How many samples the reader found."""
-
-    @abstractmethod
     def _record_id(self, record: int) -> str:
-        """The sample id of record ``record``."""
+        """The sample id of ``self.records[record]``."""
 
     @abstractmethod
     def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
@@ -166,11 +172,20 @@ class LayeredDataset(Dataset[LayeredSample], ABC):
         """Settings and per-file stats that define the dataset's content (preprocessing excluded)."""
 
     # -- shared behaviour -----------------------------------------------------------------------
-    def _init_index(self) -> None:
-        """Call at the end of a reader's ``__init__``, once its records are known."""
-        self._indices = list(range(self._num_records()))
+    def _collect(self, candidates: Iterable[tuple[str, Callable[[], RecordT]]]) -> None:
+        """Build the records from ``(sample_id, build)`` pairs, applying ``on_error`` to structural
+        problems (missing files, bad metadata), then index them. Call once from a reader's ``__init__``."""
+        for sample_id, build in candidates:
+            try:
+                self.records.append(build())
+            except (SampleError, FrameError) as error:
+                sample_error = error if isinstance(error, SampleError) else SampleError(sample_id, str(error))
+                if self.on_error == "raise":
+                    raise sample_error from None
+                self.skips.record(sample_error)
+        self._indices = list(range(len(self.records)))
         if not self._indices:
-            raise ValueError(f"{type(self).__name__} found no samples")
+            raise ValueError(f"{type(self).__name__} found no usable samples")
 
     def __len__(self) -> int:
         return len(self._indices)

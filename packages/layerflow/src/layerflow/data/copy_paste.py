@@ -14,13 +14,14 @@ BACKGROUNDS/<id>/prompts.json              {"background": "..."}
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .base import LayeredDataset, file_stats, frames_to_tensor, pick_frames
+from .base import LayeredDataset, file_stats, frames_to_tensor, pick_frames, sample_folders
 from .checks import check_matte, check_values
 from .errors import OnError, SampleError
 from .frames import FrameSequence
@@ -32,9 +33,7 @@ DEFAULT_COMPOSITE_PROMPT = "{foreground}, in front of {background}"
 
 
 def _clip_folders(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"copy-paste source {root} is not a directory")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sample_folders(root)
     if not folders:
         raise ValueError(f"copy-paste source {root} has no clip folders")
     return folders
@@ -45,7 +44,7 @@ def _sequence_fps(sequence: FrameSequence) -> float:
     return float(fps) if fps else DEFAULT_FPS
 
 
-class CopyPasteDataset(LayeredDataset):
+class CopyPasteDataset(LayeredDataset[int]):
     """Layered clips made by pasting foreground clips onto background clips.
 
     Sample ``i`` of an epoch pastes foreground ``i % len(foregrounds)`` onto a random background, with
@@ -87,10 +86,7 @@ class CopyPasteDataset(LayeredDataset):
         self.scale_range = (float(low), float(high))
         self.static = static
         self.composite_prompt = composite_prompt
-        self._init_index()
-
-    def _num_records(self) -> int:
-        return self.num_samples
+        self._collect((self._record_id(i), partial(int, i)) for i in range(self.num_samples))
 
     def _record_id(self, record: int) -> str:
         return f"copy_paste_{record:06d}"

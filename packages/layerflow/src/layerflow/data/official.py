@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,7 +84,7 @@ def _resize_matte(alpha: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized.permute(0, 2, 3, 1).clamp(0.0, 1.0).numpy()
 
 
-class OfficialLayoutDataset(LayeredDataset):
+class OfficialLayoutDataset(LayeredDataset[OfficialRecord]):
     """Reads a DAVIS- or YoutubeVOS-style root of the official layout (module docstring).
 
     Args:
@@ -117,16 +118,7 @@ class OfficialLayoutDataset(LayeredDataset):
         videos = meta.get("videos") if isinstance(meta, dict) else None
         if not isinstance(videos, dict):
             raise ValueError(f"{self.meta_file}: expected a top-level 'videos' object")
-        self.records: list[OfficialRecord] = []
-        for key, entry in videos.items():
-            try:
-                self.records.append(self._record(str(key), entry))
-            except (SampleError, FrameError) as error:
-                sample_error = error if isinstance(error, SampleError) else SampleError(str(key), str(error))
-                if self.on_error == "raise":
-                    raise sample_error from None
-                self.skips.record(sample_error)
-        self._init_index()
+        self._collect((str(key), partial(self._record, str(key), entry)) for key, entry in videos.items())
 
     def _folders(self, vid: str) -> tuple[Path, Path, Path, tuple[str, ...]]:
         """Blended, background and mask folders of a video and the frame suffixes to try."""
@@ -162,9 +154,6 @@ class OfficialLayoutDataset(LayeredDataset):
             mask=[_frame_file(mask_dir, n, suffixes[::-1]) for n in names],
             prompts=prompts,
         )
-
-    def _num_records(self) -> int:
-        return len(self.records)
 
     def _record_id(self, record: int) -> str:
         return self.records[record].sample_id

@@ -15,12 +15,13 @@ Any layer may instead be a video file beside the folders (``foreground.webm`` VP
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip
+from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip, sample_folders
 from .errors import OnError, SampleError
 from .frames import VIDEO_SUFFIXES, FrameMode, ImageSequence, VideoSequence, open_layer, video_fps
 from .sample import PROMPT_ROLES, SOURCES, LayeredSample, Source
@@ -80,7 +81,7 @@ def open_foreground(
     return open_required(folder, "foreground", "rgb", sample_id), open_layer(alpha_path, "alpha")
 
 
-class SimpleLayoutDataset(LayeredDataset):
+class SimpleLayoutDataset(LayeredDataset[Path]):
     """Reads the project's simple layout (see the module docstring); one sample per sub-folder.
 
     Structural problems (missing layer, bad ``prompts.json``, frame gaps) are found when the dataset
@@ -97,21 +98,11 @@ class SimpleLayoutDataset(LayeredDataset):
     ):
         super().__init__(preprocess, on_error=on_error, seed=seed)
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} is not a directory")
-        self.folders: list[Path] = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            try:
-                self._open(folder)
-                self.folders.append(folder)
-            except (SampleError, ValueError) as error:
-                sample_error = (
-                    error if isinstance(error, SampleError) else SampleError(folder.name, str(error))
-                )
-                if self.on_error == "raise":
-                    raise sample_error from None
-                self.skips.record(sample_error)
-        self._init_index()
+        self._collect((folder.name, partial(self._checked, folder)) for folder in sample_folders(self.root))
+
+    def _checked(self, folder: Path) -> Path:
+        self._open(folder)
+        return folder
 
     def _open(self, folder: Path) -> LayerFiles:
         sample_id = folder.name
@@ -136,14 +127,11 @@ class SimpleLayoutDataset(LayeredDataset):
             fps=float(fps),
         )
 
-    def _num_records(self) -> int:
-        return len(self.folders)
-
     def _record_id(self, record: int) -> str:
-        return self.folders[record].name
+        return self.records[record].name
 
     def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
-        folder = self.folders[record]
+        folder = self.records[record]
         files = self._open(folder)
         layers = read_clip(folder.name, files, self.preprocess, rng)
         stride = self.preprocess.frames.effective_stride(files.fps)
@@ -158,7 +146,7 @@ class SimpleLayoutDataset(LayeredDataset):
 
     def _fingerprint_payload(self) -> dict[str, Any]:
         files = []
-        for folder in self.folders:
+        for folder in self.records:
             layer_files = self._open(folder).paths() + [folder / "prompts.json"]
             layer_files += [folder / "meta.json"] if (folder / "meta.json").exists() else []
             files.append(file_stats(layer_files, self.root))

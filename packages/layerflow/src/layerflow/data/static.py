@@ -13,12 +13,13 @@ data is; the samples are ``"static"`` so the trainer switches the motion LoRA on
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import LayeredDataset, build_sample, file_stats
+from .base import LayeredDataset, build_sample, file_stats, sample_folders
 from .checks import RawLayers
 from .errors import OnError, SampleError
 from .frames import IMAGE_SUFFIXES, read_image
@@ -34,7 +35,7 @@ def find_image(folder: Path, name: str) -> Path | None:
     return None
 
 
-class StaticImageDataset(LayeredDataset):
+class StaticImageDataset(LayeredDataset[Path]):
     """Reads layered images (module docstring) and yields repeated-frame ``"static"`` samples.
 
     Args:
@@ -52,19 +53,12 @@ class StaticImageDataset(LayeredDataset):
     ):
         super().__init__(preprocess, on_error=on_error, seed=seed)
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} is not a directory")
         self.fps = fps
-        self.folders: list[Path] = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            try:
-                self._files(folder)
-                self.folders.append(folder)
-            except SampleError as error:
-                if self.on_error == "raise":
-                    raise
-                self.skips.record(error)
-        self._init_index()
+        self._collect((folder.name, partial(self._checked, folder)) for folder in sample_folders(self.root))
+
+    def _checked(self, folder: Path) -> Path:
+        self._files(folder)
+        return folder
 
     def _files(self, folder: Path) -> dict[str, Path]:
         files = {}
@@ -79,14 +73,11 @@ class StaticImageDataset(LayeredDataset):
             raise SampleError(folder.name, f"{folder / 'prompts.json'} is missing")
         return files
 
-    def _num_records(self) -> int:
-        return len(self.folders)
-
     def _record_id(self, record: int) -> str:
-        return self.folders[record].name
+        return self.records[record].name
 
     def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
-        folder = self.folders[record]
+        folder = self.records[record]
         files = self._files(folder)
         if "alpha" in files:
             foreground, alpha = read_image(files["foreground"], "rgb"), read_image(files["alpha"], "alpha")
@@ -114,7 +105,7 @@ class StaticImageDataset(LayeredDataset):
 
     def _fingerprint_payload(self) -> dict[str, Any]:
         files = []
-        for folder in self.folders:
+        for folder in self.records:
             paths = [*self._files(folder).values(), folder / "prompts.json"]
             files.append(file_stats(paths, self.root))
         return {"root": str(self.root.resolve()), "fps": self.fps, "files": files}
