@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from layerflow.data import FrameSampler, LayeredSample, collate_layered, sample_rng, to_static
 
@@ -80,3 +82,27 @@ def test_stride_fps_and_determinism():
     assert offset.tolist() == [5, 7, 9]
     with pytest.raises(ValueError, match="need"):
         FrameSampler(num_frames=8, stride=2).indices(10, 8.0, sample_rng(0, 0, 0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(1, 60),
+    num_frames=st.integers(1, 16),
+    stride=st.integers(1, 4),
+    offset=st.integers(0, 5),
+    official=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sampler_indices_are_valid_windows(length, num_frames, stride, offset, official, seed):
+    sampler = FrameSampler(num_frames=num_frames, stride=stride, start_offset=offset, official=official)
+    try:
+        picked = sampler.indices(length, 8.0, sample_rng(seed, 0, 0))
+    except ValueError:
+        usable = length - offset
+        assert usable < (1 if official else (num_frames - 1) * stride + 1)
+        return
+    assert len(picked) == num_frames
+    assert offset <= picked.min() and picked.max() < length
+    assert (np.diff(picked) >= 0).all()
+    if not official:
+        assert (np.diff(picked) == stride).all()

@@ -127,3 +127,21 @@ def test_validate_drops_bad_samples_once(tmp_path):
     assert [f.sample_id for f in failures] == ["b"] and len(dataset) == 1
     with pytest.raises(ValueError, match="on_error"):
         SimpleLayoutDataset(tmp_path, NATIVE, on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_dataloader_workers_give_the_same_batches(tmp_path):
+    """Draws depend on (seed, epoch, index) only, so worker processes change nothing."""
+    from torch.utils.data import DataLoader
+
+    for i in range(4):
+        write_simple_sample(tmp_path, f"s{i}", 8, seed=i)
+    preprocess = Preprocess(height=12, width=12, frames=FrameSampler(num_frames=3))
+    dataset = SimpleLayoutDataset(tmp_path, preprocess, seed=3)
+    dataset.set_epoch(2)
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate_layered)
+        batches[workers] = list(loader)
+    for single, parallel in zip(batches[0], batches[2]):
+        assert single.sample_ids == parallel.sample_ids
+        torch.testing.assert_close(single.composite, parallel.composite)

@@ -14,13 +14,19 @@ from torch import nn
 
 from .base import digest
 
+VOLATILE_CONFIG_KEYS = frozenset(
+    {"_name_or_path", "_commit_hash", "_diffusers_version", "transformers_version", "_use_default_values"}
+)
+"""Config entries that say where a model came from or which library wrote it, not what it computes."""
+
 
 def _config_of(obj: Any) -> Any:
     config = getattr(obj, "config", None)
     if config is None:
         return None
     to_dict = getattr(config, "to_dict", None)
-    return to_dict() if callable(to_dict) else dict(config)
+    content = to_dict() if callable(to_dict) else dict(config)
+    return {k: v for k, v in content.items() if k not in VOLATILE_CONFIG_KEYS}
 
 
 def weights_hash(module: nn.Module) -> str:

@@ -67,7 +67,7 @@ class FrameSampler:
         """Frame indices into a clip of ``length`` frames; raises ``ValueError`` if the clip is too short."""
         usable = length - self.start_offset
         if self.official:
-            window = min(usable, self.num_frames - 1)
+            window = min(usable, max(1, self.num_frames - 1))
             if window < 1:
                 raise ValueError(f"clip has {length} frames, start_offset {self.start_offset} leaves none")
             first = self._window_start(usable - window, rng)
