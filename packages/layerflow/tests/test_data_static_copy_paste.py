@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from layerflow.data import CopyPasteDataset, FrameSampler, Preprocess, StaticImageDataset
+from layerflow.data import CopyPasteDataset, FrameSampler, Preprocess, SampleError, StaticImageDataset
 from layerflow.data.testing import PROMPTS, layer_frames, write_frames
 
 PRE = Preprocess(height=24, width=32, frames=FrameSampler(num_frames=4))
@@ -23,7 +23,7 @@ def test_static_images_repeat_and_are_static(tmp_path):
     Image.fromarray(layers["background"][0]).save(folder / "background.jpg", quality=100)
     (folder / "prompts.json").write_text(json.dumps(PROMPTS))
     (tmp_path / "incomplete").mkdir()
-    with pytest.raises(Exception, match="foreground"):
+    with pytest.raises(SampleError, match="foreground"):
         StaticImageDataset(tmp_path, PRE)
     dataset = StaticImageDataset(tmp_path, PRE, on_error="skip")
     sample = dataset[0]

@@ -47,11 +47,12 @@ def write_simple_sample(
     *,
     separate_alpha: bool = False,
     seed: int = 0,
+    size: tuple[int, int] = (24, 32),
     **meta: object,
 ) -> dict[str, np.ndarray]:
     """One sample folder of the simple layout (RGBA foreground, or RGB + ``alpha/``); returns the layers."""
     folder = root / sample_id
-    layers = layer_frames(num_frames, seed=seed)
+    layers = layer_frames(num_frames, *size, seed=seed)
     if separate_alpha:
         write_frames(folder / "foreground", layers["foreground"], "RGB")
         write_frames(folder / "alpha", layers["alpha"], "L")
