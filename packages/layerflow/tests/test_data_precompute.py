@@ -122,3 +122,27 @@ def test_rejects_layer_embedder_and_records_skips(tmp_path, encoders, dataset):
     )
     assert [e["sample_id"] for e in manifest.entries] == ["s0"]
     assert manifest.skipped[0]["sample_id"] == "s1" and "cannot decode" in manifest.skipped[0]["reason"]
+
+
+def test_interrupted_rebuild_leaves_no_loadable_cache(tmp_path, encoders, dataset):
+    vae, text = encoders
+    cache = tmp_path / "cache"
+    precompute_cache(dataset, vae, text, cache, CacheSettings(samples_per_shard=1), progress=False)
+
+    class Failing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = text
+            self.calls = 0
+
+        def forward(self, prompts):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return self.inner(prompts)
+
+    with pytest.raises(KeyboardInterrupt):
+        precompute_cache(dataset, vae, Failing(), cache, CacheSettings(samples_per_shard=1), progress=False)
+    assert not list(cache.glob(".*.tmp"))
+    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+        CachedLayerDataset(cache)

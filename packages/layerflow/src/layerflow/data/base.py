@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from .frames import FrameError, FrameSequence
 from .sample import LayeredSample, Source
 from .sampling import sample_rng
 from .transforms import Preprocess, resize_foreground, resize_opaque
-
-logger = logging.getLogger(__name__)
 
 RecordT = TypeVar("RecordT")
 

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import LayeredDataset
+from .base import LayeredDataset, digest
 from .errors import SampleError
 from .fingerprint import module_fingerprint
 from .sample import CLIP_ORDER, PROMPT_ROLES, LayeredSample, ModelInputs
@@ -199,8 +199,6 @@ def cache_fingerprints(
     dataset: LayeredDataset, vae: nn.Module, text_encoder: nn.Module, settings: CacheSettings
 ) -> dict[str, str]:
     """The fingerprints a cache of ``dataset`` with these encoders and settings must carry."""
-    from .base import digest
-
     return {
         "vae": module_fingerprint(vae),
         "text_encoder": module_fingerprint(text_encoder),
