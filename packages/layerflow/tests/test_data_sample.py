@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerflow.data import FrameSampler, LayeredSample, collate_layered, sample_rng, to_static
+from layerflow.data import FrameSampler, LayeredSample, SampleError, collate_layered, sample_rng, to_static
 
 
 def make_sample(t: int = 4, source: str = "video", seed: int = 0) -> LayeredSample:
@@ -106,3 +106,25 @@ def test_sampler_indices_are_valid_windows(length, num_frames, stride, offset, o
     assert (np.diff(picked) >= 0).all()
     if not official:
         assert (np.diff(picked) == stride).all()
+
+
+@pytest.mark.parametrize(
+    ("alpha_value", "message"),
+    [
+        (1.5, r"alpha values span \[0, 1.5\]"),
+        (float("nan"), "NaN"),
+        (0.0, "empty foreground"),
+        (3 / 255, "object-id"),
+    ],
+)
+def test_raw_layer_checks_name_the_problem(alpha_value, message):
+    from layerflow.data.checks import RawLayers, check_raw_layers
+
+    frames = np.full((2, 4, 4, 3), 0.5, np.float32)
+    alpha = np.zeros((2, 4, 4, 1), np.float32)
+    alpha[0, 1, 1] = alpha_value
+    with pytest.raises(SampleError, match=message) as raised:
+        check_raw_layers("clip7", RawLayers(frames, alpha, frames))
+    assert raised.value.sample_id == "clip7"
+    with pytest.raises(SampleError, match="background has 2 frames of 4x3"):
+        check_raw_layers("clip7", RawLayers(frames, np.ones_like(alpha), frames[:, :, :3]))
