@@ -30,7 +30,9 @@ def write_output_dir(root, task, foreground, alpha, background, composite, promp
     """A pipeline output directory exactly as the contract describes (no videos, no previews)."""
     layers = []
     for role, kind in (("foreground", "rgba"), ("background", "rgb"), ("composite", "rgb")):
-        layers.append({"name": role, "role": role, "kind": kind, "frames": role, "prompt": prompts.get(role, "")})
+        layers.append(
+            {"name": role, "role": role, "kind": kind, "frames": role, "prompt": prompts.get(role, "")}
+        )
     t, _, h, w = composite.shape
     manifest = {
         "format": "layerflow-output",
@@ -54,7 +56,9 @@ def write_output_dir(root, task, foreground, alpha, background, composite, promp
 
 
 def _output_from_sample(root, sample, task="generate"):
-    return write_output_dir(root, task, sample.foreground, sample.alpha, sample.background, sample.composite, sample.prompts)
+    return write_output_dir(
+        root, task, sample.foreground, sample.alpha, sample.background, sample.composite, sample.prompts
+    )
 
 
 def test_ground_truth_layers_score_perfectly(tmp_path):
@@ -64,11 +68,23 @@ def test_ground_truth_layers_score_perfectly(tmp_path):
     report = evaluate_output_dir(output, reference=reference)
     m = report.metrics
     assert m["recomposition.mae"] <= 0.5 / 255  # only the composite PNG's own rounding
-    for name in ("alpha.sad", "alpha.mse", "alpha.gradient", "alpha.connectivity", "alpha.dtssd", "foreground.mae", "background.mae"):
+    for name in (
+        "alpha.sad",
+        "alpha.mse",
+        "alpha.gradient",
+        "alpha.connectivity",
+        "alpha.dtssd",
+        "foreground.mae",
+        "background.mae",
+    ):
         assert m[name] == 0.0, name
     assert m["alpha.iou"] == 1.0
     assert m["flicker.background"] == m["flicker.background.reference"]
-    assert [c.attribute for c in report.adherence] == ["foreground_colour", "foreground_shape", "background_colour"]
+    assert [c.attribute for c in report.adherence] == [
+        "foreground_colour",
+        "foreground_shape",
+        "background_colour",
+    ]
     assert all(c.match for c in report.adherence)
 
 
@@ -78,10 +94,18 @@ def test_errors_are_measured(tmp_path):
     shifted_alpha = torch.roll(sample.alpha, shifts=3, dims=3)
     wrong_bg = torch.zeros_like(sample.background)
     output = write_output_dir(
-        tmp_path / "out", "decompose", sample.foreground, shifted_alpha, wrong_bg, sample.composite, sample.prompts
+        tmp_path / "out",
+        "decompose",
+        sample.foreground,
+        shifted_alpha,
+        wrong_bg,
+        sample.composite,
+        sample.prompts,
     )
     m = evaluate_output_dir(output, reference=reference).metrics
-    assert m["alpha.sad"] > 0 and m["alpha.mse"] > 0 and m["alpha.gradient"] > 0 and m["alpha.connectivity"] > 0
+    assert (
+        m["alpha.sad"] > 0 and m["alpha.mse"] > 0 and m["alpha.gradient"] > 0 and m["alpha.connectivity"] > 0
+    )
     assert m["alpha.iou"] < 0.9 and m["background.mae"] > 0.1
     # The layers no longer explain the composite.
     assert m["recomposition.mae"] > 0.05
@@ -89,12 +113,20 @@ def test_errors_are_measured(tmp_path):
 
 def test_prompt_adherence_catches_wrong_colour_and_shape(tmp_path):
     attributes = GENERATOR.sample_attributes(6)
-    fg = replace(attributes.foreground, colour="red", shape="circle", texture="plain", motion="still", direction=None)
+    fg = replace(
+        attributes.foreground, colour="red", shape="circle", texture="plain", motion="still", direction=None
+    )
     bg = replace(attributes.background, colour="blue")
     asked = replace(attributes, foreground=fg, background=bg)
     drawn = GENERATOR.render(replace(asked, foreground=replace(fg, colour="green", shape="square")))
     output = write_output_dir(
-        tmp_path / "out", "generate", drawn.foreground, drawn.alpha, drawn.background, drawn.composite, asked.captions()
+        tmp_path / "out",
+        "generate",
+        drawn.foreground,
+        drawn.alpha,
+        drawn.background,
+        drawn.composite,
+        asked.captions(),
     )
     checks = {c.attribute: c for c in evaluate_output_dir(output).adherence}
     assert (checks["foreground_colour"].expected, checks["foreground_colour"].measured) == ("red", "green")
@@ -106,14 +138,21 @@ def test_prompt_adherence_catches_wrong_colour_and_shape(tmp_path):
 def test_shape_classifier_recognises_every_shape_at_any_angle(shape):
     attributes = GENERATOR.sample_attributes(9)
     for angle in (0.0, 0.5, 1.3):
-        fg = replace(attributes.foreground, shape=shape, size="large", angle=angle, motion="still", center=(24.0, 20.0))
+        fg = replace(
+            attributes.foreground, shape=shape, size="large", angle=angle, motion="still", center=(24.0, 20.0)
+        )
         alpha = GENERATOR.render(replace(attributes, foreground=fg)).alpha
         assert foreground_shape(alpha) == shape
 
 
 def test_real_prompts_give_no_adherence_checks():
     sample = GENERATOR.generate(1)
-    assert check_adherence({"foreground": "a golden retriever"}, sample.foreground, sample.alpha, sample.background) == []
+    assert (
+        check_adherence(
+            {"foreground": "a golden retriever"}, sample.foreground, sample.alpha, sample.background
+        )
+        == []
+    )
 
 
 def test_generate_task_has_no_ground_truth_comparisons(tmp_path):
@@ -135,7 +174,10 @@ def test_report_renders_json_and_markdown_and_saves(tmp_path):
     sample = GENERATOR.generate(4, "s")
     report = evaluate_output_dir(_output_from_sample(tmp_path / "out", sample))
     data = json.loads(report.to_json())
-    assert data["task"] == "generate" and data["metrics"]["recomposition.mae"] == report.metrics["recomposition.mae"]
+    assert (
+        data["task"] == "generate"
+        and data["metrics"]["recomposition.mae"] == report.metrics["recomposition.mae"]
+    )
     assert {"attribute", "expected", "measured", "match"} <= set(data["adherence"][0])
     markdown = report.to_markdown()
     assert "| `recomposition.mae` |" in markdown and "foreground_colour" in markdown

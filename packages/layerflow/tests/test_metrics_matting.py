@@ -98,8 +98,8 @@ def _matlab_gaussgradient_magnitude(image: np.ndarray, sigma: float = 1.4) -> np
     for i in range(size):
         for j in range(size):
             u = (i - half, j - half)
-            g = math.exp(-u[0] ** 2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
-            gj = math.exp(-u[1] ** 2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+            g = math.exp(-(u[0] ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+            gj = math.exp(-(u[1] ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
             hx[i, j] = g * (-u[1] * gj / sigma**2)
     hx = hx / math.sqrt((hx**2).sum())
     hy = hx.T
@@ -123,13 +123,19 @@ def test_gradient_kernels_and_magnitude_match_the_reference_loops():
 
 
 def test_gradient_error_by_hand_from_the_reference_magnitudes():
-    pred, target = _random_alpha(3, (1, 1, 10, 10))[0, 0].double(), _random_alpha(4, (1, 1, 10, 10))[0, 0].double()
+    pred, target = (
+        _random_alpha(3, (1, 1, 10, 10))[0, 0].double(),
+        _random_alpha(4, (1, 1, 10, 10))[0, 0].double(),
+    )
 
     def normalise(x):
         return (x - x.min()) / (x.max() - x.min())  # MATLAB mat2gray
 
     expected = (
-        (_matlab_gaussgradient_magnitude(normalise(pred).numpy()) - _matlab_gaussgradient_magnitude(normalise(target).numpy()))
+        (
+            _matlab_gaussgradient_magnitude(normalise(pred).numpy())
+            - _matlab_gaussgradient_magnitude(normalise(target).numpy())
+        )
         ** 2
     ).sum() / 1000
     assert gradient_error(pred, target) == pytest.approx(expected, rel=1e-9)
@@ -164,7 +170,9 @@ def test_component_labels_match_breadth_first_search(density):
 
 def test_largest_component_ties_go_to_the_first_in_raster_order_and_snakes_connect():
     mask = T([[1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]).bool().unsqueeze(0)
-    assert torch.equal(largest_component(mask)[0], T([[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]).bool())
+    assert torch.equal(
+        largest_component(mask)[0], T([[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    )
     tie = T([[1, 0, 1]]).bool().unsqueeze(0)
     assert torch.equal(largest_component(tie)[0], T([[1, 0, 0]]).bool())
     assert not largest_component(torch.zeros(1, 3, 3, dtype=torch.bool)).any()

@@ -45,7 +45,7 @@ def test_layers_shapes_ranges_and_exact_composite(seed):
     assert sample.foreground.shape == (t, 3, h, w) and sample.background.shape == (t, 3, h, w)
     assert sample.alpha.shape == (t, 1, h, w) and sample.composite.shape == (t, 3, h, w)
     for layer in (sample.foreground, sample.alpha, sample.background):
-        assert layer.dtype == torch.float32 and 0 <= layer.min() and layer.max() <= 1
+        assert layer.dtype == torch.float32 and layer.min() >= 0 and layer.max() <= 1
         assert torch.equal(torch.round(layer * 255) / 255, layer)  # exactly what an 8-bit PNG holds
     expected = sample.alpha * sample.foreground + (1 - sample.alpha) * sample.background
     assert torch.equal(sample.composite, expected)
@@ -72,7 +72,9 @@ def _with_motion(seed: int, **changes: object) -> SampleAttributes:
 
 
 def test_translate_left_moves_the_object_left_by_the_planned_distance():
-    attributes = _with_motion(1, motion="translate", direction="left", velocity=(-1.5, 0.0), center=(48.0, 32.0))
+    attributes = _with_motion(
+        1, motion="translate", direction="left", velocity=(-1.5, 0.0), center=(48.0, 32.0)
+    )
     sample = GENERATOR.render(attributes)
     x = _centroid_x(sample.alpha)
     assert sample.prompts["foreground"].endswith("moving left")
@@ -87,7 +89,9 @@ def test_bounce_keeps_the_object_inside_the_frame():
 
 
 def test_rotate_and_scale_change_the_mask_over_time():
-    spin = GENERATOR.render(_with_motion(0, shape="triangle", motion="rotate", direction=None, angular_velocity=0.3))
+    spin = GENERATOR.render(
+        _with_motion(0, shape="triangle", motion="rotate", direction=None, angular_velocity=0.3)
+    )
     assert not torch.equal(spin.alpha[0], spin.alpha[5])
     assert spin.alpha[0].sum() == pytest.approx(float(spin.alpha[5].sum()), rel=0.05)  # same area, turned
     grow = GENERATOR.render(_with_motion(0, motion="scale", direction="growing", scale_range=(0.6, 1.3)))
@@ -103,18 +107,36 @@ def test_captions_parse_back_to_the_sampled_attributes(seed):
     assert not captions["foreground"].startswith("0, ")
     for role in ("foreground", "composite"):
         parsed = parse_caption(captions[role])
-        assert (parsed.colour, parsed.shape, parsed.size, parsed.texture) == (fg.colour, fg.shape, fg.size, fg.texture)
+        assert (parsed.colour, parsed.shape, parsed.size, parsed.texture) == (
+            fg.colour,
+            fg.shape,
+            fg.size,
+            fg.texture,
+        )
         assert (parsed.motion, parsed.direction) == (fg.motion, fg.direction)
     for role in ("background", "composite"):
         parsed = parse_caption(captions[role])
-        assert (parsed.background_colour, parsed.pattern, parsed.background_direction) == (bg.colour, bg.pattern, bg.direction)
+        assert (parsed.background_colour, parsed.pattern, parsed.background_direction) == (
+            bg.colour,
+            bg.pattern,
+            bg.direction,
+        )
     assert fg.colour != bg.colour
 
 
 def test_caption_examples_and_prefix():
     parsed = parse_caption("2, a red circle moving left over blue stripes drifting up")
-    assert (parsed.colour, parsed.shape, parsed.motion, parsed.direction) == ("red", "circle", "translate", "left")
-    assert (parsed.background_colour, parsed.pattern, parsed.background_direction) == ("blue", "stripes", "up")
+    assert (parsed.colour, parsed.shape, parsed.motion, parsed.direction) == (
+        "red",
+        "circle",
+        "translate",
+        "left",
+    )
+    assert (parsed.background_colour, parsed.pattern, parsed.background_direction) == (
+        "blue",
+        "stripes",
+        "up",
+    )
     assert parse_caption("A golden retriever walking on grass") is None
 
 

@@ -48,7 +48,9 @@ def test_simple_layout_round_trips_the_sample_exactly(dataset):
         expected = torch.cat([sample.foreground[t], sample.alpha[t]]).permute(1, 2, 0) * 255
         assert np.array_equal(rgba, expected.round().byte().numpy())
         mode, bg = _png(folder / "background" / f"{t:04d}.png")
-        assert mode == "RGB" and np.array_equal(bg, (sample.background[t].permute(1, 2, 0) * 255).round().byte().numpy())
+        assert mode == "RGB" and np.array_equal(
+            bg, (sample.background[t].permute(1, 2, 0) * 255).round().byte().numpy()
+        )
         # The stored composite is the exact blend of the stored layers, up to its own rounding.
         mode, composite = _png(folder / "composite" / f"{t:04d}.png")
         a = rgba[..., 3:] / 255.0

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from layerflow.synthetic.shapes import SHAPE_SDFS, coverage, local_coordinates
-from layerflow.synthetic.vocabulary import COLOURS, SHAPES, classify_colour
+from layerflow.synthetic.vocabulary import SHAPES, classify_colour
 
 OPAQUE = 0.5
 ORIENTATIONS = 24
@@ -60,7 +60,8 @@ def _unit_areas() -> dict[str, float]:
     u, v = local_coordinates(size, size, center, torch.zeros(1))
     radius = torch.tensor(_REFERENCE_RADIUS)
     return {
-        name: float(coverage(sdf(u, v, radius), 1.0).sum()) / _REFERENCE_RADIUS**2 for name, sdf in SHAPE_SDFS.items()
+        name: float(coverage(sdf(u, v, radius), 1.0).sum()) / _REFERENCE_RADIUS**2
+        for name, sdf in SHAPE_SDFS.items()
     }
 
 
@@ -123,9 +124,15 @@ def check_adherence(
     bg_caption = parsed.get("background") or parsed.get("composite")
     checks: list[AdherenceCheck] = []
     if fg_caption and fg_caption.colour and foreground is not None and alpha is not None:
-        checks.append(AdherenceCheck("foreground_colour", fg_caption.colour, foreground_colour(foreground, alpha) or "none"))
+        checks.append(
+            AdherenceCheck(
+                "foreground_colour", fg_caption.colour, foreground_colour(foreground, alpha) or "none"
+            )
+        )
     if fg_caption and fg_caption.shape and alpha is not None:
         checks.append(AdherenceCheck("foreground_shape", fg_caption.shape, foreground_shape(alpha) or "none"))
     if bg_caption and bg_caption.background_colour and background is not None:
-        checks.append(AdherenceCheck("background_colour", bg_caption.background_colour, background_colour(background)))
+        checks.append(
+            AdherenceCheck("background_colour", bg_caption.background_colour, background_colour(background))
+        )
     return checks

@@ -67,8 +67,15 @@ def evaluate_output_dir(output_dir: str | Path, reference: str | Path | None = N
     frames = clip.size()[0]
 
     # 2. Recomposition.
-    if clip.composite is not None and clip.foreground is not None and clip.alpha is not None and clip.background is not None:
-        metrics["recomposition.mae"] = recomposition_error(clip.composite, clip.foreground, clip.alpha, clip.background)
+    if (
+        clip.composite is not None
+        and clip.foreground is not None
+        and clip.alpha is not None
+        and clip.background is not None
+    ):
+        metrics["recomposition.mae"] = recomposition_error(
+            clip.composite, clip.foreground, clip.alpha, clip.background
+        )
     else:
         notes.append("recomposition: needs foreground, background and composite layers")
 
@@ -76,20 +83,29 @@ def evaluate_output_dir(output_dir: str | Path, reference: str | Path | None = N
     if ref is not None:
         for role in REFERENCE_LAYERS[task]:
             if role == "foreground":
-                if clip.alpha is None or ref.alpha is None or clip.foreground is None or ref.foreground is None:
+                if (
+                    clip.alpha is None
+                    or ref.alpha is None
+                    or clip.foreground is None
+                    or ref.foreground is None
+                ):
                     notes.append("alpha metrics: the output or the reference has no foreground")
                     continue
                 for name, metric in ALPHA_METRICS.items():
                     metrics[name] = metric(clip.alpha, ref.alpha)
                 if frames >= 2:
                     metrics["alpha.dtssd"] = matting.dtssd(clip.alpha, ref.alpha)
-                metrics["foreground.mae"] = mean_absolute_error(clip.foreground * clip.alpha, ref.foreground * ref.alpha)
+                metrics["foreground.mae"] = mean_absolute_error(
+                    clip.foreground * clip.alpha, ref.foreground * ref.alpha
+                )
             elif clip.background is not None and ref.background is not None:
                 metrics["background.mae"] = mean_absolute_error(clip.background, ref.background)
             else:
                 notes.append("background MAE: the output or the reference has no background")
         if not REFERENCE_LAYERS[task]:
-            notes.append(f"reference: task {task!r} generates every layer freely, so no layer has a ground truth")
+            notes.append(
+                f"reference: task {task!r} generates every layer freely, so no layer has a ground truth"
+            )
 
     # 4. Temporal flicker, with the reference's beside it.
     if frames >= 2:

@@ -48,7 +48,9 @@ def _frame_files(folder: Path, what: str) -> list[Path]:
         raise FileNotFoundError(f"{what}: no .png/.jpg frames in {folder}")
     expected = [f"{i:04d}" for i in range(len(files))]
     if [p.stem for p in files] != expected:
-        raise ValueError(f"{what}: frames in {folder} must be numbered 0000, 0001, ... without gaps; found {[p.name for p in files][:5]}...")
+        raise ValueError(
+            f"{what}: frames in {folder} must be numbered 0000, 0001, ... without gaps; found {[p.name for p in files][:5]}..."
+        )
     return files
 
 
@@ -58,7 +60,9 @@ def read_frames(folder: Path, mode: str, what: str) -> Tensor:
     for path in _frame_files(folder, what):
         with Image.open(path) as image:
             if mode == "RGBA" and image.mode not in ("RGBA", "LA") and "transparency" not in image.info:
-                raise ValueError(f"{what}: {path} has no alpha channel (mode {image.mode}); expected an RGBA PNG")
+                raise ValueError(
+                    f"{what}: {path} has no alpha channel (mode {image.mode}); expected an RGBA PNG"
+                )
             frames.append(np.asarray(image.convert(mode)))
     sizes = {f.shape[:2] for f in frames}
     if len(sizes) != 1:
@@ -108,9 +112,13 @@ def read_manifest(output_dir: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: layer {index} misses keys {absent}")
         role = layer["role"]
         if role not in ROLES:
-            raise ValueError(f"{path}: layer {layer['name']!r} has unknown role {role!r}; expected one of {ROLES}")
+            raise ValueError(
+                f"{path}: layer {layer['name']!r} has unknown role {role!r}; expected one of {ROLES}"
+            )
         if layer["kind"] != _KINDS[role]:
-            raise ValueError(f"{path}: layer {layer['name']!r} ({role}) must be kind {_KINDS[role]!r}, got {layer['kind']!r}")
+            raise ValueError(
+                f"{path}: layer {layer['name']!r} ({role}) must be kind {_KINDS[role]!r}, got {layer['kind']!r}"
+            )
         if role in seen:
             raise ValueError(
                 f"{path}: layers {seen[role]!r} and {layer['name']!r} share role {role!r}; "
@@ -137,7 +145,9 @@ def read_output_dir(output_dir: str | Path) -> tuple[dict[str, Any], LayeredClip
     t, h, w = clip.size()
     declared = (manifest["num_frames"], manifest["height"], manifest["width"])
     if (t, h, w) != declared:
-        raise ValueError(f"{root}: manifest declares (frames, height, width) {declared}, the frames are {(t, h, w)}")
+        raise ValueError(
+            f"{root}: manifest declares (frames, height, width) {declared}, the frames are {(t, h, w)}"
+        )
     return manifest, clip
 
 
@@ -146,7 +156,9 @@ def read_reference_sample(sample_dir: str | Path) -> LayeredClip:
     root = Path(sample_dir)
     prompts_path = root / "prompts.json"
     if not prompts_path.is_file():
-        raise FileNotFoundError(f"reference {root} is not a sample folder of the simple layout: {prompts_path} is missing")
+        raise FileNotFoundError(
+            f"reference {root} is not a sample folder of the simple layout: {prompts_path} is missing"
+        )
     clip = LayeredClip(prompts={k: v for k, v in json.loads(prompts_path.read_text()).items() if v})
     for role in ROLES:
         folder = root / role
@@ -167,7 +179,12 @@ def read_reference_sample(sample_dir: str | Path) -> LayeredClip:
                 clip.foreground, clip.alpha = _split_rgba(read_frames(folder, "RGBA", what))
         else:
             setattr(clip, role, read_frames(folder, "RGB", what))
-    if clip.composite is None and clip.foreground is not None and clip.alpha is not None and clip.background is not None:
+    if (
+        clip.composite is None
+        and clip.foreground is not None
+        and clip.alpha is not None
+        and clip.background is not None
+    ):
         clip.composite = clip.alpha * clip.foreground + (1 - clip.alpha) * clip.background
     _check_sizes(clip, f"reference {root}")
     return clip

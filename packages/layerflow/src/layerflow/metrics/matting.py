@@ -47,7 +47,9 @@ def _as_frames(name: str, x: Tensor) -> Tensor:
     elif x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() != 3:
-        raise ValueError(f"{name}: expected an alpha of shape [T, 1, H, W], [T, H, W] or [H, W], got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected an alpha of shape [T, 1, H, W], [T, H, W] or [H, W], got {tuple(x.shape)}"
+        )
     return x.to(torch.float64)
 
 
@@ -131,7 +133,9 @@ def connectivity_error(pred: Tensor, target: Tensor, region: Tensor | None = Non
     return float((((pred_phi - target_phi).abs() * r).sum(dim=(1, 2)) / DIM_SCALE).mean())
 
 
-def alpha_iou(pred: Tensor, target: Tensor, region: Tensor | None = None, threshold: float = IOU_THRESHOLD) -> float:
+def alpha_iou(
+    pred: Tensor, target: Tensor, region: Tensor | None = None, threshold: float = IOU_THRESHOLD
+) -> float:
     """Intersection over union of ``alpha > threshold`` per frame, averaged (1 if both are empty)."""
     p, g, r = _prepare(pred, target, region)
     pb, gb = (p > threshold) & r, (g > threshold) & r

@@ -113,7 +113,10 @@ class EvaluationReport(_Renderable):
             lines.append(f"| `{name}` | {_fmt(value)} | {better} | {description} |")
         if self.adherence:
             lines += ["", "| prompt attribute | asked | measured | match |", "| --- | --- | --- | --- |"]
-            lines += [f"| {c.attribute} | {c.expected} | {c.measured} | {'yes' if c.match else 'no'} |" for c in self.adherence]
+            lines += [
+                f"| {c.attribute} | {c.expected} | {c.measured} | {'yes' if c.match else 'no'} |"
+                for c in self.adherence
+            ]
         if self.notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
@@ -153,7 +156,12 @@ class EvaluationSummary(_Renderable):
         }
 
     def to_markdown(self) -> str:
-        lines = [f"# Evaluation summary ({self.count} clips)", "", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
+        lines = [
+            f"# Evaluation summary ({self.count} clips)",
+            "",
+            "| target | measured | goal | met |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, target in TARGETS.items():
             value = self.value(name)
             shown = "n/a" if value is None else _fmt(value)

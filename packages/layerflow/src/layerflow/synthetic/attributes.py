@@ -183,7 +183,7 @@ def parse_caption(caption: str) -> CaptionAttributes | None:
         return CaptionAttributes(**_foreground_fields(match))
     if match := _BACKGROUND.fullmatch(text):
         return CaptionAttributes(**_background_fields(match))
-    if match := re.fullmatch(rf"(?P<fg>.+) over (?P<bg>.+)", text):
+    if match := re.fullmatch(r"(?P<fg>.+) over (?P<bg>.+)", text):
         fg, bg = _FOREGROUND.fullmatch(match["fg"]), _BACKGROUND.fullmatch(match["bg"])
         if fg and bg:
             return CaptionAttributes(**_foreground_fields(fg), **_background_fields(bg))

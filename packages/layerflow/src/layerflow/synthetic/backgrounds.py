@@ -62,7 +62,9 @@ def pattern_tone(attributes: BackgroundAttributes, x: Tensor, y: Tensor) -> Tens
     if attributes.pattern == "stripes":
         return _soft_square_wave(u, attributes.period)
     if attributes.pattern == "checkerboard":
-        product = torch.sin(2 * math.pi * u / attributes.period) * torch.sin(2 * math.pi * v / attributes.period)
+        product = torch.sin(2 * math.pi * u / attributes.period) * torch.sin(
+            2 * math.pi * v / attributes.period
+        )
         return 0.5 + 0.5 * torch.tanh(6.0 * product)
     if attributes.pattern == "clouds":
         return _smooth_noise(u, v, attributes.period, attributes.noise_seed)

@@ -85,7 +85,9 @@ class SyntheticConfig:
             chosen = getattr(self, name)
             unknown = [w for w in chosen if w not in allowed]
             if not chosen or unknown:
-                raise ValueError(f"SyntheticConfig.{name} must be a non-empty subset of {allowed}, got {chosen}")
+                raise ValueError(
+                    f"SyntheticConfig.{name} must be a non-empty subset of {allowed}, got {chosen}"
+                )
         if len(self.colours) < 2:
             raise ValueError("SyntheticConfig.colours needs two colours (foreground and background differ)")
         for name in ("static_probability", "pan_probability"):
@@ -215,7 +217,12 @@ class SyntheticGenerator:
             dx, dy = unit_direction(direction)
             speed = float(rng.uniform(0.02, 0.04)) * side
             pan = (dx * speed, dy * speed)
-        period_scale = {"gradient": (2.0, 3.0), "stripes": (0.2, 0.35), "checkerboard": (0.25, 0.4), "clouds": (1.5, 2.5)}
+        period_scale = {
+            "gradient": (2.0, 3.0),
+            "stripes": (0.2, 0.35),
+            "checkerboard": (0.25, 0.4),
+            "clouds": (1.5, 2.5),
+        }
         low, high = period_scale[pattern]
         # Stripes and checkers must show their motion: keep them from running parallel to the pan.
         angle = float(rng.choice([0.0, math.pi / 2, math.pi / 4, -math.pi / 4]))
@@ -280,7 +287,9 @@ class SyntheticGenerator:
         foreground = colour * shade
         background = render_background(attributes.background, cfg.num_frames, cfg.height, cfg.width)
         if attributes.static:  # one frame repeated: the renderer already made them equal; make it exact
-            foreground, alpha, background = (x[:1].expand_as(x).contiguous() for x in (foreground, alpha, background))
+            foreground, alpha, background = (
+                x[:1].expand_as(x).contiguous() for x in (foreground, alpha, background)
+            )
         foreground, alpha, background = _quantise(foreground), _quantise(alpha), _quantise(background)
         composite = alpha * foreground + (1 - alpha) * background
         return SyntheticSample(sample_id, attributes, foreground, alpha, background, composite, cfg.fps)
