@@ -209,3 +209,31 @@ def test_temporal_flicker_and_mae_by_hand():
     assert temporal_flicker(video[:1].expand(4, 1, 1, 2)) == 0.0
     assert mean_absolute_error(video, video) == 0.0
     assert mean_absolute_error(video, torch.zeros_like(video)) == pytest.approx(3 / 6)
+
+
+def _matlab_connectivity_error(pred: np.ndarray, target: np.ndarray, step: float = 0.1) -> float:
+    """Literal transcription of the DIM benchmark's compute_connectivity_error (whole frame)."""
+    thresholds = [i * step for i in range(round(1 / step) + 1)]
+    level = -np.ones_like(pred)
+    for ii in range(1, len(thresholds)):
+        both = torch.from_numpy((pred >= thresholds[ii]) & (target >= thresholds[ii]))
+        labels = _bfs_labels(both)
+        omega = np.zeros(pred.shape, dtype=bool)
+        if both.any():
+            ids, counts = np.unique(labels[both].numpy(), return_counts=True)
+            omega = labels.numpy() == ids[np.argmax(counts)]
+        level[(level == -1) & ~omega] = thresholds[ii - 1]
+    level[level == -1] = 1
+    pred_d, target_d = pred - level, target - level
+    pred_phi = 1 - pred_d * (pred_d >= 0.15)
+    target_phi = 1 - target_d * (target_d >= 0.15)
+    return float(np.abs(pred_phi - target_phi).sum() / 1000)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_connectivity_error_matches_the_reference_transcription(seed):
+    pred = _random_alpha(10 + seed, (1, 1, 12, 15))[0, 0].double()
+    target = _random_alpha(20 + seed, (1, 1, 12, 15))[0, 0].double()
+    expected = _matlab_connectivity_error(pred.numpy(), target.numpy())
+    assert expected > 0
+    assert connectivity_error(pred, target) == pytest.approx(expected, rel=1e-12)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from layerflow.synthetic.attributes import parse_caption
 from layerflow.synthetic.shapes import SHAPE_SDFS, coverage, local_coordinates
 from layerflow.synthetic.vocabulary import SHAPES, classify_colour
 
@@ -117,8 +118,6 @@ def check_adherence(
     caption (else the composite's) gives colour and shape, the background caption (else the
     composite's) the background colour. Prompts outside the synthetic grammar give no checks.
     """
-    from layerflow.synthetic.attributes import parse_caption
-
     parsed = {role: parse_caption(text) for role, text in prompts.items() if text}
     fg_caption = parsed.get("foreground") or parsed.get("composite")
     bg_caption = parsed.get("background") or parsed.get("composite")

@@ -114,19 +114,23 @@ def gradient_error(pred: Tensor, target: Tensor, region: Tensor | None = None) -
     return float(((error * r).sum(dim=(1, 2)) / DIM_SCALE).mean())
 
 
+def _connectivity_levels(p: Tensor, g: Tensor) -> Tensor:
+    """Per pixel of one frame ``[H, W]``: the last threshold before it leaves the largest component."""
+    steps = round(1.0 / CONNECTIVITY_STEP)
+    thresholds = torch.arange(steps + 1, dtype=torch.float64) * CONNECTIVITY_STEP
+    above = thresholds[1:].view(-1, 1, 1)
+    omega = largest_component((p >= above) & (g >= above))  # [steps, H, W]
+    # l = thresholds[i - 1] for the first threshold index i at which the pixel is outside omega.
+    outside = ~omega
+    first_out = outside.to(torch.uint8).argmax(dim=0)
+    return torch.where(outside.any(dim=0), thresholds[first_out], torch.ones_like(p))
+
+
 def connectivity_error(pred: Tensor, target: Tensor, region: Tensor | None = None) -> float:
     """DIM connectivity error per frame / 1000, averaged over frames."""
     p, g, r = _prepare(pred, target, region)
-    frames, h, w = p.shape
-    steps = round(1.0 / CONNECTIVITY_STEP)
-    thresholds = torch.arange(steps + 1, dtype=torch.float64) * CONNECTIVITY_STEP
-    above = thresholds[1:].view(1, -1, 1, 1)
-    both = (p.unsqueeze(1) >= above) & (g.unsqueeze(1) >= above)  # [T, steps, H, W]
-    omega = largest_component(both.view(-1, h, w)).view(frames, steps, h, w)
-    # l = thresholds[i - 1] for the first threshold index i at which the pixel is outside omega.
-    outside = ~omega
-    first_out = torch.where(outside.any(dim=1), outside.float().argmax(dim=1), torch.full_like(p, -1).long())
-    level = torch.where(first_out >= 0, thresholds[first_out.clamp(min=0)], torch.ones_like(p))
+    # One frame at a time: component labelling holds several int64 maps per threshold.
+    level = torch.stack([_connectivity_levels(p[t], g[t]) for t in range(p.shape[0])])
     pred_d, target_d = p - level, g - level
     pred_phi = 1 - pred_d * (pred_d >= CONNECTIVITY_THETA)
     target_phi = 1 - target_d * (target_d >= CONNECTIVITY_THETA)
