@@ -166,7 +166,8 @@ class SyntheticGenerator:
         velocity = (0.0, 0.0)
         angular_velocity = 0.0
         scale_range = (1.0, 1.0)
-        margin = radius * 1.1
+        # Keep the whole object (at its largest, for "scale") inside the frame where it fits.
+        margin = min(radius * (1.4 if motion == "scale" else 1.1), side / 2)
         center = (
             float(rng.uniform(margin, cfg.width - margin)),
             float(rng.uniform(margin, cfg.height - margin)),
