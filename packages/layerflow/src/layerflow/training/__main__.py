@@ -1,0 +1,5 @@
+"""``python -m layerflow.training --stage N [--config FILE]``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""Resumable checkpoints, written atomically, with no pickle anywhere.
+
+A checkpoint is a folder ``checkpoints/checkpoint-<step>/``::
+
+    trained.safetensors     the stage's trained parameters (float32), by parameter name
+    optimizer.safetensors   Adam moments and step counts (``state.<param name>.<key>``)
+    ema.safetensors         EMA shadow parameters (when EMA is on)
+    rng-rank<r>.safetensors torch CPU (and CUDA) generator states of rank r
+    state.json              step, data position, loss history, optimizer hyper-parameters, LR
+                            scheduler, grad scaler, numpy/python RNG, config; written LAST
+
+Everything is written into a hidden temporary folder that is renamed into place only when complete,
+so a killed run leaves either a whole checkpoint or none (stale temporary folders are ignored and
+cleaned up). :func:`latest_checkpoint` only considers folders with a ``state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_FORMAT = "layerflow-train-checkpoint"
+CHECKPOINT_VERSION = 1
+PREFIX = "checkpoint-"
+STATE = "state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not belong to this run."""
+
+
+@dataclass
+class TrainingState:
+    """Where a run is: the counters and histories a resume restores besides the tensors."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / "checkpoints" / f"{PREFIX}{step}"
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        suffix = path.name.removeprefix(PREFIX)
+        if path.name.startswith(PREFIX) and suffix.isdigit() and (path / STATE).is_file():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = complete_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+# ----------------------------------------------------------------------------- serialisation
+def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as (tensors keyed ``state.<param name>.<key>``, JSON-able hyper-parameters)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{names[index]}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(names[index], {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, names: list[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    index = {name: i for i, name in enumerate(names)}
+    for key, value in tensors.items():
+        _, rest = key.split(".", 1)
+        name, _, field_name = rest.rpartition(".")
+        if name not in index:
+            raise CheckpointError(f"optimizer state for unknown parameter {name!r}")
+        state.setdefault(index[name], {})[field_name] = value
+    for name, values in meta["scalars"].items():
+        state.setdefault(index[name], {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch_cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = cuda_state
+    return tensors
+
+
+def python_rng_state() -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss = random.getstate()
+    return {
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def restore_rng(tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> None:
+    torch.random.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------------------- write / read
+@dataclass
+class CheckpointContent:
+    """Everything one checkpoint holds, gathered on the main process."""
+
+    trained: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    state: dict[str, Any]
+
+
+def temporary_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / "checkpoints" / f".{PREFIX}{step}.partial"
+
+
+def write_rank_files(tmp: Path, rank: int) -> None:
+    """Each rank's RNG state, into the shared temporary folder (call on every rank)."""
+    save_file(rng_tensors(), str(tmp / f"rng-rank{rank}.safetensors"))
+
+
+def prepare_temporary(output_dir: Path, step: int) -> Path:
+    """A fresh temporary folder for checkpoint ``step`` (main process; a killed run's leftover is removed)."""
+    tmp = temporary_dir(output_dir, step)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def finalize_checkpoint(output_dir: Path, step: int, content: CheckpointContent, keep: int | None) -> Path:
+    """Write the main-process files, then ``state.json``, then rename the folder into place."""
+    tmp = temporary_dir(output_dir, step)
+    save_file(_contiguous(content.trained), str(tmp / "trained.safetensors"))
+    save_file(_contiguous(content.optimizer), str(tmp / "optimizer.safetensors"))
+    if content.ema is not None:
+        save_file(_contiguous(content.ema), str(tmp / "ema.safetensors"))
+    _write_json(tmp / STATE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **content.state})
+    _fsync_dir(tmp)
+    final = checkpoint_dir(output_dir, step)
+    if final.exists():  # the same step written again (a resumed run): swap, never leave none
+        trash = final.with_name(f".{final.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp, final)
+    prune(output_dir, keep)
+    return final
+
+
+def prune(output_dir: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    for old in complete_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old)
+
+
+def read_checkpoint(path: Path, rank: int) -> tuple[CheckpointContent, dict[str, torch.Tensor]]:
+    """A checkpoint's content and this rank's RNG tensors; :class:`CheckpointError` when incomplete."""
+    state_file = path / STATE
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE})")
+    state = json.loads(state_file.read_text())
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} checkpoint")
+    ema_file = path / "ema.safetensors"
+    rng_file = path / f"rng-rank{rank}.safetensors"
+    rng = load_file(str(rng_file)) if rng_file.is_file() else {}
+    content = CheckpointContent(
+        trained=load_file(str(path / "trained.safetensors")),
+        optimizer=load_file(str(path / "optimizer.safetensors")),
+        ema=load_file(str(ema_file)) if ema_file.is_file() else None,
+        state=state,
+    )
+    return content, rng
+
+
+def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=1, default=_json_default)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's state.json")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+Callback = Callable[[int, float], None]

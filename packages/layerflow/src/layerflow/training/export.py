@@ -1,0 +1,177 @@
+"""Where a stage starts from and what it leaves behind.
+
+Stage output folder (``<output_root>/stage{N}/``)::
+
+    checkpoints/checkpoint-<step>/   resumable state (see :mod:`.checkpointing`)
+    final/pipeline/                  LayerFlowPipeline.save_pretrained (safetensors), inference-ready:
+                                     stage 3 has the content LoRA merged and the motion LoRA removed
+    final/adapters/{motion,content}/ multi-lora native adapters (safetensors) trained so far
+    final/trained.safetensors        the parameters this stage trained (EMA weights when EMA is on)
+    final/training.json              stage, steps, losses, config
+    logs/                            tracker logs (TensorBoard)
+
+Stage N > 1 starts from ``stage{N-1}/final``: its pipeline, plus (stage 3) its motion LoRA, frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import multi_lora
+import torch
+from torch import nn
+
+from ..layout import LayerLayout
+from ..models import LayerFlowTransformer3DModel
+from ..pipelines import LayerFlowPipeline
+from ..pipelines.scheduling import make_scheduler
+from .config import TrainConfig
+from .stages import CONTENT, MOTION
+
+FINAL = "final"
+#: Tokens per layer prompt of the tiny training model: the synthetic captions need up to 14.
+TINY_PROMPT_TOKENS = 16
+
+
+class MissingStageError(FileNotFoundError):
+    """Stage N was asked to start from stage N-1's output, which does not exist."""
+
+
+def tiny_words() -> list[str]:
+    """Vocabulary of the tiny word tokenizer: the synthetic captions' words (so prompts are not UNK)."""
+    from ..synthetic import vocabulary
+    from ..testing import TINY_WORDS
+
+    words = set(TINY_WORDS.split())
+    for name in dir(vocabulary):
+        value = getattr(vocabulary, name)
+        if name.isupper() and isinstance(value, (dict, tuple)):
+            words |= {w for item in value for w in str(item).split()}
+    words |= set("a an the on over in front of with and moving still background foreground is".split())
+    return sorted(words)
+
+
+def load_base(config: TrainConfig) -> LayerFlowPipeline:
+    """``model.base``: the tiny pipeline, a saved LayerFlowPipeline folder or a stock CogVideoX folder."""
+    base = config.model.base
+    if base == "tiny":
+        from ..testing import build_tiny_pipeline
+
+        return build_tiny_pipeline(
+            words=tiny_words(),
+            seed=config.model.tiny_seed,
+            num_layers=config.model.tiny_num_layers,
+            max_text_seq_length=TINY_PROMPT_TOKENS,
+        )
+    path = Path(base)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"model.base={base!r}: not 'tiny' and no model_index.json in {path}")
+    if json.loads(index_file.read_text()).get("_class_name") == LayerFlowPipeline.__name__:
+        return LayerFlowPipeline.from_pretrained(path)
+    return load_stock_cogvideox(path)
+
+
+def load_stock_cogvideox(path: Path) -> LayerFlowPipeline:
+    """A LayerFlow pipeline around stock CogVideoX-2B weights (the layer embedder starts at zero)."""
+    from diffusers import AutoencoderKLCogVideoX
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    return LayerFlowPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
+        text_encoder=T5EncoderModel.from_pretrained(path, subfolder="text_encoder"),
+        vae=AutoencoderKLCogVideoX.from_pretrained(path, subfolder="vae"),
+        transformer=LayerFlowTransformer3DModel.from_pretrained(path, subfolder="transformer"),
+        scheduler=make_scheduler("dpm"),
+        layout=LayerLayout.official().to_dict(),
+    )
+
+
+def load_starting_point(config: TrainConfig) -> LayerFlowPipeline:
+    """The pipeline stage ``config.stage`` trains, with the adapters of earlier stages attached."""
+    if config.stage == 1 or config.model.init_from == "base":
+        return load_base(config)
+    previous = config.previous_stage_dir / FINAL
+    if not (previous / "pipeline" / "model_index.json").is_file():
+        raise MissingStageError(
+            f"stage {config.stage} starts from stage {config.stage - 1}'s output, but {previous} holds no "
+            f"finished stage: run `python -m layerflow.training --stage {config.stage - 1}` first (same "
+            f"run.output_root), set model.previous_stage_dir, or pass --from-base to start from model.base"
+        )
+    pipeline = LayerFlowPipeline.from_pretrained(previous / "pipeline")
+    motion = previous / "adapters" / MOTION
+    if config.stage == 3:
+        if not motion.is_dir():
+            raise MissingStageError(f"stage 3 needs stage 2's motion LoRA, but {motion} does not exist")
+        multi_lora.load_adapter(pipeline.transformer, motion, MOTION, trainable=False)
+    return pipeline
+
+
+def merged_transformer(transformer: nn.Module, merge: Iterable[str]) -> LayerFlowTransformer3DModel:
+    """A plain transformer (no LoRA wrappers) with adapters ``merge`` folded in at gate 1, others dropped.
+
+    This is what inference runs: LayerFlow removes the motion LoRA and keeps the content LoRA.
+    """
+    merge = list(merge)
+    state = dict(transformer.state_dict())
+    for name in multi_lora.list_adapters(transformer):
+        config = multi_lora.get_adapter_config(transformer, name)
+        for path, layer in multi_lora.adapter_layers(transformer, name).items():
+            if name in merge:
+                lora_a, lora_b = layer.lora_pair(name)
+                scaling = config.alpha_for(path) / config.rank_for(path)
+                weight = state[f"{path}.base_layer.weight"]
+                delta = (lora_b.weight.float() @ lora_a.weight.float()) * scaling
+                state[f"{path}.base_layer.weight"] = (weight.float() + delta).to(weight.dtype)
+    clean: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        clean[key.replace(".base_layer.", ".")] = value
+    model = LayerFlowTransformer3DModel.from_config(transformer.config)
+    model.load_state_dict(clean)
+    return model.to(dtype=next(iter(clean.values())).dtype)
+
+
+def export_final(
+    config: TrainConfig,
+    pipeline: LayerFlowPipeline,
+    transformer: nn.Module,
+    trained: dict[str, torch.Tensor],
+    summary: dict[str, Any],
+) -> Path:
+    """Write ``final/`` atomically (temporary folder, then rename); returns it."""
+    from safetensors.torch import save_file
+
+    output = config.output_dir
+    final = output / FINAL
+    tmp = output / f".{FINAL}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    export = merged_transformer(transformer, [CONTENT]).float()
+    LayerFlowPipeline(
+        tokenizer=pipeline.tokenizer,
+        text_encoder=pipeline.text_encoder.float(),
+        vae=pipeline.vae.float(),
+        transformer=export,
+        scheduler=pipeline.scheduler,
+        layout=pipeline.layer_layout.to_dict(),
+    ).save_pretrained(tmp / "pipeline", safe_serialization=True)
+    for name in multi_lora.list_adapters(transformer):
+        multi_lora.save_adapter(transformer, name, tmp / "adapters" / name, format="native")
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in trained.items()}, str(tmp / "trained.safetensors"))
+    (tmp / "training.json").write_text(json.dumps(summary, indent=1))
+    if final.exists():
+        trash = output / f".{FINAL}.old"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp, final)
+    return final

@@ -1,0 +1,227 @@
+"""The LayerFlow training objective: task mixing, noising, text dropout and the masked v-loss.
+
+Every clip of a sample is in the model input, as at inference: the task's condition clips clean,
+the others noised by the pipeline's DDPM (zero-terminal-SNR, v-prediction) schedule at one timestep
+per sample. The loss is the v-prediction MSE over the generated clips only, averaged per sample and
+then over the batch (so data-parallel gradient averaging equals the single-process global mean).
+
+All randomness of a sample (task, timestep, noise, posterior draw, prompt dropout) comes from a
+generator seeded by ``(seed, step, micro_step, global sample position)``: a run is reproduced exactly
+after a resume, and a 2-process run draws what the 1-process run with the same global batch draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.sample import CLIP_ORDER, PROMPT_ROLES
+from ..layout import LayerLayout, TaskLayout
+
+#: Independent random streams per sample.
+STREAM_TASK, STREAM_TIMESTEP, STREAM_NOISE, STREAM_POSTERIOR, STREAM_DROPOUT, STREAM_BATCH_TASK = range(6)
+
+
+def sample_generator(seed: int, step: int, micro_step: int, position: int, stream: int) -> torch.Generator:
+    """A CPU generator for one random stream of the sample at global ``position`` of a micro-batch."""
+    state = np.random.SeedSequence([seed, step, micro_step, position, stream]).generate_state(1)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
+def layout_clip_names(layout: LayerLayout) -> list[str]:
+    """The data clip (:data:`CLIP_ORDER` name) behind each clip of ``layout``.
+
+    Training data carries one foreground, its alpha, a background and a composite, so only layouts
+    of those layers with the ``alpha_clip`` or ``rgb`` representation can be trained from it.
+    """
+    roles = sorted(spec.role for spec in layout.layers)
+    if roles != sorted(PROMPT_ROLES):
+        raise ValueError(
+            f"training data has one foreground, one background and one composite; the layout has "
+            f"{[(s.name, s.role) for s in layout.layers]}"
+        )
+    if layout.alpha == "latent_offset":
+        raise ValueError("the 'latent_offset' alpha representation needs a transparent VAE; train with 'alpha_clip'")
+    names = []
+    for clip in layout.clips:
+        role = layout.layer(clip.layer).role
+        names.append("alpha" if clip.content == "alpha" else role)
+    return names
+
+
+class TaskSampler:
+    """Draws tasks with configured probabilities (normalised), per batch or per sample."""
+
+    def __init__(self, probabilities: Mapping[str, float], layout: LayerLayout):
+        drawn = [(task, float(p)) for task, p in probabilities.items() if p > 0]
+        if not drawn:
+            raise ValueError("at least one task needs a probability > 0")
+        self.tasks = [task for task, _ in drawn]
+        weights = torch.tensor([p for _, p in drawn], dtype=torch.float64)
+        self.cumulative = (weights / weights.sum()).cumsum(0)
+        self.layouts = {task: layout.for_task(task) for task in self.tasks}
+
+    def draw(self, generator: torch.Generator) -> str:
+        u = torch.rand((), generator=generator, dtype=torch.float64)
+        index = int(torch.searchsorted(self.cumulative, u, right=True).clamp(max=len(self.tasks) - 1))
+        return self.tasks[index]
+
+
+@dataclass
+class ModelBatch:
+    """What one forward/backward needs, on the training device.
+
+    Attributes:
+        latents: ``[B, F, C, h, w]`` clean latents of every clip in layout order.
+        prompt_embeds: ``[B, 3 * S, D]`` text embeddings in :data:`PROMPT_ROLES` order.
+        is_static: ``[B]`` float, the per-sample motion gate.
+        clip_frames: latent frames per clip.
+    """
+
+    latents: torch.Tensor
+    prompt_embeds: torch.Tensor
+    is_static: torch.Tensor
+    clip_frames: int
+    sample_ids: list[str]
+
+
+@dataclass
+class NoisedBatch:
+    """The model input of one micro-batch and what its loss compares against."""
+
+    model_input: torch.Tensor
+    text: torch.Tensor
+    timesteps: torch.Tensor
+    target: torch.Tensor
+    loss_mask: torch.Tensor
+    """``[B, F]``: 1 on latent frames of generated clips, 0 on condition clips."""
+    tasks: list[str]
+    num_clips: int
+
+
+def condition_frame_mask(task_layouts: Sequence[TaskLayout], num_clips: int, clip_frames: int) -> torch.Tensor:
+    """``[B, F]`` float: 0 on the latent frames of each sample's condition clips, 1 elsewhere."""
+    mask = torch.ones(len(task_layouts), num_clips, clip_frames)
+    for b, task_layout in enumerate(task_layouts):
+        for clip in task_layout.condition_clips:
+            mask[b, clip] = 0.0
+    return mask.flatten(1)
+
+
+def prompt_tokens(embeds: torch.Tensor, task_layout: TaskLayout, tokens_per_prompt: int) -> torch.Tensor:
+    """The task's prompts (prompt order) out of ``[B, 3 * S, D]`` embeddings in :data:`PROMPT_ROLES` order."""
+    rows = embeds.unflatten(1, (len(PROMPT_ROLES), tokens_per_prompt))
+    picked = [PROMPT_ROLES.index(layer.role) for layer in task_layout.prompt_layers]
+    return rows[:, picked].flatten(1, 2)
+
+
+def drop_prompts(text: torch.Tensor, keep: torch.Tensor, tokens_per_prompt: int) -> torch.Tensor:
+    """Zero whole layer prompts (``keep``: ``[B, L]`` of 0/1): the unconditional embedding of CFG."""
+    rows = text.unflatten(1, (keep.shape[1], tokens_per_prompt))
+    return (rows * keep[:, :, None, None].to(rows.dtype)).flatten(1, 2)
+
+
+class Objective:
+    """Noising, task mixing and text dropout for one layout and noise schedule.
+
+    Args:
+        scheduler: the pipeline's scheduler (``CogVideoXDPMScheduler`` or DDIM, same DDPM config):
+            ``add_noise`` noises and ``get_velocity`` gives the v-prediction target.
+        layout: the model's layer layout.
+        tasks: task -> probability; ``task_mixing``: ``"per_batch"`` or ``"per_sample"``.
+        text_dropout: per layer prompt probability of the zero (unconditional) embedding.
+        tokens_per_prompt: the transformer's ``max_text_seq_length``.
+    """
+
+    def __init__(
+        self,
+        scheduler: object,
+        layout: LayerLayout,
+        tasks: Mapping[str, float],
+        *,
+        task_mixing: str,
+        text_dropout: float,
+        tokens_per_prompt: int,
+        seed: int,
+    ):
+        self.scheduler = scheduler
+        self.layout = layout
+        self.sampler = TaskSampler(tasks, layout)
+        self.task_mixing = task_mixing
+        self.text_dropout = text_dropout
+        self.tokens_per_prompt = tokens_per_prompt
+        self.seed = seed
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)  # type: ignore[attr-defined]
+        self.clip_names = layout_clip_names(layout)
+
+    def generator(self, step: int, micro_step: int, position: int, stream: int) -> torch.Generator:
+        return sample_generator(self.seed, step, micro_step, position, stream)
+
+    def draw_tasks(self, step: int, micro_step: int, positions: Sequence[int]) -> list[str]:
+        """One task per sample; per batch, one draw from the micro-batch's own stream for all samples."""
+        if self.task_mixing == "per_batch":
+            task = self.sampler.draw(self.generator(step, micro_step, 0, STREAM_BATCH_TASK))
+            return [task] * len(positions)
+        return [self.sampler.draw(self.generator(step, micro_step, p, STREAM_TASK)) for p in positions]
+
+    def noise(self, batch: ModelBatch, step: int, micro_step: int, positions: Sequence[int]) -> NoisedBatch:
+        """Noise the generated clips of every sample and build the model input, targets and loss mask."""
+        latents = batch.latents
+        device, num_clips = latents.device, len(self.clip_names)
+        if latents.shape[1] != num_clips * batch.clip_frames:
+            raise ValueError(
+                f"latents have {latents.shape[1]} frames, expected {num_clips} clips x {batch.clip_frames}"
+            )
+        tasks = self.draw_tasks(step, micro_step, positions)
+        task_layouts = [self.sampler.layouts[task] for task in tasks]
+        prompt_counts = {t.num_prompts for t in task_layouts}
+        if len(prompt_counts) > 1:
+            raise ValueError(f"tasks {sorted(set(tasks))} of one batch take different numbers of prompts")
+        timesteps = torch.cat(
+            [
+                torch.randint(0, self.num_train_timesteps, (1,), generator=self.generator(step, micro_step, p, STREAM_TIMESTEP))
+                for p in positions
+            ]
+        ).to(device)
+        noise = torch.stack(
+            [
+                torch.randn(latents.shape[1:], generator=self.generator(step, micro_step, p, STREAM_NOISE))
+                for p in positions
+            ]
+        ).to(device=device, dtype=latents.dtype)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)  # type: ignore[attr-defined]
+        target = self.scheduler.get_velocity(latents, noise, timesteps)  # type: ignore[attr-defined]
+        loss_mask = condition_frame_mask(task_layouts, num_clips, batch.clip_frames).to(device)
+        model_input = torch.where(loss_mask[:, :, None, None, None].bool(), noisy.to(latents.dtype), latents)
+
+        text = prompt_tokens(batch.prompt_embeds, task_layouts[0], self.tokens_per_prompt)
+        if self.text_dropout > 0:
+            num_prompts = task_layouts[0].num_prompts
+            keep = torch.stack(
+                [
+                    torch.rand(num_prompts, generator=self.generator(step, micro_step, p, STREAM_DROPOUT))
+                    >= self.text_dropout
+                    for p in positions
+                ]
+            ).to(device)
+            text = drop_prompts(text, keep, self.tokens_per_prompt)
+        return NoisedBatch(model_input, text, timesteps, target, loss_mask, tasks, num_clips)
+
+
+def masked_v_loss(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """MSE over the generated clips' latent frames, averaged per sample, then over the batch.
+
+    ``prediction``/``target``: ``[B, F, C, h, w]``; ``loss_mask``: ``[B, F]`` (0 on condition clips).
+    A condition clip's prediction does not enter the loss at all (its gradient is exactly zero).
+    """
+    squared = (prediction.float() - target.float()).pow(2).mean(dim=(2, 3, 4))
+    per_sample = (squared * loss_mask).sum(1) / loss_mask.sum(1).clamp_min(1.0)
+    return per_sample.mean()
+
+
+def data_clip_indices(clip_names: Sequence[str]) -> list[int]:
+    """Positions in :data:`CLIP_ORDER` of each layout clip (to pick them out of cached latents)."""
+    return [CLIP_ORDER.index(name) for name in clip_names]

@@ -1,0 +1,364 @@
+"""The accelerate training loop of one LayerFlow stage.
+
+``accelerate`` is the distributed engine: one process (CPU or GPU), DDP (gloo on CPU, NCCL on GPUs),
+or FSDP/DeepSpeed through an ``accelerate config`` (for those, the trained set of a LoRA stage is
+small; sharded optimizer states are not written by this checkpoint format, so use DDP for resumable
+runs). The loop itself steps the optimizer once per ``gradient_accumulation_steps`` micro-batches,
+skipping DDP's gradient sync on the others, clips gradients, steps the LR schedule once per
+optimizer step (not once per process), updates the EMA, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from diffusers.optimization import get_scheduler
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import collate_cached, collate_layered
+from . import checkpointing as ckpt
+from .config import TrainConfig, config_json
+from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_layered_mix
+from .ema import ParameterEMA
+from .encoding import BatchEncoder, prompt_encoder
+from .export import export_final, load_starting_point
+from .objective import Objective, layout_clip_names, masked_v_loss
+from .stages import StagePlan, apply_stage, count_parameters, set_motion_gate
+
+logger = logging.getLogger(__name__)
+StepCallback = Callable[[int, float], None]
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: per-step global mean losses (1-based step ``i`` at index ``i-1``)."""
+
+    losses: list[float]
+    final_dir: Path | None
+    trained_parameters: int
+    samples_per_second: float
+
+
+def tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LayerFlowTrainer:
+    """Trains one stage of the LayerFlow recipe as ``config`` says.
+
+    Args:
+        config: the validated stage config.
+        resume: ``None``/``False``: start fresh; ``True``: the newest complete checkpoint of
+            ``config.output_dir`` (fresh when there is none); a path: that checkpoint.
+        on_step_end: called as ``fn(step, loss)`` after every optimizer step (and its checkpoint).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume: bool | str | Path | None = None,
+        on_step_end: StepCallback | None = None,
+    ):
+        self.config = config
+        self.resume = resume
+        self.on_step_end = on_step_end
+        run = config.run
+        tracker = run.tracker
+        log_with = "tensorboard" if tracker == "tensorboard" or (tracker == "auto" and tensorboard_available()) else None
+        self.accelerator = Accelerator(
+            mixed_precision=run.mixed_precision,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
+        self.weight_dtype = _DTYPES[run.mixed_precision]
+        if run.num_threads is not None:
+            torch.set_num_threads(run.num_threads)
+
+    # ------------------------------------------------------------------------------ setup
+    def _setup_model(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        self.pipeline = load_starting_point(config)
+        transformer = self.pipeline.transformer
+        self.plan = StagePlan.from_config(config, transformer)
+        self.trained = apply_stage(transformer, config, self.plan)
+        self.names = sorted(self.trained)
+        if config.model.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        device = accelerator.device
+        for module in (self.pipeline.vae, self.pipeline.text_encoder):
+            module.requires_grad_(False).eval().to(device=device, dtype=self.weight_dtype)
+        # Frozen weights in the compute dtype, trained ones in float32 (autocast does the mixing).
+        for param in transformer.parameters():
+            param.data = param.data.to(device=device, dtype=torch.float32 if param.requires_grad else self.weight_dtype)
+        self.objective = Objective(
+            self.pipeline.scheduler,
+            self.pipeline.layer_layout,
+            config.objective.tasks,
+            task_mixing=config.objective.task_mixing,
+            text_dropout=config.objective.text_dropout,
+            tokens_per_prompt=int(transformer.config.max_text_seq_length),
+            seed=config.run.seed,
+        )
+        optim = config.optim
+        optimizer = torch.optim.AdamW(
+            [self.trained[name] for name in self.names],
+            lr=config.learning_rate,
+            betas=(optim.adam_beta1, optim.adam_beta2),
+            eps=optim.adam_epsilon,
+            weight_decay=optim.weight_decay,
+        )
+        self.lr_scheduler = get_scheduler(
+            optim.lr_scheduler, optimizer, num_warmup_steps=optim.lr_warmup_steps, num_training_steps=config.run.max_steps
+        )
+        self.model, self.optimizer = accelerator.prepare(transformer, optimizer)
+        self.transformer = transformer
+        self.ema = ParameterEMA(self.trained, config.run.ema_decay) if config.run.ema_decay is not None else None
+
+    def _setup_data(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        tokens = int(self.transformer.config.max_text_seq_length)
+        text_encoder = prompt_encoder(self.pipeline, tokens)
+        progress = config.run.progress and accelerator.is_main_process
+        with accelerator.main_process_first():
+            if config.data.precompute:
+                self.dataset: RepeatedMix = build_cached_mix(config, self.pipeline.vae, text_encoder, progress=progress)
+            else:
+                self.dataset = build_layered_mix(config, progress=progress)[0]
+        self.collate = collate_cached if config.data.precompute else collate_layered
+        self.sampler = EpochBatchSampler(
+            len(self.dataset),
+            config.optim.batch_size,
+            world_size=accelerator.num_processes,
+            rank=accelerator.process_index,
+            seed=config.run.seed,
+        )
+        self.encoder = BatchEncoder(
+            layout_clip_names(self.pipeline.layer_layout),
+            vae=self.pipeline.vae,
+            text_encoder=text_encoder,
+            encode_mode=config.data.encode_mode,
+            seed=config.run.seed,
+            device=accelerator.device,
+            dtype=self.weight_dtype,
+        )
+
+    def _batches(self, state: ckpt.TrainingState) -> Iterator[Any]:
+        """Micro-batches from the saved position on, across epochs; ``state`` tracks the position."""
+        while True:
+            self.dataset.set_epoch(state.epoch)
+            self.sampler.set_position(state.epoch, state.batch_in_epoch)
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=self.sampler,
+                collate_fn=self.collate,
+                num_workers=self.config.data.num_workers,
+            )
+            for batch in loader:
+                state.batch_in_epoch += 1
+                yield batch
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def _save(self, state: ckpt.TrainingState) -> Path | None:
+        accelerator, output = self.accelerator, self.config.output_dir
+        if accelerator.is_main_process:
+            ckpt.prepare_temporary(output, state.step)
+        accelerator.wait_for_everyone()
+        ckpt.write_rank_files(ckpt.temporary_dir(output, state.step), accelerator.process_index)
+        accelerator.wait_for_everyone()
+        path = None
+        if accelerator.is_main_process:
+            optimizer_tensors, optimizer_meta = ckpt.optimizer_tensors(self.optimizer.optimizer, self.names)
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            content = ckpt.CheckpointContent(
+                trained={name: self.trained[name] for name in self.names},
+                optimizer=optimizer_tensors,
+                ema=self.ema.shadow if self.ema is not None else None,
+                state={
+                    "stage": self.config.stage,
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "batch_in_epoch": state.batch_in_epoch,
+                    "losses": state.losses,
+                    "world_size": accelerator.num_processes,
+                    "trained_parameters": self.names,
+                    "optimizer": optimizer_meta,
+                    "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "grad_scaler": scaler,
+                    "ema_updates": self.ema.num_updates if self.ema is not None else None,
+                    "rng": ckpt.python_rng_state(),
+                    "config": self.config.to_dict(),
+                },
+            )
+            path = ckpt.finalize_checkpoint(output, state.step, content, self.config.run.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return path
+
+    def _resume_path(self) -> Path | None:
+        if self.resume is None or self.resume is False:
+            return None
+        if self.resume is True:
+            return ckpt.latest_checkpoint(self.config.output_dir)
+        return Path(self.resume)
+
+    def _load(self, path: Path) -> ckpt.TrainingState:
+        content, rng = ckpt.read_checkpoint(path, self.accelerator.process_index)
+        state = content.state
+        if state["stage"] != self.config.stage:
+            raise ckpt.CheckpointError(f"{path} is a stage-{state['stage']} checkpoint; this is stage {self.config.stage}")
+        if state["trained_parameters"] != self.names:
+            raise ckpt.CheckpointError(f"{path} trained other parameters than this config trains")
+        if state["world_size"] * self.config.optim.batch_size != self.sampler.global_batch:
+            logger.warning("resuming with a different global batch: the data order will differ from the original run")
+        with torch.no_grad():
+            for name in self.names:
+                self.trained[name].copy_(content.trained[name])
+        ckpt.load_optimizer(self.optimizer.optimizer, self.names, content.optimizer, state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if state["grad_scaler"] is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
+        if self.ema is not None:
+            if content.ema is None:
+                raise ckpt.CheckpointError(f"{path} has no EMA state, but run.ema_decay is set")
+            self.ema.load(content.ema, int(state["ema_updates"]))
+        if rng:
+            ckpt.restore_rng(rng, state["rng"])
+        return ckpt.TrainingState(state["step"], state["epoch"], state["batch_in_epoch"], list(state["losses"]))
+
+    # ------------------------------------------------------------------------------ training
+    def _micro_step(self, batch: Any, step: int, micro_step: int) -> torch.Tensor:
+        accelerator, config = self.accelerator, self.config
+        local = config.optim.batch_size
+        positions = [accelerator.process_index * local + i for i in range(local)]
+        model_batch = self.encoder(batch, step, micro_step, positions)
+        noised = self.objective.noise(model_batch, step, micro_step, positions)
+        set_motion_gate(self.transformer, model_batch.is_static)
+        prediction = self.model(
+            noised.model_input.to(self.weight_dtype),
+            noised.text,
+            noised.timesteps,
+            num_clips=noised.num_clips,
+            return_dict=False,
+        )[0]
+        return masked_v_loss(prediction, noised.target, noised.loss_mask)
+
+    def train(self) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        self._setup_model()
+        self._setup_data()
+        resume_from = self._resume_path()
+        state = self._load(resume_from) if resume_from is not None else ckpt.TrainingState()
+        if accelerator.is_main_process:
+            logger.info(
+                "stage %d: training %d parameters (%d tensors) on blocks %s, %d samples, global batch %d",
+                config.stage, count_parameters(self.trained), len(self.names), list(self.plan.blocks),
+                len(self.dataset), self.sampler.global_batch * config.optim.gradient_accumulation_steps,
+            )  # fmt: skip
+            (config.output_dir).mkdir(parents=True, exist_ok=True)
+            (config.output_dir / "config.json").write_text(config_json(config))
+        accelerator.init_trackers(f"layerflow-stage{config.stage}", config=_flat_scalars(config.to_dict()))
+        accumulation = config.optim.gradient_accumulation_steps
+        samples_per_step = self.sampler.global_batch * accumulation
+        batches = self._batches(state)
+        progress = tqdm(
+            total=config.run.max_steps,
+            initial=state.step,
+            desc=f"stage {config.stage}",
+            disable=not (config.run.progress and accelerator.is_main_process),
+        )
+        started, first_step = time.perf_counter(), state.step
+        while state.step < config.run.max_steps:
+            step_start = time.perf_counter()
+            losses = []
+            for micro_step in range(accumulation):
+                batch = next(batches)
+                sync = micro_step == accumulation - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
+                    loss = self._micro_step(batch, state.step, micro_step)
+                    accelerator.backward(loss / accumulation)
+                losses.append(loss.detach())
+            if config.optim.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.trained)
+            loss_value = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"stage {config.stage}: loss is {loss_value} at step {state.step + 1}")
+            state.step += 1
+            state.losses.append(loss_value)
+            throughput = samples_per_step / max(time.perf_counter() - step_start, 1e-9)
+            progress.update()
+            progress.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{throughput:.1f}")
+            if state.step % config.run.log_every == 0:
+                lr = self.lr_scheduler.get_last_lr()[0]
+                accelerator.log({"loss": loss_value, "lr": lr, "samples_per_s": throughput}, step=state.step)
+            if state.step % config.run.checkpoint_every == 0 or state.step == config.run.max_steps:
+                self._save(state)
+            if self.on_step_end is not None:
+                self.on_step_end(state.step, loss_value)
+        progress.close()
+        elapsed = time.perf_counter() - started
+        rate = samples_per_step * (state.step - first_step) / max(elapsed, 1e-9)
+        final = self._export(state)
+        accelerator.end_training()
+        return TrainResult(state.losses, final, count_parameters(self.trained), rate)
+
+    def _export(self, state: ckpt.TrainingState) -> Path | None:
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        final = None
+        if accelerator.is_main_process:
+            if self.ema is not None:
+                self.ema.copy_to(self.trained)
+            summary = {
+                "stage": self.config.stage,
+                "steps": state.step,
+                "losses": state.losses,
+                "trained_blocks": list(self.plan.blocks),
+                "trained_parameters": count_parameters(self.trained),
+                "ema": self.ema is not None,
+                "config": self.config.to_dict(),
+            }
+            final = export_final(self.config, self.pipeline, self.transformer, dict(self.trained), summary)
+            logger.info("stage %d finished: %s", self.config.stage, final)
+        accelerator.wait_for_everyone()
+        return final
+
+
+def _flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Config values a tracker accepts (numbers, strings, bools), flattened to ``section.key``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= _flat_scalars(value, f"{name}.")
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+    return flat
+
+
+def train(config: TrainConfig, *, resume: bool | str | Path | None = None, on_step_end: StepCallback | None = None) -> TrainResult:
+    """Train one stage; see :class:`LayerFlowTrainer`."""
+    return LayerFlowTrainer(config, resume=resume, on_step_end=on_step_end).train()
