@@ -26,7 +26,11 @@ from layerflow.layout import LayerLayout
 from layerflow.testing import build_tiny_pipeline
 
 BENCH = "layerflow"
-PROMPTS = {"foreground": "a red circle", "background": "blue stripes", "composite": "a red circle over blue stripes"}
+PROMPTS = {
+    "foreground": "a red circle",
+    "background": "blue stripes",
+    "composite": "a red circle over blue stripes",
+}
 
 
 def emit(sink: Path | None, measure: str, value: float, unit: str, target: str = "") -> None:
@@ -53,7 +57,14 @@ def step_time(alpha: str, *, latent_size: int, frames: int, steps: int, repeats:
     size = latent_size * pipe.vae_scale_factor_spatial
 
     def run() -> None:
-        pipe(PROMPTS, num_frames=frames, height=size, width=size, num_inference_steps=steps, output_type="latent")
+        pipe(
+            PROMPTS,
+            num_frames=frames,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            output_type="latent",
+        )
 
     run()  # warm-up
     timings = []
@@ -75,11 +86,18 @@ def real_2b_figures(sink: Path | None) -> None:
         per_step[alpha] = flops
         emit(sink, f"2B {alpha}: tokens per sample ({clips} clips)", n, "tokens")
         emit(sink, f"2B {alpha}: transformer FLOPs per denoising step (CFG)", flops / 1e12, "TFLOP")
-    emit(sink, "2B latent_offset / alpha_clip FLOPs per step", per_step["latent_offset"] / per_step["alpha_clip"], "x")
+    emit(
+        sink,
+        "2B latent_offset / alpha_clip FLOPs per step",
+        per_step["latent_offset"] / per_step["alpha_clip"],
+        "x",
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -92,7 +110,13 @@ def main() -> None:
     }
     for alpha, value in seconds.items():
         emit(args.json, f"tiny {alpha}: time per denoising step", value * 1e3, "ms")
-    emit(args.json, "tiny latent_offset / alpha_clip time per step", seconds["latent_offset"] / seconds["alpha_clip"], "x", "<= 0.75")
+    emit(
+        args.json,
+        "tiny latent_offset / alpha_clip time per step",
+        seconds["latent_offset"] / seconds["alpha_clip"],
+        "x",
+        "<= 0.75",
+    )
     real_2b_figures(args.json)
 
 

@@ -9,7 +9,14 @@ from layerflow.layout import LayerLayout
 from layerflow.media import read_manifest, read_png_sequence, write_mp4, write_png_sequence, write_webm_rgba
 from layerflow.testing import build_tiny_pipeline, random_layer_frames, single_thread
 
-PROMPTS = ["-p", "foreground=a red circle", "-p", "background=blue stripes", "-p", "composite=a red circle over blue stripes"]
+PROMPTS = [
+    "-p",
+    "foreground=a red circle",
+    "-p",
+    "background=blue stripes",
+    "-p",
+    "composite=a red circle over blue stripes",
+]
 FAST = ["--steps", "1", "--no-video"]
 
 
@@ -49,7 +56,9 @@ def _fails(capsys, argv, message):
 
 
 def test_generate_writes_an_output_folder(model_dir, tmp_path, capsys):
-    assert main(["generate", str(model_dir), "-o", str(tmp_path / "out"), *PROMPTS, "--frames", "8", *FAST]) == 0
+    assert (
+        main(["generate", str(model_dir), "-o", str(tmp_path / "out"), *PROMPTS, "--frames", "8", *FAST]) == 0
+    )
     manifest = read_manifest(tmp_path / "out")
     assert manifest["task"] == "generate" and manifest["num_frames"] == 8
     assert [layer["kind"] for layer in manifest["layers"]] == ["rgba", "rgb", "rgb"]
@@ -68,7 +77,10 @@ def test_generate_writes_an_output_folder(model_dir, tmp_path, capsys):
     ],
 )
 def test_conditional_tasks_accept_videos_and_frame_folders(model_dir, inputs, tmp_path, command, extra):
-    extra = [part if "=" not in part else part.split("=")[0] + "=" + str(inputs / part.split("=")[1]) for part in extra]
+    extra = [
+        part if "=" not in part else part.split("=")[0] + "=" + str(inputs / part.split("=")[1])
+        for part in extra
+    ]
     prompts = PROMPTS[:4] if command == "decompose" else PROMPTS
     assert main([command, str(model_dir), "-o", str(tmp_path / "out"), *prompts, *extra, *FAST]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -89,17 +101,38 @@ def test_clear_errors(model_dir, inputs, tmp_path, capsys):
     _fails(capsys, ["bg2fg", str(model_dir), *out, *PROMPTS], "needs --input for ['background']")
     _fails(
         capsys,
-        ["fg2bg", str(model_dir), *out, *PROMPTS, "-i", f"foreground={inputs / 'fg_rgb'}", "-a", f"foreground={inputs / 'fg_alpha_short'}"],
+        [
+            "fg2bg",
+            str(model_dir),
+            *out,
+            *PROMPTS,
+            "-i",
+            f"foreground={inputs / 'fg_rgb'}",
+            "-a",
+            f"foreground={inputs / 'fg_alpha_short'}",
+        ],
         "has 4 frames",
     )
-    _fails(capsys, ["bg2fg", str(model_dir), *out, *PROMPTS, "-i", f"background={inputs / 'broken.mp4'}"], "broken.mp4")
-    _fails(capsys, ["bg2fg", str(model_dir), *out, *PROMPTS, "-i", f"background={inputs / 'nope'}"], "does not exist")
+    _fails(
+        capsys,
+        ["bg2fg", str(model_dir), *out, *PROMPTS, "-i", f"background={inputs / 'broken.mp4'}"],
+        "broken.mp4",
+    )
+    _fails(
+        capsys,
+        ["bg2fg", str(model_dir), *out, *PROMPTS, "-i", f"background={inputs / 'nope'}"],
+        "does not exist",
+    )
     _fails(
         capsys,
         ["bg2fg", str(model_dir), *out, *PROMPTS, "-i", f"background={inputs / 'odd_size'}", *FAST],
         "height=20 must be a positive multiple of 8",
     )
-    _fails(capsys, ["decompose", str(model_dir), *out, *PROMPTS, "-i", f"composite={inputs / 'composite'}"], "composite")
+    _fails(
+        capsys,
+        ["decompose", str(model_dir), *out, *PROMPTS, "-i", f"composite={inputs / 'composite'}"],
+        "composite",
+    )
     broken = tmp_path / "no_vae"
     shutil.copytree(model_dir, broken)
     shutil.rmtree(broken / "vae")

@@ -58,7 +58,9 @@ def to_sat(model, motion=None, content=None, position_table=None):
             out[f"{layer}mlp.dense_h_to_4h.{p}"] = sd[f"{b}ff.net.0.proj.{p}"]
             out[f"{layer}mlp.dense_4h_to_h.{p}"] = sd[f"{b}ff.net.2.{p}"]
             one, two = sd[f"{b}norm1.linear.{p}"].chunk(6), sd[f"{b}norm2.linear.{p}"].chunk(6)
-            out[f"{P}mixins.adaln_layer.adaLN_modulations.{i}.1.{p}"] = torch.cat(one[:3] + two[:3] + one[3:] + two[3:])
+            out[f"{P}mixins.adaln_layer.adaLN_modulations.{i}.1.{p}"] = torch.cat(
+                one[:3] + two[:3] + one[3:] + two[3:]
+            )
             out[f"{P}mixins.adaln_layer.query_layernorm_list.{i}.{p}"] = sd[f"{b}attn1.norm_q.{p}"]
             out[f"{P}mixins.adaln_layer.key_layernorm_list.{i}.{p}"] = sd[f"{b}attn1.norm_k.{p}"]
         for letters, factors in ((("A", "B"), motion), (("C", "D"), content)):
@@ -85,7 +87,9 @@ def to_sat(model, motion=None, content=None, position_table=None):
         for p in ("weight", "bias"):
             out[f"{P}{sat}.{p}"] = sd[f"{ours}.{p}"]
     if position_table is None:
-        position_table = build_tiny_transformer(learned_position_frames=FRAMES, num_layer_prompts=3).patch_embed.position_table
+        position_table = build_tiny_transformer(
+            learned_position_frames=FRAMES, num_layer_prompts=3
+        ).patch_embed.position_table
     out[f"{P}mixins.pos_embed.pos_embedding"] = position_table.detach().clone()
     out["conditioner.embedders.0.transformer.shared.weight"] = torch.zeros(4, 4)  # T5: skipped
     out["first_stage_model.encoder.conv_in.weight"] = torch.zeros(4)  # VAE: skipped
@@ -107,12 +111,18 @@ def assert_same_model(converted, model):
     for key, value in converted.state_dict().items():
         assert torch.equal(value, expected[key]), key
     video, text, t = _inputs()
-    torch.testing.assert_close(converted(video, text, t).sample, model(video, text, t).sample, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        converted(video, text, t).sample, model(video, text, t).sample, rtol=0, atol=1e-6
+    )
 
 
 def _inputs():
     g = torch.Generator().manual_seed(7)
-    return torch.randn(1, FRAMES, 4, 4, 4, generator=g), torch.randn(1, 3 * TEXT, 16, generator=g), torch.tensor([500])
+    return (
+        torch.randn(1, FRAMES, 4, 4, 4, generator=g),
+        torch.randn(1, 3 * TEXT, 16, generator=g),
+        torch.tensor([500]),
+    )
 
 
 def _convert(tmp_path, sat, **kwargs):
@@ -173,7 +183,9 @@ def test_unknown_and_missing_keys_are_named_and_nothing_is_written(tmp_path):
     with pytest.raises(ConversionError, match=r"missing \['transformer_blocks.0.ff.net.2.bias'\]"):
         build_transformer(convert_official_state_dict(sat, lora="merge", **TINY))
     del sat[f"{P}transformer.layers.0.attention.dense.matrix_D.0"]
-    with pytest.raises(ConversionError, match="content LoRA of transformer_blocks.0.attn1.to_out.0 is incomplete"):
+    with pytest.raises(
+        ConversionError, match="content LoRA of transformer_blocks.0.attn1.to_out.0 is incomplete"
+    ):
         convert_official_state_dict(sat, lora="merge", **TINY)
 
 
@@ -200,8 +212,14 @@ def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
     model = build_tiny_transformer(num_layer_prompts=3)
     lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 2, 0).items()}
     official = _write_official(tmp_path, to_sat(model, motion=lora, content=lora))
-    out = convert_official_checkpoint(official, tmp_path / "pipe", base=tmp_path / "base", lora="merge", **TINY)
+    out = convert_official_checkpoint(
+        official, tmp_path / "pipe", base=tmp_path / "base", lora="merge", **TINY
+    )
     pipe = LayerFlowPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    result = pipe({"foreground": "a fox", "background": "snow", "composite": "a fox in snow"}, num_frames=8, num_inference_steps=1)
+    result = pipe(
+        {"foreground": "a fox", "background": "snow", "composite": "a fox in snow"},
+        num_frames=8,
+        num_inference_steps=1,
+    )
     assert result.layers["foreground"].shape == (1, 8, 4, 16, 16)

@@ -11,7 +11,11 @@ def test_official_clip_order_per_alpha_representation():
         ClipSpec("composite", "color"),
     )
     for alpha in ("rgb", "latent_offset"):
-        assert [c.layer for c in LayerLayout.official(alpha).clips] == ["foreground", "background", "composite"]
+        assert [c.layer for c in LayerLayout.official(alpha).clips] == [
+            "foreground",
+            "background",
+            "composite",
+        ]
 
 
 def test_tasks_resolve_conditions_and_prompts():

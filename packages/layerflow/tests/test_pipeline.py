@@ -8,7 +8,11 @@ from layerflow.pipelines import LayerFlowPipeline, dynamic_guidance_scale
 from layerflow.pipelines.scheduling import switch_scheduler
 from layerflow.testing import build_tiny_pipeline, random_layer_frames, single_thread
 
-PROMPTS = {"foreground": "a red circle", "background": "blue stripes", "composite": "a red circle over blue stripes"}
+PROMPTS = {
+    "foreground": "a red circle",
+    "background": "blue stripes",
+    "composite": "a red circle over blue stripes",
+}
 CONDITION_ROLE = {
     "foreground_to_background": "foreground",
     "background_to_foreground": "background",
@@ -65,7 +69,9 @@ def pipe(request) -> LayerFlowPipeline:
     return pipeline
 
 
-@pytest.mark.parametrize("task", ["generate", "foreground_to_background", "background_to_foreground", "decompose"])
+@pytest.mark.parametrize(
+    "task", ["generate", "foreground_to_background", "background_to_foreground", "decompose"]
+)
 def test_every_task_runs_and_keeps_the_condition_bit_identical(pipe, task):
     task_layout = pipe.layer_layout.for_task(task)
     recorder = CallRecorder(pipe)
@@ -132,12 +138,15 @@ def test_dynamic_guidance_matches_the_official_schedule():
     official = [2.291, 2.544, 6.974, 6.420, 2.788, 4.272, 1.038, 4.170, 1.618, 6.983]
     ours = [dynamic_guidance_scale(6.0, t, 50) for t in range(999, 999 - 20 * 10, -20)]
     assert ours == pytest.approx(official, abs=1e-3)
-    assert dynamic_guidance_scale(6.0, 50, 50) == 1.0 and math.isclose(dynamic_guidance_scale(6.0, 0, 50), 7.0)
+    assert dynamic_guidance_scale(6.0, 50, 50) == 1.0 and math.isclose(
+        dynamic_guidance_scale(6.0, 0, 50), 7.0
+    )
 
 
 def test_ddim_ignores_the_seed_given_latents_and_dpm_sde_does_not(pipe):
     ddim = LayerFlowPipeline(
-        **{**pipe.components, "scheduler": switch_scheduler(pipe.scheduler, "ddim")}, layout=pipe.config.layout
+        **{**pipe.components, "scheduler": switch_scheduler(pipe.scheduler, "ddim")},
+        layout=pipe.config.layout,
     )
     ddim.set_progress_bar_config(disable=True)
     latents = torch.randn(1, 6 if pipe.layer_layout.alpha == "rgb" else 8, 4, 4, 4)
@@ -223,7 +232,10 @@ class TestBadInputFailsBeforeCompute:
             guarded(PROMPTS, "background_to_foreground", conditions={"background": torch.rand(8, 4, 16, 16)})
         with pytest.raises(ValueError, match="'background' has frames=8, expected 16"):
             guarded(
-                PROMPTS, "background_to_foreground", num_frames=16, conditions={"background": torch.rand(8, 3, 16, 16)}
+                PROMPTS,
+                "background_to_foreground",
+                num_frames=16,
+                conditions={"background": torch.rand(8, 3, 16, 16)},
             )
 
     def test_too_many_prompts_for_the_model(self):

@@ -107,7 +107,9 @@ def test_learned_position_table_round_trips_and_starts_as_sincos(tmp_path):
     plain = build_tiny_transformer(num_layer_prompts=3)
     assert learned.patch_embed.position_table.shape == (1, 3 * TEXT + 6 * 4, 16)
     video, text, t = _inputs(frames=6, prompts=3)
-    torch.testing.assert_close(learned(video, text, t).sample, plain(video, text, t).sample, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        learned(video, text, t).sample, plain(video, text, t).sample, rtol=0, atol=1e-6
+    )
     learned.patch_embed.position_table.add_(0.1)
     learned.save_pretrained(tmp_path / "learned")
     loaded = LayerFlowTransformer3DModel.from_pretrained(tmp_path / "learned")
@@ -116,4 +118,6 @@ def test_learned_position_table_round_trips_and_starts_as_sincos(tmp_path):
     with pytest.raises(ValueError, match="covers 24 video tokens"):
         learned(torch.zeros(1, 8, 4, 4, 4), text[:1], t[:1])
     with pytest.raises(ValueError, match="continuous"):
-        LayerFlowTransformer3DModel(**tiny_transformer_config(learned_position_frames=2, position_mode="per_clip"))
+        LayerFlowTransformer3DModel(
+            **tiny_transformer_config(learned_position_frames=2, position_mode="per_clip")
+        )

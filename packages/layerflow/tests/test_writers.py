@@ -33,13 +33,23 @@ def _rgba(frames=4, height=32, width=48, seed=0) -> torch.Tensor:
 def _smooth_rgb(frames=4, height=32, width=48) -> torch.Tensor:
     y = torch.linspace(0, 1, height)[:, None]
     x = torch.linspace(0, 1, width)[None, :]
-    return torch.stack([torch.stack([x.expand(height, width), y.expand(height, width), (x * y) + t / 10]) for t in range(frames)]).clamp(0, 1)
+    return torch.stack(
+        [
+            torch.stack([x.expand(height, width), y.expand(height, width), (x * y) + t / 10])
+            for t in range(frames)
+        ]
+    ).clamp(0, 1)
 
 
 def test_png_sequence_rgba_round_trip_is_exact(tmp_path):
     rgba = _rgba()
     write_png_sequence(tmp_path / "fg", rgba)
-    assert sorted(p.name for p in (tmp_path / "fg").iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png"]
+    assert sorted(p.name for p in (tmp_path / "fg").iterdir()) == [
+        "0000.png",
+        "0001.png",
+        "0002.png",
+        "0003.png",
+    ]
     assert Image.open(tmp_path / "fg" / "0000.png").mode == "RGBA"
     assert torch.equal(read_png_sequence(tmp_path / "fg"), rgba)
     with pytest.raises(FileExistsError):
@@ -103,7 +113,9 @@ def test_output_dir_matches_the_contract(tmp_path):
     out = write_output_dir(tmp_path / "out", layers, task="decompose", fps=8, seed=3, settings={"steps": 2})
     manifest = read_manifest(out)
     assert manifest == json.loads((out / "manifest.json").read_text())
-    assert {k: manifest[k] for k in ("format", "version", "task", "fps", "num_frames", "height", "width", "alpha")} == {
+    assert {
+        k: manifest[k] for k in ("format", "version", "task", "fps", "num_frames", "height", "width", "alpha")
+    } == {
         "format": "layerflow-output",
         "version": 1,
         "task": "decompose",

@@ -90,7 +90,9 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
                     f"alpha {alphas[name]} has {matte.shape[0]} frames of {tuple(matte.shape[-2:])}, "
                     f"input {path} has {color.shape[0]} frames of {tuple(color.shape[-2:])}"
                 )
-            color = torch.cat([color[:, :3], matte[:, :1] if matte.shape[1] == 1 else matte[:, :3].mean(1, True)], 1)
+            color = torch.cat(
+                [color[:, :3], matte[:, :1] if matte.shape[1] == 1 else matte[:, :3].mean(1, True)], 1
+            )
         frames[name] = color
     shapes = {name: (f.shape[0], *f.shape[-2:]) for name, f in frames.items()}
     if len(set(shapes.values())) > 1:
@@ -111,9 +113,17 @@ def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
         c for c in REQUIRED_COMPONENTS if not (index.get(c) and index[c][0] and (model_dir / c).is_dir())
     ]
     if missing:
-        raise CliError(f"model folder {model_dir} lacks component(s) {missing} (a folder and a model_index.json entry each)")
-    if index.get("transparent_vae") and index["transparent_vae"][0] and not (model_dir / "transparent_vae").is_dir():
-        raise CliError(f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder")
+        raise CliError(
+            f"model folder {model_dir} lacks component(s) {missing} (a folder and a model_index.json entry each)"
+        )
+    if (
+        index.get("transparent_vae")
+        and index["transparent_vae"][0]
+        and not (model_dir / "transparent_vae").is_dir()
+    ):
+        raise CliError(
+            f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder"
+        )
     return index
 
 
@@ -127,8 +137,12 @@ def check_sizes(args: argparse.Namespace, conditions: dict[str, torch.Tensor]) -
     spatial = 2 ** (len(vae.get("block_out_channels", (128, 256, 256, 512))) - 1)
     first = next(iter(conditions.values()), None)
     frames = args.frames if args.frames is not None else (first.shape[0] if first is not None else 16)
-    height = args.height or (first.shape[-2] if first is not None else transformer.get("sample_height", 60) * spatial)
-    width = args.width or (first.shape[-1] if first is not None else transformer.get("sample_width", 90) * spatial)
+    height = args.height or (
+        first.shape[-2] if first is not None else transformer.get("sample_height", 60) * spatial
+    )
+    width = args.width or (
+        first.shape[-1] if first is not None else transformer.get("sample_width", 90) * spatial
+    )
     if first is not None and (frames, height, width) != (first.shape[0], *first.shape[-2:]):
         raise CliError(
             f"inputs have {first.shape[0]} frames of {first.shape[-2]}x{first.shape[-1]}, "
@@ -152,7 +166,9 @@ def load_pipeline(args: argparse.Namespace) -> Any:
     from .pipelines.scheduling import switch_scheduler
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    dtype = (
+        DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    )
     pipe = LayerFlowPipeline.from_pretrained(args.model, dtype=dtype)
     if args.scheduler != "dpm":
         pipe.scheduler = switch_scheduler(pipe.scheduler, args.scheduler)
@@ -217,7 +233,12 @@ def run_task(args: argparse.Namespace) -> Path:
         "alpha_representation": layout.alpha,
     }
     return result.save(
-        output, fps=args.fps, seed=args.seed, settings=settings, videos=not args.no_video, overwrite=args.overwrite
+        output,
+        fps=args.fps,
+        seed=args.seed,
+        settings=settings,
+        videos=not args.no_video,
+        overwrite=args.overwrite,
     )
 
 
@@ -232,13 +253,23 @@ def describe(path: str | Path) -> str:
         lines.append(f"  layers: {[f'{s.name} ({s.role})' for s in layout.layers]}, alpha: {layout.alpha}")
         for name, entry in index.items():
             if isinstance(entry, list) and len(entry) == 2:
-                state = "present" if (path / name).is_dir() else ("not used" if entry[0] is None else "MISSING")
+                state = (
+                    "present" if (path / name).is_dir() else ("not used" if entry[0] is None else "MISSING")
+                )
                 lines.append(f"  {name}: {entry[1]} ({state})")
         config_file = path / "transformer" / "config.json"
         if config_file.is_file():
             config = json.loads(config_file.read_text())
-            keys = ("num_layers", "num_attention_heads", "attention_head_dim", "num_layer_prompts", "layer_embedder",
-                    "position_mode", "learned_position_frames", "max_text_seq_length")
+            keys = (
+                "num_layers",
+                "num_attention_heads",
+                "attention_head_dim",
+                "num_layer_prompts",
+                "layer_embedder",
+                "position_mode",
+                "learned_position_frames",
+                "max_text_seq_length",
+            )
             lines.append("  transformer: " + ", ".join(f"{k}={config.get(k)}" for k in keys))
         adapters = path / "transformer" / "adapters"
         if adapters.is_dir():
@@ -254,7 +285,9 @@ def describe(path: str | Path) -> str:
     if path.is_dir() and ((path / "latest").is_file() or (path / "mp_rank_00_model_states.pt").is_file()):
         from .convert import find_checkpoint_file
 
-        return f"official LayerFlow checkpoint: {find_checkpoint_file(path)} (convert with `layerflow convert`)"
+        return (
+            f"official LayerFlow checkpoint: {find_checkpoint_file(path)} (convert with `layerflow convert`)"
+        )
     frames = read_frames(path)
     kind = "RGBA" if frames.shape[1] == 4 else "RGB"
     return f"{path}: {frames.shape[0]} {kind} frames of {frames.shape[2]}x{frames.shape[3]}"
@@ -262,7 +295,9 @@ def describe(path: str | Path) -> str:
 
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layerflow", description="Layer-aware video generation (LayerFlow).")
+    parser = argparse.ArgumentParser(
+        prog="layerflow", description="Layer-aware video generation (LayerFlow)."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
     helps = {
@@ -273,13 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         task = commands.add_parser(name, help=text, description=text)
-        task.add_argument("model", help="a LayerFlow model folder (from `layerflow convert` or save_pretrained)")
-        task.add_argument("-o", "--output", required=True, help="output folder (PNG sequences, videos, manifest)")
-        task.add_argument("-p", "--prompt", action="append", metavar="LAYER=TEXT", help="one per prompted layer")
-        task.add_argument("-n", "--negative", action="append", metavar="LAYER=TEXT", help="negative prompt for a layer")
+        task.add_argument(
+            "model", help="a LayerFlow model folder (from `layerflow convert` or save_pretrained)"
+        )
+        task.add_argument(
+            "-o", "--output", required=True, help="output folder (PNG sequences, videos, manifest)"
+        )
+        task.add_argument(
+            "-p", "--prompt", action="append", metavar="LAYER=TEXT", help="one per prompted layer"
+        )
+        task.add_argument(
+            "-n", "--negative", action="append", metavar="LAYER=TEXT", help="negative prompt for a layer"
+        )
         if name != "generate":
-            task.add_argument("-i", "--input", action="append", metavar="LAYER=PATH", help="condition layer input")
-            task.add_argument("-a", "--alpha", action="append", metavar="LAYER=PATH", help="separate alpha matte")
+            task.add_argument(
+                "-i", "--input", action="append", metavar="LAYER=PATH", help="condition layer input"
+            )
+            task.add_argument(
+                "-a", "--alpha", action="append", metavar="LAYER=PATH", help="separate alpha matte"
+            )
         task.add_argument("--frames", type=int, help="frames per layer (default: the input's, else 16)")
         task.add_argument("--height", type=int)
         task.add_argument("--width", type=int)
@@ -299,10 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert an official LayerFlow checkpoint")
     convert.add_argument("official", help="experiment folder (with 'latest'), iteration folder or .pt file")
     convert.add_argument("out", help="output folder")
-    convert.add_argument("--base", help="local diffusers CogVideoX-2B folder to take vae/text_encoder/tokenizer from")
-    convert.add_argument("--alpha", choices=("alpha_clip", "rgb"), default="alpha_clip", help="RGBA or RGB variant")
-    convert.add_argument("--lora", choices=("adapters", "merge"), default="adapters",
-                         help="keep motion/content LoRAs as adapters, or merge the content LoRA into the weights")
+    convert.add_argument(
+        "--base", help="local diffusers CogVideoX-2B folder to take vae/text_encoder/tokenizer from"
+    )
+    convert.add_argument(
+        "--alpha", choices=("alpha_clip", "rgb"), default="alpha_clip", help="RGBA or RGB variant"
+    )
+    convert.add_argument(
+        "--lora",
+        choices=("adapters", "merge"),
+        default="adapters",
+        help="keep motion/content LoRAs as adapters, or merge the content LoRA into the weights",
+    )
     convert.add_argument("--dtype", choices=sorted(DTYPES), help="store weights in this dtype")
     convert.add_argument("--overwrite", action="store_true")
     info = commands.add_parser("info", help="describe a model folder, output folder, checkpoint or input")

@@ -40,7 +40,12 @@ DROPPED_SUFFIXES = ("freqs_sin", "freqs_cos", "embed_tokens.weight", "position_e
 LoraMode = Literal["adapters", "merge"]
 #: Official LoRA scaling: lora_alpha = 1, so scaling = 1 / rank.
 OFFICIAL_LORA_ALPHA = 1.0
-LORA_ROLES = {"A": ("motion", "down"), "B": ("motion", "up"), "C": ("content", "down"), "D": ("content", "up")}
+LORA_ROLES = {
+    "A": ("motion", "down"),
+    "B": ("motion", "up"),
+    "C": ("content", "down"),
+    "D": ("content", "up"),
+}
 QKV = ("to_q", "to_k", "to_v")
 
 
@@ -78,7 +83,9 @@ def find_checkpoint_file(path: str | os.PathLike[str]) -> Path:
         if candidate.is_file():
             return candidate
         raise FileNotFoundError(f"{latest} points to {candidate}, which does not exist")
-    raise FileNotFoundError(f"no {CHECKPOINT_NAME} in {path} (nor a 'latest' file naming an iteration folder)")
+    raise FileNotFoundError(
+        f"no {CHECKPOINT_NAME} in {path} (nor a 'latest' file naming an iteration folder)"
+    )
 
 
 def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -116,7 +123,9 @@ _GLOBAL_RULES: dict[str, str] = {
     "mixins.pos_embed.txt_embedder.1": "patch_embed.layer_embedder.embed.1",
 }
 _LAYER = re.compile(r"^transformer\.layers\.(\d+)\.(.+)$")
-_LORA = re.compile(r"^transformer\.layers\.(\d+)\.attention\.(query_key_value|dense)\.matrix_([ABCD])\.(\d+)$")
+_LORA = re.compile(
+    r"^transformer\.layers\.(\d+)\.attention\.(query_key_value|dense)\.matrix_([ABCD])\.(\d+)$"
+)
 _ADALN = re.compile(r"^mixins\.adaln_layer\.adaLN_modulations\.(\d+)\.1\.(weight|bias)$")
 _QK_NORM = re.compile(r"^mixins\.adaln_layer\.(query|key)_layernorm_list\.(\d+)\.(weight|bias)$")
 _QKV = re.compile(r"^transformer\.layers\.(\d+)\.attention\.query_key_value(?:\.original)?\.(weight|bias)$")
@@ -172,7 +181,9 @@ class _Mapper:
         adapter, side = LORA_ROLES[letter]
         if where == "query_key_value":
             if partition > 2:
-                raise ConversionError(f"query_key_value LoRA partition {partition} in block {block}: expected 0, 1, 2")
+                raise ConversionError(
+                    f"query_key_value LoRA partition {partition} in block {block}: expected 0, 1, 2"
+                )
             module = f"transformer_blocks.{block}.attn1.{QKV[partition]}"
         else:
             if partition != 0:
@@ -221,7 +232,8 @@ def _infer_config(
         candidates = [
             (prompts, (rows - prompts * max_text_seq_length) // tokens_per_frame)
             for prompts in range(1, 9)
-            if rows > prompts * max_text_seq_length and (rows - prompts * max_text_seq_length) % tokens_per_frame == 0
+            if rows > prompts * max_text_seq_length
+            and (rows - prompts * max_text_seq_length) % tokens_per_frame == 0
         ]
         if num_layer_prompts is not None:
             candidates = [c for c in candidates if c[0] == num_layer_prompts]
@@ -320,7 +332,9 @@ def build_transformer(converted: ConvertedCheckpoint) -> LayerFlowTransformer3DM
     missing = sorted(set(expected) - set(converted.state_dict))
     unexpected = sorted(set(converted.state_dict) - set(expected))
     if missing or unexpected:
-        raise ConversionError(f"converted weights do not fit the model: missing {missing}, unexpected {unexpected}")
+        raise ConversionError(
+            f"converted weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
     wrong = [
         f"{key}: model {tuple(expected[key].shape)}, checkpoint {tuple(value.shape)}"
         for key, value in converted.state_dict.items()
@@ -365,7 +379,9 @@ def convert_official_checkpoint(
         if not index_file.is_file():
             raise FileNotFoundError(f"base {base} is not a diffusers pipeline folder (no model_index.json)")
         base_index = json.loads(index_file.read_text())
-        missing = [c for c in ("vae", "text_encoder", "tokenizer") if c not in base_index or not (base / c).is_dir()]
+        missing = [
+            c for c in ("vae", "text_encoder", "tokenizer") if c not in base_index or not (base / c).is_dir()
+        ]
         if missing:
             raise FileNotFoundError(f"base {base} lacks component folder(s) {missing}")
     layout = LayerLayout.official(alpha)
@@ -379,7 +395,7 @@ def convert_official_checkpoint(
     )
     transformer = build_transformer(converted)
     if dtype is not None:
-        transformer = transformer.to(dtype)
+        torch.nn.Module.to(transformer, dtype=dtype)
     for note in converted.notes:
         logger.info(note)
     with atomic_directory(out_dir, overwrite=overwrite) as temporary:
@@ -402,7 +418,9 @@ def convert_official_checkpoint(
                 index[component] = base_index[component]
         (temporary / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         (temporary / "conversion.json").write_text(
-            json.dumps({"source": str(official), "lora": lora, "alpha": alpha, "notes": converted.notes}, indent=2)
+            json.dumps(
+                {"source": str(official), "lora": lora, "alpha": alpha, "notes": converted.notes}, indent=2
+            )
             + "\n"
         )
     return Path(out_dir)

@@ -32,7 +32,9 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
-            raise ValueError(f"layer name must be a non-empty identifier (letters, digits, _), got {self.name!r}")
+            raise ValueError(
+                f"layer name must be a non-empty identifier (letters, digits, _), got {self.name!r}"
+            )
         if self.role not in ROLES:
             raise ValueError(f"layer {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
 
@@ -236,7 +238,9 @@ class TaskLayout:
                 )
             missing = [name for name in expected if not prompts.get(name)]
             if missing:
-                raise ValueError(f"{what} missing for layer(s) {missing} (task {self.task!r} needs {expected})")
+                raise ValueError(
+                    f"{what} missing for layer(s) {missing} (task {self.task!r} needs {expected})"
+                )
             texts = [prompts[name] for name in expected]
         else:
             texts = list(prompts)

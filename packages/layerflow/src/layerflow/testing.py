@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLCogVideoX
+from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
+
 from layer_embeddings.testing import build_tiny_t5_encoder, build_word_tokenizer
 
 from .layout import LayerLayout

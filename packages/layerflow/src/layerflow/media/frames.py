@@ -23,7 +23,14 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """``[T, C, H, W]`` float in [0, 1] -> ``[T, H, W, C]`` uint8 (rounded, not truncated)."""
     if frames.dim() != 4 or frames.shape[1] not in _MODES:
         raise ValueError(f"frames must be [T, C, H, W] with C in {sorted(_MODES)}, got {tuple(frames.shape)}")
-    return (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return (
+        (frames.detach().float().clamp(0, 1) * 255.0)
+        .round()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
 
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
@@ -31,7 +38,9 @@ def from_uint8(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def write_png_sequence(folder: str | os.PathLike[str], frames: torch.Tensor, *, overwrite: bool = False) -> Path:
+def write_png_sequence(
+    folder: str | os.PathLike[str], frames: torch.Tensor, *, overwrite: bool = False
+) -> Path:
     """Write ``frames`` as ``folder/0000.png ...`` (mode L, RGB or RGBA by channel count), atomically."""
     array = to_uint8(frames)
     with atomic_directory(folder, overwrite=overwrite) as temporary:

@@ -68,7 +68,12 @@ def write_output_dir(
             folder = temporary / layer.name
             folder.mkdir()
             write_png_frames(folder, to_uint8(layer.frames))
-            entry: dict[str, Any] = {"name": layer.name, "role": layer.role, "kind": kind, "frames": layer.name}
+            entry: dict[str, Any] = {
+                "name": layer.name,
+                "role": layer.role,
+                "kind": kind,
+                "frames": layer.name,
+            }
             if videos:
                 video = f"{layer.name}.webm" if kind == "rgba" else f"{layer.name}.mp4"
                 writer = write_webm_rgba if kind == "rgba" else write_mp4

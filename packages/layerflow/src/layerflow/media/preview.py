@@ -37,8 +37,8 @@ def contact_sheet(layers: Sequence[torch.Tensor], columns: int = 8, gap: int = 2
         raise ValueError("a contact sheet needs at least one layer")
     frames = layers[0].shape[0]
     height, width = layers[0].shape[-2:]
-    shown = min(columns, frames)
-    picks = [round(i * (frames - 1) / max(shown - 1, 1)) for i in range(shown)]
+    count = min(columns, frames)
+    picks = [round(i * (frames - 1) / max(count - 1, 1)) for i in range(count)]
     sheet = torch.ones(3, len(layers) * (height + gap) - gap, len(picks) * (width + gap) - gap)
     for row, layer in enumerate(layers):
         shown = over_checkerboard(layer)
@@ -48,14 +48,18 @@ def contact_sheet(layers: Sequence[torch.Tensor], columns: int = 8, gap: int = 2
     return sheet
 
 
-def write_contact_sheet(path: str | os.PathLike[str], layers: Sequence[torch.Tensor], columns: int = 8) -> Path:
+def write_contact_sheet(
+    path: str | os.PathLike[str], layers: Sequence[torch.Tensor], columns: int = 8
+) -> Path:
     image = to_uint8(contact_sheet(layers, columns).unsqueeze(0))[0]
     with atomic_file(path) as temporary:
         Image.fromarray(image, mode="RGB").save(temporary, format="PNG")
     return Path(path)
 
 
-def write_preview_gif(path: str | os.PathLike[str], layers: Sequence[torch.Tensor], fps: int = 8, gap: int = 2) -> Path:
+def write_preview_gif(
+    path: str | os.PathLike[str], layers: Sequence[torch.Tensor], fps: int = 8, gap: int = 2
+) -> Path:
     """An animated GIF whose every frame shows all layers side by side (alpha over a checkerboard)."""
     shown = [over_checkerboard(layer) for layer in layers]
     frames, _, height, width = shown[0].shape
@@ -65,6 +69,11 @@ def write_preview_gif(path: str | os.PathLike[str], layers: Sequence[torch.Tenso
     images = [Image.fromarray(np.ascontiguousarray(frame), mode="RGB") for frame in to_uint8(strip)]
     with atomic_file(path) as temporary:
         images[0].save(
-            temporary, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
+            temporary,
+            format="GIF",
+            save_all=True,
+            append_images=images[1:],
+            duration=round(1000 / fps),
+            loop=0,
         )
     return Path(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -28,35 +29,44 @@ def _require_encoder(name: str, pixel_format: str) -> None:
     try:
         codec = av.codec.Codec(name, "w")
     except Exception as error:  # PyAV raises UnknownCodecError (a ValueError) or FFmpegError by build
-        raise RuntimeError(f"this PyAV build has no {name} encoder ({error}); video writing is unavailable") from error
+        raise RuntimeError(
+            f"this PyAV build has no {name} encoder ({error}); video writing is unavailable"
+        ) from error
     formats = {f.name for f in codec.video_formats or ()}
     if pixel_format not in formats:
         raise RuntimeError(f"the {name} encoder of this PyAV build lacks pixel format {pixel_format}")
 
 
-def _encode(path: Path, array: np.ndarray, fps: int, codec: str, pixel_format: str, options: dict[str, str]) -> None:
+def _encode(
+    path: Path, array: np.ndarray, fps: int, codec: str, pixel_format: str, options: dict[str, object]
+) -> None:
     frames, height, width, channels = array.shape
     if codec == MP4_CODEC and (height % 2 or width % 2):
         raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
     source_format = "rgba" if channels == 4 else "rgb24"
     with av.open(str(path), mode="w", format="webm" if path.suffix == ".webm" else "mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
+        assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
         stream.options = options
         for frame in array:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=source_format)):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=source_format)
+            ):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
 
 
-def write_webm_rgba(path: str | os.PathLike[str], frames: torch.Tensor, fps: int = 8, *, crf: int = 20) -> Path:
+def write_webm_rgba(
+    path: str | os.PathLike[str], frames: torch.Tensor, fps: int = 8, *, crf: int = 20
+) -> Path:
     """Straight-alpha RGBA ``[T, 4, H, W]`` -> VP9 WebM with an alpha channel, written atomically."""
     if frames.shape[1] != 4:
         raise ValueError(f"WebM with alpha needs RGBA frames [T, 4, H, W], got {tuple(frames.shape)}")
     _require_encoder(WEBM_CODEC, WEBM_PIXEL_FORMAT)
     with atomic_file(path) as temporary:
-        options = {"crf": str(crf), "b": "0", "auto-alt-ref": "0"}
+        options: dict[str, object] = {"crf": str(crf), "b": "0", "auto-alt-ref": "0"}
         _encode(temporary, to_uint8(frames), fps, WEBM_CODEC, WEBM_PIXEL_FORMAT, options)
     return Path(path)
 
@@ -83,7 +93,7 @@ def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 8)
             decoder = (
-                av.codec.CodecContext.create(WEBM_CODEC, "r")
+                cast(av.VideoCodecContext, av.codec.CodecContext.create(WEBM_CODEC, "r"))
                 if stream.codec_context.name in ("vp9", WEBM_CODEC)
                 else stream.codec_context
             )
@@ -93,6 +103,8 @@ def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
         raise ValueError(f"cannot read video {path}: {error}") from error
     if not decoded:
         raise ValueError(f"{path} has no frames")
-    has_alpha = any(frame.format.name in ALPHA_FORMATS or frame.format.name.startswith("yuva") for frame in decoded)
+    has_alpha = any(
+        frame.format.name in ALPHA_FORMATS or frame.format.name.startswith("yuva") for frame in decoded
+    )
     fmt = "rgba" if has_alpha else "rgb24"
     return from_uint8(np.stack([frame.to_ndarray(format=fmt) for frame in decoded])), fps

@@ -18,11 +18,13 @@ from typing import Any, Literal
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import CogVideoXPatchEmbed
+
 # diffusers' pipeline loader resolves a component's base class by name in the component's module.
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTransformer3DModel
-from layer_embeddings import LayerEmbedder
 from torch import nn
+
+from layer_embeddings import LayerEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
         if position_mode not in ("continuous", "per_clip"):
             raise ValueError(f"position_mode must be 'continuous' or 'per_clip', got {position_mode!r}")
         if learned_position_frames is not None and position_mode != "continuous":
-            raise ValueError("a learned position table is one continuous table; use position_mode='continuous'")
+            raise ValueError(
+                "a learned position table is one continuous table; use position_mode='continuous'"
+            )
         self.num_layer_prompts = num_layer_prompts
         self.position_mode: PositionMode = position_mode
         self.layer_embedder = (
@@ -104,7 +108,9 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
             video_length = num_frames * (height // self.patch_size) * (width // self.patch_size)
             available = self.position_table.shape[1] - expected_text
             if video_length > available:
-                raise ValueError(f"the learned position table covers {available} video tokens, got {video_length}")
+                raise ValueError(
+                    f"the learned position table covers {available} video tokens, got {video_length}"
+                )
             return self.position_table[:, : text_length + video_length]
         if self.position_mode == "continuous":
             return self._video_table(num_frames, height, width, device)
@@ -133,7 +139,9 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
             )
         num_prompts = text_length // self.max_text_seq_length
         if num_prompts > self.num_layer_prompts:
-            raise ValueError(f"{num_prompts} layer prompts, but the model has {self.num_layer_prompts} prompt slots")
+            raise ValueError(
+                f"{num_prompts} layer prompts, but the model has {self.num_layer_prompts} prompt slots"
+            )
         if self.layer_embedder is None:
             return None
         return self.layer_embedder.token_embeddings(self.max_text_seq_length, num_prompts)
@@ -171,6 +179,8 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         learned_position_frames: latent frames of a learnable joint position table (some official
             variants store one); ``None`` uses the computed sin-cos table.
     """
+
+    patch_embed: LayerFlowPatchEmbed
 
     @register_to_config
     def __init__(
@@ -265,11 +275,12 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
 
     @property
     def tokens_per_latent_frame(self) -> int:
-        return (self.config.sample_height // self.config.patch_size) * (
-            self.config.sample_width // self.config.patch_size
+        config = self.config
+        return (config["sample_height"] // config["patch_size"]) * (
+            config["sample_width"] // config["patch_size"]
         )
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
@@ -292,7 +303,7 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
             )
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
         """``from_pretrained`` that also loads a stock CogVideoX transformer directory.
 
         Modules the stock checkpoint lacks (layer embedder, learned position table) are left on the
@@ -313,7 +324,7 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
             ).to(device=reference.device, dtype=reference.dtype)
             created.append("patch_embed.layer_embedder")
         if embed.position_table is not None and embed.position_table.is_meta:
-            frames = int(self.config.learned_position_frames)
+            frames = int(self.config["learned_position_frames"])
             table = embed.sincos_position_table(frames).to(device=reference.device, dtype=reference.dtype)
             embed.position_table = nn.Parameter(table)
             created.append("patch_embed.position_table")

@@ -19,13 +19,15 @@ from typing import Any, Literal, Protocol
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.schedulers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+from diffusers.schedulers.scheduling_ddim_cogvideox import CogVideoXDDIMScheduler
+from diffusers.schedulers.scheduling_dpm_cogvideox import CogVideoXDPMScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from layer_embeddings import LayerPromptEncoder
 
-from ..layout import LayerLayout, TaskLayout
-from ..media.output import OutputLayer, write_output_dir
+from layer_embeddings import LayerPromptEncoder
+from layerflow.layout import LayerLayout, TaskLayout
+from layerflow.media.output import OutputLayer, write_output_dir
+
 from . import representation as rep
 
 OutputType = Literal["pt", "np", "latent"]
@@ -85,7 +87,14 @@ class LayerFlowOutput(BaseOutput):
             for name, frames in self.layers.items()
         ]
         return write_output_dir(
-            out_dir, layers, task=self.task, fps=fps, seed=seed, settings=settings, videos=videos, overwrite=overwrite
+            out_dir,
+            layers,
+            task=self.task,
+            fps=fps,
+            seed=seed,
+            settings=settings,
+            videos=videos,
+            overwrite=overwrite,
         )
 
 
@@ -101,7 +110,9 @@ class _Geometry:
     latent_width: int
 
 
-def check_geometry(num_frames: int, height: int, width: int, *, spatial: int, temporal: int, patch: int) -> _Geometry:
+def check_geometry(
+    num_frames: int, height: int, width: int, *, spatial: int, temporal: int, patch: int
+) -> _Geometry:
     """Check frames per clip and frame size against the VAE's compression factors and the patch size.
 
     The causal 3D VAE maps ``n`` frames to ``ceil(n / temporal)`` latents and decodes ``k`` latents to
@@ -148,7 +159,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             defaults to the official foreground/background/composite with an alpha clip.
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->transformer->vae"  # type: ignore[assignment]  # None in the base
     _optional_components = ["transparent_vae"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
@@ -214,7 +225,9 @@ class LayerFlowPipeline(DiffusionPipeline):
             and self.transparent_vae is None
             and (decoding or transparent_condition)
         ):
-            raise ValueError("the layout carries alpha as a latent offset, but the pipeline has no transparent_vae")
+            raise ValueError(
+                "the layout carries alpha as a latent offset, but the pipeline has no transparent_vae"
+            )
 
     def _check_conditions(
         self,
@@ -229,7 +242,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         needed = [layer.name for layer in task_layout.condition_layers]
         unknown = sorted(set(conditions) - set(needed))
         if unknown:
-            raise ValueError(f"conditions given for {unknown}, but task {task_layout.task!r} conditions on {needed}")
+            raise ValueError(
+                f"conditions given for {unknown}, but task {task_layout.task!r} conditions on {needed}"
+            )
         missing = [name for name in needed if name not in conditions]
         if missing:
             raise ValueError(f"task {task_layout.task!r} needs condition frames for layer(s) {missing}")
@@ -243,9 +258,15 @@ class LayerFlowPipeline(DiffusionPipeline):
             allowed = (4,) if layer.has_alpha else ((3, 4) if layer.role == "foreground" else (3,))
             if channels not in allowed:
                 kind = "RGBA" if allowed == (4,) else "RGB"
-                raise ValueError(f"condition {layer.name!r} must be {kind} (C in {allowed}), got C={channels}")
+                raise ValueError(
+                    f"condition {layer.name!r} must be {kind} (C in {allowed}), got C={channels}"
+                )
             t, h, w = frames.shape[1], frames.shape[3], frames.shape[4]
-            for label, value, expected in (("frames", t, num_frames), ("height", h, height), ("width", w, width)):
+            for label, value, expected in (
+                ("frames", t, num_frames),
+                ("height", h, height),
+                ("width", w, width),
+            ):
                 if expected is not None and value != expected:
                     raise ValueError(f"condition {layer.name!r} has {label}={value}, expected {expected}")
             num_frames, height, width = t, h, w
@@ -253,7 +274,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         return batched, num_frames, height, width
 
     # ------------------------------------------------------------------ text
-    def _prompt_encoder(self, max_sequence_length: int, unconditional: Literal["zeros", "empty_string"]):
+    def _prompt_encoder(
+        self, max_sequence_length: int, unconditional: Literal["zeros", "empty_string"]
+    ) -> LayerPromptEncoder:
         return LayerPromptEncoder(
             self.text_encoder, self.tokenizer, max_length=max_sequence_length, unconditional=unconditional
         )
@@ -288,7 +311,10 @@ class LayerFlowPipeline(DiffusionPipeline):
         return rep.from_model_range(decoded.permute(0, 2, 1, 3, 4).float())
 
     def encode_condition_clips(
-        self, task_layout: TaskLayout, conditions: Mapping[str, torch.Tensor], generator: torch.Generator | None
+        self,
+        task_layout: TaskLayout,
+        conditions: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None,
     ) -> dict[int, torch.Tensor]:
         """Condition frames (by layer) -> clean latents per clip index."""
         latents: dict[int, torch.Tensor] = {}
@@ -357,7 +383,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         if negative_prompt_embeds is None:
             if unconditional == "zeros":
                 if negative_prompts is not None:
-                    raise ValueError("negative prompts need unconditional='encoded' (official CFG uses zeros)")
+                    raise ValueError(
+                        "negative prompts need unconditional='encoded' (official CFG uses zeros)"
+                    )
                 negative_prompt_embeds = torch.zeros_like(prompt_embeds)
             else:
                 names = [layer.name for layer in task_layout.prompt_layers]
@@ -384,10 +412,14 @@ class LayerFlowPipeline(DiffusionPipeline):
         return kwargs
 
     def attention_kwargs_for(
-        self, task_layout: TaskLayout, max_sequence_length: int, latent_frames: int, latent_hw: tuple[int, int]
+        self,
+        task_layout: TaskLayout,
+        max_sequence_length: int,
+        latent_frames: int,
+        latent_hw: tuple[int, int],
     ) -> dict[str, Any]:
         """Attention kwargs for the installed processor: the segment layout when it is layer-aware."""
-        from ..models.attention import segment_attention_kwargs
+        from layerflow.models.attention import segment_attention_kwargs
 
         patch = int(self.transformer.config.patch_size)
         tokens_per_clip = latent_frames * (latent_hw[0] // patch) * (latent_hw[1] // patch)
@@ -484,21 +516,30 @@ class LayerFlowPipeline(DiffusionPipeline):
         batch_size = prompt_embeds.shape[0] * num_videos_per_prompt
         for name, frames in condition_frames.items():
             if frames.shape[0] not in (1, batch_size):
-                raise ValueError(f"condition {name!r} has batch {frames.shape[0]}, expected 1 or {batch_size}")
+                raise ValueError(
+                    f"condition {name!r} has batch {frames.shape[0]}, expected 1 or {batch_size}"
+                )
             condition_frames[name] = frames.expand(batch_size, *frames.shape[1:]).to(device)
         prompt_embeds = prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
 
         # 2. Clean condition latents (one per condition clip) and the initial noise for the rest.
-        clip_shape = (geometry.latent_frames, config.in_channels, geometry.latent_height, geometry.latent_width)
+        clip_shape = (
+            geometry.latent_frames,
+            config.in_channels,
+            geometry.latent_height,
+            geometry.latent_width,
+        )
         condition = {
             index: clip.to(dtype=prompt_embeds.dtype)
             for index, clip in self.encode_condition_clips(task_layout, condition_frames, generator).items()
         }
         for index, clip in condition.items():
             if tuple(clip.shape[1:]) != clip_shape:
-                raise ValueError(f"condition clip {index} encoded to {tuple(clip.shape)}, expected [B, *{clip_shape}]")
+                raise ValueError(
+                    f"condition clip {index} encoded to {tuple(clip.shape)}, expected [B, *{clip_shape}]"
+                )
         generated = task_layout.generated_clips
         state_shape = (batch_size, len(generated) * geometry.latent_frames, *clip_shape[1:])
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -507,10 +548,16 @@ class LayerFlowPipeline(DiffusionPipeline):
             latents = randn_tensor(state_shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
             latents = latents * self.scheduler.init_noise_sigma
         elif tuple(latents.shape) != state_shape:
-            raise ValueError(f"latents must have shape {state_shape} (generated clips only), got {tuple(latents.shape)}")
+            raise ValueError(
+                f"latents must have shape {state_shape} (generated clips only), got {tuple(latents.shape)}"
+            )
         latents = latents.to(device=device, dtype=prompt_embeds.dtype)
 
-        text = prompt_embeds if negative_prompt_embeds is None else torch.cat([negative_prompt_embeds, prompt_embeds])
+        text = (
+            prompt_embeds
+            if negative_prompt_embeds is None
+            else torch.cat([negative_prompt_embeds, prompt_embeds])
+        )
         attention_kwargs = {
             **self.attention_kwargs_for(
                 task_layout,
@@ -578,7 +625,11 @@ class LayerFlowPipeline(DiffusionPipeline):
         if output_type != "latent":
             clips = list(full.split(geometry.latent_frames, dim=1))
             decoded = self.decode_layers(task_layout, clips)
-            layers = decoded if output_type == "pt" else {k: v.permute(0, 1, 3, 4, 2).cpu().numpy() for k, v in decoded.items()}
+            layers = (
+                decoded
+                if output_type == "pt"
+                else {k: v.permute(0, 1, 3, 4, 2).cpu().numpy() for k, v in decoded.items()}
+            )
         self.maybe_free_model_hooks()
         if not return_dict:
             return layers, full
@@ -615,7 +666,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         return torch.cat([clips[i] for i in generated], dim=1)
 
 
-def _negative_texts(names: Sequence[str], negative_prompts: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+def _negative_texts(
+    names: Sequence[str], negative_prompts: Mapping[str, str] | Sequence[str] | None
+) -> list[str]:
     """Negative prompts in prompt order; layers without one get the empty prompt."""
     if negative_prompts is None:
         return [""] * len(names)
