@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from layerflow.synthetic.attributes import parse_caption
@@ -23,6 +24,7 @@ from layerflow.synthetic.vocabulary import SHAPES, classify_colour
 
 OPAQUE = 0.5
 ORIENTATIONS = 24
+CLASSIFY_SIZE = 128  # larger mattes are downsampled to about this size before shape matching
 _REFERENCE_RADIUS = 40.0
 
 
@@ -99,7 +101,10 @@ def classify_shape_frame(mask: Tensor) -> str | None:
 
 def foreground_shape(alpha: Tensor, max_frames: int = 4) -> str | None:
     """Majority shape over up to ``max_frames`` evenly spaced frames of an alpha ``[T, 1, H, W]``."""
-    frames = alpha.shape[0]
+    frames, _, height, width = alpha.shape
+    factor = math.ceil(max(height, width) / CLASSIFY_SIZE)
+    if factor > 1:  # shapes are scale-free: classify large frames on an area-downsampled matte
+        alpha = F.avg_pool2d(alpha, factor, ceil_mode=True)
     picks = sorted({round(i * (frames - 1) / max(max_frames - 1, 1)) for i in range(min(max_frames, frames))})
     votes = [classify_shape_frame(alpha[t, 0] >= OPAQUE) for t in picks]
     counted = Counter(v for v in votes if v is not None)

@@ -79,31 +79,45 @@ def mse(pred: Tensor, target: Tensor, region: Tensor | None = None) -> float:
     return float((((p - g) ** 2 * r).sum(dim=(1, 2)) / count).mean())
 
 
-def gaussian_gradient_kernels(sigma: float = GRADIENT_SIGMA) -> tuple[Tensor, Tensor]:
-    """The DIM benchmark's ``gaussgradient`` kernels ``(hx, hy)``: Gaussian times its derivative."""
+def _gaussian_and_derivative(sigma: float) -> tuple[Tensor, Tensor]:
+    """1-D Gaussian and its derivative on the DIM kernel support, and the 2-D kernel's L2 norm folded in."""
     half = math.ceil(sigma * math.sqrt(-2 * math.log(math.sqrt(2 * math.pi) * sigma * 1e-2)))
     u = torch.arange(-half, half + 1, dtype=torch.float64)
     gauss = torch.exp(-(u**2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
     dgauss = -u * gauss / sigma**2
+    norm = torch.sqrt((gauss**2).sum() * (dgauss**2).sum())  # = ||outer(gauss, dgauss)||_2
+    return gauss, dgauss / norm
+
+
+def gaussian_gradient_kernels(sigma: float = GRADIENT_SIGMA) -> tuple[Tensor, Tensor]:
+    """The DIM benchmark's ``gaussgradient`` kernels ``(hx, hy)``: Gaussian times its derivative."""
+    gauss, dgauss = _gaussian_and_derivative(sigma)
     hx = gauss.view(-1, 1) * dgauss.view(1, -1)  # rows: Gaussian in y; columns: derivative in x
-    hx = hx / torch.sqrt((hx**2).sum())
     return hx, hx.T.contiguous()
 
 
 def _minmax_normalise(x: Tensor) -> Tensor:
+    """MATLAB ``mat2gray`` per frame; a constant frame (no gradient either way) maps to 0."""
     low = x.amin(dim=(1, 2), keepdim=True)
     span = x.amax(dim=(1, 2), keepdim=True) - low
     return torch.where(span > 0, (x - low) / torch.where(span > 0, span, 1.0), torch.zeros_like(x))
 
 
 def gradient_magnitude(alpha: Tensor, sigma: float = GRADIENT_SIGMA) -> Tensor:
-    """``|grad alpha|`` of ``[T, H, W]`` frames with the DIM Gaussian-derivative filters."""
-    hx, hy = gaussian_gradient_kernels(sigma)
-    half = hx.shape[0] // 2
+    """``|grad alpha|`` of ``[T, H, W]`` frames with the DIM Gaussian-derivative filters.
+
+    The 2-D kernels are outer products, so each is applied as two 1-D passes; MATLAB's
+    ``imfilter(..., 'replicate', 'conv')`` flips the kernel, ``conv2d`` correlates, hence the flips.
+    """
+    gauss, dgauss = _gaussian_and_derivative(sigma)
+    half = gauss.numel() // 2
     padded = F.pad(alpha.unsqueeze(1), (half, half, half, half), mode="replicate")
-    # MATLAB imfilter(..., 'conv') flips the kernel; conv2d correlates, so flip to match exactly.
-    kernels = torch.stack([hx.flip(0, 1), hy.flip(0, 1)]).unsqueeze(1).to(alpha.dtype)
-    gx, gy = F.conv2d(padded, kernels).unbind(dim=1)
+    g_rows = gauss.flip(0).view(1, 1, -1, 1).to(alpha.dtype)
+    g_cols = gauss.flip(0).view(1, 1, 1, -1).to(alpha.dtype)
+    d_rows = dgauss.flip(0).view(1, 1, -1, 1).to(alpha.dtype)
+    d_cols = dgauss.flip(0).view(1, 1, 1, -1).to(alpha.dtype)
+    gx = F.conv2d(F.conv2d(padded, g_rows), d_cols)[:, 0]
+    gy = F.conv2d(F.conv2d(padded, d_rows), g_cols)[:, 0]
     return torch.sqrt(gx**2 + gy**2)
 
 
@@ -118,12 +132,20 @@ def _connectivity_levels(p: Tensor, g: Tensor) -> Tensor:
     """Per pixel of one frame ``[H, W]``: the last threshold before it leaves the largest component."""
     steps = round(1.0 / CONNECTIVITY_STEP)
     thresholds = torch.arange(steps + 1, dtype=torch.float64) * CONNECTIVITY_STEP
+    level = torch.zeros_like(p)  # pixels outside every component leave at the first threshold
+    rows, cols = torch.nonzero((p >= thresholds[1]) & (g >= thresholds[1]), as_tuple=True)
+    if rows.numel() == 0:
+        return level
+    # Components at higher thresholds are subsets of the first one: label only its bounding box.
+    box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    pc, gc = p[box], g[box]
     above = thresholds[1:].view(-1, 1, 1)
-    omega = largest_component((p >= above) & (g >= above))  # [steps, H, W]
+    omega = largest_component((pc >= above) & (gc >= above))  # [steps, h, w]
     # l = thresholds[i - 1] for the first threshold index i at which the pixel is outside omega.
     outside = ~omega
     first_out = outside.to(torch.uint8).argmax(dim=0)
-    return torch.where(outside.any(dim=0), thresholds[first_out], torch.ones_like(p))
+    level[box] = torch.where(outside.any(dim=0), thresholds[first_out], torch.ones_like(pc))
+    return level
 
 
 def connectivity_error(pred: Tensor, target: Tensor, region: Tensor | None = None) -> float:
