@@ -69,16 +69,18 @@ def load_base(config: TrainConfig) -> LayerFlowPipeline:
             max_text_seq_length=TINY_PROMPT_TOKENS,
         )
     path = Path(base)
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(f"model.base={base!r}: not 'tiny' and no model_index.json in {path}")
-    if json.loads(index_file.read_text()).get("_class_name") == LayerFlowPipeline.__name__:
-        return LayerFlowPipeline.from_pretrained(path)
-    return load_stock_cogvideox(path)
+    if path.exists():
+        index_file = path / "model_index.json"
+        if not index_file.is_file():
+            raise FileNotFoundError(f"model.base={base!r}: no model_index.json in {path}")
+        if json.loads(index_file.read_text()).get("_class_name") == LayerFlowPipeline.__name__:
+            return LayerFlowPipeline.from_pretrained(path)
+    return load_stock_cogvideox(base)
 
 
-def load_stock_cogvideox(path: Path) -> LayerFlowPipeline:
-    """A LayerFlow pipeline around stock CogVideoX-2B weights (the layer embedder starts at zero)."""
+def load_stock_cogvideox(path: str | Path) -> LayerFlowPipeline:
+    """A LayerFlow pipeline around stock CogVideoX-2B weights, a local folder or a hub id the user's
+    diffusers may download (the layer embedder starts at zero)."""
     from diffusers import AutoencoderKLCogVideoX
     from transformers import AutoTokenizer, T5EncoderModel
 
