@@ -174,8 +174,9 @@ class LayerFlowTrainer:
             )
             for batch in loader:
                 state.batch_in_epoch += 1
+                if state.batch_in_epoch == self.sampler.batches_per_epoch:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 yield batch
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     # ---------------------------------------------------------------------------- checkpoints
     def _save(self, state: ckpt.TrainingState) -> Path | None:
