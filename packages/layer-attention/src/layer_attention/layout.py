@@ -109,7 +109,9 @@ class SegmentLayout:
             query segment ``i`` may attend key segment ``j``. ``None`` means full attention.
     """
 
-    def __init__(self, lengths: Sequence[int], allowed: Sequence[Sequence[bool]] | torch.Tensor | None = None):
+    def __init__(
+        self, lengths: Sequence[int], allowed: Sequence[Sequence[bool]] | torch.Tensor | None = None
+    ):
         lengths = list(lengths)
         if not lengths:
             raise ValueError("SegmentLayout needs at least one segment; got no lengths")
@@ -117,7 +119,9 @@ class SegmentLayout:
             if isinstance(length, bool) or not isinstance(length, int):
                 raise TypeError(f"segment {index} length must be an int, got {type(length).__name__}")
             if length <= 0:
-                raise ValueError(f"segment {index} has length {length}; every segment length must be positive")
+                raise ValueError(
+                    f"segment {index} has length {length}; every segment length must be positive"
+                )
         self.lengths: tuple[int, ...] = tuple(lengths)
         count = len(lengths)
         table: torch.Tensor | None = None
@@ -133,7 +137,9 @@ class SegmentLayout:
                 )
             blind = [i for i in range(count) if not bool(table[i].any())]
             if blind:
-                raise ValueError(f"query segment(s) {blind} may attend no key segment; every row of allowed needs a True")
+                raise ValueError(
+                    f"query segment(s) {blind} may attend no key segment; every row of allowed needs a True"
+                )
             if bool(table.all()):
                 table = None  # full attention: one canonical form, so the unmasked fast paths apply
         self._allowed = table
@@ -169,7 +175,9 @@ class SegmentLayout:
     @property
     def is_block_diagonal(self) -> bool:
         """Every segment attends only to itself."""
-        return self._allowed is not None and bool(torch.equal(self._allowed, torch.eye(self.num_segments, dtype=torch.bool)))
+        return self._allowed is not None and bool(
+            torch.equal(self._allowed, torch.eye(self.num_segments, dtype=torch.bool))
+        )
 
     @functools.cached_property
     def allowed_pairs(self) -> int:
@@ -185,7 +193,9 @@ class SegmentLayout:
     def __repr__(self) -> str:
         lengths = list(self.lengths)
         mask = "full" if self.is_full else f"{int(self.allowed.sum())}/{self.num_segments**2} segment pairs"
-        return f"SegmentLayout(lengths={lengths}, N={self.seq_len}, allowed={mask}, density={self.density:.3f})"
+        return (
+            f"SegmentLayout(lengths={lengths}, N={self.seq_len}, allowed={mask}, density={self.density:.3f})"
+        )
 
     def __str__(self) -> str:
         rows = [repr(self)]
@@ -305,7 +315,9 @@ class SegmentLayout:
         ids = self.segment_ids(device)
         table = self.allowed.to(device)
 
-        def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        def mask_mod(
+            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+        ) -> torch.Tensor:
             return table[ids[q_idx], ids[kv_idx]]
 
         def padded(classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

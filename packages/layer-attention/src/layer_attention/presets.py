@@ -17,9 +17,15 @@ from .layout import SegmentLayout
 TEXT_TOKENS = 226
 
 
-def cogvideox_clip_tokens(latent_frames: int, latent_height: int, latent_width: int, patch_size: int = 2) -> int:
+def cogvideox_clip_tokens(
+    latent_frames: int, latent_height: int, latent_width: int, patch_size: int = 2
+) -> int:
     """Video tokens of one clip: latent frames x (H / p) x (W / p). CogVideoX-2B, 4 latent frames: 5400."""
-    for name, value in (("latent_frames", latent_frames), ("latent_height", latent_height), ("latent_width", latent_width)):
+    for name, value in (
+        ("latent_frames", latent_frames),
+        ("latent_height", latent_height),
+        ("latent_width", latent_width),
+    ):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     if latent_height % patch_size or latent_width % patch_size:

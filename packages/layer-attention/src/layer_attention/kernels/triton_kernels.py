@@ -1,3 +1,6 @@
+# mypy: disallow-untyped-defs=False
+# (Triton reads parameter annotations of @triton.jit functions as specialisation hints, so the
+# kernels below stay unannotated; the typed surface is the launcher module.)
 """Triton kernels: block-sparse FlashAttention-2 forward and an atomics-free backward.
 
 Every program walks the tile lists of a :class:`~layer_attention.layout.TileLists` built for
@@ -98,10 +101,12 @@ def _fwd_tile(
     return acc, m_new, l_i
 
 
-@triton.autotune(configs=_configs((64, 128), (64, 128)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=_configs((64, 128), (64, 128)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+)
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, O, LSE, SEG, ALLOWED, KV_FULL_OFFSETS, KV_FULL_INDICES, KV_PART_OFFSETS, KV_PART_INDICES,
+    Q, K, V, OUT, LSE, SEG, ALLOWED, KV_FULL_OFFSETS, KV_FULL_INDICES, KV_PART_OFFSETS, KV_PART_INDICES,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -153,8 +158,8 @@ def attention_fwd_kernel(
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only padded rows past N_CTX can have l == 0
     out = acc / l_safe[:, None]
     tl.store(
-        O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :],
-        out.to(O.dtype.element_ty),
+        OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :],
+        out.to(OUT.dtype.element_ty),
         mask=row_ok[:, None],
     )
     tl.store(LSE + bh.to(tl.int64) * N_CTX + rows, m_i + tl.math.log2(l_safe), mask=row_ok)
@@ -162,7 +167,7 @@ def attention_fwd_kernel(
 
 @triton.jit
 def attention_bwd_delta_kernel(
-    O, DO, DELTA,
+    OUT, DO, DELTA,
     stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don, stride_dod,
     H, N_CTX, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -175,7 +180,7 @@ def attention_bwd_delta_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N_CTX
     o = tl.load(
-        O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :],
+        OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :],
         mask=row_ok[:, None],
         other=0.0,
     ).to(tl.float32)
@@ -196,8 +201,12 @@ def _dkdv_tile(
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N_CTX  # the query tail is not special in the tile lists; padded rows load zeros
-    qT = tl.load(Q_head + rows[None, :] * stride_qn + offs_d[:, None] * stride_qd, mask=row_ok[None, :], other=0.0)
-    do = tl.load(DO_head + rows[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+    qT = tl.load(
+        Q_head + rows[None, :] * stride_qn + offs_d[:, None] * stride_qd, mask=row_ok[None, :], other=0.0
+    )
+    do = tl.load(
+        DO_head + rows[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0
+    )
     lse = tl.load(LSE_head + rows, mask=row_ok, other=0.0)
     delta = tl.load(DELTA_head + rows, mask=row_ok, other=0.0)
     pT = tl.math.exp2(tl.dot(k, qT, input_precision=INPUT_PRECISION) * qk_scale - lse[None, :])
@@ -213,7 +222,9 @@ def _dkdv_tile(
     return dk, dv
 
 
-@triton.autotune(configs=_configs((32, 64), (64, 128)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=_configs((32, 64), (64, 128)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+)
 @triton.jit
 def attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, SEG, ALLOWED, Q_FULL_OFFSETS, Q_FULL_INDICES, Q_PART_OFFSETS, Q_PART_INDICES,
@@ -305,7 +316,9 @@ def _dq_tile(
     return dq
 
 
-@triton.autotune(configs=_configs((64, 128), (32, 64)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=_configs((64, 128), (32, 64)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+)
 @triton.jit
 def attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, SEG, ALLOWED, KV_FULL_OFFSETS, KV_FULL_INDICES, KV_PART_OFFSETS, KV_PART_INDICES,

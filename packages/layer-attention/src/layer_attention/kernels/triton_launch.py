@@ -7,12 +7,11 @@ Inputs may be arbitrary strided ``[B, H, N, D]`` views (diffusers hands over tra
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 
-from ..layout import SegmentLayout
+from layer_attention.layout import SegmentLayout
+
 from .triton_kernels import (
     LOG2E,
     SPARSE_BLOCK,
@@ -111,7 +110,3 @@ def triton_attention_backward(
         *common, HEAD_DIM=head_dim, SPARSE_BLOCK=SPARSE_BLOCK, INPUT_PRECISION=precision,
     )  # fmt: skip
     return dq, dk, dv
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
