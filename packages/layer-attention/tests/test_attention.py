@@ -78,6 +78,7 @@ def test_explicit_scale_is_used():
     assert not torch.allclose(out, layer_attention(q, k, v, layout, backend="sdpa"))
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_block_mask_matches_reference():
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
     layout = small_layerflow_layouts(text_tokens=27, tokens_per_clip=40)["conditional"]

@@ -33,7 +33,9 @@ def test_all_true_table_is_full_attention_and_repr_is_readable():
     layout = SegmentLayout([5, 7], [[True, True], [True, True]])
     assert layout.is_full and layout.seq_len == 12 and layout.density == 1.0
     masked = SegmentLayout([5, 7], [[True, False], [True, True]])
-    assert repr(masked) == "SegmentLayout(lengths=[5, 7], N=12, allowed=3/4 segment pairs, density=0.757)"  # (144 - 5 * 7) / 144
+    assert (
+        repr(masked) == "SegmentLayout(lengths=[5, 7], N=12, allowed=3/4 segment pairs, density=0.757)"
+    )  # (144 - 5 * 7) / 144
     assert "q1  (     7 tokens) ##" in str(masked)
     assert SegmentLayout.block_diagonal([5, 7]).is_block_diagonal and not masked.is_block_diagonal
 

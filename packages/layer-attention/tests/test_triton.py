@@ -29,21 +29,23 @@ def _check(layout: SegmentLayout, q, k, v, dtype: torch.dtype) -> None:
     want = torch.autograd.grad(ref, (q64, k64, v64), grad.cpu().double())
     torch.testing.assert_close(out.cpu().double(), ref, **TOL[dtype])
     for name, g, w in zip("qkv", got, want):
-        torch.testing.assert_close(g.cpu().double(), w, **TOL[dtype], msg=lambda m, name=name: f"d{name}: {m}")
+        torch.testing.assert_close(
+            g.cpu().double(), w, **TOL[dtype], msg=lambda m, name=name: f"d{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_random_layouts_fp32(seed):
     """Ragged lengths, 1-6 segments, random tables: boundaries fall inside tiles, N % block != 0."""
     layout = random_layout(torch.Generator().manual_seed(100 + seed), max_len=50)
-    q, k, v = qkv(layout, 1 + seed % 2, 2, 32, torch.float32, seed, strided=seed % 2 == 0)
+    q, k, v = qkv(layout, 2 if seed == 0 else 1, 1, 32, torch.float32, seed, strided=seed % 2 == 0)
     _check(layout, q, k, v, torch.float32)
 
 
 @pytest.mark.parametrize("name", ["3 prompts + 4 clips", "2 prompts + 4 clips", "conditional"])
 def test_layerflow_layouts_fp32(name):
-    layout = small_layerflow_layouts(text_tokens=23, tokens_per_clip=37)[name]
-    q, k, v = qkv(layout, 1, 2, 32, torch.float32, 1, strided=True)
+    layout = small_layerflow_layouts(text_tokens=13, tokens_per_clip=29)[name]
+    q, k, v = qkv(layout, 1, 1, 32, torch.float32, 1, strided=True)
     _check(layout, q, k, v, torch.float32)
 
 
@@ -54,9 +56,13 @@ def test_head_dims(head_dim):
     _check(layout, q, k, v, torch.float32)
 
 
-@pytest.mark.parametrize("layout", [SegmentLayout([150]), SegmentLayout.block_diagonal([70, 59, 33])], ids=str)
+@pytest.mark.parametrize(
+    "layout",
+    [SegmentLayout([100]), SegmentLayout.block_diagonal([50, 39, 33])],
+    ids=["full", "block-diagonal"],
+)
 def test_fp16_full_and_block_diagonal(layout):
-    q, k, v = qkv(layout, 1, 2, 32, torch.float16, 4, strided=True)
+    q, k, v = qkv(layout, 1, 1, 32, torch.float16, 4, strided=True)
     _check(layout, q, k, v, torch.float16)
 
 

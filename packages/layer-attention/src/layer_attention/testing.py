@@ -23,12 +23,20 @@ def small_layerflow_layouts(text_tokens: int, tokens_per_clip: int) -> dict[str,
     return {
         "3 prompts + 4 clips": layerflow_layout(3, 4, tokens_per_clip, text_tokens=text_tokens),
         "2 prompts + 4 clips": layerflow_layout(2, 4, tokens_per_clip, text_tokens=text_tokens),
-        "conditional": conditional_layout(3, 4, tokens_per_clip, condition_clips=(1,), text_tokens=text_tokens),
+        "conditional": conditional_layout(
+            3, 4, tokens_per_clip, condition_clips=(1,), text_tokens=text_tokens
+        ),
     }
 
 
 def qkv(
-    layout: SegmentLayout, batch: int, heads: int, head_dim: int, dtype: torch.dtype, seed: int, strided: bool = False
+    layout: SegmentLayout,
+    batch: int,
+    heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    seed: int,
+    strided: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Leaf q, k, v ``[B, H, N, D]``; ``strided`` gives diffusers-style transposed views of [B, N, H, D]."""
     generator = torch.Generator().manual_seed(seed)
