@@ -77,7 +77,8 @@ def _cpu_setup(quick: bool) -> tuple[SegmentLayout, dict[str, Callable[[], torch
     layout = SegmentLayout(lengths, allowed)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (
-        torch.randn(1, heads, layout.seq_len, head_dim, generator=generator).requires_grad_() for _ in range(3)
+        torch.randn(1, heads, layout.seq_len, head_dim, generator=generator).requires_grad_()
+        for _ in range(3)
     )
     mask = layout.dense_mask()
     cases: dict[str, Callable[[], torch.Tensor]] = {
@@ -172,7 +173,9 @@ def _providers(layout: SegmentLayout, q: torch.Tensor) -> dict[str, Callable[...
     reasons = backend_reasons(q)
     for backend in ("triton", "sdpa", "xformers"):
         if not reasons[backend]:
-            providers[backend] = lambda q, k, v, backend=backend: layer_attention(q, k, v, layout, backend=backend)
+            providers[backend] = lambda q, k, v, backend=backend: layer_attention(
+                q, k, v, layout, backend=backend
+            )
         else:
             print(f"  skip {backend}: {'; '.join(reasons[backend])}")
     try:
@@ -186,50 +189,52 @@ def _providers(layout: SegmentLayout, q: torch.Tensor) -> dict[str, Callable[...
     return providers
 
 
+def _bench_cuda_layout(sink: Path | None, label: str, layout: SegmentLayout, heads: int, reps: int) -> None:
+    head_dim = 64
+    print(f" layout {label}: {layout}")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(
+            1, heads, layout.seq_len, head_dim, device="cuda", dtype=torch.bfloat16, generator=generator
+        ).requires_grad_()
+        for _ in range(3)
+    )
+    grad = torch.randn_like(q)
+    flops = 4 * head_dim * heads * layout.allowed_pairs
+    tflops: dict[tuple[str, str], float] = {}
+    for name, fn in _providers(layout, q).items():
+        fwd_ms = cuda_time(lambda fn=fn: fn(q, k, v), reps)
+        both_ms = cuda_time(lambda fn=fn: torch.autograd.grad(fn(q, k, v), (q, k, v), grad), reps)
+        tflops[name, "fwd"] = flops / (fwd_ms * 1e-3) / 1e12
+        tflops[name, "bwd"] = 2.5 * flops / (max(both_ms - fwd_ms, 1e-6) * 1e-3) / 1e12
+        for mode in ("fwd", "bwd"):
+            emit(sink, f"cuda N={layout.seq_len} {label} {name} {mode}", tflops[name, mode], "TFLOP/s")
+    for mode in ("fwd", "bwd"):
+        for other in ("flex", "sdpa", "xformers"):
+            if ("triton", mode) in tflops and (other, mode) in tflops:
+                target = ">= 1" if other == "flex" and mode == "fwd" else ""
+                ratio = tflops["triton", mode] / tflops[other, mode]
+                emit(sink, f"cuda {label} {mode}: triton / {other}", ratio, "x", target)
+
+
 def bench_cuda(sink: Path | None, quick: bool) -> None:
     tokens_per_clip = 1350 if quick else 5400  # 1 or 4 latent frames of 30 x 45 patches
-    heads, head_dim, reps = 30, 64, (5 if quick else 20)
+    heads, reps = 30, (5 if quick else 20)
     layouts = {
         "full": layerflow_layout(3, 4, tokens_per_clip),
         "masked (condition clip)": conditional_layout(3, 4, tokens_per_clip, condition_clips=(0,)),
         "masked (per-layer)": SegmentLayout.block_diagonal([3 * 226] + [tokens_per_clip] * 4),
     }
-    print(f"CUDA: {torch.cuda.get_device_name()}, B=1 H={heads} D={head_dim} bf16")
+    print(f"CUDA: {torch.cuda.get_device_name()}, B=1 H={heads} D=64 bf16")
     for label, layout in layouts.items():
-        print(f" layout {label}: {layout}")
-        generator = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (
-            torch.randn(1, heads, layout.seq_len, head_dim, device="cuda", dtype=torch.bfloat16, generator=generator)
-            .requires_grad_()
-            for _ in range(3)
-        )
-        grad = torch.randn_like(q)
-        flops = 4 * head_dim * heads * layout.allowed_pairs
-        tflops: dict[tuple[str, str], float] = {}
-        for name, fn in _providers(layout, q).items():
-            fwd_ms = cuda_time(lambda fn=fn: fn(q, k, v), reps)
-            both_ms = cuda_time(lambda fn=fn: torch.autograd.grad(fn(q, k, v), (q, k, v), grad), reps)
-            tflops[name, "fwd"] = flops / (fwd_ms * 1e-3) / 1e12
-            tflops[name, "bwd"] = 2.5 * flops / (max(both_ms - fwd_ms, 1e-6) * 1e-3) / 1e12
-            for mode in ("fwd", "bwd"):
-                emit(sink, f"cuda N={layout.seq_len} {label} {name} {mode}", tflops[name, mode], "TFLOP/s")
-        for mode in ("fwd", "bwd"):
-            for other in ("flex", "sdpa", "xformers"):
-                if ("triton", mode) in tflops and (other, mode) in tflops:
-                    target = ">= 1" if other == "flex" and mode == "fwd" else ""
-                    emit(
-                        sink,
-                        f"cuda {label} {mode}: triton / {other}",
-                        tflops["triton", mode] / tflops[other, mode],
-                        "x",
-                        target,
-                    )
-        del q, k, v, grad
+        _bench_cuda_layout(sink, label, layout, heads, reps)
         torch.cuda.empty_cache()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", type=Path, default=None, help="append one JSON row per figure here")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
