@@ -91,10 +91,13 @@ def _fwd_tile(
         qk = tl.where(_segment_mask(SEG, ALLOWED, NUM_SEGMENTS, seg_q, cols, N_CTX), qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     if PARTIAL:
-        # a row may have no allowed key yet: keep exp2 away from (-inf) - (-inf)
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+        # a row may have no allowed key yet: keep exp2 away from (-inf) - (-inf); the running max
+        # itself stays -inf so later tiles rescale from scratch
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_ref = m_new
+    p = tl.math.exp2(qk - m_ref[:, None])
+    alpha = tl.math.exp2(m_i - m_ref)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
