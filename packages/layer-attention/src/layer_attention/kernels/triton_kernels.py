@@ -61,6 +61,15 @@ _AUTOTUNE_KEY = ["N_CTX", "HEAD_DIM", "SPARSE_BLOCK"]
 
 
 @triton.jit
+def _load_rows(head, rows, stride_n, stride_d, N_CTX, HEAD_DIM: tl.constexpr):
+    """[len(rows), HEAD_DIM] tile of one head's [N, D] matrix; rows past N_CTX read as zeros."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    return tl.load(
+        head + rows[:, None] * stride_n + offs_d[None, :] * stride_d, mask=(rows < N_CTX)[:, None], other=0.0
+    )
+
+
+@triton.jit
 def _segment_mask(SEG, ALLOWED, NUM_SEGMENTS, seg_q, cols, N_CTX):
     """[BLOCK_M, BLOCK_N] bool: the query row's segment may attend the key column's, column in range."""
     col_ok = cols < N_CTX
@@ -125,11 +134,7 @@ def attention_fwd_kernel(
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N_CTX
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-        mask=row_ok[:, None],
-        other=0.0,
-    )
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, rows, stride_qn, stride_qd, N_CTX, HEAD_DIM)
     seg_q = tl.load(SEG + rows, mask=row_ok, other=0)
     K_head = K + b * stride_kb + h * stride_kh
     V_head = V + b * stride_vb + h * stride_vh
@@ -180,18 +185,11 @@ def attention_bwd_delta_kernel(
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N_CTX
-    o = tl.load(
-        OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    ).to(tl.float32)
-    do = tl.load(
-        DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_d[None, :] * stride_dod,
-        mask=row_ok[:, None],
-        other=0.0,
-    ).to(tl.float32)
+    o = _load_rows(OUT + b * stride_ob + h * stride_oh, rows, stride_on, 1, N_CTX, HEAD_DIM).to(tl.float32)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, rows, stride_don, stride_dod, N_CTX, HEAD_DIM).to(
+        tl.float32
+    )
     tl.store(DELTA + bh.to(tl.int64) * N_CTX + rows, tl.sum(o * do, 1), mask=row_ok)
 
 
@@ -207,9 +205,7 @@ def _dkdv_tile(
     qT = tl.load(
         Q_head + rows[None, :] * stride_qn + offs_d[:, None] * stride_qd, mask=row_ok[None, :], other=0.0
     )
-    do = tl.load(
-        DO_head + rows[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0
-    )
+    do = _load_rows(DO_head, rows, stride_don, stride_dod, N_CTX, HEAD_DIM)
     lse = tl.load(LSE_head + rows, mask=row_ok, other=0.0)
     delta = tl.load(DELTA_head + rows, mask=row_ok, other=0.0)
     pT = tl.math.exp2(tl.dot(k, qT, input_precision=INPUT_PRECISION) * qk_scale - lse[None, :])
@@ -248,16 +244,8 @@ def attention_bwd_dkdv_kernel(
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = cols < N_CTX
-    k = tl.load(
-        K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-        mask=col_ok[:, None],
-        other=0.0,
-    )
-    v = tl.load(
-        V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-        mask=col_ok[:, None],
-        other=0.0,
-    )
+    k = _load_rows(K + b * stride_kb + h * stride_kh, cols, stride_kn, stride_kd, N_CTX, HEAD_DIM)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, cols, stride_vn, stride_vd, N_CTX, HEAD_DIM)
     seg_k = tl.load(SEG + cols, mask=col_ok, other=0)
     Q_head = Q + b * stride_qb + h * stride_qh
     DO_head = DO + b * stride_dob + h * stride_doh
@@ -342,16 +330,8 @@ def attention_bwd_dq_kernel(
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N_CTX
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-        mask=row_ok[:, None],
-        other=0.0,
-    )
-    do = tl.load(
-        DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_d[None, :] * stride_dod,
-        mask=row_ok[:, None],
-        other=0.0,
-    )
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, rows, stride_qn, stride_qd, N_CTX, HEAD_DIM)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, rows, stride_don, stride_dod, N_CTX, HEAD_DIM)
     lse = tl.load(LSE + bh.to(tl.int64) * N_CTX + rows, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + bh.to(tl.int64) * N_CTX + rows, mask=row_ok, other=0.0)
     seg_q = tl.load(SEG + rows, mask=row_ok, other=0)
