@@ -52,7 +52,7 @@ def test_layerflow_layouts_fp32(name):
 @pytest.mark.parametrize("head_dim", [16, 64, 128])
 def test_head_dims(head_dim):
     layout = SegmentLayout([40, 61, 30], [[1, 0, 1], [1, 1, 0], [0, 1, 1]])
-    q, k, v = qkv(layout, 2, 1, head_dim, torch.float32, head_dim)  # B = 2: per-batch offsets
+    q, k, v = qkv(layout, 1, 1, head_dim, torch.float32, head_dim)
     _check(layout, q, k, v, torch.float32)
 
 
@@ -69,7 +69,7 @@ def test_fp16_full_and_block_diagonal(layout):
 def test_tile_sparsity_reaches_the_kernel():
     """A key segment nobody may read gets exactly zero gradient and cannot change the output."""
     layout = SegmentLayout([64, 64, 40], [[1, 0, 0], [1, 1, 0], [0, 0, 1]])
-    q, k, v = qkv(layout, 1, 1, 32, torch.float32, 9)
+    q, k, v = qkv(layout, 2, 1, 32, torch.float32, 9)  # B = 2: per-batch offsets
     out = layer_attention(q, k, v, layout, backend="triton")
     (dk,) = torch.autograd.grad(out[:, :, :128].sum(), (k,))
     assert torch.count_nonzero(dk[:, :, 128:]) == 0
