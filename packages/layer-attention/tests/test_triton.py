@@ -16,7 +16,11 @@ if backend_reasons(torch.empty(1, 1, 1, 32))["triton"] and not torch.cuda.is_ava
     pytest.skip("Triton can run neither on CUDA nor in its interpreter here", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=3e-3, rtol=3e-3)}
+TOL = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=3e-3, rtol=3e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
 
 
 def _check(layout: SegmentLayout, q, k, v, dtype: torch.dtype) -> None:
@@ -64,6 +68,14 @@ def test_head_dims(head_dim):
 def test_fp16_full_and_block_diagonal(layout):
     q, k, v = qkv(layout, 1, 1, 32, torch.float16, 4, strided=True)
     _check(layout, q, k, v, torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton interpreter cannot compute in bfloat16")
+def test_bf16_on_cuda():
+    layout = small_layerflow_layouts(text_tokens=226, tokens_per_clip=300)["conditional"]
+    q, k, v = qkv(layout, 1, 2, 64, torch.bfloat16, 6, strided=True)
+    _check(layout, q, k, v, torch.bfloat16)
 
 
 def test_tile_sparsity_reaches_the_kernel():
