@@ -7,7 +7,8 @@ Every format is a directory:
 * ``"diffusers"``: ``pytorch_lora_weights.safetensors`` with keys ``<prefix>.<path>.lora_A.weight``
   and the ``lora_adapter_metadata`` header (the ``LoraConfig`` fields, prefixed like the keys) that
   diffusers needs to use ``lora_alpha``; loads with ``model.load_lora_adapter(directory,
-  prefix="transformer")`` or a pipeline's ``load_lora_weights``.
+  weight_name="pytorch_lora_weights.safetensors", prefix="transformer")`` or a pipeline's
+  ``load_lora_weights``.
 * ``"native"``: ``multi_lora_adapter.safetensors`` with peft-style keys and a ``multi_lora`` header
   holding the full :class:`AdapterConfig`, per-module rank/alpha and the scalar gate.
 
