@@ -174,7 +174,9 @@ def toggle_cases(num_layers: int, repeats: int) -> tuple[dict[str, float], list[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", type=Path, default=None, help="append one JSON row per figure here")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -183,8 +185,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     tokens, width, repeats = (1024, 640, 9) if args.quick else (4096, 1920, 9)
-    print(f"multi-lora benchmark: tokens={tokens} width={width} ranks={MOTION_RANK}/{CONTENT_RANK} "
-          f"threads={torch.get_num_threads()} repeats={repeats}")
+    print(
+        f"multi-lora benchmark: tokens={tokens} width={width} ranks={MOTION_RANK}/{CONTENT_RANK} "
+        f"threads={torch.get_num_threads()} repeats={repeats}"
+    )
     times, skipped = layer_cases(tokens, width, repeats)
     toggles, toggle_skipped = toggle_cases(num_layers=8 if args.quick else 30, repeats=repeats)
     skipped += toggle_skipped
@@ -197,20 +201,47 @@ def main() -> int:
 
     def ratio(measure: str, numerator: str, denominator: str, target: str, source: dict[str, float]) -> None:
         if numerator in source and denominator in source:
-            rows.append({"benchmark": "multi-lora", "measure": measure,
-                         "value": source[numerator] / source[denominator], "unit": "x", "target": target})
+            rows.append(
+                {
+                    "benchmark": "multi-lora",
+                    "measure": measure,
+                    "value": source[numerator] / source[denominator],
+                    "unit": "x",
+                    "target": target,
+                }
+            )
 
     ratio("motion gated off / base Linear", "multi-lora motion gated off", "base Linear", "<= 1.02", times)
     ratio("peft motion scale 0 / base Linear", "peft motion at scale 0", "base Linear", "", times)
     ratio("both on: multi-lora / peft", "multi-lora both on (scalar gates)", "peft both on", "<= 1.0", times)
-    ratio("per-sample gates / scalar gates", "multi-lora both on (per-sample motion gate)",
-          "multi-lora both on (scalar gates)", "<= 1.1", times)
-    ratio("toggle: set_scale / diffusers set_adapters", "multi-lora set_scale (scalar)", "diffusers set_adapters",
-          "", toggles)
-    for name in ("multi-lora set_scale (scalar)", "multi-lora set_scale (per-sample)", "diffusers set_adapters"):
+    ratio(
+        "per-sample gates / scalar gates",
+        "multi-lora both on (per-sample motion gate)",
+        "multi-lora both on (scalar gates)",
+        "<= 1.1",
+        times,
+    )
+    ratio(
+        "toggle: set_scale / diffusers set_adapters",
+        "multi-lora set_scale (scalar)",
+        "diffusers set_adapters",
+        "",
+        toggles,
+    )
+    for name in (
+        "multi-lora set_scale (scalar)",
+        "multi-lora set_scale (per-sample)",
+        "diffusers set_adapters",
+    ):
         if name in toggles:
-            rows.append({"benchmark": "multi-lora", "measure": f"toggle time: {name}",
-                         "value": toggles[name] * 1e6, "unit": "us"})
+            rows.append(
+                {
+                    "benchmark": "multi-lora",
+                    "measure": f"toggle time: {name}",
+                    "value": toggles[name] * 1e6,
+                    "unit": "us",
+                }
+            )
     print()
     for row in rows:
         print(f"  {row['measure']:<46} {row['value']:10.3f} {row['unit']:<3} {row.get('target', '')}")

@@ -21,7 +21,9 @@ def test_peft_format_loads_in_peft_model(tiny_model, randomize, tmp_path):
     ml.add_adapter(tiny_model, "content", rank=4, alpha=2.0, target_modules=ATTENTION, layers=[1, 3])
     randomize(tiny_model)
     weights = ml.save_adapter(tiny_model, "content", tmp_path / "content", format="peft")
-    assert weights.name == "adapter_model.safetensors" and (tmp_path / "content/adapter_config.json").is_file()
+    assert (
+        weights.name == "adapter_model.safetensors" and (tmp_path / "content/adapter_config.json").is_file()
+    )
     assert not list((tmp_path / "content").glob("*.tmp"))
     loaded = peft.PeftModel.from_pretrained(base, tmp_path / "content").eval()
     x = torch.randn(2, 5, 16)
@@ -81,7 +83,10 @@ def test_diffusers_format_loads_with_load_lora_adapter(tiny_cogvideox, randomize
     ml.save_adapter(ours, "content", tmp_path / "lora", format="diffusers")
     theirs = copy.deepcopy(tiny_cogvideox)
     theirs.load_lora_adapter(
-        tmp_path / "lora", weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="content"
+        tmp_path / "lora",
+        weight_name="pytorch_lora_weights.safetensors",
+        prefix="transformer",
+        adapter_name="content",
     )
     assert theirs.peft_config["content"].lora_alpha == 1.0  # read from the metadata header, not alpha = r
     expected = _run(ours)
@@ -102,8 +107,13 @@ def test_diffusers_saved_adapter_loads_here(tiny_cogvideox, randomize, tmp_path)
 def test_diffusers_file_without_metadata_means_alpha_equals_rank(tiny_model, tmp_path):
     torch.manual_seed(3)
     down, up = torch.randn(4, 16), torch.randn(16, 4)
-    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora.down.weight": down,
-               "transformer.transformer_blocks.0.attn1.to_q.lora.up.weight": up}, tmp_path / "old.safetensors")
+    save_file(
+        {
+            "transformer.transformer_blocks.0.attn1.to_q.lora.down.weight": down,
+            "transformer.transformer_blocks.0.attn1.to_q.lora.up.weight": up,
+        },
+        tmp_path / "old.safetensors",
+    )
     expected_weight = tiny_model.transformer_blocks[0].attn1.to_q.weight + up @ down
     ml.load_adapter(tiny_model, tmp_path / "old.safetensors", "a")
     layer = tiny_model.transformer_blocks[0].attn1.to_q
@@ -139,7 +149,13 @@ def test_animatediff_keys_import_with_scale_as_gate(tiny_model, tmp_path):
 def test_native_round_trip_keeps_config_ranks_and_gate(tiny_model, randomize, tmp_path):
     fresh = copy.deepcopy(tiny_model)
     ml.add_adapter(
-        tiny_model, "a", rank=3, alpha=1.5, target_modules=["to_q", "to_v"], rank_pattern={"to_v": 5}, gate_mode="dense"
+        tiny_model,
+        "a",
+        rank=3,
+        alpha=1.5,
+        target_modules=["to_q", "to_v"],
+        rank_pattern={"to_v": 5},
+        gate_mode="dense",
     )
     randomize(tiny_model)
     ml.set_scale(tiny_model, "a", 0.3)
@@ -188,15 +204,27 @@ class OfficialLoraLinear(nn.Module):
         super().__init__()
         self.original = nn.Linear(in_dim, out_dim)
         part = out_dim // partition
-        self.matrix_A = nn.ParameterList([nn.Parameter(torch.randn(motion_r, in_dim)) for _ in range(partition)])
-        self.matrix_B = nn.ParameterList([nn.Parameter(torch.randn(part, motion_r)) for _ in range(partition)])
-        self.matrix_C = nn.ParameterList([nn.Parameter(torch.randn(content_r, in_dim)) for _ in range(partition)])
-        self.matrix_D = nn.ParameterList([nn.Parameter(torch.randn(part, content_r)) for _ in range(partition)])
+        self.matrix_A = nn.ParameterList(
+            [nn.Parameter(torch.randn(motion_r, in_dim)) for _ in range(partition)]
+        )
+        self.matrix_B = nn.ParameterList(
+            [nn.Parameter(torch.randn(part, motion_r)) for _ in range(partition)]
+        )
+        self.matrix_C = nn.ParameterList(
+            [nn.Parameter(torch.randn(content_r, in_dim)) for _ in range(partition)]
+        )
+        self.matrix_D = nn.ParameterList(
+            [nn.Parameter(torch.randn(part, content_r)) for _ in range(partition)]
+        )
         self.motion_scaling, self.content_scaling = 1.0 / motion_r, 1.0 / content_r
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        motion = torch.cat([(x @ a.T) @ b.T * self.motion_scaling for a, b in zip(self.matrix_A, self.matrix_B)], -1)
-        content = torch.cat([(x @ c.T) @ d.T * self.content_scaling for c, d in zip(self.matrix_C, self.matrix_D)], -1)
+        motion = torch.cat(
+            [(x @ a.T) @ b.T * self.motion_scaling for a, b in zip(self.matrix_A, self.matrix_B)], -1
+        )
+        content = torch.cat(
+            [(x @ c.T) @ d.T * self.content_scaling for c, d in zip(self.matrix_C, self.matrix_D)], -1
+        )
         return self.original(x) + motion * scale[:, None, None] + content
 
 
@@ -236,7 +264,9 @@ def test_layerflow_official_split_matches_fused_layer(tiny_model, tmp_path):
     sat_state["model.diffusion_model.transformer.layers.0.attention.dense.matrix_B.0"] = torch.zeros(dim, 2)
     torch.save({"module": sat_state}, tmp_path / "mp_rank_00_model_states.pt")
 
-    created = ml.load_layerflow_official(tiny_model, tmp_path / "mp_rank_00_model_states.pt", rename=_sat_rename)
+    created = ml.load_layerflow_official(
+        tiny_model, tmp_path / "mp_rank_00_model_states.pt", rename=_sat_rename
+    )
     assert created == ["motion", "content"]
     assert sorted(ml.adapter_layers(tiny_model, "motion")) == sorted(
         f"transformer_blocks.2.attn1.{p}" for p in ("to_q", "to_k", "to_v", "to_out.0")
@@ -250,8 +280,12 @@ def test_layerflow_official_split_matches_fused_layer(tiny_model, tmp_path):
     attn = tiny_model.transformer_blocks[2].attn1
     with torch.no_grad():
         ours_qkv = torch.cat([attn.to_q(x), attn.to_k(x), attn.to_v(x)], -1)
-        torch.testing.assert_close(ours_qkv, official["attention"].query_key_value(x, scale), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(attn.to_out[0](x), official["attention"].dense(x, scale), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            ours_qkv, official["attention"].query_key_value(x, scale), rtol=1e-4, atol=1e-4
+        )
+        torch.testing.assert_close(
+            attn.to_out[0](x), official["attention"].dense(x, scale), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_split_fused_lora_shared_a_layout():

@@ -37,7 +37,9 @@ def _linear_model(seed: int = 0) -> nn.Sequential:
 
 def _copy_into_peft(ours: nn.Module, theirs: nn.Module, name: str) -> None:
     state = {
-        key.replace(f".lora_A.{name}.", ".lora_A.default.").replace(f".lora_B.{name}.", ".lora_B.default."): value
+        key.replace(f".lora_A.{name}.", ".lora_A.default.").replace(
+            f".lora_B.{name}.", ".lora_B.default."
+        ): value
         for key, value in ours.state_dict().items()
         if f".{name}." in key
     }
@@ -66,13 +68,16 @@ def test_matches_peft_forward_and_grads(randomize, use_rslora, scale):
     torch.testing.assert_close(ours_out, theirs_out, rtol=1e-5, atol=1e-6)
     ours_out.square().sum().backward()
     theirs_out.square().sum().backward()
-    ours_grads = {k.replace(".a.", ".default."): p.grad for k, p in ours.named_parameters() if p.grad is not None}
+    ours_grads = {
+        k.replace(".a.", ".default."): p.grad for k, p in ours.named_parameters() if p.grad is not None
+    }
     theirs_grads = {k: p.grad for k, p in theirs.named_parameters() if p.grad is not None}
     assert set(ours_grads) == set(theirs_grads) and len(ours_grads) == 4
-    for key in ours_grads:
-        torch.testing.assert_close(ours_grads[key], theirs_grads[key], rtol=1e-5, atol=1e-6)
+    for key, grad in ours_grads.items():
+        torch.testing.assert_close(grad, theirs_grads[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
 def test_two_adapters_match_peft(randomize):
     base = _linear_model()
     ours = copy.deepcopy(base)
@@ -235,7 +240,9 @@ def test_merge_refuses_per_sample_gate(randomize):
 
 
 def test_checkpointed_per_sample_gates_match_plain(randomize, tiny_model):
-    ml.add_adapter(tiny_model, "motion", rank=2, alpha=1.0, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    ml.add_adapter(
+        tiny_model, "motion", rank=2, alpha=1.0, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
     ml.add_adapter(tiny_model, "content", rank=4, alpha=1.0, target_modules=["to_q", "to_v"])
     randomize(tiny_model)
     checkpointed = copy.deepcopy(tiny_model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import tempfile
 
 import pytest
 import torch
@@ -31,7 +30,9 @@ def test_layer_filter_selects_every_nth_block(tiny_model):
 
 
 def test_regex_and_exclude(tiny_model):
-    ml.add_adapter(tiny_model, "a", rank=2, alpha=1.0, target_modules=r".*attn1\.to_[qk]", exclude_modules=["to_k"])
+    ml.add_adapter(
+        tiny_model, "a", rank=2, alpha=1.0, target_modules=r".*attn1\.to_[qk]", exclude_modules=["to_k"]
+    )
     assert all(p.endswith("to_q") for p in ml.adapter_layers(tiny_model, "a"))
     assert len(ml.adapter_layers(tiny_model, "a")) == 4
 
@@ -92,11 +93,11 @@ def test_moving_the_model_moves_gates(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def process_group():
-    with tempfile.NamedTemporaryFile() as store:
-        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
-        yield
-        dist.destroy_process_group()
+def process_group(tmp_path_factory):
+    store = tmp_path_factory.mktemp("ddp") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("gate_mode", ["skip", "auto"])

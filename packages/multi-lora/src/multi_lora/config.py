@@ -170,7 +170,9 @@ class AdapterConfig:
     def from_peft_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
         """The inverse of :meth:`to_peft_dict` for peft/diffusers LoRA configs (plain LoRA only)."""
         if data.get("peft_type", "LORA") != "LORA":
-            raise ValueError(f"only peft LoRA adapters can be loaded, got peft_type={data.get('peft_type')!r}")
+            raise ValueError(
+                f"only peft LoRA adapters can be loaded, got peft_type={data.get('peft_type')!r}"
+            )
         unsupported = {
             key: data[key]
             for key in ("use_dora", "lora_bias", "fan_in_fan_out")

@@ -92,6 +92,7 @@ def rename_module(path: str, rename: Rename | None) -> list[str]:
     """The model path(s) for source module ``path`` (one per output partition)."""
     if rename is None:
         return [path]
+    target: str | Sequence[str] | None
     if isinstance(rename, Mapping):
         if path not in rename:
             raise KeyError(path)
@@ -156,7 +157,9 @@ def _pairs_from_peft_keys(state_dict: Mapping[str, torch.Tensor], source: str) -
             continue
         pairs.setdefault(match.group(1), [None, None])["AB".index(match.group(2))] = tensor
     if unknown:
-        raise ValueError(f"{source}: keys that are not plain LoRA weights (lora_A/lora_B .weight): {unknown[:10]}")
+        raise ValueError(
+            f"{source}: keys that are not plain LoRA weights (lora_A/lora_B .weight): {unknown[:10]}"
+        )
     incomplete = [p for p, (a, b) in pairs.items() if a is None or b is None]
     if incomplete:
         raise ValueError(f"{source}: modules missing their lora_A or lora_B weight: {incomplete[:10]}")
@@ -170,7 +173,9 @@ def _pairs_from_peft_keys(state_dict: Mapping[str, torch.Tensor], source: str) -
     return {p: (a, b) for p, (a, b) in pairs.items()}
 
 
-def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str, source: str) -> dict[str, torch.Tensor]:
+def _strip_prefix(
+    state_dict: Mapping[str, torch.Tensor], prefix: str, source: str
+) -> dict[str, torch.Tensor]:
     if not prefix:
         return dict(state_dict)
     stripped = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -229,7 +234,9 @@ def from_diffusers(
     pairs = _pairs_from_peft_keys(tensors, "diffusers LoRA")
     use_rslora, dropout = False, 0.0
     if metadata is not None:
-        config_dict = {k.removeprefix(dotted): v for k, v in metadata.items() if not dotted or k.startswith(dotted)}
+        config_dict = {
+            k.removeprefix(dotted): v for k, v in metadata.items() if not dotted or k.startswith(dotted)
+        }
         config = AdapterConfig.from_peft_dict({"target_modules": sorted(pairs), **config_dict})
         alphas = {path: config.alpha_for(path) for path in pairs}
         use_rslora, dropout = config.use_rslora, config.dropout
@@ -314,7 +321,9 @@ def from_layerflow_official(
         downs, ups = found.get(down_name, {}), found.get(up_name, {})
         mismatch = sorted(set(downs) ^ set(ups))
         if mismatch:
-            raise ValueError(f"adapter {adapter!r}: modules with only one of {down_name}/{up_name}: {mismatch[:10]}")
+            raise ValueError(
+                f"adapter {adapter!r}: modules with only one of {down_name}/{up_name}: {mismatch[:10]}"
+            )
         modules: dict[str, ModuleLora] = {}
         problems: list[str] = []
         for module in sorted(downs):

@@ -37,7 +37,6 @@ from torch import nn
 from .config import AdapterConfig
 from .importers import (
     ImportedAdapter,
-    ModuleLora,
     Rename,
     from_animatediff,
     from_diffusers,
@@ -46,7 +45,15 @@ from .importers import (
     from_peft,
 )
 from .layer import MultiLoraLinear
-from .model import MULTI_LORA_ATTRIBUTE, adapter_layers, add_adapter_at, delete_adapter, get_adapter_config, set_scale
+from .model import (
+    MULTI_LORA_ATTRIBUTE,
+    adapter_layers,
+    adapter_state_dict,
+    add_adapter_at,
+    delete_adapter,
+    get_adapter_config,
+    set_scale,
+)
 
 SaveFormat = Literal["peft", "diffusers", "native"]
 LoadFormat = Literal["auto", "peft", "diffusers", "native", "animatediff"]
@@ -81,7 +88,12 @@ def _save_tensors(target: Path, tensors: Mapping[str, torch.Tensor], metadata: d
 
 
 def _save_json(target: Path, data: Mapping[str, Any]) -> None:
-    _atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True)))
+    text = json.dumps(data, indent=2, sort_keys=True)
+
+    def write(temporary: str) -> None:
+        Path(temporary).write_text(text)
+
+    _atomic_write(target, write)
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -109,7 +121,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
 
 
 def _module_values(model: nn.Module, name: str) -> dict[str, tuple[int, float]]:
-    return {path: (layer.r[name], layer.lora_alpha[name]) for path, layer in adapter_layers(model, name).items()}
+    return {
+        path: (layer.r[name], layer.lora_alpha[name]) for path, layer in adapter_layers(model, name).items()
+    }
 
 
 def _peft_dict(model: nn.Module, name: str) -> dict[str, Any]:
@@ -132,11 +146,7 @@ def _peft_dict(model: nn.Module, name: str) -> dict[str, Any]:
 
 
 def _weights(model: nn.Module, name: str, key_prefix: str) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path, layer in adapter_layers(model, name).items():
-        tensors[f"{key_prefix}{path}.lora_A.weight"] = layer.lora_A[name].weight
-        tensors[f"{key_prefix}{path}.lora_B.weight"] = layer.lora_B[name].weight
-    return tensors
+    return {f"{key_prefix}{key}": value for key, value in adapter_state_dict(model, name).items()}
 
 
 def save_adapter(
@@ -177,7 +187,9 @@ def save_adapter(
             "gate": gate if isinstance(gate, float) else None,
         }
         target = directory / NATIVE_WEIGHTS
-        _save_tensors(target, _weights(model, name, ""), {"format": "pt", NATIVE_METADATA_KEY: json.dumps(header)})
+        _save_tensors(
+            target, _weights(model, name, ""), {"format": "pt", NATIVE_METADATA_KEY: json.dumps(header)}
+        )
     else:
         raise ValueError(f"format must be 'peft', 'diffusers' or 'native', got {format!r}")
     return target
@@ -234,9 +246,9 @@ def attach_adapter(
     try:
         with torch.no_grad():
             for path, layer in record.layers.items():
-                lora: ModuleLora = imported.modules[path]
-                layer.lora_A[name].weight.copy_(lora.lora_A)
-                layer.lora_B[name].weight.copy_(lora.lora_B)
+                lora_a, lora_b = layer.lora_pair(name)
+                lora_a.weight.copy_(imported.modules[path].lora_A)
+                lora_b.weight.copy_(imported.modules[path].lora_B)
         if imported.scale is not None:
             set_scale(model, name, imported.scale)
     except BaseException:

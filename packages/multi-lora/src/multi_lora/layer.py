@@ -106,6 +106,13 @@ class MultiLoraLinear(nn.Module):
     def adapter_names(self) -> tuple[str, ...]:
         return tuple(self.lora_A.keys())
 
+    def lora_pair(self, name: str) -> tuple[nn.Linear, nn.Linear]:
+        """``(lora_A[name], lora_B[name])``, typed."""
+        self._check_name(name)
+        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+        assert isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)
+        return lora_a, lora_b
+
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         self._check_name(name)
         for attribute in self.adapter_layer_names:
@@ -141,7 +148,7 @@ class MultiLoraLinear(nn.Module):
         for name in self.lora_A:
             if not self._computes(name):
                 continue
-            lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+            lora_a, lora_b = self.lora_pair(name)
             hidden = lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype)))
             hidden = self.lora_gate[name].apply_to_rank(hidden, self.scaling[name])
             result = _add_projection(result, hidden, lora_b.weight)
@@ -154,9 +161,10 @@ class MultiLoraLinear(nn.Module):
         gate = self.lora_gate[name]
         if gate.kind == "per_sample":
             raise ValueError(f"adapter {name!r} has a per-sample gate; only a scalar gate can be merged")
-        weight_a = self.lora_A[name].weight.detach().float()
-        weight_b = self.lora_B[name].weight.detach().float()
-        return (weight_b @ weight_a) * (self.scaling[name] * float(gate.scalar))
+        lora_a, lora_b = self.lora_pair(name)
+        return (lora_b.weight.detach().float() @ lora_a.weight.detach().float()) * (
+            self.scaling[name] * float(gate.scalar)
+        )
 
     @torch.no_grad()
     def merge(self, name: str, *, keep_copy: bool = False) -> None:

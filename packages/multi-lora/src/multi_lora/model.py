@@ -186,7 +186,9 @@ def add_adapter_at(
     return record
 
 
-def add_adapter(model: nn.Module, name: str, config: AdapterConfig | None = None, **options: Any) -> AdapterConfig:
+def add_adapter(
+    model: nn.Module, name: str, config: AdapterConfig | None = None, **options: Any
+) -> AdapterConfig:
     """Add adapter ``name`` to the Linear layers selected by its config; returns the config.
 
     Pass an :class:`AdapterConfig` or its fields as keywords (``rank=8, alpha=1.0,
@@ -330,6 +332,7 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """
     state: dict[str, torch.Tensor] = {}
     for path, layer in _record(model, name).layers.items():
-        state[f"{path}.lora_A.weight"] = layer.lora_A[name].weight.detach()
-        state[f"{path}.lora_B.weight"] = layer.lora_B[name].weight.detach()
+        lora_a, lora_b = layer.lora_pair(name)
+        state[f"{path}.lora_A.weight"] = lora_a.weight.detach()
+        state[f"{path}.lora_B.weight"] = lora_b.weight.detach()
     return state
