@@ -8,7 +8,8 @@ Cases (CogVideoX-like shapes scaled down: tokens x width, ranks 8 = motion and 2
 * motion + content on: multi-lora vs peft (same weights);
 * per-sample motion gates vs the scalar gate path (multi-lora);
 * gate toggle time on a 30-block tiny CogVideoX: ``multi_lora.set_scale`` vs diffusers
-  ``set_adapters`` (peft ``set_adapter`` + ``set_scale`` underneath).
+  ``set_adapters`` (peft ``set_adapter`` + ``set_scale`` underneath) and peft's ``set_adapter`` on
+  every LoRA layer.
 
 Timings are the best of several repeats; the cases of one repeat run back to back (round robin) so that load
 from other processes hits them alike. Follows ``benchmarks/run_all.py``'s convention: ``--json PATH``
@@ -165,10 +166,17 @@ def toggle_cases(num_layers: int, repeats: int) -> tuple[dict[str, float], list[
         state["value"] ^= 1
         theirs.set_adapters(["motion", "content"], [float(state["value"]), 1.0])
 
+    def theirs_set_adapter() -> None:  # peft's on/off switch: activate one adapter or both
+        state["value"] ^= 1
+        for module in theirs.modules():
+            if isinstance(module, peft.tuners.lora.LoraLayer):
+                module.set_adapter(["motion", "content"] if state["value"] else ["content"])
+
     cases = {
         "multi-lora set_scale (scalar)": ours_scalar,
         "multi-lora set_scale (per-sample)": ours_per_sample,
         "diffusers set_adapters": theirs_set_adapters,
+        "peft set_adapter (all LoRA layers)": theirs_set_adapter,
     }
     return _best_times(cases, repeats, inner=20), []
 

@@ -314,3 +314,20 @@ def test_layerflow_import_errors_apply_nothing(tiny_model):
     assert ml.list_adapters(tiny_model) == []
     with pytest.raises(ValueError, match="rename gives no module"):
         ml.load_layerflow_official(tiny_model, state, rename={})
+
+
+def test_weight_files_are_recognised_and_prefix_mismatch_is_explained(tiny_model, randomize, tmp_path):
+    source = copy.deepcopy(tiny_model)
+    ml.add_adapter(source, "a", rank=2, alpha=4.0, target_modules=["to_k"])
+    randomize(source)
+    ml.save_adapter(source, "a", tmp_path / "peft", format="peft")
+    ml.save_adapter(source, "a", tmp_path / "diffusers", format="diffusers")
+    ml.load_adapter(tiny_model, tmp_path / "peft" / "adapter_model.safetensors", "from_peft")
+    with pytest.raises(ValueError, match="is prefix='' right"):
+        ml.load_adapter(tiny_model, tmp_path / "diffusers", "from_diffusers", prefix="")
+    ml.load_adapter(tiny_model, tmp_path / "diffusers" / "pytorch_lora_weights.safetensors", "from_diffusers")
+    layer = tiny_model.transformer_blocks[1].attn1.to_k
+    assert layer.scaling == {"from_peft": 2.0, "from_diffusers": 2.0}
+    ml.disable_adapter(tiny_model, "from_peft")
+    x = torch.randn(2, 3, 16)
+    torch.testing.assert_close(tiny_model(x), source(x))

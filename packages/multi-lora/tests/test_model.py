@@ -121,3 +121,21 @@ def test_ddp_rule_for_trainable_adapter_gated_off(process_group, gate_mode):
         train(3)  # auto == dense while training a trainable adapter: parameters used, gradients zero
         motion = [p.grad for n, p in model.named_parameters() if ".motion." in n]
         assert all(g is not None and not g.any() for g in motion)
+
+
+def test_config_and_gate_validation(tiny_model):
+    with pytest.raises(ValueError, match="init must be one of"):
+        ml.AdapterConfig(rank=2, alpha=1.0, target_modules=["to_q"], init="orthogonal")
+    with pytest.raises(ValueError, match="gate_mode"):
+        ml.AdapterConfig(rank=2, alpha=1.0, target_modules=["to_q"], gate_mode="sometimes")
+    ml.add_adapter(tiny_model, "g", rank=50, alpha=1.0, target_modules=["to_q"], init="gaussian")
+    lora_a = tiny_model.transformer_blocks[0].attn1.to_q.lora_A["g"].weight
+    assert abs(lora_a.std().item() - 1 / 50) < 0.004  # peft's gaussian init: normal(std = 1 / r)
+    with pytest.raises(ValueError, match=r"1-D tensor \[B\]"):
+        ml.set_scale(tiny_model, "g", torch.ones(2, 2))
+    with pytest.raises(TypeError, match="bool"):
+        ml.set_scale(tiny_model, "g", True)
+    with pytest.raises(ValueError, match="finite"):
+        ml.set_scale(tiny_model, "g", float("nan"))
+    ml.set_scale(tiny_model, "g", [0.5, 1.0])
+    assert torch.equal(ml.get_scale(tiny_model, "g"), torch.tensor([0.5, 1.0]))

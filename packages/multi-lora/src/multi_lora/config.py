@@ -183,11 +183,12 @@ class AdapterConfig:
         if unsupported:
             raise ValueError(f"unsupported peft LoRA options {unsupported}: multi-lora implements plain LoRA")
         init = data.get("init_lora_weights", True)
+        layers = data.get("layers_to_transform")
         return cls(
             rank=int(data["r"]),
             alpha=float(data.get("lora_alpha", data["r"])),
             target_modules=data["target_modules"],
-            layers=data.get("layers_to_transform"),
+            layers=[layers] if isinstance(layers, int) else layers,
             layers_pattern=data.get("layers_pattern"),
             exclude_modules=data.get("exclude_modules"),
             use_rslora=bool(data.get("use_rslora", False)),

@@ -42,6 +42,7 @@ LAYERFLOW_OFFICIAL_ADAPTERS: dict[str, tuple[str, str]] = {
     "content": ("matrix_C", "matrix_D"),
 }
 LAYERFLOW_OFFICIAL_PREFIX = "model.diffusion_model."
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 
 
 @dataclass
@@ -237,6 +238,11 @@ def from_diffusers(
         config_dict = {
             k.removeprefix(dotted): v for k, v in metadata.items() if not dotted or k.startswith(dotted)
         }
+        if "r" not in config_dict:
+            raise ValueError(
+                f"diffusers LoRA: the {DIFFUSERS_METADATA_KEY!r} header has no {dotted + 'r'!r} entry "
+                f"(entries: {sorted(metadata)[:8]}); is prefix={prefix!r} right?"
+            )
         config = AdapterConfig.from_peft_dict({"target_modules": sorted(pairs), **config_dict})
         alphas = {path: config.alpha_for(path) for path in pairs}
         use_rslora, dropout = config.use_rslora, config.dropout

@@ -36,6 +36,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .importers import (
+    DIFFUSERS_METADATA_KEY,
     ImportedAdapter,
     Rename,
     from_animatediff,
@@ -61,7 +62,6 @@ LoadFormat = Literal["auto", "peft", "diffusers", "native", "animatediff"]
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
-DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 NATIVE_WEIGHTS = "multi_lora_adapter.safetensors"
 NATIVE_METADATA_KEY = "multi_lora"
 
@@ -271,6 +271,8 @@ def _detect_format(path: Path) -> tuple[LoadFormat, Path]:
     tensors, metadata = read_state_dict(path)
     if NATIVE_METADATA_KEY in metadata:
         return "native", path
+    if all(k.startswith("base_model.model.") for k in tensors) and path.with_name(PEFT_CONFIG).is_file():
+        return "peft", path
     if any("_lora.down." in k or "_lora.up." in k for k in tensors):
         return "animatediff", path
     if DIFFUSERS_METADATA_KEY in metadata or any(".lora_A." in k or ".lora.down." in k for k in tensors):
