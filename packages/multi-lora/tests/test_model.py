@@ -139,3 +139,14 @@ def test_config_and_gate_validation(tiny_model):
         ml.set_scale(tiny_model, "g", float("nan"))
     ml.set_scale(tiny_model, "g", [0.5, 1.0])
     assert torch.equal(ml.get_scale(tiny_model, "g"), torch.tensor([0.5, 1.0]))
+
+
+def test_adding_to_an_eval_model_keeps_eval_mode(tiny_model):
+    tiny_model.eval()
+    ml.add_adapter(tiny_model, "a", rank=2, alpha=1.0, target_modules=["to_q"], dropout=0.5)
+    assert not any(m.training for m in tiny_model.modules())
+    ml.set_scale(tiny_model, "a", 0.0)  # trainable, but eval: "auto" skips the branch
+    calls = []
+    tiny_model.transformer_blocks[0].attn1.to_q.lora_A["a"].register_forward_hook(lambda *a: calls.append(1))
+    tiny_model(torch.randn(1, 2, 16))
+    assert calls == []

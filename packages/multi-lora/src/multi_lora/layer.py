@@ -86,6 +86,8 @@ class MultiLoraLinear(nn.Module):
         self.lora_A[name] = lora_a
         self.lora_B[name] = lora_b
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        for attribute in self.adapter_layer_names:  # new modules follow this layer's train/eval mode
+            getattr(self, attribute)[name].train(self.training)
         self.r[name] = rank
         self.lora_alpha[name] = float(alpha)
         self.scaling[name] = float(alpha) / (math.sqrt(rank) if use_rslora else rank)

@@ -121,7 +121,7 @@ def _wrap(model: nn.Module, path: str) -> MultiLoraLinear:
     if not isinstance(module, nn.Linear):
         raise TypeError(f"module {path!r} is a {type(module).__name__}, not an nn.Linear")
     parent_path, _, child = path.rpartition(".")
-    wrapped = MultiLoraLinear(module)
+    wrapped = MultiLoraLinear(module).train(module.training)  # a new module would start in train mode
     setattr(model.get_submodule(parent_path), child, wrapped)
     return wrapped
 
