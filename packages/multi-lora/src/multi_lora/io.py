@@ -47,12 +47,12 @@ from .importers import (
 )
 from .layer import MultiLoraLinear
 from .model import (
-    MULTI_LORA_ATTRIBUTE,
     adapter_layers,
     adapter_state_dict,
     add_adapter_at,
     delete_adapter,
     get_adapter_config,
+    get_scale,
     set_scale,
 )
 
@@ -163,6 +163,8 @@ def save_adapter(
     ``prefix`` is the diffusers component the keys are filed under (``""``: unprefixed, as diffusers'
     model-level ``save_lora_adapter`` writes). ``base_model_name_or_path`` goes into peft's config.
     """
+    if format not in ("peft", "diffusers", "native"):
+        raise ValueError(f"format must be 'peft', 'diffusers' or 'native', got {format!r}")
     directory = Path(path)
     if directory.is_file():
         raise ValueError(f"{directory} is a file; adapters are saved into a directory")
@@ -178,11 +180,10 @@ def save_adapter(
         metadata = {"format": "pt", DIFFUSERS_METADATA_KEY: json.dumps(header, indent=2, sort_keys=True)}
         target = directory / DIFFUSERS_WEIGHTS
         _save_tensors(target, _weights(model, name, dotted), metadata)
-    elif format == "native":
-        record = getattr(model, MULTI_LORA_ATTRIBUTE)[name]
-        gate = record.gate.value()
+    else:  # "native"
+        gate = get_scale(model, name)
         header = {
-            "config": record.config.to_dict(),
+            "config": get_adapter_config(model, name).to_dict(),
             "modules": {p: {"rank": r, "alpha": a} for p, (r, a) in _module_values(model, name).items()},
             "gate": gate if isinstance(gate, float) else None,
         }
@@ -190,8 +191,6 @@ def save_adapter(
         _save_tensors(
             target, _weights(model, name, ""), {"format": "pt", NATIVE_METADATA_KEY: json.dumps(header)}
         )
-    else:
-        raise ValueError(f"format must be 'peft', 'diffusers' or 'native', got {format!r}")
     return target
 
 
