@@ -2,7 +2,7 @@
 
 Cases (CogVideoX-like shapes scaled down: tokens x width, ranks 8 = motion and 256 = content):
 
-* base ``nn.Linear``;
+* base ``nn.Linear``, and an identical copy of it: their ratio is the measurement's noise floor;
 * multi-lora with the motion LoRA gated off (scalar 0.0: branch skipped) -> overhead over base;
 * peft with the same motion LoRA at scale 0 (peft still computes the branch) -> overhead over base;
 * motion + content on: multi-lora vs peft (same weights);
@@ -102,6 +102,7 @@ def layer_cases(tokens: int, width: int, repeats: int) -> tuple[dict[str, float]
 
     cases: dict[str, Callable[[], object]] = {
         "base Linear": forward(base),
+        "base Linear (a copy, for the noise floor)": forward(copy.deepcopy(base)),
         "multi-lora motion gated off": forward(motion_only),
         "multi-lora both on (scalar gates)": forward(both),
         "multi-lora both on (per-sample motion gate)": forward(per_sample),
@@ -195,7 +196,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    tokens, width, repeats = (1024, 640, 9) if args.quick else (4096, 1920, 9)
+    tokens, width, repeats = (1024, 640, 9) if args.quick else (4096, 1920, 15)
     print(
         f"multi-lora benchmark: tokens={tokens} width={width} ranks={MOTION_RANK}/{CONTENT_RANK} "
         f"threads={torch.get_num_threads()} repeats={repeats}"
@@ -204,9 +205,9 @@ def main() -> int:
     toggles, toggle_skipped = toggle_cases(num_layers=8 if args.quick else 30, repeats=repeats)
     skipped += toggle_skipped
     for name, seconds in times.items():
-        print(f"  {name:<46} {seconds * 1e3:10.3f} ms")
+        print(f"  {name:<48} {seconds * 1e3:10.3f} ms")
     for name, seconds in toggles.items():
-        print(f"  {name:<46} {seconds * 1e6:10.1f} us per toggle")
+        print(f"  {name:<48} {seconds * 1e6:10.1f} us per toggle")
 
     rows: list[dict[str, object]] = []
 
@@ -222,6 +223,13 @@ def main() -> int:
                 }
             )
 
+    ratio(
+        "noise floor: base copy / base Linear",
+        "base Linear (a copy, for the noise floor)",
+        "base Linear",
+        "~ 1.0",
+        times,
+    )
     ratio("motion gated off / base Linear", "multi-lora motion gated off", "base Linear", "<= 1.02", times)
     ratio("peft motion scale 0 / base Linear", "peft motion at scale 0", "base Linear", "", times)
     ratio("both on: multi-lora / peft", "multi-lora both on (scalar gates)", "peft both on", "<= 1.0", times)
@@ -257,7 +265,7 @@ def main() -> int:
         )
     print()
     for row in rows:
-        print(f"  {row['measure']:<46} {row['value']:10.3f} {row['unit']:<3} {row.get('target', '')}")
+        print(f"  {row['measure']:<48} {row['value']:10.3f} {row['unit']:<3} {row.get('target', '')}")
     for reason in skipped:
         print(f"  skipped: {reason}")
     if args.json is not None:

@@ -66,7 +66,8 @@ class AdapterGate:
         if not bool(torch.isfinite(values).all()):
             raise ValueError("per-sample gate values must be finite")
         if self.per_sample is None or self.per_sample.shape != values.shape:
-            self.per_sample = torch.empty(values.shape, device=values.device, dtype=self.scalar.dtype)
+            # On the model's device (the scalar follows it): one copy here, none per layer in forward.
+            self.per_sample = torch.empty(values.shape, device=self.scalar.device, dtype=self.scalar.dtype)
         with torch.no_grad():
             self.per_sample.copy_(values)
         self.kind = "per_sample"
