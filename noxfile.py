@@ -62,6 +62,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Every package benchmark, side by side, as one table (``-- --quick`` for a smoke run)."""
+    _install_workspace(session)
+    session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check with the single root configuration."""
     session.install("ruff>=0.6")
