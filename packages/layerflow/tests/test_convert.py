@@ -218,9 +218,7 @@ def test_unknown_and_missing_keys_are_named_and_nothing_is_written(tmp_path):
     with pytest.raises(ConversionError, match=r"missing \['transformer_blocks.0.ff.net.2.bias'\]"):
         build_transformer(convert_official_state_dict(sat, lora="merge", **TINY))
     del sat[f"{P}transformer.layers.0.attention.dense.matrix_D.0"]
-    with pytest.raises(
-        ConversionError, match="only one of matrix_C/matrix_D"
-    ):
+    with pytest.raises(ConversionError, match="only one of matrix_C/matrix_D"):
         convert_official_state_dict(sat, lora="merge", **TINY)
 
 

@@ -17,6 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 # diffusers' pipeline loader resolves a component's base class by name in the component's module.
 from diffusers.models.modeling_utils import ModelMixin
+
 from transparent_vae.decoder import TransparentDecoder
 from transparent_vae.encoder import LatentOffsetEncoder
 from transparent_vae.vae import TransparentVAE
@@ -31,7 +32,9 @@ class LayerFlowTransparentVAE(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, encoder_config: dict[str, Any], decoder_config: dict[str, Any], offset_gain: float = 1.0):
+    def __init__(
+        self, encoder_config: dict[str, Any], decoder_config: dict[str, Any], offset_gain: float = 1.0
+    ):
         super().__init__()
         self.encoder = LatentOffsetEncoder(**encoder_config)
         self.decoder = TransparentDecoder(**decoder_config)
@@ -52,7 +55,9 @@ class LayerFlowTransparentVAE(ModelMixin, ConfigMixin):
         encoder_channels = list(encoder_channels or [32 * 2**i for i in range(levels)])
         decoder_channels = list(decoder_channels or [32 * 2**i for i in range(levels + 1)])
         if len(encoder_channels) != levels:
-            raise ValueError(f"encoder_channels needs {levels} widths for the VAE's {2 ** (levels - 1)}x factor")
+            raise ValueError(
+                f"encoder_channels needs {levels} widths for the VAE's {2 ** (levels - 1)}x factor"
+            )
         return cls(
             encoder_config={
                 "in_channels": 4,
@@ -72,7 +77,9 @@ class LayerFlowTransparentVAE(ModelMixin, ConfigMixin):
 
     def bind(self, base_vae: Any) -> TransparentVAE:
         """The ``TransparentVAE`` of these parts over the (frozen) ``base_vae``."""
-        return TransparentVAE(base_vae, self.encoder, self.decoder, offset_gain=float(self.config["offset_gain"]))
+        return TransparentVAE(
+            base_vae, self.encoder, self.decoder, offset_gain=float(self.config["offset_gain"])
+        )
 
     def num_latent_frames(self, num_frames: int) -> int:
         """Latent frames the offset encoder makes of ``num_frames`` (must match the base VAE's)."""
