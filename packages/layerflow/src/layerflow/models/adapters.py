@@ -55,18 +55,17 @@ def add_layerflow_adapters(
     ``layers=None`` covers every block; pass ``OFFICIAL_TRAINED_BLOCKS`` for the official placement
     of the trained ones. The motion adapter starts frozen and gated off; the content one trainable.
     """
-    placement = {"layers": layers, "layers_pattern": "transformer_blocks"} if layers is not None else {}
-    targets = list(ATTENTION_PROJECTIONS)
-    ml.add_adapter(
-        transformer,
-        MOTION,
-        rank=motion_rank,
-        alpha=alpha,
-        target_modules=targets,
-        trainable=False,
-        **placement,
-    )
-    ml.add_adapter(transformer, CONTENT, rank=content_rank, alpha=alpha, target_modules=targets, **placement)
+    pattern = "transformer_blocks" if layers is not None else None
+    for name, rank, trainable in ((MOTION, motion_rank, False), (CONTENT, content_rank, True)):
+        config = ml.AdapterConfig(
+            rank=rank,
+            alpha=alpha,
+            target_modules=list(ATTENTION_PROJECTIONS),
+            layers=layers,
+            layers_pattern=pattern,
+            trainable=trainable,
+        )
+        ml.add_adapter(transformer, name, config)
     set_inference_gates(transformer)
 
 

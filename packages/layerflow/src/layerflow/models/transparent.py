@@ -23,7 +23,7 @@ from transparent_vae.encoder import LatentOffsetEncoder
 from transparent_vae.vae import TransparentVAE
 
 
-class LayerFlowTransparentVAE(ModelMixin, ConfigMixin):
+class LayerFlowTransparentVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own pattern
     """Offset encoder + transparent decoder, saved and loaded like any diffusers model.
 
     Args:
