@@ -73,7 +73,7 @@ def test_generate_writes_an_output_folder(model_dir, tmp_path, capsys):
         ("fg2bg", ["-i", "foreground=fg_rgb", "-a", "foreground=fg_alpha"]),
         ("fg2bg", ["-i", "foreground=fg.webm"]),
         ("bg2fg", ["-i", "background=bg.mp4"]),
-        ("decompose", ["-i", "composite=composite"]),
+        ("decompose", ["-i", "composite=composite", "--isolate-conditions"]),
     ],
 )
 def test_conditional_tasks_accept_videos_and_frame_folders(model_dir, inputs, tmp_path, command, extra):

@@ -148,15 +148,50 @@ def test_merged_content_lora_matches_peft(tmp_path):
     model = build_tiny_transformer(num_layer_prompts=3)
     content, motion = _random_lora(model, 4, 2), _random_lora(model, 2, 3)
     converted = _convert(tmp_path, to_sat(model, motion=motion, content=content), lora="merge")
-    # Oracle: peft LoRA with the official scaling alpha / r = 1 / 4 on the original model.
-    model.add_adapter(LoraConfig(r=4, lora_alpha=1, target_modules=list(PROJECTIONS)), adapter_name="content")
-    for name, module in model.named_modules():
-        if name in content:
-            module.lora_A["content"].weight.copy_(content[name][0])
-            module.lora_B["content"].weight.copy_(content[name][1])
+    _peft_reference(model, {"content": (content, 4)})
     video, text, t = _inputs()
-    expected = model(video, text, t).sample
-    torch.testing.assert_close(converted(video, text, t).sample, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        converted(video, text, t).sample, model(video, text, t).sample, rtol=1e-5, atol=1e-5
+    )
+
+
+def _peft_reference(model, adapters):
+    """The oracle: peft LoRA adapters with the official scaling alpha / r (alpha = 1)."""
+    for name, (factors, rank) in adapters.items():
+        model.add_adapter(
+            LoraConfig(r=rank, lora_alpha=1, target_modules=list(PROJECTIONS)), adapter_name=name
+        )
+        for path, module in model.named_modules():
+            if path in factors:
+                module.lora_A[name].weight.copy_(factors[path][0])
+                module.lora_B[name].weight.copy_(factors[path][1])
+    model.set_adapters(list(adapters))
+    return model
+
+
+@torch.no_grad()
+def test_lora_imported_as_multi_lora_adapters(tmp_path):
+    import multi_lora as ml
+
+    model = build_tiny_transformer(num_layer_prompts=3)
+    content, motion = _random_lora(model, 4, 2), _random_lora(model, 2, 3)
+    converted = _convert(tmp_path, to_sat(model, motion=motion, content=content), lora="adapters")
+    assert sorted(ml.list_adapters(converted)) == ["content", "motion"]
+    assert (tmp_path / "out" / "transformer" / "adapters" / "content").is_dir()
+    assert ml.get_scale(converted, "motion") == 0.0 and ml.get_scale(converted, "content") == 1.0
+    video, text, t = _inputs()
+    reference = build_tiny_transformer(num_layer_prompts=3)
+    _peft_reference(reference, {"content": (content, 4)})
+    torch.testing.assert_close(
+        converted(video, text, t).sample, reference(video, text, t).sample, rtol=1e-5, atol=1e-5
+    )
+    ml.set_scale(converted, "motion", 1.0)  # the training-time static-image path: both LoRAs
+    both = _peft_reference(
+        build_tiny_transformer(num_layer_prompts=3), {"content": (content, 4), "motion": (motion, 2)}
+    )
+    torch.testing.assert_close(
+        converted(video, text, t).sample, both(video, text, t).sample, rtol=1e-5, atol=1e-5
+    )
 
 
 @torch.no_grad()
@@ -183,9 +218,7 @@ def test_unknown_and_missing_keys_are_named_and_nothing_is_written(tmp_path):
     with pytest.raises(ConversionError, match=r"missing \['transformer_blocks.0.ff.net.2.bias'\]"):
         build_transformer(convert_official_state_dict(sat, lora="merge", **TINY))
     del sat[f"{P}transformer.layers.0.attention.dense.matrix_D.0"]
-    with pytest.raises(
-        ConversionError, match="content LoRA of transformer_blocks.0.attn1.to_out.0 is incomplete"
-    ):
+    with pytest.raises(ConversionError, match="only one of matrix_C/matrix_D"):
         convert_official_state_dict(sat, lora="merge", **TINY)
 
 

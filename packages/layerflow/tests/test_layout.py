@@ -79,3 +79,14 @@ def test_resolve_prompts_errors_name_the_layer():
 def test_bad_layouts_raise(build, message):
     with pytest.raises((ValueError, KeyError), match=message):
         build()
+
+
+def test_attention_table_isolates_condition_clips():
+    task = LayerLayout.official().for_task("foreground_to_background")  # conditions: fg colour + alpha
+    assert task.attention_table(isolate_conditions=False) is None
+    assert LayerLayout.official().for_task("generate").attention_table(isolate_conditions=True) is None
+    table = task.attention_table(isolate_conditions=True)
+    # segments: 3 prompts, then clips fg, fg-alpha, bg, composite
+    assert table[3] == [True, True, True, True, True, False, False]
+    assert table[4] == table[3]
+    assert all(all(row) for row in table[:3] + table[5:])

@@ -62,7 +62,7 @@ def _run(pipe: LayerFlowPipeline, task: str, seed: int = 0, **kwargs):
     )
 
 
-@pytest.fixture(scope="module", params=["rgb", "alpha_clip"])
+@pytest.fixture(scope="module", params=["rgb", "alpha_clip", "latent_offset"])
 def pipe(request) -> LayerFlowPipeline:
     pipeline = build_tiny_pipeline(LayerLayout.official(request.param))
     pipeline.set_progress_bar_config(disable=True)
@@ -149,7 +149,7 @@ def test_ddim_ignores_the_seed_given_latents_and_dpm_sde_does_not(pipe):
         layout=pipe.config.layout,
     )
     ddim.set_progress_bar_config(disable=True)
-    latents = torch.randn(1, 6 if pipe.layer_layout.alpha == "rgb" else 8, 4, 4, 4)
+    latents = torch.randn(1, 2 * len(pipe.layer_layout.clips), 4, 4, 4)
     a, b = (_run(ddim, "generate", seed=s, latents=latents.clone()).latents for s in (1, 2))
     assert torch.equal(a, b)  # deterministic DDIM (eta=0): no noise drawn
     c, d = (_run(pipe, "generate", seed=s, latents=latents.clone()).latents for s in (1, 2))
@@ -181,14 +181,46 @@ def test_callback_output_types_and_embeds(pipe):
     assert torch.equal(from_embeds.latents, _run(pipe, "generate").latents)
 
 
-def test_save_and_load_round_trip(tmp_path):
-    pipe = build_tiny_pipeline(LayerLayout.with_foregrounds(2, alpha="rgb"))
+@pytest.mark.parametrize("alpha", ["rgb", "latent_offset"])
+def test_save_and_load_round_trip(tmp_path, alpha):
+    pipe = build_tiny_pipeline(LayerLayout.with_foregrounds(2, alpha=alpha))
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path / "pipe")
     loaded = LayerFlowPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert loaded.layer_layout == pipe.layer_layout
     assert torch.equal(_run(loaded, "generate").latents, _run(pipe, "generate").latents)
+
+
+def test_latent_offset_condition_uses_the_transparent_vae():
+    pipe = build_tiny_pipeline(LayerLayout.official("latent_offset"))
+    frames = _conditions_for(pipe, "foreground_to_background")["foreground"].unsqueeze(0)
+    task_layout = pipe.layer_layout.for_task("foreground_to_background")
+    (index,) = task_layout.condition_clips
+    latent = pipe.encode_condition_clips(task_layout, {"foreground": frames}, None)[index]
+    # Zero-initialised offset encoder: the latent is the base VAE's posterior mean of the grey composite.
+    grey = frames[:, :, :3] * frames[:, :, 3:] + 0.5 * (1 - frames[:, :, 3:])
+    mean = pipe.vae.encode((grey * 2 - 1).permute(0, 2, 1, 3, 4)).latent_dist.mean
+    torch.testing.assert_close(latent, (mean * pipe.vae_scaling_factor).permute(0, 2, 1, 3, 4))
+
+
+def test_isolated_conditions_need_depth_and_layer_attention(pipe):
+    # Isolation changes only what condition tokens see, and condition outputs are dropped: with one
+    # block nothing changes; from the second block on, the generated clips attend to different keys.
+    assert torch.equal(
+        _run(pipe, "decompose").latents, _run(pipe, "decompose", isolate_conditions=True).latents
+    )
+    deep = build_tiny_pipeline(LayerLayout.official(pipe.layer_layout.alpha), num_layers=2)
+    deep.set_progress_bar_config(disable=True)
+    assert not torch.equal(
+        _run(deep, "decompose").latents, _run(deep, "decompose", isolate_conditions=True).latents
+    )
+    assert torch.equal(
+        _run(deep, "generate", isolate_conditions=True).latents, _run(deep, "generate").latents
+    )
+    stock = build_tiny_pipeline(LayerLayout.official(pipe.layer_layout.alpha), attention_backend=None)
+    with pytest.raises(ValueError, match="needs the layer-attention processor"):
+        _run(stock, "decompose", isolate_conditions=True)
 
 
 class TestBadInputFailsBeforeCompute:
@@ -244,6 +276,10 @@ class TestBadInputFailsBeforeCompute:
             pipe({}, num_frames=8)
 
     def test_latent_offset_needs_a_transparent_vae(self):
-        pipe = build_tiny_pipeline(LayerLayout.official("latent_offset"))
+        tiny = build_tiny_pipeline(LayerLayout.official("latent_offset"))
+        pipe = LayerFlowPipeline(**{**tiny.components, "transparent_vae": None}, layout=tiny.config.layout)
         with pytest.raises(ValueError, match="no transparent_vae"):
             pipe(PROMPTS, num_frames=8)
+        pipe(
+            PROMPTS, num_frames=8, num_inference_steps=1, output_type="latent"
+        )  # latents need no alpha decoder

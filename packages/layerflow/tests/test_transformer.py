@@ -121,3 +121,28 @@ def test_learned_position_table_round_trips_and_starts_as_sincos(tmp_path):
         LayerFlowTransformer3DModel(
             **tiny_transformer_config(learned_position_frames=2, position_mode="per_clip")
         )
+
+
+@torch.no_grad()
+def test_layer_attention_processor_and_adapters_round_trip(tmp_path):
+    import multi_lora as ml
+    from layerflow.models.adapters import OFFICIAL_TRAINED_BLOCKS, add_layerflow_adapters
+    from layerflow.models.attention import uses_layer_attention
+
+    model = build_tiny_transformer(num_layers=6)
+    assert uses_layer_attention(model)
+    add_layerflow_adapters(model, motion_rank=2, content_rank=4, layers=OFFICIAL_TRAINED_BLOCKS)
+    assert sorted(ml.adapter_layers(model, "content")) == [
+        f"transformer_blocks.5.attn1.{p}" for p in ("to_k", "to_out.0", "to_q", "to_v")
+    ]
+    for layer in ml.adapter_layers(model, "content").values():  # give the zero-init B weights values
+        torch.nn.init.normal_(layer.lora_pair("content")[1].weight)
+    video, text, t = _inputs(prompts=3)
+    expected = model(video, text, t).sample
+    model.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model" / "adapters").iterdir()) == ["content", "motion"]
+    loaded = LayerFlowTransformer3DModel.from_pretrained(tmp_path / "model")
+    assert ml.get_scale(loaded, "motion") == 0.0 and ml.get_scale(loaded, "content") == 1.0
+    torch.testing.assert_close(loaded(video, text, t).sample, expected, rtol=0, atol=1e-6)
+    ml.disable_adapter(loaded, "content")
+    assert not torch.allclose(loaded(video, text, t).sample, expected)

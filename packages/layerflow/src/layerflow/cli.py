@@ -218,6 +218,7 @@ def run_task(args: argparse.Namespace) -> Path:
             guidance_scale=args.guidance,
             use_dynamic_cfg=args.dynamic_cfg,
             unconditional="encoded" if negative else args.unconditional,
+            isolate_conditions=args.isolate_conditions,
             generator=generator,
         )
     except ValueError as error:
@@ -230,6 +231,7 @@ def run_task(args: argparse.Namespace) -> Path:
         "scheduler": args.scheduler,
         "unconditional": "encoded" if negative else args.unconditional,
         "negative_prompts": negative or {},
+        "isolate_conditions": args.isolate_conditions,
         "alpha_representation": layout.alpha,
     }
     return result.save(
@@ -327,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
             task.add_argument(
                 "-a", "--alpha", action="append", metavar="LAYER=PATH", help="separate alpha matte"
             )
+            task.add_argument(
+                "--isolate-conditions",
+                action="store_true",
+                help="condition clips attend only to text and themselves",
+            )
         task.add_argument("--frames", type=int, help="frames per layer (default: the input's, else 16)")
         task.add_argument("--height", type=int)
         task.add_argument("--width", type=int)
@@ -373,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.prompt:
                 raise CliError("give one --prompt LAYER=TEXT per prompted layer")
             if args.command == "generate":
-                args.input, args.alpha = None, None
+                args.input, args.alpha, args.isolate_conditions = None, None, False
             print(f"wrote {run_task(args)}")
         elif args.command == "convert":
             from .convert import ConversionError, convert_official_checkpoint

@@ -24,9 +24,12 @@ from typing import Any, Literal
 
 import torch
 
+import multi_lora as ml
+
 from .layout import AlphaRepresentation, LayerLayout
 from .media.atomic import atomic_directory
 from .models import LayerFlowTransformer3DModel
+from .models.adapters import attach_lora_factors, merge_lora_into_state_dict, official_lora_factors
 from .pipelines.scheduling import make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -38,15 +41,9 @@ SKIPPED_PREFIXES = ("conditioner.", "first_stage_model.", "model_ema.", "loss_fn
 #: SAT keys diffusers drops too (RoPE buffers, token/position embeddings removed by ``reinit``).
 DROPPED_SUFFIXES = ("freqs_sin", "freqs_cos", "embed_tokens.weight", "position_embedding")
 LoraMode = Literal["adapters", "merge"]
-#: Official LoRA scaling: lora_alpha = 1, so scaling = 1 / rank.
-OFFICIAL_LORA_ALPHA = 1.0
-LORA_ROLES = {
-    "A": ("motion", "down"),
-    "B": ("motion", "up"),
-    "C": ("content", "down"),
-    "D": ("content", "up"),
-}
 QKV = ("to_q", "to_k", "to_v")
+#: LoRA matrices (``matrix_A.0``): parsed by multi-lora's importer, not by the key mapper.
+_LORA_KEY = re.compile(r"\.matrix_[ABCD]\.\d+$")
 
 
 class ConversionError(ValueError):
@@ -59,12 +56,8 @@ class ConvertedCheckpoint:
 
     config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
-    lora: dict[str, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    lora: dict[str, dict[str, ml.ModuleLora]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-    def lora_rank(self, adapter: str) -> int:
-        factors = next(iter(self.lora[adapter].values()))
-        return int(factors["down"].shape[0])
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -137,11 +130,10 @@ def _split_param(name: str) -> tuple[str, str]:
 
 
 class _Mapper:
-    """Maps one SAT key at a time, collecting LoRA factors and unknown keys."""
+    """Maps one SAT key at a time (LoRA matrices are left to multi-lora), collecting unknown keys."""
 
     def __init__(self) -> None:
         self.out: dict[str, torch.Tensor] = {}
-        self.lora: dict[str, dict[str, dict[str, torch.Tensor]]] = {"motion": {}, "content": {}}
         self.unknown: list[str] = []
         self.position_table: torch.Tensor | None = None
 
@@ -150,8 +142,8 @@ class _Mapper:
             return
         if key == "mixins.pos_embed.pos_embedding":
             self.position_table = value
-        elif match := _LORA.match(key):
-            self._add_lora(int(match[1]), match[2], match[3], int(match[4]), value)
+        elif _LORA_KEY.search(key):
+            return
         elif match := _QKV.match(key):
             for name, chunk in zip(QKV, value.chunk(3, dim=0), strict=True):
                 self.out[f"transformer_blocks.{match[1]}.attn1.{name}.{match[2]}"] = chunk.clone()
@@ -176,20 +168,6 @@ class _Mapper:
                 self.out[f"{_GLOBAL_RULES[module]}.{param}"] = value
             else:
                 self.unknown.append(SAT_PREFIX + key)
-
-    def _add_lora(self, block: int, where: str, letter: str, partition: int, value: torch.Tensor) -> None:
-        adapter, side = LORA_ROLES[letter]
-        if where == "query_key_value":
-            if partition > 2:
-                raise ConversionError(
-                    f"query_key_value LoRA partition {partition} in block {block}: expected 0, 1, 2"
-                )
-            module = f"transformer_blocks.{block}.attn1.{QKV[partition]}"
-        else:
-            if partition != 0:
-                raise ConversionError(f"dense LoRA partition {partition} in block {block}: expected 0")
-            module = f"transformer_blocks.{block}.attn1.to_out.0"
-        self.lora[adapter].setdefault(module, {})[side] = value
 
 
 def _infer_config(
@@ -304,20 +282,20 @@ def convert_official_state_dict(
             state_dict["patch_embed.position_table"] = mapper.position_table
             notes.append("position table differs from sin-cos (learned): stored in the checkpoint")
 
-    lora_factors = {name: mods for name, mods in mapper.lora.items() if mods}
-    for adapter, modules in lora_factors.items():
-        for module, factors in modules.items():
-            if set(factors) != {"down", "up"}:
-                raise ConversionError(f"{adapter} LoRA of {module} is incomplete: has {sorted(factors)}")
+    lora_factors: dict[str, dict[str, ml.ModuleLora]] = {}
+    if any(_LORA_KEY.search(key) for key in sat_state_dict):
+        try:
+            lora_factors = official_lora_factors(sat_state_dict)
+        except ValueError as error:
+            raise ConversionError(str(error)) from error
+    dropped = sorted(set(ml.LAYERFLOW_OFFICIAL_ADAPTERS) - set(lora_factors))
+    if dropped:
+        notes.append(f"LoRA adapters without trained (non-zero) weights, not imported: {dropped}")
     if lora == "merge":
-        for module, factors in lora_factors.get("content", {}).items():
-            weight_key = f"{module}.weight"
-            if weight_key not in state_dict:
-                raise ConversionError(f"content LoRA for {module}, whose base weight is missing")
-            down, up = factors["down"].double(), factors["up"].double()
-            delta = (up @ down) * (OFFICIAL_LORA_ALPHA / down.shape[0])
-            base = state_dict[weight_key]
-            state_dict[weight_key] = (base.double() + delta).to(base.dtype)
+        try:
+            merge_lora_into_state_dict(state_dict, lora_factors.get("content", {}))
+        except KeyError as error:
+            raise ConversionError(str(error)) from error
         merged = len(lora_factors.get("content", {}))
         notes.append(f"merged the content LoRA into {merged} projections; motion LoRA dropped")
         lora_factors = {}
@@ -343,10 +321,7 @@ def build_transformer(converted: ConvertedCheckpoint) -> LayerFlowTransformer3DM
     if wrong:
         raise ConversionError("shape mismatch: " + "; ".join(wrong))
     model.load_state_dict(converted.state_dict, assign=True)
-    if converted.lora:
-        from .models.adapters import attach_official_lora
-
-        attach_official_lora(model, converted.lora)
+    attach_lora_factors(model, converted.lora)
     return model.eval()
 
 
@@ -399,11 +374,7 @@ def convert_official_checkpoint(
     for note in converted.notes:
         logger.info(note)
     with atomic_directory(out_dir, overwrite=overwrite) as temporary:
-        transformer.save_pretrained(temporary / "transformer", safe_serialization=True)
-        if converted.lora:
-            from .models.adapters import save_official_lora
-
-            save_official_lora(transformer, temporary / "transformer" / "adapters")
+        transformer.save_pretrained(temporary / "transformer", safe_serialization=True)  # adapters included
         make_scheduler("dpm").save_pretrained(temporary / "scheduler")
         index: dict[str, Any] = {
             "_class_name": "LayerFlowPipeline",

@@ -221,6 +221,22 @@ class TaskLayout:
         """Token counts of the joint sequence: one segment per prompt, then one per clip."""
         return [tokens_per_prompt] * self.num_prompts + [tokens_per_clip] * len(self.clips)
 
+    def attention_table(self, isolate_conditions: bool) -> list[list[bool]] | None:
+        """Which segment (rows: queries) may attend which, over ``segment_lengths``' segments.
+
+        ``None`` is full joint attention (official). With ``isolate_conditions`` the clean condition
+        clips attend only to the text and to the condition clips, so they are encoded independently
+        of the noisy clips (every other segment still attends everything).
+        """
+        if not isolate_conditions or not self.condition_clips:
+            return None
+        prompts, condition = self.num_prompts, set(self.condition_clips)
+        size = prompts + len(self.clips)
+        table = [[True] * size for _ in range(size)]
+        for clip in condition:
+            table[prompts + clip] = [j < prompts or (j - prompts) in condition for j in range(size)]
+        return table
+
     def resolve_prompts(self, prompts: Mapping[str, str] | Sequence[str], what: str = "prompts") -> list[str]:
         """Per-layer prompts (by layer name, or a list in prompt order) -> a list in prompt order.
 

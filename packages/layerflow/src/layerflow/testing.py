@@ -17,7 +17,7 @@ from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKL
 from layer_embeddings.testing import build_tiny_t5_encoder, build_word_tokenizer
 
 from .layout import LayerLayout
-from .models import LayerFlowTransformer3DModel
+from .models import LayerFlowTransformer3DModel, LayerFlowTransparentVAE
 from .pipelines import LayerFlowPipeline
 from .pipelines.scheduling import SchedulerKind, make_scheduler
 
@@ -97,25 +97,42 @@ def build_tiny_vae(seed: int = 0, latent_channels: int = 4) -> AutoencoderKLCogV
     )
 
 
+def build_tiny_transparent_vae(vae: AutoencoderKLCogVideoX, seed: int = 0) -> LayerFlowTransparentVAE:
+    """A tiny transparent VAE for ``vae`` (zero-initialised offset: encoding equals the base VAE's mean)."""
+    return _seeded(
+        seed,
+        lambda: LayerFlowTransparentVAE.for_vae(
+            vae,
+            encoder_channels=(8, 8, 8),
+            decoder_channels=(8, 8, 8, 8),
+            norm_num_groups=4,
+            layers_per_block=1,
+        ).eval(),
+    )
+
+
 def build_tiny_pipeline(
     layout: LayerLayout | None = None,
     *,
     scheduler: SchedulerKind = "dpm",
-    transparent_vae: Any = None,
     words: Iterable[str] = (TINY_WORDS,),
     seed: int = 0,
     **transformer_overrides: Any,
 ) -> LayerFlowPipeline:
-    """A complete tiny pipeline (16x16 pixels by default, 12 text tokens per layer prompt)."""
+    """A complete tiny pipeline (16x16 pixels by default, 12 text tokens per layer prompt).
+
+    ``latent_offset`` layouts get a tiny transparent VAE.
+    """
     tokenizer = build_word_tokenizer(list(words), model_max_length=TINY_TEXT_LENGTH)
     layout = layout or LayerLayout.official()
+    vae = build_tiny_vae(seed)
     return LayerFlowPipeline(
         tokenizer=tokenizer,
         text_encoder=build_tiny_t5_encoder(len(tokenizer), d_model=TINY_TEXT_WIDTH, num_layers=1, seed=seed),
-        vae=build_tiny_vae(seed),
+        vae=vae,
         transformer=build_tiny_transformer(seed, **transformer_overrides),
         scheduler=make_scheduler(scheduler),
-        transparent_vae=transparent_vae,
+        transparent_vae=build_tiny_transparent_vae(vae, seed) if layout.alpha == "latent_offset" else None,
         layout=layout.to_dict(),
     )
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -25,6 +27,9 @@ from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTran
 from torch import nn
 
 from layer_embeddings import LayerEmbedder
+
+from .adapters import ADAPTERS_FOLDER, bare_linears, load_adapters, save_adapters
+from .attention import install_layer_attention
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +183,12 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
             indices (official); ``"per_clip"``: every clip gets the same positions.
         learned_position_frames: latent frames of a learnable joint position table (some official
             variants store one); ``None`` uses the computed sin-cos table.
+        attention_backend: installs ``layer-attention``'s processor with this backend (``"auto"``:
+            Triton on CUDA, else xformers, else SDPA), which takes a segment layout per call;
+            ``None`` keeps diffusers' stock processor.
+
+    Motion/content LoRA adapters (``layerflow.models.adapters``) are saved beside the weights in
+    ``adapters/`` and loaded back by :meth:`from_pretrained` with the inference gates.
     """
 
     patch_embed: LayerFlowPatchEmbed
@@ -217,6 +228,7 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         layer_embedder: LayerEmbedderKind | None = "linear",
         position_mode: PositionMode = "continuous",
         learned_position_frames: int | None = None,
+        attention_backend: str | None = "auto",
     ):
         if use_rotary_positional_embeddings or use_learned_positional_embeddings:
             raise ValueError(
@@ -272,6 +284,8 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
             position_mode=position_mode,
             learned_position_frames=learned_position_frames,
         )
+        if attention_backend is not None:
+            install_layer_attention(self, attention_backend)
 
     @property
     def tokens_per_latent_frame(self) -> int:
@@ -312,7 +326,17 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         """
         model = super().from_pretrained(*args, **kwargs)
         model._materialize_new_modules()
+        if args and Path(args[0]).is_dir():
+            adapters = Path(args[0]) / kwargs.get("subfolder", "") / ADAPTERS_FOLDER
+            if adapters.is_dir():
+                load_adapters(model, adapters)
         return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        """The stock ``save_pretrained`` for the base weights, plus ``adapters/<name>/`` per LoRA adapter."""
+        with bare_linears(self):
+            super().save_pretrained(save_directory, *args, **kwargs)
+        save_adapters(self, Path(save_directory) / ADAPTERS_FOLDER)
 
     def _materialize_new_modules(self) -> None:
         embed = self.patch_embed

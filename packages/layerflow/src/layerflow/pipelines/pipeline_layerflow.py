@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -33,19 +33,6 @@ from . import representation as rep
 OutputType = Literal["pt", "np", "latent"]
 Unconditional = Literal["zeros", "encoded"]
 ConditionFrames = Mapping[str, torch.Tensor]
-
-
-class TransparentLatentCodec(Protocol):
-    """What the ``latent_offset`` alpha representation needs from a transparent VAE.
-
-    ``encode_rgba``: straight RGBA ``[B, T, 4, H, W]`` in [0, 1] -> scaled latents ``[B, t, C, h, w]``;
-    ``decode_rgba``: the inverse. :func:`layerflow.models.transparent.TransparentVAECodec` adapts
-    ``transparent_vae.TransparentVAE`` to it.
-    """
-
-    def encode_rgba(self, rgba: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
-
-    def decode_rgba(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -154,7 +141,8 @@ class LayerFlowPipeline(DiffusionPipeline):
         vae: an ``AutoencoderKLCogVideoX``.
         transformer: a ``LayerFlowTransformer3DModel``.
         scheduler: ``CogVideoXDPMScheduler`` (official DPM++ 2M SDE sampler) or ``CogVideoXDDIMScheduler``.
-        transparent_vae: carries alpha in the foreground latent (``latent_offset`` layouts only).
+        transparent_vae: a :class:`~layerflow.models.LayerFlowTransparentVAE` carrying alpha in the
+            foreground latent (``latent_offset`` layouts only).
         layout: the layer layout as :meth:`LayerLayout.to_dict` (stored in ``model_index.json``);
             defaults to the official foreground/background/composite with an alpha clip.
     """
@@ -197,7 +185,7 @@ class LayerFlowPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ validation
     def _check_geometry(self, num_frames: int, height: int, width: int) -> _Geometry:
-        return check_geometry(
+        geometry = check_geometry(
             num_frames,
             height,
             width,
@@ -205,6 +193,14 @@ class LayerFlowPipeline(DiffusionPipeline):
             temporal=self.vae_scale_factor_temporal,
             patch=int(self.transformer.config.patch_size),
         )
+        if self.layer_layout.alpha == "latent_offset" and self.transparent_vae is not None:
+            offset_frames = self.transparent_vae.num_latent_frames(num_frames)
+            if offset_frames != geometry.latent_frames:
+                raise ValueError(
+                    f"num_frames={num_frames}: the transparent VAE's offset encoder makes {offset_frames} latent "
+                    f"frames, the VAE {geometry.latent_frames}"
+                )
+        return geometry
 
     def _check_components(self, task_layout: TaskLayout, decoding: bool) -> None:
         config = self.transformer.config
@@ -323,7 +319,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             frames = conditions[layer.name]
             if layer.has_alpha and alpha == "latent_offset":
                 (index,) = layer.clip_indices
-                latents[index] = self.transparent_vae.encode_rgba(frames, generator=generator)
+                latents[index] = self.transparent_vae.encode_rgba(self.vae, frames)
                 continue
             color = frames[:, :, :3]
             if layer.role == "foreground" and frames.shape[2] == 4:
@@ -341,7 +337,8 @@ class LayerFlowPipeline(DiffusionPipeline):
         for layer in task_layout.layers:
             by_content = {task_layout.clips[i].content: clips[i] for i in layer.clip_indices}
             if layer.has_alpha and alpha == "latent_offset":
-                layers[layer.name] = self.transparent_vae.decode_rgba(by_content["color"]).float().clamp(0, 1)
+                rgba = self.transparent_vae.decode_rgba(self.vae, by_content["color"])
+                layers[layer.name] = rgba.float().clamp(0, 1)
                 continue
             color = self._vae_decode(by_content["color"])
             if layer.has_alpha:
@@ -417,6 +414,7 @@ class LayerFlowPipeline(DiffusionPipeline):
         max_sequence_length: int,
         latent_frames: int,
         latent_hw: tuple[int, int],
+        isolate_conditions: bool = False,
     ) -> dict[str, Any]:
         """Attention kwargs for the installed processor: the segment layout when it is layer-aware."""
         from layerflow.models.attention import segment_attention_kwargs
@@ -424,7 +422,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         patch = int(self.transformer.config.patch_size)
         tokens_per_clip = latent_frames * (latent_hw[0] // patch) * (latent_hw[1] // patch)
         lengths = task_layout.segment_lengths(max_sequence_length, tokens_per_clip)
-        return segment_attention_kwargs(self.transformer, lengths)
+        return segment_attention_kwargs(
+            self.transformer, lengths, task_layout.attention_table(isolate_conditions)
+        )
 
     @torch.no_grad()
     def __call__(
@@ -441,6 +441,7 @@ class LayerFlowPipeline(DiffusionPipeline):
         guidance_scale: float = 6.0,
         use_dynamic_cfg: bool = False,
         unconditional: Unconditional = "zeros",
+        isolate_conditions: bool = False,
         num_videos_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
@@ -467,6 +468,8 @@ class LayerFlowPipeline(DiffusionPipeline):
             guidance_scale, use_dynamic_cfg: CFG scale; constant, or the CogVideoX/SAT dynamic schedule.
             unconditional: ``"zeros"``: all-zero unconditional text (official); ``"encoded"``: encode
                 ``negative_prompts`` (default empty) per layer.
+            isolate_conditions: condition clips attend only to the text and to themselves (needs the
+                layer-attention processor); default full joint attention, as the official model.
             output_type: ``"pt"`` tensors, ``"np"`` arrays, ``"latent"`` (no decoding).
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after every step;
                 ``tensors`` holds ``callback_on_step_end_tensor_inputs`` (``latents`` = generated clips).
@@ -564,6 +567,7 @@ class LayerFlowPipeline(DiffusionPipeline):
                 max_sequence_length,
                 geometry.latent_frames,
                 (geometry.latent_height, geometry.latent_width),
+                isolate_conditions,
             ),
             **(attention_kwargs or {}),
         }
