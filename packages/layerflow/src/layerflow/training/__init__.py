@@ -3,7 +3,7 @@
 from .checkpointing import CheckpointError, latest_checkpoint
 from .cli import main
 from .config import ConfigError, TrainConfig, load_config
-from .export import MissingStageError, merged_transformer
+from .export import MissingStageError
 from .objective import Objective, masked_v_loss
 from .stages import StagePlan, apply_stage, chosen_blocks
 from .trainer import LayerFlowTrainer, TrainResult, train
@@ -23,6 +23,5 @@ __all__ = [
     "load_config",
     "main",
     "masked_v_loss",
-    "merged_transformer",
     "train",
 ]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ..layout import TASKS
+from ..models.adapters import ATTENTION_PROJECTIONS
 
 Stage = Literal[1, 2, 3]
 STAGES: tuple[int, ...] = (1, 2, 3)
@@ -68,7 +69,7 @@ class ModelConfig:
     motion_rank: int = 8
     content_rank: int = 256
     lora_alpha: float = 1.0
-    lora_targets: list[str] = field(default_factory=lambda: ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"])
+    lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_PROJECTIONS))
     gradient_checkpointing: bool = True
     tiny_seed: int = 0
     tiny_num_layers: int = 3

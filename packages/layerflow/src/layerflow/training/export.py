@@ -3,14 +3,17 @@
 Stage output folder (``<output_root>/stage{N}/``)::
 
     checkpoints/checkpoint-<step>/   resumable state (see :mod:`.checkpointing`)
-    final/pipeline/                  LayerFlowPipeline.save_pretrained (safetensors), inference-ready:
-                                     stage 3 has the content LoRA merged and the motion LoRA removed
-    final/adapters/{motion,content}/ multi-lora native adapters (safetensors) trained so far
+    final/pipeline/                  LayerFlowPipeline.save_pretrained (safetensors); the transformer
+                                     carries the LoRAs trained so far in transformer/adapters/<name>/
+                                     (multi-lora native), loaded with LayerFlow's inference gates
+                                     (motion 0, content 1) by LayerFlowPipeline.from_pretrained
     final/trained.safetensors        the parameters this stage trained (EMA weights when EMA is on)
     final/training.json              stage, steps, losses, config
     logs/                            tracker logs (TensorBoard)
 
-Stage N > 1 starts from ``stage{N-1}/final``: its pipeline, plus (stage 3) its motion LoRA, frozen.
+Stage N > 1 starts from ``stage{N-1}/final/pipeline`` (stage 3: with stage 2's motion LoRA, frozen).
+The frozen VAE and text encoder of the export are loaded afresh from the stage's starting point, so
+a bf16/fp16 run never bakes reduced-precision copies into the exported pipeline.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from ..models import LayerFlowTransformer3DModel
 from ..pipelines import LayerFlowPipeline
 from ..pipelines.scheduling import make_scheduler
 from .config import TrainConfig
-from .stages import CONTENT, MOTION
+from .stages import MOTION
 
 FINAL = "final"
 #: Tokens per layer prompt of the tiny training model: the synthetic captions need up to 14.
@@ -106,48 +108,19 @@ def load_starting_point(config: TrainConfig) -> LayerFlowPipeline:
             f"run.output_root), set model.previous_stage_dir, or pass --from-base to start from model.base"
         )
     pipeline = LayerFlowPipeline.from_pretrained(previous / "pipeline")
-    motion = previous / "adapters" / MOTION
-    if config.stage == 3:
-        if not motion.is_dir():
-            raise MissingStageError(f"stage 3 needs stage 2's motion LoRA, but {motion} does not exist")
-        multi_lora.load_adapter(pipeline.transformer, motion, MOTION, trainable=False)
+    if config.stage == 3 and MOTION not in multi_lora.list_adapters(pipeline.transformer):
+        raise MissingStageError(f"stage 3 needs stage 2's motion LoRA, but {previous / 'pipeline'} has none")
     return pipeline
 
 
-def merged_transformer(transformer: nn.Module, merge: Iterable[str]) -> LayerFlowTransformer3DModel:
-    """A plain transformer (no LoRA wrappers) with adapters ``merge`` folded in at gate 1, others dropped.
-
-    This is what inference runs: LayerFlow removes the motion LoRA and keeps the content LoRA.
-    """
-    merge = list(merge)
-    state = dict(transformer.state_dict())
-    for name in multi_lora.list_adapters(transformer):
-        config = multi_lora.get_adapter_config(transformer, name)
-        for path, layer in multi_lora.adapter_layers(transformer, name).items():
-            if name in merge:
-                lora_a, lora_b = layer.lora_pair(name)
-                scaling = config.alpha_for(path) / config.rank_for(path)
-                weight = state[f"{path}.base_layer.weight"]
-                delta = (lora_b.weight.float() @ lora_a.weight.float()) * scaling
-                state[f"{path}.base_layer.weight"] = (weight.float() + delta).to(weight.dtype)
-    clean: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if ".lora_A." in key or ".lora_B." in key:
-            continue
-        clean[key.replace(".base_layer.", ".")] = value
-    model = LayerFlowTransformer3DModel.from_config(transformer.config)
-    model.load_state_dict(clean)
-    return model.to(dtype=next(iter(clean.values())).dtype)
-
-
 def export_final(
-    config: TrainConfig,
-    pipeline: LayerFlowPipeline,
-    transformer: nn.Module,
-    trained: dict[str, torch.Tensor],
-    summary: dict[str, Any],
+    config: TrainConfig, transformer: nn.Module, trained: dict[str, torch.Tensor], summary: dict[str, Any]
 ) -> Path:
-    """Write ``final/`` atomically (temporary folder, then rename); returns it."""
+    """Write ``final/`` atomically (temporary folder, then rename); returns it.
+
+    The pipeline is the stage's starting point (fresh, full-precision VAE and text encoder) with the
+    trained transformer, LoRA adapters included (``LayerFlowTransformer3DModel.save_pretrained``).
+    """
     from safetensors.torch import save_file
 
     output = config.output_dir
@@ -155,17 +128,15 @@ def export_final(
     tmp = output / f".{FINAL}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    export = merged_transformer(transformer, [CONTENT]).float()
+    start = load_starting_point(config)
     LayerFlowPipeline(
-        tokenizer=pipeline.tokenizer,
-        text_encoder=pipeline.text_encoder.float(),
-        vae=pipeline.vae.float(),
-        transformer=export,
-        scheduler=pipeline.scheduler,
-        layout=pipeline.layer_layout.to_dict(),
+        tokenizer=start.tokenizer,
+        text_encoder=start.text_encoder,
+        vae=start.vae,
+        transformer=transformer,
+        scheduler=start.scheduler,
+        layout=start.layer_layout.to_dict(),
     ).save_pretrained(tmp / "pipeline", safe_serialization=True)
-    for name in multi_lora.list_adapters(transformer):
-        multi_lora.save_adapter(transformer, name, tmp / "adapters" / name, format="native")
     save_file({k: v.detach().float().cpu().contiguous() for k, v in trained.items()}, str(tmp / "trained.safetensors"))
     (tmp / "training.json").write_text(json.dumps(summary, indent=1))
     if final.exists():

@@ -5,8 +5,9 @@
 * stage 3 (content LoRA): only the content LoRA (rank 256), the motion LoRA loaded frozen.
 
 "The chosen blocks" are 1/6 of them, counted back from the last (official: 5, 11, 17, 23, 29 of 30).
-The adapters are attached through ``multi-lora``'s public model-level API (``add_adapter``,
-``set_trainable``, per-sample ``set_scale``), which the trainer uses on the transformer directly.
+The adapters are the transformer's own (:mod:`layerflow.models.adapters`: same names, same
+projections, saved with the transformer), created one per stage through ``multi-lora``'s
+model-level API (``add_adapter``, ``set_trainable``, per-sample ``set_scale``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from dataclasses import dataclass
 import multi_lora
 from torch import nn
 
+from ..models.adapters import CONTENT, MOTION
 from .config import TrainConfig
 
-MOTION = "motion"
-CONTENT = "content"
 BLOCKS = "transformer_blocks"
 
 

@@ -104,11 +104,12 @@ class LayerFlowTrainer:
             transformer.enable_gradient_checkpointing()
         transformer.train()
         device = accelerator.device
+        # The frozen encoders run in the compute dtype (as diffusers' trainers do); the transformer
+        # keeps its loaded precision (float32) and computes under accelerate's autocast, so the
+        # frozen base weights it exports are never rounded.
         for module in (self.pipeline.vae, self.pipeline.text_encoder):
             module.requires_grad_(False).eval().to(device=device, dtype=self.weight_dtype)
-        # Frozen weights in the compute dtype, trained ones in float32 (autocast does the mixing).
-        for param in transformer.parameters():
-            param.data = param.data.to(device=device, dtype=torch.float32 if param.requires_grad else self.weight_dtype)
+        transformer.to(device=device, dtype=torch.float32)
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
@@ -254,7 +255,7 @@ class LayerFlowTrainer:
         noised = self.objective.noise(model_batch, step, micro_step, positions)
         set_motion_gate(self.transformer, model_batch.is_static)
         prediction = self.model(
-            noised.model_input.to(self.weight_dtype),
+            noised.model_input,
             noised.text,
             noised.timesteps,
             num_clips=noised.num_clips,
@@ -342,7 +343,7 @@ class LayerFlowTrainer:
                 "ema": self.ema is not None,
                 "config": self.config.to_dict(),
             }
-            final = export_final(self.config, self.pipeline, self.transformer, dict(self.trained), summary)
+            final = export_final(self.config, self.transformer, dict(self.trained), summary)
             logger.info("stage %d finished: %s", self.config.stage, final)
         accelerator.wait_for_everyone()
         return final
