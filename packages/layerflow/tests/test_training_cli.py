@@ -5,17 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import multi_lora
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import multi_lora
 from layerflow.models.adapters import CONTENT, MOTION
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.training import main
 from layerflow.training.testing import reset_accelerate_state
 
-SMALL = ["--max-steps", "2", "--no-progress", "--set", "data.height=16", "--set", "data.width=16", "--set", "run.tracker='none'"]
+SMALL = [
+    "--max-steps",
+    "2",
+    "--no-progress",
+    "--set",
+    "data.height=16",
+    "--set",
+    "data.width=16",
+    "--set",
+    "run.tracker='none'",
+]
 
 
 def run_stage(root: Path, stage: int, *extra: str) -> int:
@@ -23,7 +33,9 @@ def run_stage(root: Path, stage: int, *extra: str) -> int:
     return main(["--stage", str(stage), "--output-root", str(root), *SMALL, *extra])
 
 
-def test_stage_without_previous_output_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stage_without_previous_output_says_what_to_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_stage(tmp_path, 2) == 2
     message = capsys.readouterr().err
     assert "python -m layerflow.training --stage 1" in message and "--from-base" in message
@@ -38,7 +50,9 @@ def test_bad_override_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[
 def tiny_forward(transformer: torch.nn.Module) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, 8, 4, 4, 4, generator=generator)
-    text = torch.randn(1, 3 * transformer.config.max_text_seq_length, transformer.config.text_embed_dim, generator=generator)
+    text = torch.randn(
+        1, 3 * transformer.config.max_text_seq_length, transformer.config.text_embed_dim, generator=generator
+    )
     with torch.no_grad():
         return transformer(hidden, text, torch.tensor([400]), num_clips=4, return_dict=False)[0]
 
@@ -59,7 +73,10 @@ def test_three_stage_chain_exports_loadable_pipelines(tmp_path: Path) -> None:
             assert base.keys() == base1.keys()
             assert all(torch.equal(base[k], base1[k]) for k in base1)
     trained1 = load_file(str(tmp_path / "stage1" / "final" / "trained.safetensors"))
-    assert all(k.startswith(("transformer_blocks.0.", "transformer_blocks.2.", "patch_embed.layer_embedder.")) for k in trained1)
+    assert all(
+        k.startswith(("transformer_blocks.0.", "transformer_blocks.2.", "patch_embed.layer_embedder."))
+        for k in trained1
+    )
     for key, value in trained1.items():
         assert torch.equal(base1[key], value)
 

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from layerflow.training.config import CONFIG_DIR, ConfigError, STAGE_LEARNING_RATES, load_config, parse_override
+from layerflow.training.config import (
+    CONFIG_DIR,
+    STAGE_LEARNING_RATES,
+    ConfigError,
+    load_config,
+    parse_override,
+)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -71,7 +77,9 @@ def test_per_sample_mixing_refuses_decompose_with_other_tasks(tmp_path: Path) ->
     path.write_text("[objective]\ntask_mixing = 'per_sample'\n")
     with pytest.raises(ConfigError, match="objective.task_mixing.*decompose"):
         load_config(path, 1)
-    path.write_text("[objective]\ntask_mixing = 'per_sample'\n[objective.tasks]\ngenerate = 1.0\ndecompose = 0.0\n")
+    path.write_text(
+        "[objective]\ntask_mixing = 'per_sample'\n[objective.tasks]\ngenerate = 1.0\ndecompose = 0.0\n"
+    )
     assert load_config(path, 1).objective.task_mixing == "per_sample"
 
 

@@ -51,7 +51,9 @@ def worker(rank: int, world_size: int, port: int, root: str) -> None:
     assert trainer.accelerator.num_processes == world_size, "the run did not go distributed"
     out = Path(root) / "ranks"
     out.mkdir(exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in trainer.trained.items()}, str(out / f"rank{rank}.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in trainer.trained.items()}, str(out / f"rank{rank}.safetensors")
+    )
     (out / f"rank{rank}.json").write_text(json.dumps(result.losses))
 
 
@@ -66,12 +68,14 @@ def test_two_process_gloo_run_matches_the_single_process_run(tmp_path: Path) -> 
 
     ranks = [load_file(str(tmp_path / "ranks" / f"rank{r}.safetensors")) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() == reference.keys()
-    for key in reference:
+    for key, expected in reference.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), f"{key} differs between ranks"
-        torch.testing.assert_close(ranks[0][key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(ranks[0][key], expected, rtol=1e-4, atol=1e-5, msg=key)
     initial = dict(load_base(single.config).transformer.named_parameters())
     moved = [k for k in reference if not torch.allclose(initial[k], reference[k], atol=1e-5)]
     assert len(moved) > len(reference) // 2  # the runs trained: matching them is not trivial
     losses = [json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert losses[0] == losses[1]  # the logged loss is the all-reduced global mean
-    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(single_result.losses), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(losses[0]), torch.tensor(single_result.losses), rtol=1e-4, atol=1e-5
+    )

@@ -54,9 +54,16 @@ def test_layout_clips_map_to_data_clips() -> None:
 
 @pytest.mark.parametrize(
     ("task", "condition_clips"),
-    [("generate", []), ("foreground_to_background", [0, 1]), ("background_to_foreground", [2]), ("decompose", [3])],
+    [
+        ("generate", []),
+        ("foreground_to_background", [0, 1]),
+        ("background_to_foreground", [2]),
+        ("decompose", [3]),
+    ],
 )
-def test_noising_matches_the_ddpm_formula_and_keeps_conditions_clean(task: str, condition_clips: list[int]) -> None:
+def test_noising_matches_the_ddpm_formula_and_keeps_conditions_clean(
+    task: str, condition_clips: list[int]
+) -> None:
     objective, batch = make_objective({task: 1.0}), make_batch()
     noised = objective.noise(batch, step=3, micro_step=0, positions=[0, 1])
     alphas = make_scheduler("dpm").alphas_cumprod
@@ -131,7 +138,14 @@ def test_draws_do_not_depend_on_how_the_global_batch_is_split() -> None:
     objective, batch = make_objective({"generate": 1.0, "decompose": 1.0}, dropout=0.5), make_batch(batch=4)
     whole = objective.noise(batch, 5, 1, [0, 1, 2, 3])
     halves = [
-        objective.noise(ModelBatch(batch.latents[i : i + 2], batch.prompt_embeds[i : i + 2], batch.is_static[i : i + 2], T, []), 5, 1, [i, i + 1])
+        objective.noise(
+            ModelBatch(
+                batch.latents[i : i + 2], batch.prompt_embeds[i : i + 2], batch.is_static[i : i + 2], T, []
+            ),
+            5,
+            1,
+            [i, i + 1],
+        )
         for i in (0, 2)
     ]
     for name in ("model_input", "text", "timesteps", "target"):

@@ -20,7 +20,10 @@ class Killed(RuntimeError):
 
 def run(root: Path, name: str, overrides: dict[str, Any] | None = None, **kwargs: Any) -> TrainResult:
     reset_accelerate_state()
-    settings: dict[str, Any] = {"run": {"output_dir": str(root / name)}, "data": {"cache_dir": str(root / "cache")}}
+    settings: dict[str, Any] = {
+        "run": {"output_dir": str(root / name)},
+        "data": {"cache_dir": str(root / "cache")},
+    }
     for section, values in (overrides or {}).items():
         settings.setdefault(section, {}).update(values)
     return LayerFlowTrainer(tiny_test_config(root, 1, settings), **kwargs).train()
@@ -34,7 +37,10 @@ def kill_after(step: int):
     return callback
 
 
-OPTIONS = {"run": {"max_steps": 6, "checkpoint_every": 2, "ema_decay": 0.9}, "optim": {"gradient_accumulation_steps": 2, "lr_warmup_steps": 2}}
+OPTIONS = {
+    "run": {"max_steps": 6, "checkpoint_every": 2, "ema_decay": 0.9},
+    "optim": {"gradient_accumulation_steps": 2, "lr_warmup_steps": 2},
+}
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_loss_curve(tmp_path: Path) -> None:
@@ -56,7 +62,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_loss_curve(tmp_path: Path)
             assert torch.equal(a[key], b[key]), key
 
 
-def test_a_killed_checkpoint_write_leaves_no_loadable_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_checkpoint_write_leaves_no_loadable_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     options = {"run": {"max_steps": 4, "checkpoint_every": 2}}
     reference = run(tmp_path, "reference", options)
     original = ckpt._write_json
@@ -85,7 +93,13 @@ def test_a_killed_checkpoint_write_leaves_no_loadable_checkpoint(tmp_path: Path,
 def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path: Path) -> None:
     run(tmp_path, "one", {"run": {"max_steps": 2, "checkpoint_every": 2}})
     reset_accelerate_state()
-    settings = {"run": {"output_dir": str(tmp_path / "two")}, "data": {"cache_dir": str(tmp_path / "cache")}, "model": {"init_from": "base"}}
-    trainer = LayerFlowTrainer(tiny_test_config(tmp_path, 2, settings), resume=tmp_path / "one" / "checkpoints" / "checkpoint-2")
+    settings = {
+        "run": {"output_dir": str(tmp_path / "two")},
+        "data": {"cache_dir": str(tmp_path / "cache")},
+        "model": {"init_from": "base"},
+    }
+    trainer = LayerFlowTrainer(
+        tiny_test_config(tmp_path, 2, settings), resume=tmp_path / "one" / "checkpoints" / "checkpoint-2"
+    )
     with pytest.raises(ckpt.CheckpointError, match="stage-1 checkpoint"):
         trainer.train()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import multi_lora
 import pytest
 import torch
 
+import multi_lora
 from layerflow.testing import build_tiny_transformer
 from layerflow.training.config import load_config
 from layerflow.training.stages import CONTENT, MOTION, StagePlan, apply_stage, chosen_blocks, set_motion_gate
@@ -50,7 +50,10 @@ def test_stage1_trains_the_chosen_blocks_and_the_layer_embedder() -> None:
     expected = sum(p.numel() for i in (0, 2) for p in blocks[i].parameters())
     expected += sum(p.numel() for p in transformer.patch_embed.layer_embedder.parameters())
     assert sum(p.numel() for p in trained.values()) == expected
-    assert all(name.startswith(("transformer_blocks.0.", "transformer_blocks.2.", "patch_embed.layer_embedder.")) for name in trained)
+    assert all(
+        name.startswith(("transformer_blocks.0.", "transformer_blocks.2.", "patch_embed.layer_embedder."))
+        for name in trained
+    )
     assert not any(p.requires_grad for p in blocks[1].parameters())
     assert not transformer.proj_out.weight.requires_grad
 
@@ -63,7 +66,7 @@ def test_stage2_trains_only_the_motion_lora_on_one_sixth_of_the_blocks() -> None
     assert plan.blocks == (5, 11, 17, 23, 29)
     assert multi_lora.list_adapters(transformer) == [MOTION]
     assert sum(p.numel() for p in trained.values()) == lora_size(transformer, [5, 11, 17, 23, 29], rank=2)
-    assert all(f".lora_" in n and f".{MOTION}." in n for n in trained)
+    assert all(".lora_" in n and f".{MOTION}." in n for n in trained)
     assert {int(n.split(".")[1]) for n in trained} == {5, 11, 17, 23, 29}
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,9 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- serialisation
-def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer, names: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Optimizer state as (tensors keyed ``state.<param name>.<key>``, JSON-able hyper-parameters)."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -86,7 +88,12 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> tup
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, names: list[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+def load_optimizer(
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     index = {name: i for i, name in enumerate(names)}
     for key, value in tensors.items():
@@ -109,10 +116,10 @@ def rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def python_rng_state() -> dict[str, Any]:
-    kind, keys, position, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
     version, internal, gauss = random.getstate()
     return {
-        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+        "numpy": [kind, np.asarray(keys).tolist(), position, has_gauss, cached],
         "python": [version, list(internal), gauss],
     }
 
@@ -233,6 +240,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-Callback = Callable[[int, float], None]

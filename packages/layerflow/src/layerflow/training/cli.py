@@ -18,9 +18,17 @@ from .export import MissingStageError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m layerflow.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m layerflow.training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stage", type=int, required=True, choices=(1, 2, 3), help="1: layer-aware model, 2: motion LoRA, 3: content LoRA")
+    parser.add_argument(
+        "--stage",
+        type=int,
+        required=True,
+        choices=(1, 2, 3),
+        help="1: layer-aware model, 2: motion LoRA, 3: content LoRA",
+    )
     parser.add_argument("--config", default=None, help="TOML/YAML config (default: the tiny built-in config)")
     parser.add_argument(
         "--resume",
@@ -29,10 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="continue from the newest complete checkpoint of the output folder, or from the given checkpoint",
     )
-    parser.add_argument("--from-base", action="store_true", help="stages 2/3: start from model.base, not the previous stage")
-    parser.add_argument("--output-root", default=None, help="override run.output_root (stage outputs go to ROOT/stage{N})")
+    parser.add_argument(
+        "--from-base", action="store_true", help="stages 2/3: start from model.base, not the previous stage"
+    )
+    parser.add_argument(
+        "--output-root", default=None, help="override run.output_root (stage outputs go to ROOT/stage{N})"
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="override run.max_steps")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. optim.batch_size=4")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. optim.batch_size=4",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -62,5 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.final_dir is not None:
-        print(f"stage {args.stage}: {len(result.losses)} steps, final loss {result.losses[-1]:.4f}, output {result.final_dir}")
+        print(
+            f"stage {args.stage}: {len(result.losses)} steps, final loss {result.losses[-1]:.4f}, output {result.final_dir}"
+        )
     return 0

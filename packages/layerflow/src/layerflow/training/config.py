@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from ..layout import TASKS
-from ..models.adapters import ATTENTION_PROJECTIONS
+from layerflow.layout import TASKS
+from layerflow.models.adapters import ATTENTION_PROJECTIONS
 
 Stage = Literal[1, 2, 3]
 STAGES: tuple[int, ...] = (1, 2, 3)
@@ -316,7 +316,11 @@ class TrainConfig:
     # -- stage-dependent values, resolved in one place -------------------------------------------
     @property
     def learning_rate(self) -> float:
-        return self.optim.learning_rate if self.optim.learning_rate is not None else STAGE_LEARNING_RATES[self.stage]
+        return (
+            self.optim.learning_rate
+            if self.optim.learning_rate is not None
+            else STAGE_LEARNING_RATES[self.stage]
+        )
 
     @property
     def train_layer_embedder(self) -> bool:
@@ -325,7 +329,11 @@ class TrainConfig:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.run.output_dir) if self.run.output_dir else Path(self.run.output_root) / f"stage{self.stage}"
+        return (
+            Path(self.run.output_dir)
+            if self.run.output_dir
+            else Path(self.run.output_root) / f"stage{self.stage}"
+        )
 
     @property
     def previous_stage_dir(self) -> Path:
@@ -397,7 +405,9 @@ def resolve_stage(content: Mapping[str, Any], stage: int) -> dict[str, Any]:
     return content
 
 
-def load_config(path: str | Path | None, stage: int, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None, stage: int, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """The config of ``stage`` from ``path`` (default: the tiny built-in config), validated."""
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -436,7 +446,9 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f" in [{prefix}]" if prefix else ""
-        raise ConfigError(f"unknown key(s) {', '.join(_dotted(prefix, k) for k in unknown)}{where}; known: {sorted(names)}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(_dotted(prefix, k) for k in unknown)}{where}; known: {sorted(names)}"
+        )
     values = {key: _convert(hints[key], value, _dotted(prefix, key)) for key, value in data.items()}
     return cls(**values)
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
-from ..data import (
-    CacheSettings,
+from layerflow.data import (
     CachedLayerDataset,
+    CacheSettings,
     CopyPasteDataset,
     FrameSampler,
     LayeredDataset,
@@ -32,6 +32,7 @@ from ..data import (
     precompute_cache,
     to_static,
 )
+
 from .config import SourceConfig, TrainConfig
 
 
@@ -70,14 +71,16 @@ class FrozenFrames(LayeredDataset[int]):
 def preprocess_for(config: TrainConfig) -> Preprocess:
     data = config.data
     return Preprocess(
-        height=data.height, width=data.width, frames=FrameSampler(num_frames=data.num_frames, stride=data.stride)
+        height=data.height,
+        width=data.width,
+        frames=FrameSampler(num_frames=data.num_frames, stride=data.stride),
     )
 
 
 def synthetic_root(config: TrainConfig, source: SourceConfig, progress: bool) -> Path:
     """Generate (once, deterministically by seed) the embedded synthetic clips; returns the train split."""
-    from ..synthetic import SyntheticConfig
-    from ..synthetic.writers import generate_dataset
+    from layerflow.synthetic import SyntheticConfig
+    from layerflow.synthetic.writers import generate_dataset
 
     data = config.data
     count = source.num_samples or 16
@@ -85,7 +88,9 @@ def synthetic_root(config: TrainConfig, source: SourceConfig, progress: bool) ->
     name = f"n{count}-{data.height}x{data.width}x{frames}-seed{data.synthetic_seed}"
     folder = config.synthetic_dir / name
     synthetic = SyntheticConfig(num_frames=frames, height=max(16, data.height), width=max(16, data.width))
-    generate_dataset(folder, count, 0, synthetic, seed=data.synthetic_seed, layouts=("simple",), progress=progress)
+    generate_dataset(
+        folder, count, 0, synthetic, seed=data.synthetic_seed, layouts=("simple",), progress=progress
+    )
     return folder / "train"
 
 
@@ -104,12 +109,16 @@ def build_source(config: TrainConfig, source: SourceConfig, *, progress: bool = 
         dataset = StaticImageDataset(str(source.root), preprocess, **options)
     else:
         dataset = CopyPasteDataset(
-            str(source.foregrounds), str(source.backgrounds), preprocess, num_samples=source.num_samples, **options
+            str(source.foregrounds),
+            str(source.backgrounds),
+            preprocess,
+            num_samples=source.num_samples,
+            **options,
         )
     return FrozenFrames(dataset) if source.freeze else dataset
 
 
-class RepeatedMix(ConcatDataset):  # type: ignore[type-arg]
+class RepeatedMix(ConcatDataset[Any]):
     """Sources concatenated ``repeat`` times each; ``set_epoch`` reaches every source once."""
 
     def __init__(self, sources: Sequence[Dataset[Any]], repeats: Sequence[int]):
@@ -121,7 +130,9 @@ class RepeatedMix(ConcatDataset):  # type: ignore[type-arg]
             source.set_epoch(epoch)  # type: ignore[attr-defined]
 
 
-def build_layered_mix(config: TrainConfig, *, progress: bool = False) -> tuple[RepeatedMix, list[LayeredDataset[Any]]]:
+def build_layered_mix(
+    config: TrainConfig, *, progress: bool = False
+) -> tuple[RepeatedMix, list[LayeredDataset[Any]]]:
     datasets = [build_source(config, source, progress=progress) for source in config.data.sources]
     return RepeatedMix(datasets, [s.repeat for s in config.data.sources]), datasets
 
@@ -151,7 +162,13 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, length: int, batch_size: int, *, world_size: int = 1, rank: int = 0, seed: int = 0):
-        self.length, self.batch_size, self.world_size, self.rank, self.seed = length, batch_size, world_size, rank, seed
+        self.length, self.batch_size, self.world_size, self.rank, self.seed = (
+            length,
+            batch_size,
+            world_size,
+            rank,
+            seed,
+        )
         self.global_batch = batch_size * world_size
         if length < self.global_batch:
             raise ValueError(
@@ -166,7 +183,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch, self.start_batch = epoch, batch
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+        )
         return torch.randperm(self.length, generator=generator)
 
     def __len__(self) -> int:

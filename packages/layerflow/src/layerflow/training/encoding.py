@@ -8,14 +8,16 @@ plain layer-prompt embeddings (no layer embedding; the transformer adds it) in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
-from layer_embeddings import LayerPromptEncoder
 from torch import nn
 
-from ..data import CachedBatch, LayeredBatch, encode_latents
-from ..data.precompute import EncodeMode
-from ..data.sample import CLIP_ORDER
+from layer_embeddings import LayerPromptEncoder
+from layerflow.data import CachedBatch, LayeredBatch, encode_latents
+from layerflow.data.precompute import EncodeMode
+from layerflow.data.sample import CLIP_ORDER
+
 from .objective import STREAM_POSTERIOR, ModelBatch, sample_generator
 
 
@@ -57,7 +59,7 @@ class BatchEncoder:
         self.seed = seed
         self.device = device
         self.dtype = dtype
-        self.scaling_factor = float(vae.config.scaling_factor)  # type: ignore[union-attr]
+        self.scaling_factor = float(cast(Any, vae).config.scaling_factor)
 
     def _layout_clips(self, latents: torch.Tensor, frames_per_clip: int) -> torch.Tensor:
         """``[B, C, 4 * t, h, w]`` in CLIP_ORDER -> ``[B, F, C, h, w]`` in layout order."""
@@ -73,7 +75,9 @@ class BatchEncoder:
         else:
             latents, frames = self._encode_latents(batch, step, micro_step, positions)
             with torch.no_grad():
-                embeds = self.text_encoder(batch.layer_prompts(), device=self.device, dtype=self.dtype).embeddings
+                embeds = self.text_encoder(
+                    batch.layer_prompts(), device=self.device, dtype=self.dtype
+                ).embeddings
         return ModelBatch(
             latents=latents.to(self.device, torch.float32),
             prompt_embeds=embeds.to(self.device, self.dtype),
@@ -92,6 +96,9 @@ class BatchEncoder:
         for b, position in enumerate(positions):
             one = type(inputs)(**{name: getattr(inputs, name)[b] for name in CLIP_ORDER})
             mean, std, frames = encode_latents(self.vae, one, self.encode_mode)
-            noise = torch.randn(mean.shape, generator=sample_generator(self.seed, step, micro_step, position, STREAM_POSTERIOR))
+            noise = torch.randn(
+                mean.shape,
+                generator=sample_generator(self.seed, step, micro_step, position, STREAM_POSTERIOR),
+            )
             samples.append((mean + std * noise) * self.scaling_factor)
         return self._layout_clips(torch.stack(samples), frames), frames

@@ -24,14 +24,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import multi_lora
 import torch
 from torch import nn
 
-from ..layout import LayerLayout
-from ..models import LayerFlowTransformer3DModel
-from ..pipelines import LayerFlowPipeline
-from ..pipelines.scheduling import make_scheduler
+import multi_lora
+from layerflow.layout import LayerLayout
+from layerflow.models import LayerFlowTransformer3DModel
+from layerflow.pipelines import LayerFlowPipeline
+from layerflow.pipelines.scheduling import make_scheduler
+
 from .config import TrainConfig
 from .stages import MOTION
 
@@ -46,15 +47,33 @@ class MissingStageError(FileNotFoundError):
 
 def tiny_words() -> list[str]:
     """Vocabulary of the tiny word tokenizer: the synthetic captions' words (so prompts are not UNK)."""
-    from ..synthetic import vocabulary
-    from ..testing import TINY_WORDS
+    from layerflow.synthetic import vocabulary
+    from layerflow.testing import TINY_WORDS
 
     words = set(TINY_WORDS.split())
     for name in dir(vocabulary):
         value = getattr(vocabulary, name)
         if name.isupper() and isinstance(value, (dict, tuple)):
             words |= {w for item in value for w in str(item).split()}
-    words |= set("a an the on over in front of with and moving still background foreground is".split())
+    words |= set(
+        [
+            "a",
+            "an",
+            "the",
+            "on",
+            "over",
+            "in",
+            "front",
+            "of",
+            "with",
+            "and",
+            "moving",
+            "still",
+            "background",
+            "foreground",
+            "is",
+        ]
+    )
     return sorted(words)
 
 
@@ -62,7 +81,7 @@ def load_base(config: TrainConfig) -> LayerFlowPipeline:
     """``model.base``: the tiny pipeline, a saved LayerFlowPipeline folder or a stock CogVideoX folder."""
     base = config.model.base
     if base == "tiny":
-        from ..testing import build_tiny_pipeline
+        from layerflow.testing import build_tiny_pipeline
 
         return build_tiny_pipeline(
             words=tiny_words(),
@@ -137,7 +156,10 @@ def export_final(
         scheduler=start.scheduler,
         layout=start.layer_layout.to_dict(),
     ).save_pretrained(tmp / "pipeline", safe_serialization=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in trained.items()}, str(tmp / "trained.safetensors"))
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in trained.items()},
+        str(tmp / "trained.safetensors"),
+    )
     (tmp / "training.json").write_text(json.dumps(summary, indent=1))
     if final.exists():
         trash = output / f".{FINAL}.old"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.sample import CLIP_ORDER, PROMPT_ROLES
-from ..layout import LayerLayout, TaskLayout
+from layerflow.data.sample import CLIP_ORDER, PROMPT_ROLES
+from layerflow.layout import LayerLayout, TaskLayout
 
 #: Independent random streams per sample.
 STREAM_TASK, STREAM_TIMESTEP, STREAM_NOISE, STREAM_POSTERIOR, STREAM_DROPOUT, STREAM_BATCH_TASK = range(6)
@@ -44,8 +44,10 @@ def layout_clip_names(layout: LayerLayout) -> list[str]:
             f"{[(s.name, s.role) for s in layout.layers]}"
         )
     if layout.alpha == "latent_offset":
-        raise ValueError("the 'latent_offset' alpha representation needs a transparent VAE; train with 'alpha_clip'")
-    names = []
+        raise ValueError(
+            "the 'latent_offset' alpha representation needs a transparent VAE; train with 'alpha_clip'"
+        )
+    names: list[str] = []
     for clip in layout.clips:
         role = layout.layer(clip.layer).role
         names.append("alpha" if clip.content == "alpha" else role)
@@ -102,7 +104,9 @@ class NoisedBatch:
     num_clips: int
 
 
-def condition_frame_mask(task_layouts: Sequence[TaskLayout], num_clips: int, clip_frames: int) -> torch.Tensor:
+def condition_frame_mask(
+    task_layouts: Sequence[TaskLayout], num_clips: int, clip_frames: int
+) -> torch.Tensor:
     """``[B, F]`` float: 0 on the latent frames of each sample's condition clips, 1 elsewhere."""
     mask = torch.ones(len(task_layouts), num_clips, clip_frames)
     for b, task_layout in enumerate(task_layouts):
@@ -182,7 +186,12 @@ class Objective:
             raise ValueError(f"tasks {sorted(set(tasks))} of one batch take different numbers of prompts")
         timesteps = torch.cat(
             [
-                torch.randint(0, self.num_train_timesteps, (1,), generator=self.generator(step, micro_step, p, STREAM_TIMESTEP))
+                torch.randint(
+                    0,
+                    self.num_train_timesteps,
+                    (1,),
+                    generator=self.generator(step, micro_step, p, STREAM_TIMESTEP),
+                )
                 for p in positions
             ]
         ).to(device)

@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import multi_lora
 from torch import nn
 
-from ..models.adapters import CONTENT, MOTION
+import multi_lora
+from layerflow.models.adapters import CONTENT, MOTION
+
 from .config import TrainConfig
 
 BLOCKS = "transformer_blocks"
@@ -53,7 +54,9 @@ class StagePlan:
         return {1: None, 2: MOTION, 3: CONTENT}[self.stage]
 
 
-def adapter_config(config: TrainConfig, plan: StagePlan, name: str, trainable: bool) -> multi_lora.AdapterConfig:
+def adapter_config(
+    config: TrainConfig, plan: StagePlan, name: str, trainable: bool
+) -> multi_lora.AdapterConfig:
     rank = config.model.motion_rank if name == MOTION else config.model.content_rank
     return multi_lora.AdapterConfig(
         rank=rank,

@@ -26,7 +26,8 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import collate_cached, collate_layered
+from layerflow.data import collate_cached, collate_layered
+
 from . import checkpointing as ckpt
 from .config import TrainConfig, config_json
 from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_layered_mix
@@ -52,11 +53,9 @@ class TrainResult:
 
 
 def tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 class LayerFlowTrainer:
@@ -81,11 +80,17 @@ class LayerFlowTrainer:
         self.on_step_end = on_step_end
         run = config.run
         tracker = run.tracker
-        log_with = "tensorboard" if tracker == "tensorboard" or (tracker == "auto" and tensorboard_available()) else None
+        log_with = (
+            "tensorboard"
+            if tracker == "tensorboard" or (tracker == "auto" and tensorboard_available())
+            else None
+        )
         self.accelerator = Accelerator(
             mixed_precision=run.mixed_precision,
             log_with=log_with,
-            project_config=ProjectConfiguration(project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")
+            ),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
         self.weight_dtype = _DTYPES[run.mixed_precision]
@@ -128,11 +133,16 @@ class LayerFlowTrainer:
             weight_decay=optim.weight_decay,
         )
         self.lr_scheduler = get_scheduler(
-            optim.lr_scheduler, optimizer, num_warmup_steps=optim.lr_warmup_steps, num_training_steps=config.run.max_steps
+            optim.lr_scheduler,
+            optimizer,
+            num_warmup_steps=optim.lr_warmup_steps,
+            num_training_steps=config.run.max_steps,
         )
         self.model, self.optimizer = accelerator.prepare(transformer, optimizer)
         self.transformer = transformer
-        self.ema = ParameterEMA(self.trained, config.run.ema_decay) if config.run.ema_decay is not None else None
+        self.ema = (
+            ParameterEMA(self.trained, config.run.ema_decay) if config.run.ema_decay is not None else None
+        )
 
     def _setup_data(self) -> None:
         config, accelerator = self.config, self.accelerator
@@ -141,7 +151,9 @@ class LayerFlowTrainer:
         progress = config.run.progress and accelerator.is_main_process
         with accelerator.main_process_first():
             if config.data.precompute:
-                self.dataset: RepeatedMix = build_cached_mix(config, self.pipeline.vae, text_encoder, progress=progress)
+                self.dataset: RepeatedMix = build_cached_mix(
+                    config, self.pipeline.vae, text_encoder, progress=progress
+                )
             else:
                 self.dataset = build_layered_mix(config, progress=progress)[0]
         self.collate = collate_cached if config.data.precompute else collate_layered
@@ -226,11 +238,15 @@ class LayerFlowTrainer:
         content, rng = ckpt.read_checkpoint(path, self.accelerator.process_index)
         state = content.state
         if state["stage"] != self.config.stage:
-            raise ckpt.CheckpointError(f"{path} is a stage-{state['stage']} checkpoint; this is stage {self.config.stage}")
+            raise ckpt.CheckpointError(
+                f"{path} is a stage-{state['stage']} checkpoint; this is stage {self.config.stage}"
+            )
         if state["trained_parameters"] != self.names:
             raise ckpt.CheckpointError(f"{path} trained other parameters than this config trains")
         if state["world_size"] * self.config.optim.batch_size != self.sampler.global_batch:
-            logger.warning("resuming with a different global batch: the data order will differ from the original run")
+            logger.warning(
+                "resuming with a different global batch: the data order will differ from the original run"
+            )
         with torch.no_grad():
             for name in self.names:
                 self.trained[name].copy_(content.trained[name])
@@ -244,7 +260,9 @@ class LayerFlowTrainer:
             self.ema.load(content.ema, int(state["ema_updates"]))
         if rng:
             ckpt.restore_rng(rng, state["rng"])
-        return ckpt.TrainingState(state["step"], state["epoch"], state["batch_in_epoch"], list(state["losses"]))
+        return ckpt.TrainingState(
+            state["step"], state["epoch"], state["batch_in_epoch"], list(state["losses"])
+        )
 
     # ------------------------------------------------------------------------------ training
     def _micro_step(self, batch: Any, step: int, micro_step: int) -> torch.Tensor:
@@ -307,7 +325,9 @@ class LayerFlowTrainer:
                 self.ema.update(self.trained)
             loss_value = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item())
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"stage {config.stage}: loss is {loss_value} at step {state.step + 1}")
+                raise FloatingPointError(
+                    f"stage {config.stage}: loss is {loss_value} at step {state.step + 1}"
+                )
             state.step += 1
             state.losses.append(loss_value)
             throughput = samples_per_step / max(time.perf_counter() - step_start, 1e-9)
@@ -361,6 +381,8 @@ def _flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def train(config: TrainConfig, *, resume: bool | str | Path | None = None, on_step_end: StepCallback | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: bool | str | Path | None = None, on_step_end: StepCallback | None = None
+) -> TrainResult:
     """Train one stage; see :class:`LayerFlowTrainer`."""
     return LayerFlowTrainer(config, resume=resume, on_step_end=on_step_end).train()
