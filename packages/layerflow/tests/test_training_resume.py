@@ -68,26 +68,31 @@ def test_a_killed_checkpoint_write_leaves_no_loadable_checkpoint(
     options = {"run": {"max_steps": 4, "checkpoint_every": 2}}
     reference = run(tmp_path, "reference", options)
     original = ckpt._write_json
+    seen: list[Path] = []
 
-    def dies_on_second_checkpoint(path: Path, data: Any) -> None:
-        if path.parent.name == ".checkpoint-4.partial":
+    def dies_writing_the_second_state(path: Path, data: Any) -> None:
+        if data.get("step") == 4:
+            seen.append(path.parent)
+            assert (path.parent / "trained.safetensors").is_file()  # tensors written, state.json next
             raise Killed("killed while writing checkpoint 4")
         original(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_json", dies_on_second_checkpoint)
+    monkeypatch.setattr(ckpt, "_write_json", dies_writing_the_second_state)
     with pytest.raises(Killed):
         run(tmp_path, "run", options)
     monkeypatch.setattr(ckpt, "_write_json", original)
     output = tmp_path / "run"
-    partial = output / "checkpoints" / ".checkpoint-4.partial"
-    assert (partial / "trained.safetensors").is_file() and not (partial / "state.json").exists()
-    assert [p.name for p in ckpt.complete_checkpoints(output)] == ["checkpoint-2"]
+    assert seen and seen[0].name.startswith(".") and not seen[0].exists()
+    assert [p.name for p in (output / "checkpoints").iterdir()] == ["checkpoint-2"]
+    # A folder without state.json (e.g. copied by hand while being written) is never picked up.
+    (output / "checkpoints" / "checkpoint-9").mkdir()
+    assert ckpt.latest_checkpoint(output).name == "checkpoint-2"
     with pytest.raises(ckpt.CheckpointError, match="not a complete checkpoint"):
-        ckpt.read_checkpoint(partial, 0)
+        ckpt.read_checkpoint(output / "checkpoints" / "checkpoint-9", 0)
+    (output / "checkpoints" / "checkpoint-9").rmdir()
     resumed = run(tmp_path, "run", options, resume=True)
     assert resumed.losses == reference.losses
     assert [p.name for p in ckpt.complete_checkpoints(output)] == ["checkpoint-2", "checkpoint-4"]
-    assert not partial.exists()
 
 
 def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path: Path) -> None:

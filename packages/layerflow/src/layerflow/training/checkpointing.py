@@ -9,9 +9,10 @@ A checkpoint is a folder ``checkpoints/checkpoint-<step>/``::
     state.json              step, data position, loss history, optimizer hyper-parameters, LR
                             scheduler, grad scaler, numpy/python RNG, config; written LAST
 
-Everything is written into a hidden temporary folder that is renamed into place only when complete,
-so a killed run leaves either a whole checkpoint or none (stale temporary folders are ignored and
-cleaned up). :func:`latest_checkpoint` only considers folders with a ``state.json``.
+Everything is written into a hidden temporary folder (``layerflow.media.atomic.atomic_directory``)
+that is renamed into place only when complete, so a killed run leaves either a whole checkpoint or
+none (stale temporary folders are ignored and cleaned up on resume). :func:`latest_checkpoint` only
+considers folders with a ``state.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from layerflow.media.atomic import atomic_directory
 
 CHECKPOINT_FORMAT = "layerflow-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -146,44 +149,39 @@ class CheckpointContent:
     state: dict[str, Any]
 
 
-def temporary_dir(output_dir: Path, step: int) -> Path:
-    return output_dir / "checkpoints" / f".{PREFIX}{step}.partial"
+def write_checkpoint(
+    output_dir: Path,
+    step: int,
+    content: CheckpointContent,
+    rank_rng: list[dict[str, torch.Tensor]],
+    keep: int | None,
+) -> Path:
+    """Write checkpoint ``step`` (main process) through a temporary folder renamed into place when complete.
 
-
-def write_rank_files(tmp: Path, rank: int) -> None:
-    """Each rank's RNG state, into the shared temporary folder (call on every rank)."""
-    save_file(rng_tensors(), str(tmp / f"rng-rank{rank}.safetensors"))
-
-
-def prepare_temporary(output_dir: Path, step: int) -> Path:
-    """A fresh temporary folder for checkpoint ``step`` (main process; a killed run's leftover is removed)."""
-    tmp = temporary_dir(output_dir, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def finalize_checkpoint(output_dir: Path, step: int, content: CheckpointContent, keep: int | None) -> Path:
-    """Write the main-process files, then ``state.json``, then rename the folder into place."""
-    tmp = temporary_dir(output_dir, step)
-    save_file(_contiguous(content.trained), str(tmp / "trained.safetensors"))
-    save_file(_contiguous(content.optimizer), str(tmp / "optimizer.safetensors"))
-    if content.ema is not None:
-        save_file(_contiguous(content.ema), str(tmp / "ema.safetensors"))
-    _write_json(tmp / STATE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **content.state})
-    _fsync_dir(tmp)
+    ``rank_rng``: every rank's generator states (gathered), one file per rank. ``state.json`` is the
+    last file written; a write that fails or is killed leaves no ``checkpoint-<step>``.
+    """
     final = checkpoint_dir(output_dir, step)
-    if final.exists():  # the same step written again (a resumed run): swap, never leave none
-        trash = final.with_name(f".{final.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash)
-    else:
-        os.replace(tmp, final)
+    with atomic_directory(final, overwrite=True) as tmp:
+        save_file(_contiguous(content.trained), str(tmp / "trained.safetensors"))
+        save_file(_contiguous(content.optimizer), str(tmp / "optimizer.safetensors"))
+        if content.ema is not None:
+            save_file(_contiguous(content.ema), str(tmp / "ema.safetensors"))
+        for rank, tensors in enumerate(rank_rng):
+            save_file(_contiguous(tensors), str(tmp / f"rng-rank{rank}.safetensors"))
+        _write_json(
+            tmp / STATE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **content.state}
+        )
     prune(output_dir, keep)
     return final
+
+
+def remove_stale_temporaries(output_dir: Path) -> None:
+    """Temporary checkpoint folders a killed run left behind (never loadable, only disk space)."""
+    root = output_dir / "checkpoints"
+    if root.is_dir():
+        for path in root.glob(f".{PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def prune(output_dir: Path, keep: int | None) -> None:
@@ -232,11 +230,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's state.json")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

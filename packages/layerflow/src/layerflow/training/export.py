@@ -19,8 +19,6 @@ a bf16/fp16 run never bakes reduced-precision copies into the exported pipeline.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from torch import nn
 
 import multi_lora
 from layerflow.layout import LayerLayout
+from layerflow.media.atomic import atomic_directory
 from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
@@ -142,31 +141,18 @@ def export_final(
     """
     from safetensors.torch import save_file
 
-    output = config.output_dir
-    final = output / FINAL
-    tmp = output / f".{FINAL}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    final = config.output_dir / FINAL
     start = load_starting_point(config)
-    LayerFlowPipeline(
-        tokenizer=start.tokenizer,
-        text_encoder=start.text_encoder,
-        vae=start.vae,
-        transformer=transformer,
-        scheduler=start.scheduler,
-        layout=start.layer_layout.to_dict(),
-    ).save_pretrained(tmp / "pipeline", safe_serialization=True)
-    save_file(
-        {k: v.detach().float().cpu().contiguous() for k, v in trained.items()},
-        str(tmp / "trained.safetensors"),
-    )
-    (tmp / "training.json").write_text(json.dumps(summary, indent=1))
-    if final.exists():
-        trash = output / f".{FINAL}.old"
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash)
-    else:
-        os.replace(tmp, final)
+    with atomic_directory(final, overwrite=True) as tmp:
+        LayerFlowPipeline(
+            tokenizer=start.tokenizer,
+            text_encoder=start.text_encoder,
+            vae=start.vae,
+            transformer=transformer,
+            scheduler=start.scheduler,
+            layout=start.layer_layout.to_dict(),
+        ).save_pretrained(tmp / "pipeline", safe_serialization=True)
+        trained_cpu = {k: v.detach().float().cpu().contiguous() for k, v in trained.items()}
+        save_file(trained_cpu, str(tmp / "trained.safetensors"))
+        (tmp / "training.json").write_text(json.dumps(summary, indent=1))
     return final

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -193,12 +193,10 @@ class LayerFlowTrainer:
 
     # ---------------------------------------------------------------------------- checkpoints
     def _save(self, state: ckpt.TrainingState) -> Path | None:
-        accelerator, output = self.accelerator, self.config.output_dir
-        if accelerator.is_main_process:
-            ckpt.prepare_temporary(output, state.step)
-        accelerator.wait_for_everyone()
-        ckpt.write_rank_files(ckpt.temporary_dir(output, state.step), accelerator.process_index)
-        accelerator.wait_for_everyone()
+        accelerator = self.accelerator
+        rank_rng = (
+            gather_object([ckpt.rng_tensors()]) if accelerator.num_processes > 1 else [ckpt.rng_tensors()]
+        )
         path = None
         if accelerator.is_main_process:
             optimizer_tensors, optimizer_meta = ckpt.optimizer_tensors(self.optimizer.optimizer, self.names)
@@ -223,7 +221,9 @@ class LayerFlowTrainer:
                     "config": self.config.to_dict(),
                 },
             )
-            path = ckpt.finalize_checkpoint(output, state.step, content, self.config.run.keep_checkpoints)
+            path = ckpt.write_checkpoint(
+                self.config.output_dir, state.step, content, rank_rng, self.config.run.keep_checkpoints
+            )
         accelerator.wait_for_everyone()
         return path
 
@@ -286,6 +286,8 @@ class LayerFlowTrainer:
         self._setup_model()
         self._setup_data()
         resume_from = self._resume_path()
+        if accelerator.is_main_process:
+            ckpt.remove_stale_temporaries(config.output_dir)
         state = self._load(resume_from) if resume_from is not None else ckpt.TrainingState()
         if accelerator.is_main_process:
             logger.info(
