@@ -184,7 +184,6 @@ def test_callback_output_types_and_embeds(pipe):
 @pytest.mark.parametrize("alpha", ["rgb", "latent_offset"])
 def test_save_and_load_round_trip(tmp_path, alpha):
     import multi_lora as ml
-
     from layerflow.models.adapters import add_layerflow_adapters
 
     pipe = build_tiny_pipeline(LayerLayout.with_foregrounds(2, alpha=alpha))
