@@ -37,7 +37,8 @@ def emit(sink: Path | None, measure: str, value: float, unit: str, target: str =
     row = {"benchmark": BENCH, "measure": measure, "value": value, "unit": unit}
     if target:
         row["target"] = target
-    print(f"  {measure:<62} {value:>12.4g} {unit} {target}")
+    shown = f"{value:>12,.0f}" if unit == "tokens" else f"{value:>12.4g}"
+    print(f"  {measure:<62} {shown} {unit} {target}")
     if sink is not None:
         with sink.open("a") as handle:
             handle.write(json.dumps(row) + "\n")

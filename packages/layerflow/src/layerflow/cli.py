@@ -104,22 +104,16 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
 # ------------------------------------------------------------------------------------------ model
 def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
     """The model folder's ``model_index.json``, after checking that every component folder exists."""
-    model_dir = Path(model_dir)
-    index_file = model_dir / "model_index.json"
-    if not index_file.is_file():
-        raise CliError(f"{model_dir} is not a LayerFlow model folder: {index_file} is missing")
-    index = json.loads(index_file.read_text())
-    missing = [
-        c for c in REQUIRED_COMPONENTS if not (index.get(c) and index[c][0] and (model_dir / c).is_dir())
-    ]
-    if missing:
-        raise CliError(
-            f"model folder {model_dir} lacks component(s) {missing} (a folder and a model_index.json entry each)"
-        )
+    from .pipelines.folders import read_model_index
+
+    try:
+        index = read_model_index(model_dir, REQUIRED_COMPONENTS)
+    except FileNotFoundError as error:
+        raise CliError(str(error)) from error
     if (
         index.get("transparent_vae")
         and index["transparent_vae"][0]
-        and not (model_dir / "transparent_vae").is_dir()
+        and not (Path(model_dir) / "transparent_vae").is_dir()
     ):
         raise CliError(
             f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder"

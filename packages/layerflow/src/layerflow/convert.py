@@ -30,6 +30,7 @@ from .layout import AlphaRepresentation, LayerLayout
 from .media.atomic import atomic_directory
 from .models import LayerFlowTransformer3DModel
 from .models.adapters import attach_lora_factors, merge_lora_into_state_dict, official_lora_factors
+from .pipelines.folders import read_model_index
 from .pipelines.scheduling import make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -347,18 +348,7 @@ def convert_official_checkpoint(
     ``text_encoder`` and ``tokenizer`` are copied in and the folder loads with
     ``LayerFlowPipeline.from_pretrained``; without it, ``LayerFlowTransformer3DModel.from_pretrained(out_dir / "transformer")``.
     """
-    base_index: dict[str, Any] = {}
-    if base is not None:
-        base = Path(base)
-        index_file = base / "model_index.json"
-        if not index_file.is_file():
-            raise FileNotFoundError(f"base {base} is not a diffusers pipeline folder (no model_index.json)")
-        base_index = json.loads(index_file.read_text())
-        missing = [
-            c for c in ("vae", "text_encoder", "tokenizer") if c not in base_index or not (base / c).is_dir()
-        ]
-        if missing:
-            raise FileNotFoundError(f"base {base} lacks component folder(s) {missing}")
+    base_index = read_model_index(base, ("vae", "text_encoder", "tokenizer")) if base is not None else {}
     layout = LayerLayout.official(alpha)
     converted = convert_official_state_dict(
         load_official_state_dict(official),

@@ -326,8 +326,9 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         """
         model = super().from_pretrained(*args, **kwargs)
         model._materialize_new_modules()
-        if args and Path(args[0]).is_dir():
-            adapters = Path(args[0]) / kwargs.get("subfolder", "") / ADAPTERS_FOLDER
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if source is not None and Path(source).is_dir():
+            adapters = Path(source) / (kwargs.get("subfolder") or "") / ADAPTERS_FOLDER
             if adapters.is_dir():
                 load_adapters(model, adapters)
         return model

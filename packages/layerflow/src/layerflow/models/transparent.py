@@ -18,9 +18,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 # diffusers' pipeline loader resolves a component's base class by name in the component's module.
 from diffusers.models.modeling_utils import ModelMixin
 
-from transparent_vae.decoder import TransparentDecoder
-from transparent_vae.encoder import LatentOffsetEncoder
-from transparent_vae.vae import TransparentVAE
+from transparent_vae import LatentOffsetEncoder, TransparentDecoder, TransparentVAE
 
 
 class LayerFlowTransparentVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own pattern

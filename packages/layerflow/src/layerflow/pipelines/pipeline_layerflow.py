@@ -147,7 +147,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             defaults to the official foreground/background/composite with an alpha clip.
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"  # type: ignore[assignment]  # None in the base
+    model_cpu_offload_seq = "text_encoder->transformer->vae->transparent_vae"  # type: ignore[assignment]  # None in the base
     _optional_components = ["transparent_vae"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
