@@ -40,6 +40,9 @@ def test_stage_without_previous_output_says_what_to_run(
     message = capsys.readouterr().err
     assert "python -m layerflow.training --stage 1" in message and "--from-base" in message
     assert not (tmp_path / "stage2").exists()
+    assert run_stage(tmp_path, 3, "--from-base", "--max-steps", "1") == 0
+    pipe = LayerFlowPipeline.from_pretrained(tmp_path / "stage3" / "final" / "pipeline")
+    assert multi_lora.list_adapters(pipe.transformer) == [CONTENT]  # no stage 2: no motion LoRA
 
 
 def test_bad_override_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

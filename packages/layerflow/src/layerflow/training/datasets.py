@@ -60,8 +60,8 @@ class FrozenFrames(LayeredDataset[int]):
         self.inner.set_epoch(epoch)
 
     def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
-        sample = self.inner.load_sample(record)
-        frame = int(rng.integers(sample.num_frames))
+        sample = self.inner.load_sample(record)  # draws from its own copy of this sample's stream
+        frame = int(rng.spawn(1)[0].integers(sample.num_frames))
         return to_static(sample, frame)
 
     def _fingerprint_payload(self) -> dict[str, Any]:
