@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import ConfigError, _merge, load_config, parse_override
+from .config import ConfigError, load_config, merge_tables, parse_override
 from .export import MissingStageError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m layerflow.training") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m layerflow.training",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -55,11 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.training") -> int:
+    """Run one stage; returns the exit status (2 for a bad config or a missing previous stage)."""
+    args = build_parser(prog).parse_args(argv)
     overrides: dict[str, Any] = {}
     for text in args.set:
-        overrides = _merge(overrides, parse_override(text))
+        overrides = merge_tables(overrides, parse_override(text))
     run: dict[str, Any] = {}
     if args.output_root is not None:
         run["output_root"] = args.output_root
@@ -67,9 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run["max_steps"] = args.max_steps
     if args.no_progress:
         run["progress"] = False
-    overrides = _merge(overrides, {"run": run} if run else {})
+    overrides = merge_tables(overrides, {"run": run} if run else {})
     if args.from_base:
-        overrides = _merge(overrides, {"model": {"init_from": "base"}})
+        overrides = merge_tables(overrides, {"model": {"init_from": "base"}})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.stage, overrides)

@@ -380,11 +380,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def merge_tables(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` deep-merged into ``base`` (tables merge, anything else replaces)."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
+            merged[key] = merge_tables(dict(merged[key]), value)
         else:
             merged[key] = value
     return merged
@@ -398,7 +399,7 @@ def resolve_stage(content: Mapping[str, Any], stage: int) -> dict[str, Any]:
         bad = sorted(k for k in per_stage if str(k) not in {str(s) for s in STAGES})
         if bad:
             raise ConfigError(f"stage tables must be [stage.1], [stage.2] or [stage.3], got {bad}")
-        content = _merge(content, per_stage.get(str(stage), {}))
+        content = merge_tables(content, per_stage.get(str(stage), {}))
     elif per_stage is not None and per_stage != stage:
         raise ConfigError(f"the config file is for stage {per_stage!r}, but --stage {stage} was given")
     content["stage"] = stage
@@ -413,7 +414,7 @@ def load_config(
         raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
     content = resolve_stage(read_config_file(path if path is not None else TINY_CONFIG), stage)
     if overrides:
-        content = _merge(content, overrides)
+        content = merge_tables(content, overrides)
     return build(TrainConfig, content, "").validate()
 
 

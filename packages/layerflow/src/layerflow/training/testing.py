@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, _merge, load_config
+from .config import TrainConfig, load_config, merge_tables
 
 
 def tiny_test_config(root: str | Path, stage: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -34,7 +34,7 @@ def tiny_test_config(root: str | Path, stage: int, overrides: dict[str, Any] | N
     }[stage]
     base["data"]["sources"] = sources
     base["data"].pop("cache_dir")
-    return load_config(None, stage, _merge(base, overrides or {}))
+    return load_config(None, stage, merge_tables(base, overrides or {}))
 
 
 def reset_accelerate_state() -> None:
