@@ -156,6 +156,11 @@ class LayerFlowTrainer:
                 )
             else:
                 self.dataset = build_layered_mix(config, progress=progress)[0]
+        if config.data.precompute:  # encoders are not needed any more: free the accelerator for training
+            self.pipeline.vae.to("cpu")
+            self.pipeline.text_encoder.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         self.collate = collate_cached if config.data.precompute else collate_layered
         self.sampler = EpochBatchSampler(
             len(self.dataset),
