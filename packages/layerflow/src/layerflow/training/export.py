@@ -82,12 +82,14 @@ def load_base(config: TrainConfig) -> LayerFlowPipeline:
     if base == "tiny":
         from layerflow.testing import build_tiny_pipeline
 
-        return build_tiny_pipeline(
+        pipeline = build_tiny_pipeline(
             words=tiny_words(),
             seed=config.model.tiny_seed,
             num_layers=config.model.tiny_num_layers,
             max_text_seq_length=TINY_PROMPT_TOKENS,
         )
+        pipeline.tokenizer.model_max_length = TINY_PROMPT_TOKENS
+        return pipeline
     path = Path(base)
     if path.exists():
         index_file = path / "model_index.json"

@@ -112,9 +112,13 @@ class LayerFlowTrainer:
         # The frozen encoders run in the compute dtype (as diffusers' trainers do); the transformer
         # keeps its loaded precision (float32) and computes under accelerate's autocast, so the
         # frozen base weights it exports are never rounded.
-        for module in (self.pipeline.vae, self.pipeline.text_encoder):
-            module.requires_grad_(False).eval().to(device=device, dtype=self.weight_dtype)
-        transformer.to(device=device, dtype=torch.float32)
+        for module, dtype in (
+            (self.pipeline.vae, self.weight_dtype),
+            (self.pipeline.text_encoder, self.weight_dtype),
+        ):
+            module.requires_grad_(False).eval()
+            place(module, device, dtype)
+        place(transformer, device, torch.float32)
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
@@ -294,6 +298,14 @@ class LayerFlowTrainer:
         if accelerator.is_main_process:
             ckpt.remove_stale_temporaries(config.output_dir)
         state = self._load(resume_from) if resume_from is not None else ckpt.TrainingState()
+        if (
+            resume_from is None
+            and ckpt.latest_checkpoint(config.output_dir) is not None
+            and accelerator.is_main_process
+        ):
+            logger.warning(
+                "%s has checkpoints; starting afresh (pass --resume to continue)", config.output_dir
+            )
         if accelerator.is_main_process:
             logger.info(
                 "stage %d: training %d parameters (%d tensors) on blocks %s, %d samples, global batch %d",
@@ -374,6 +386,13 @@ class LayerFlowTrainer:
             logger.info("stage %d finished: %s", self.config.stage, final)
         accelerator.wait_for_everyone()
         return final
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move ``module`` to ``device`` and cast it to ``dtype`` only where it is not already (no needless casts)."""
+    module.to(device)
+    if any(p.dtype != dtype for p in module.parameters()):
+        module.to(dtype=dtype)
 
 
 def _flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
