@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -24,7 +24,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     return target
 
 
-def atomic_directory(path: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
+def atomic_directory(path: str | os.PathLike[str], fill: Callable[[Path], object]) -> Path:
     """Call ``fill(tmp_dir)`` on a fresh temporary directory, then move it to ``path`` (replacing it)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -69,12 +69,15 @@ def pad_rgb(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     levels = [(premultiplied, coverage)]
     for size in _pyramid_sizes(*colour.shape[-2:])[1:]:
         levels.append(
-            (F.interpolate(premultiplied, size=size, mode="area"), F.interpolate(coverage, size=size, mode="area"))
+            (
+                F.interpolate(premultiplied, size=size, mode="area"),
+                F.interpolate(coverage, size=size, mode="area"),
+            )
         )
     coarse_colour, coarse_alpha = levels[-1]
-    fill = coarse_colour.sum(dim=(-2, -1), keepdim=True) / coarse_alpha.sum(dim=(-2, -1), keepdim=True).clamp_min(
-        1e-8
-    )
+    fill = coarse_colour.sum(dim=(-2, -1), keepdim=True) / coarse_alpha.sum(
+        dim=(-2, -1), keepdim=True
+    ).clamp_min(1e-8)
     for level_colour, level_alpha in reversed(levels):
         fill = F.interpolate(fill, size=level_colour.shape[-2:], mode="bilinear", align_corners=False)
         fill = level_colour + fill * (1 - level_alpha)
@@ -91,7 +94,9 @@ def unpremultiply(premultiplied: torch.Tensor, alpha: torch.Tensor, eps: float =
     """Premultiplied -> straight colour; pixels with ``alpha <= eps`` become 0 (their colour is unknown)."""
     check_rgb_alpha(premultiplied, alpha)
     visible = alpha > eps
-    return torch.where(visible, premultiplied / alpha.clamp_min(eps), torch.zeros_like(premultiplied)).clamp(0, 1)
+    return torch.where(visible, premultiplied / alpha.clamp_min(eps), torch.zeros_like(premultiplied)).clamp(
+        0, 1
+    )
 
 
 def composite_over(
@@ -122,11 +127,17 @@ def grey_composite(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return (rgb * 2 - 1) * alpha
 
 
-def checkerboard(height: int, width: int, cell: int = 16, levels: tuple[float, float] = (0.45, 0.55)) -> torch.Tensor:
+def signed_to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """VAE pixel range ``[-1, 1]`` -> ``[0, 1]``, clamped (what the transparent decoder sees)."""
+    return (pixels * 0.5 + 0.5).clamp(0, 1)
+
+
+def checkerboard(
+    height: int, width: int, cell: int = 16, levels: tuple[float, float] = (0.45, 0.55)
+) -> torch.Tensor:
     """A ``[1, 3, H, W]`` grey checkerboard, the usual background for viewing transparent images."""
     rows = torch.arange(height) // cell
     cols = torch.arange(width) // cell
     odd = ((rows[:, None] + cols[None, :]) % 2).bool()
     board = torch.where(odd, torch.tensor(levels[1]), torch.tensor(levels[0]))
     return board.expand(1, 3, height, width).clone()
-

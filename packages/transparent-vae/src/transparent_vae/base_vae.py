@@ -149,7 +149,8 @@ def as_base_vae(vae: Any) -> BaseVAE:
     adapter, reasons = _adapter_for(vae)
     if adapter is None:
         raise TypeError(
-            f"unsupported base VAE {type(vae).__module__}.{type(vae).__name__}: " + "; ".join(reasons)
+            f"unsupported base VAE {type(vae).__module__}.{type(vae).__name__}: "
+            + "; ".join(reasons)
             + ". Subclass transparent_vae.BaseVAE for other VAEs."
         )
     return adapter(vae)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._frames import fold_frames, unfold_frames
-from .modeling import ConfigModule, register_to_config
+from .modeling import ConfigModule, register_to_config, zero_module
 from .temporal import TemporalResidualConv
 from .tta import dihedral_median
 from .unet_blocks import DownLevel, MidBlock, UpLevel
@@ -68,21 +68,20 @@ class TransparentDecoder(ConfigModule):
                 f"attention_levels has {len(attention_levels)} entries but block_out_channels has {levels}"
             )
         if not 0 <= latent_level < levels:
-            raise ValueError(f"latent_level must be in [0, {levels - 1}] for {levels} levels, got {latent_level}")
+            raise ValueError(
+                f"latent_level must be in [0, {levels - 1}] for {levels} levels, got {latent_level}"
+            )
         if out_channels != 4:
             raise ValueError(f"out_channels must be 4 (alpha + RGB), got {out_channels}")
         self.in_channels = in_channels
         self.latent_channels = latent_channels
         self.latent_level = latent_level
         self.size_multiple = 2 ** (levels - 1)
-        norm = {"groups": norm_num_groups, "eps": norm_eps}
         widths = list(block_out_channels)
 
         # 1. Inputs: pixels at full resolution, the latent at the level it matches.
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        self.latent_in = nn.Conv2d(latent_channels, widths[max(latent_level - 1, 0)], 1)
-        nn.init.zeros_(self.latent_in.weight)
-        nn.init.zeros_(self.latent_in.bias)
+        self.latent_in = zero_module(nn.Conv2d(latent_channels, widths[max(latent_level - 1, 0)], 1))
 
         # 2. Encoder levels, 3. middle, 4. decoder levels (mirrored, with skips).
         self.down = nn.ModuleList(
@@ -93,11 +92,12 @@ class TransparentDecoder(ConfigModule):
                 attention=bool(attention_levels[i]),
                 downsample=i < levels - 1,
                 head_dim=attention_head_dim,
-                **norm,
+                groups=norm_num_groups,
+                eps=norm_eps,
             )
             for i in range(levels)
         )
-        self.mid = MidBlock(widths[-1], head_dim=attention_head_dim, **norm)
+        self.mid = MidBlock(widths[-1], head_dim=attention_head_dim, groups=norm_num_groups, eps=norm_eps)
         reversed_widths = widths[::-1]
         self.up = nn.ModuleList(
             UpLevel(
@@ -108,7 +108,8 @@ class TransparentDecoder(ConfigModule):
                 attention=bool(attention_levels[levels - 1 - i]),
                 upsample=i < levels - 1,
                 head_dim=attention_head_dim,
-                **norm,
+                groups=norm_num_groups,
+                eps=norm_eps,
             )
             for i in range(levels)
         )
@@ -127,7 +128,9 @@ class TransparentDecoder(ConfigModule):
             else None
         )
         self.temporal_mid = (
-            TemporalResidualConv(widths[-1], causal=False, norm_groups=norm_num_groups) if temporal_layers else None
+            TemporalResidualConv(widths[-1], causal=False, norm_groups=norm_num_groups)
+            if temporal_layers
+            else None
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -156,7 +159,9 @@ class TransparentDecoder(ConfigModule):
             return self.predict_raw(pixels, latent, frame_index=frame_index).clamp(0, 1)
         frames, latents, batch = self._per_frame(pixels, latent, frame_index)
         # The transforms act on the last two axes only, so folded video frames stay in clip order.
-        out = dihedral_median(lambda p, z: self._predict_frames(p, z, batch or None).clamp(0, 1), frames, latents)
+        out = dihedral_median(
+            lambda p, z: self._predict_frames(p, z, batch or None).clamp(0, 1), frames, latents
+        )
         return unfold_frames(out, batch) if batch else out
 
     def predict_raw(
@@ -177,7 +182,11 @@ class TransparentDecoder(ConfigModule):
                 f"TransparentDecoder: pixels must be [B, {self.in_channels}, H, W] or [B, {self.in_channels}, T, H, W], "
                 f"got {tuple(pixels.shape)}"
             )
-        if latent.ndim != pixels.ndim or latent.shape[1] != self.latent_channels or latent.shape[0] != pixels.shape[0]:
+        if (
+            latent.ndim != pixels.ndim
+            or latent.shape[1] != self.latent_channels
+            or latent.shape[0] != pixels.shape[0]
+        ):
             raise ValueError(
                 f"TransparentDecoder: latent must be [B, {self.latent_channels}, ...] with the batch size and rank "
                 f"of pixels {tuple(pixels.shape)}, got {tuple(latent.shape)}"
@@ -202,7 +211,11 @@ class TransparentDecoder(ConfigModule):
                     "(TemporalLayout.frame_to_latent) to say which latent frame each pixel frame uses"
                 )
             frame_index = torch.arange(num_frames, device=latent.device)
-        if frame_index.shape != (num_frames,) or int(frame_index.min()) < 0 or int(frame_index.max()) >= num_latent:
+        if (
+            frame_index.shape != (num_frames,)
+            or int(frame_index.min()) < 0
+            or int(frame_index.max()) >= num_latent
+        ):
             raise ValueError(
                 f"frame_index must be [{num_frames}] with values in [0, {num_latent - 1}], got shape "
                 f"{tuple(frame_index.shape)}"

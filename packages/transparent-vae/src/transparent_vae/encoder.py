@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._frames import fold_frames, unfold_frames
-from .modeling import ConfigModule, register_to_config
+from .modeling import ConfigModule, register_to_config, zero_module
 from .temporal import TemporalLayout, TemporalResidualConv, halve_causal, pool_groups
 
 
@@ -44,9 +44,13 @@ class LatentOffsetEncoder(ConfigModule):
     ):
         super().__init__()
         if in_channels < 1 or latent_channels < 1:
-            raise ValueError(f"in_channels and latent_channels must be >= 1, got {in_channels}, {latent_channels}")
+            raise ValueError(
+                f"in_channels and latent_channels must be >= 1, got {in_channels}, {latent_channels}"
+            )
         if len(block_channels) < 1 or min(block_channels) < 1:
-            raise ValueError(f"block_channels must be a non-empty list of positive widths, got {block_channels}")
+            raise ValueError(
+                f"block_channels must be a non-empty list of positive widths, got {block_channels}"
+            )
         self.in_channels = in_channels
         self.latent_channels = latent_channels
         self.spatial_factor = 2 ** (len(block_channels) - 1)
@@ -61,9 +65,7 @@ class LatentOffsetEncoder(ConfigModule):
         self.temporal = nn.ModuleList(
             TemporalResidualConv(width, causal=True) for _ in range(temporal_downsamples)
         )
-        self.conv_out = nn.Conv2d(width, latent_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        self.conv_out = zero_module(nn.Conv2d(width, latent_channels, 3, padding=1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, in, H, W] -> [B, latent, H/f, W/f]``, or ``[B, in, T, H, W] -> [B, latent, T', H/f, W/f]``

@@ -53,6 +53,16 @@ def register_to_config(init: Callable[Concatenate[Any, P], None]) -> Callable[Co
     return wrapper
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def zero_module(module: ModuleT) -> ModuleT:
+    """Zero every parameter of ``module`` (ControlNet / LayerDiffuse ``zero_module``) and return it."""
+    for parameter in module.parameters():
+        nn.init.zeros_(parameter)
+    return module
+
+
 class ConfigModule(nn.Module):
     """``nn.Module`` with a recorded config and local ``save_pretrained`` / ``from_pretrained``."""
 
@@ -64,7 +74,9 @@ class ConfigModule(nn.Module):
         config = {"_class_name": type(self).__name__, **self.config}
         atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        atomic_write(
+            folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
+        )
         return folder
 
     @classmethod

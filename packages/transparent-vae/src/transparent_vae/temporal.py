@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modeling import zero_module
+
 
 def halve_causal(num_frames: int) -> list[tuple[int, int]]:
     """One causal temporal halving: ``[start, stop)`` frame ranges of the output frames."""
@@ -83,9 +85,7 @@ class TemporalResidualConv(nn.Module):
         self.causal = causal
         self.kernel_size = kernel_size
         self.norm = nn.GroupNorm(norm_groups, channels) if norm_groups else nn.Identity()
-        self.conv = nn.Conv3d(channels, channels, kernel_size=(kernel_size, 1, 1))
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        self.conv = zero_module(nn.Conv3d(channels, channels, kernel_size=(kernel_size, 1, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, C, T, H, W]``."""

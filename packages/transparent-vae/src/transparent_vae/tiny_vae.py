@@ -20,11 +20,17 @@ from .temporal import TemporalLayout
 def _dct_bases(size: int, count: int) -> torch.Tensor:
     """``[count, 3, size, size]`` orthonormal DCT-II bases: lowest frequencies first, each per colour."""
     position = torch.arange(size, dtype=torch.float64) + 0.5
-    frequencies = sorted(((u, v) for u in range(size) for v in range(size)), key=lambda uv: (uv[0] + uv[1], uv))
+    frequencies = sorted(
+        ((u, v) for u in range(size) for v in range(size)), key=lambda uv: (uv[0] + uv[1], uv)
+    )
     bases = []
     for u, v in frequencies:
-        row = torch.cos(math.pi * u * position / size) * (math.sqrt(1 / size) if u == 0 else math.sqrt(2 / size))
-        col = torch.cos(math.pi * v * position / size) * (math.sqrt(1 / size) if v == 0 else math.sqrt(2 / size))
+        row = torch.cos(math.pi * u * position / size) * (
+            math.sqrt(1 / size) if u == 0 else math.sqrt(2 / size)
+        )
+        col = torch.cos(math.pi * v * position / size) * (
+            math.sqrt(1 / size) if v == 0 else math.sqrt(2 / size)
+        )
         for colour in range(3):
             basis = torch.zeros(3, size, size, dtype=torch.float64)
             basis[colour] = row[:, None] * col[None, :]
@@ -61,7 +67,9 @@ class TinyVAE(BaseVAE):
         self.layout = TemporalLayout(0)
         bases = _dct_bases(spatial_factor, latent_channels) * spatial_factor  # latent ~ mean colour scale
         self.encoder = nn.Conv2d(3, latent_channels, spatial_factor, stride=spatial_factor, bias=False)
-        self.decoder = nn.ConvTranspose2d(latent_channels, 3, spatial_factor, stride=spatial_factor, bias=False)
+        self.decoder = nn.ConvTranspose2d(
+            latent_channels, 3, spatial_factor, stride=spatial_factor, bias=False
+        )
         with torch.no_grad():
             self.encoder.weight.copy_(bases / spatial_factor**2)
             self.decoder.weight.copy_(bases)

@@ -7,7 +7,9 @@ from collections.abc import Callable
 import torch
 
 #: (horizontal flip, number of 90-degree rotations) for the 8 dihedral transforms, identity first.
-DIHEDRAL_TRANSFORMS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (False, True) for k in range(4))
+DIHEDRAL_TRANSFORMS: tuple[tuple[bool, int], ...] = tuple(
+    (flip, k) for flip in (False, True) for k in range(4)
+)
 
 
 def apply_transform(x: torch.Tensor, flip: bool, rotations: int) -> torch.Tensor:

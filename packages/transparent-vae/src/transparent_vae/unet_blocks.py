@@ -51,7 +51,9 @@ class SelfAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(b, h * w, self.heads, c // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens)))
+        out = F.scaled_dot_product_attention(
+            heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens))
+        )
         out = self.to_out(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
@@ -88,9 +90,12 @@ class DownLevel(nn.Module):
             for j in range(layers)
         )
         self.attentions = nn.ModuleList(
-            SelfAttention(out_channels, head_dim=head_dim, groups=groups, eps=eps) for _ in range(layers if attention else 0)
+            SelfAttention(out_channels, head_dim=head_dim, groups=groups, eps=eps)
+            for _ in range(layers if attention else 0)
         )
-        self.downsample = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) if downsample else None
+        self.downsample = (
+            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) if downsample else None
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns the output and the skip tensors (one per resnet, plus one after downsampling)."""
@@ -125,7 +130,8 @@ class UpLevel(nn.Module):
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlock(
-                (prev_channels if j == 0 else out_channels) + (in_channels if j == layers - 1 else out_channels),
+                (prev_channels if j == 0 else out_channels)
+                + (in_channels if j == layers - 1 else out_channels),
                 out_channels,
                 groups=groups,
                 eps=eps,
@@ -133,7 +139,8 @@ class UpLevel(nn.Module):
             for j in range(layers)
         )
         self.attentions = nn.ModuleList(
-            SelfAttention(out_channels, head_dim=head_dim, groups=groups, eps=eps) for _ in range(layers if attention else 0)
+            SelfAttention(out_channels, head_dim=head_dim, groups=groups, eps=eps)
+            for _ in range(layers if attention else 0)
         )
         self.upsample = UpsampleConv(out_channels) if upsample else None
 
@@ -151,7 +158,9 @@ class MidBlock(nn.Module):
 
     def __init__(self, channels: int, *, head_dim: int, groups: int, eps: float):
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock(channels, channels, groups=groups, eps=eps) for _ in range(2))
+        self.resnets = nn.ModuleList(
+            ResnetBlock(channels, channels, groups=groups, eps=eps) for _ in range(2)
+        )
         self.attention = SelfAttention(channels, head_dim=head_dim, groups=groups, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

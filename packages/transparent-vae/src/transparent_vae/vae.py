@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .alpha import grey_composite, pad_rgb, split_rgba
+from .alpha import grey_composite, pad_rgb, signed_to_unit, split_rgba
 from .base_vae import BaseVAE, as_base_vae
 from .decoder import TransparentDecoder
 from .encoder import LatentOffsetEncoder
@@ -75,7 +75,9 @@ class TransparentVAE(nn.Module):
         base, enc, dec = self.base_vae, self.encoder, self.decoder
         problems = []
         if enc.latent_channels != base.latent_channels:
-            problems.append(f"encoder latent_channels {enc.latent_channels} != base VAE {base.latent_channels}")
+            problems.append(
+                f"encoder latent_channels {enc.latent_channels} != base VAE {base.latent_channels}"
+            )
         if enc.spatial_factor != base.spatial_factor:
             problems.append(f"encoder spatial factor {enc.spatial_factor} != base VAE {base.spatial_factor}")
         if enc.layout != base.layout:
@@ -83,9 +85,13 @@ class TransparentVAE(nn.Module):
                 f"encoder temporal_downsamples {enc.layout.downsamples} != base VAE {base.layout.downsamples}"
             )
         if dec.latent_channels != base.latent_channels:
-            problems.append(f"decoder latent_channels {dec.latent_channels} != base VAE {base.latent_channels}")
+            problems.append(
+                f"decoder latent_channels {dec.latent_channels} != base VAE {base.latent_channels}"
+            )
         if 2**dec.latent_level != base.spatial_factor:
-            problems.append(f"decoder latent_level {dec.latent_level} != log2(base spatial factor {base.spatial_factor})")
+            problems.append(
+                f"decoder latent_level {dec.latent_level} != log2(base spatial factor {base.spatial_factor})"
+            )
         if enc.in_channels != 4:
             problems.append(f"encoder in_channels must be 4 (alpha + padded RGB), got {enc.in_channels}")
         if problems:
@@ -97,7 +103,9 @@ class TransparentVAE(nn.Module):
         rgb, alpha = split_rgba(rgba)
         factor = self.base_vae.spatial_factor
         if rgba.shape[-2] % factor or rgba.shape[-1] % factor:
-            raise ValueError(f"TransparentVAE.encode: height and width must be multiples of {factor}, got {tuple(rgba.shape[-2:])}")
+            raise ValueError(
+                f"TransparentVAE.encode: height and width must be multiples of {factor}, got {tuple(rgba.shape[-2:])}"
+            )
         padded = pad_rgb(rgb, alpha)
         grey = grey_composite(rgb, alpha)
         mean, std = self.base_vae.encode_posterior(grey)
@@ -118,10 +126,6 @@ class TransparentVAE(nn.Module):
         """Diffusion-space latents -> the base VAE's raw latent space."""
         return latents / self.base_vae.scaling_factor + self.base_vae.shift_factor
 
-    def decode_pixels(self, raw: torch.Tensor) -> torch.Tensor:
-        """Base-VAE decoding of raw latents, mapped to ``[0, 1]`` (unclamped, differentiable)."""
-        return self.base_vae.decode(raw) * 0.5 + 0.5
-
     def frame_index(self, pixels: torch.Tensor) -> torch.Tensor | None:
         """Latent frame of every decoded frame (video), ``None`` for images."""
         if pixels.ndim != 5:
@@ -131,7 +135,7 @@ class TransparentVAE(nn.Module):
     def decode(self, latents: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
         """Diffusion-space latents -> straight RGBA in ``[0, 1]`` (``[B, 4, H, W]`` or ``[B, 4, T, H, W]``)."""
         raw = self.unscale(latents)
-        pixels = self.decode_pixels(raw).clamp(0, 1)
+        pixels = signed_to_unit(self.base_vae.decode(raw))
         return self.decoder(pixels, raw, frame_index=self.frame_index(pixels), tta=tta)
 
     def forward(self, rgba: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
