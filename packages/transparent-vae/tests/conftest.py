@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transparent_vae import TinyVAE, TransparentVAE
+from transparent_vae.testing import tiny_decoder, tiny_encoder
+
+
+@pytest.fixture
+def tiny_tvae() -> TransparentVAE:
+    torch.manual_seed(0)
+    return TransparentVAE(TinyVAE(), tiny_encoder(), tiny_decoder())
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder_kl():
+    pytest.importorskip("diffusers")
+    from transparent_vae.testing import build_tiny_autoencoder_kl
+
+    return build_tiny_autoencoder_kl()
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_vae():
+    pytest.importorskip("diffusers")
+    from transparent_vae.testing import build_tiny_cogvideox_vae
+
+    return build_tiny_cogvideox_vae()
