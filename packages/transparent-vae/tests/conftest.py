@@ -27,3 +27,13 @@ def tiny_cogvideox_vae():
     from transparent_vae.testing import build_tiny_cogvideox_vae
 
     return build_tiny_cogvideox_vae()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: on a shared 2-core machine a second intra-op thread only adds contention
+    (measured: the training test takes 7 s on one thread and >100 s on two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

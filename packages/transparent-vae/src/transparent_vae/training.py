@@ -52,6 +52,7 @@ class TrainingConfig:
         adversarial_weight: PatchGAN hinge-loss weight; 0 disables the discriminator.
         adversarial_start_step: first step at which the generator gets the adversarial term.
         discriminator_learning_rate: AdamW learning rate of the discriminator.
+        discriminator_layers: PatchGAN depth (3 judges 70x70 patches; each layer needs 2x more pixels).
         temporal_weight: alpha temporal-consistency weight (video batches only).
         max_grad_norm: gradient clipping of the encoder + decoder (``None``: off).
         checkpoint_every: write a checkpoint every N steps (and at the end) when an output dir is given.
@@ -70,6 +71,7 @@ class TrainingConfig:
     adversarial_weight: float = 0.0
     adversarial_start_step: int = 0
     discriminator_learning_rate: float = 1e-4
+    discriminator_layers: int = 3
     temporal_weight: float = 0.0
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 500
@@ -182,7 +184,11 @@ def train_transparent_vae(
     optimizer = torch.optim.AdamW(
         parameters, lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.betas
     )
-    discriminator = PatchDiscriminator().to(device) if config.adversarial_weight > 0 else None
+    discriminator = (
+        PatchDiscriminator(num_layers=config.discriminator_layers).to(device)
+        if config.adversarial_weight > 0
+        else None
+    )
     disc_optimizer = (
         torch.optim.AdamW(discriminator.parameters(), lr=config.discriminator_learning_rate, betas=(0.5, 0.9))
         if discriminator is not None
