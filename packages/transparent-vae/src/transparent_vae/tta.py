@@ -16,13 +16,14 @@ def apply_transform(x: torch.Tensor, flip: bool, rotations: int) -> torch.Tensor
     """Flip (last axis) then rotate by ``rotations * 90`` degrees in the last two axes."""
     if flip:
         x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, rotations, dims=(-2, -1)) if rotations else x
+    # rot90 returns a strided view; convolutions on it take a much slower path, so make it contiguous.
+    return torch.rot90(x, rotations, dims=(-2, -1)).contiguous() if rotations else x
 
 
 def invert_transform(x: torch.Tensor, flip: bool, rotations: int) -> torch.Tensor:
     """Undo :func:`apply_transform`."""
     if rotations:
-        x = torch.rot90(x, -rotations, dims=(-2, -1))
+        x = torch.rot90(x, -rotations, dims=(-2, -1)).contiguous()
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
