@@ -24,6 +24,15 @@ class ReferenceUNet1024(nn.Module):
     ):
         super().__init__()
         groups, head_dim, layers = 4, 8, 2
+        common = {
+            "temb_channels": None,
+            "resnet_eps": 1e-5,
+            "resnet_act_fn": "silu",
+            "resnet_groups": groups,
+            "attention_head_dim": head_dim,
+            "resnet_time_scale_shift": "default",
+            "dropout": 0.0,
+        }
         self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
         self.latent_conv_in = nn.Conv2d(latent_channels, channels[2], 1)
         self.down_blocks = nn.ModuleList()
@@ -36,16 +45,10 @@ class ReferenceUNet1024(nn.Module):
                     num_layers=layers,
                     in_channels=inp,
                     out_channels=out,
-                    temb_channels=None,
                     add_downsample=i < len(channels) - 1,
-                    resnet_eps=1e-5,
-                    resnet_act_fn="silu",
-                    resnet_groups=groups,
-                    attention_head_dim=head_dim,
                     downsample_padding=1,
-                    resnet_time_scale_shift="default",
                     downsample_type="conv",
-                    dropout=0.0,
+                    **common,
                 )
             )
         self.mid_block = diffusers_blocks.UNetMidBlock2D(
@@ -74,15 +77,9 @@ class ReferenceUNet1024(nn.Module):
                     in_channels=inp,
                     out_channels=out,
                     prev_output_channel=prev,
-                    temb_channels=None,
                     add_upsample=i < len(channels) - 1,
-                    resnet_eps=1e-5,
-                    resnet_act_fn="silu",
-                    resnet_groups=groups,
-                    attention_head_dim=head_dim,
-                    resnet_time_scale_shift="default",
                     upsample_type="conv",
-                    dropout=0.0,
+                    **common,
                 )
             )
         self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=1e-5)

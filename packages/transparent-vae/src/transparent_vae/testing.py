@@ -35,7 +35,7 @@ def build_tiny_autoencoder_kl(seed: int = 0) -> Any:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(
+    vae: Any = AutoencoderKL(
         block_out_channels=(8, 8, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
@@ -43,7 +43,8 @@ def build_tiny_autoencoder_kl(seed: int = 0) -> Any:
         layers_per_block=1,
         norm_num_groups=4,
         scaling_factor=0.13025,
-    ).eval()
+    )
+    return vae.eval()
 
 
 def build_tiny_cogvideox_vae(seed: int = 0) -> Any:
@@ -51,11 +52,12 @@ def build_tiny_cogvideox_vae(seed: int = 0) -> Any:
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(seed)
-    return AutoencoderKLCogVideoX(
+    vae: Any = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 16, 16),
         latent_channels=16,
         layers_per_block=1,
         norm_num_groups=4,
         temporal_compression_ratio=4,
         scaling_factor=1.15258426,
-    ).eval()
+    )
+    return vae.eval()
