@@ -30,17 +30,15 @@ def test_output_range_and_shape_for_sizes_that_are_not_multiples_of_the_unet_dep
     torch.testing.assert_close(out, raw.clamp(0, 1))
 
 
-def test_padding_only_affects_the_padded_area():
-    # A 64-multiple input decoded whole vs. its top-left crop decoded with padding: the UNet sees
-    # replicated borders, so only a band near the crop edge may differ.
+def test_odd_sizes_are_edge_padded_to_the_unet_multiple_and_cropped_back():
+    # Oracle: pad by hand (replicate) to the next multiple of 8 with the matching latent, decode, crop.
     torch.manual_seed(0)
     decoder = _randomise(tiny_decoder()).eval()
-    pixels, latent = torch.rand(1, 3, 32, 32), torch.randn(1, 4, 4, 4)
+    pixels, latent = torch.rand(1, 3, 13, 21), torch.randn(1, 4, 2, 3)
+    padded_pixels = torch.nn.functional.pad(pixels, (0, 3, 0, 3), mode="replicate")
     with torch.no_grad():
-        whole = decoder(pixels, latent)
-        assert torch.isfinite(whole).all()
-        cropped = decoder(pixels[..., :28, :28], latent)
-    assert cropped.shape == (1, 4, 28, 28)
+        expected = decoder(padded_pixels, latent)[..., :13, :21]
+        torch.testing.assert_close(decoder(pixels, latent), expected)
 
 
 def test_latent_grid_mismatch_is_reported():
