@@ -256,3 +256,20 @@ def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
         num_inference_steps=1,
     )
     assert result.layers["foreground"].shape == (1, 8, 4, 16, 16)
+
+
+def test_cli_convert_and_info(tmp_path, capsys):
+    from layerflow.cli import main
+
+    model = build_tiny_transformer(num_layer_prompts=3)
+    lora = _random_lora(model, 2, 4)
+    official = _write_official(tmp_path, to_sat(model, motion=lora, content=lora))
+    assert main(["info", str(official)]) == 0
+    assert "mp_rank_00_model_states.pt" in capsys.readouterr().out
+    argv = ["convert", str(official), str(tmp_path / "out"), "--text-length", "12", "--latent-size", "4", "4"]
+    assert main([*argv, "--prompts", "3"]) == 0
+    assert main(["info", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "adapters: ['content', 'motion']" in out and "num_layer_prompts=3" in out
+    assert main([*argv, "--prompts", "3"]) == 2  # exists: refused without --overwrite
+    assert "already exists" in capsys.readouterr().err

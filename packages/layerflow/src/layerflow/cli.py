@@ -360,6 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep motion/content LoRAs as adapters, or merge the content LoRA into the weights",
     )
     convert.add_argument("--dtype", choices=sorted(DTYPES), help="store weights in this dtype")
+    convert.add_argument(
+        "--text-length", type=int, default=226, help="tokens per layer prompt (official 226)"
+    )
+    convert.add_argument(
+        "--latent-size",
+        type=int,
+        nargs=2,
+        default=(60, 90),
+        metavar=("H", "W"),
+        help="latent size (official 60 90)",
+    )
+    convert.add_argument(
+        "--prompts", type=int, help="layer prompts of the model (default: from the position table)"
+    )
     convert.add_argument("--overwrite", action="store_true")
     info = commands.add_parser("info", help="describe a model folder, output folder, checkpoint or input")
     info.add_argument("path")
@@ -386,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     base=args.base,
                     alpha=args.alpha,
                     lora=args.lora,
+                    max_text_seq_length=args.text_length,
+                    sample_height=args.latent_size[0],
+                    sample_width=args.latent_size[1],
+                    num_layer_prompts=args.prompts,
                     dtype=DTYPES[args.dtype] if args.dtype else None,
                     overwrite=args.overwrite,
                 )
