@@ -178,6 +178,7 @@ class OptimConfig:
 
     Args:
         learning_rate: default per stage (1e-4 / 1e-3 / 5e-3, the paper's).
+        weight_decay: decoupled (``torch.optim.AdamW``); the default 0 is the paper's plain Adam.
         batch_size: samples per device per micro-batch; the global batch is
             ``batch_size * num_processes * gradient_accumulation_steps``.
         lr_scheduler: any ``diffusers.optimization.get_scheduler`` name.

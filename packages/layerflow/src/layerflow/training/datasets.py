@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +34,6 @@ from layerflow.data import (
 )
 
 from .config import SourceConfig, TrainConfig
-
-
-class Epoched(Protocol):
-    def set_epoch(self, epoch: int) -> None: ...
 
 
 class FrozenFrames(LayeredDataset[int]):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layerflow.data.sample import CLIP_ORDER, PROMPT_ROLES
+from layerflow.data.sample import PROMPT_ROLES
 from layerflow.layout import LayerLayout, TaskLayout
 
 #: Independent random streams per sample.
@@ -229,8 +229,3 @@ def masked_v_loss(prediction: torch.Tensor, target: torch.Tensor, loss_mask: tor
     squared = (prediction.float() - target.float()).pow(2).mean(dim=(2, 3, 4))
     per_sample = (squared * loss_mask).sum(1) / loss_mask.sum(1).clamp_min(1.0)
     return per_sample.mean()
-
-
-def data_clip_indices(clip_names: Sequence[str]) -> list[int]:
-    """Positions in :data:`CLIP_ORDER` of each layout clip (to pick them out of cached latents)."""
-    return [CLIP_ORDER.index(name) for name in clip_names]

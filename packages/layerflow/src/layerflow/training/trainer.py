@@ -112,12 +112,9 @@ class LayerFlowTrainer:
         # The frozen encoders run in the compute dtype (as diffusers' trainers do); the transformer
         # keeps its loaded precision (float32) and computes under accelerate's autocast, so the
         # frozen base weights it exports are never rounded.
-        for module, dtype in (
-            (self.pipeline.vae, self.weight_dtype),
-            (self.pipeline.text_encoder, self.weight_dtype),
-        ):
+        for module in (self.pipeline.vae, self.pipeline.text_encoder):
             module.requires_grad_(False).eval()
-            place(module, device, dtype)
+            place(module, device, self.weight_dtype)
         place(transformer, device, torch.float32)
         self.objective = Objective(
             self.pipeline.scheduler,
