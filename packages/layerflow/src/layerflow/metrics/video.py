@@ -1,0 +1,54 @@
+"""Reference-free checks of a layered video: recomposition and temporal flicker (0-1 scale)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def _check_video(name: str, x: Tensor, channels: int | None = None) -> None:
+    if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+        expected = f"[T, {channels}, H, W]" if channels else "[T, C, H, W]"
+        raise ValueError(f"{name}: expected a video of shape {expected}, got {tuple(x.shape)}")
+
+
+def recompose(foreground: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
+    """The exact composite ``alpha * fg + (1 - alpha) * bg`` (straight alpha)."""
+    return alpha * foreground + (1 - alpha) * background
+
+
+def recomposition_error(composite: Tensor, foreground: Tensor, alpha: Tensor, background: Tensor) -> float:
+    """Mean absolute error between a blended video and the recomposition of its layers.
+
+    ``mean |composite - (alpha * fg + (1 - alpha) * bg)|`` over frames, pixels and RGB channels:
+    0 when the layers explain the blend exactly.
+    """
+    _check_video("composite", composite, 3)
+    _check_video("foreground", foreground, 3)
+    _check_video("alpha", alpha, 1)
+    _check_video("background", background, 3)
+    shapes = {tuple(x.shape[-2:]) + (x.shape[0],) for x in (composite, foreground, alpha, background)}
+    if len(shapes) != 1:
+        raise ValueError(f"layer sizes differ (H, W, T): {sorted(shapes)}")
+    expected = recompose(foreground.double(), alpha.double(), background.double())
+    return float((composite.double() - expected).abs().mean())
+
+
+def temporal_flicker(video: Tensor) -> float:
+    """Mean absolute difference between consecutive frames (as in VBench's temporal flickering).
+
+    ``mean_{t>=1} mean |x_t - x_{t-1}|`` on the 0-1 scale; 0 for a still video. It measures all
+    frame-to-frame change, so compare it with the same measure on a reference clip, or read it
+    on layers that should be still.
+    """
+    _check_video("video", video)
+    if video.shape[0] < 2:
+        raise ValueError(f"temporal flicker needs at least 2 frames, got {video.shape[0]}")
+    frames = video.double()
+    return float((frames[1:] - frames[:-1]).abs().mean())
+
+
+def mean_absolute_error(pred: Tensor, target: Tensor) -> float:
+    """``mean |pred - target|`` for two videos of the same shape."""
+    if pred.shape != target.shape:
+        raise ValueError(f"shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    return float((pred.double() - target.double()).abs().mean())

@@ -1,0 +1,223 @@
+"""Write synthetic samples in the project's simple layout and in the official LayerFlow layout.
+
+Simple layout (one folder per sample, splits as separate roots)::
+
+    ROOT/<split>/<id>/prompts.json  meta.json  foreground/0000.png (RGBA)  background/  composite/
+
+Official layout (as in the released LayerFlow data, one tree per split)::
+
+    ROOT/official/<split>/DAVIS/480p/<id>/{fg,bg,bl,mask}/0000.png + meta_fg2bg_test.json, meta_seg_test.json
+    ROOT/official/<split>/YoutubeVOS/{JPEGImages,impainting,mask}/<id>/0000.jpg + meta_test.json
+
+DAVIS ``fg`` is the foreground premultiplied onto mid-grey (``a * fg + 0.5 * (1 - a)``), ``bl`` the
+composite, ``mask`` an 8-bit L PNG of alpha; ``bg`` holds the true background (the released sample
+ships a near-copy of ``bl`` there, which the official loader never reads). YoutubeVOS holds the
+composite (``JPEGImages``), the background (``impainting``) and the mask as an RGB JPEG with three
+equal channels, as in the released files. Every sample folder and meta file is written to a
+temporary name and renamed into place, so an interrupted run never leaves a half-written sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .generator import SPLITS, SyntheticConfig, SyntheticGenerator, SyntheticSample
+
+LAYOUTS: tuple[str, ...] = ("simple", "official")
+DATASET_MANIFEST = "dataset.json"
+JPEG_QUALITY = 95
+
+
+def _to_uint8(frames: Tensor) -> np.ndarray:
+    """``[T, C, H, W]`` in [0, 1] -> ``[T, H, W, C]`` uint8."""
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _write_frames(folder: Path, frames: np.ndarray, mode: str, suffix: str = ".png") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    # Fast PNG compression: these folders are written once per sample and read many times.
+    options: dict[str, Any] = {"quality": JPEG_QUALITY} if suffix == ".jpg" else {"compress_level": 1}
+    for index, frame in enumerate(frames):
+        image = Image.fromarray(frame[..., 0] if mode == "L" else frame, mode=mode)
+        image.save(folder / f"{index:04d}{suffix}", **options)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write: temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class _AtomicFolder:
+    """A folder built under a temporary name and renamed to ``target`` when complete."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}."))
+        return self.temporary
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        if kind is not None:
+            shutil.rmtree(self.temporary, ignore_errors=True)
+            return
+        if self.target.exists():
+            shutil.rmtree(self.target)
+        os.replace(self.temporary, self.target)
+
+
+def write_simple_sample(sample: SyntheticSample, root: str | Path) -> Path:
+    """Write one sample as ``root/<sample_id>/`` in the project's simple layout; returns the folder."""
+    target = Path(root) / sample.sample_id
+    with _AtomicFolder(target) as folder:
+        rgba = torch.cat([sample.foreground, sample.alpha], dim=1)
+        _write_frames(folder / "foreground", _to_uint8(rgba), "RGBA")
+        _write_frames(folder / "background", _to_uint8(sample.background), "RGB")
+        _write_frames(folder / "composite", _to_uint8(sample.composite), "RGB")
+        _write_json(folder / "prompts.json", sample.prompts)
+        meta = {"source": sample.source, "fps": sample.fps, "synthetic": sample.attributes.to_dict()}
+        _write_json(folder / "meta.json", meta)
+    return target
+
+
+def _official_entry(sample: SyntheticSample, num_frames: int, extra: dict[str, str]) -> dict[str, Any]:
+    prompts = sample.prompts
+    return {
+        "objects": {"1": {"frames": [f"{i:04d}" for i in range(num_frames)]}},
+        "fg_prompt": prompts["foreground"],
+        "bg_prompt": prompts["background"],
+        "bl_prompt": prompts["composite"],
+        "max_id": "1",
+        **extra,
+    }
+
+
+class OfficialLayoutWriter:
+    """Streams samples into the official LayerFlow layout under ``root``; ``finish`` writes the metas."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.davis = self.root / "DAVIS" / "480p"
+        self.youtube = self.root / "YoutubeVOS"
+        self._davis_meta: dict[str, Any] = {}
+        self._youtube_meta: dict[str, Any] = {}
+
+    def write(self, sample: SyntheticSample) -> None:
+        num_frames = sample.composite.shape[0]
+        grey_fg = sample.alpha * sample.foreground + 0.5 * (1 - sample.alpha)
+        mask = _to_uint8(sample.alpha)
+        with _AtomicFolder(self.davis / sample.sample_id) as folder:
+            _write_frames(folder / "fg", _to_uint8(grey_fg), "RGB")
+            _write_frames(folder / "bg", _to_uint8(sample.background), "RGB")
+            _write_frames(folder / "bl", _to_uint8(sample.composite), "RGB")
+            _write_frames(folder / "mask", mask, "L")
+        for kind, frames in (
+            ("JPEGImages", _to_uint8(sample.composite)),
+            ("impainting", _to_uint8(sample.background)),
+            ("mask", np.repeat(mask, 3, axis=-1)),
+        ):
+            with _AtomicFolder(self.youtube / kind / sample.sample_id) as folder:
+                _write_frames(folder, frames, "RGB", suffix=".jpg")
+        self._davis_meta[sample.sample_id] = _official_entry(sample, num_frames, {})
+        self._youtube_meta[sample.sample_id] = _official_entry(sample, num_frames, {"is_seg": "False"})
+
+    def finish(self) -> Path:
+        for name in ("meta_fg2bg_test.json", "meta_seg_test.json"):
+            _write_json(self.davis / name, {"videos": self._davis_meta})
+        _write_json(self.youtube / "meta_test.json", {"videos": self._youtube_meta})
+        return self.root
+
+
+def write_official_split(samples: Iterable[SyntheticSample], root: str | Path) -> Path:
+    """Write samples in the official LayerFlow layout (DAVIS and YoutubeVOS trees) under ``root``."""
+    writer = OfficialLayoutWriter(root)
+    for sample in samples:
+        writer.write(sample)
+    return writer.finish()
+
+
+def generate_dataset(
+    output_dir: str | Path,
+    num_train: int,
+    num_heldout: int,
+    config: SyntheticConfig | None = None,
+    seed: int = 0,
+    layouts: Sequence[str] = LAYOUTS,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate the train and held-out splits into ``output_dir`` and return its manifest.
+
+    Writes ``<output_dir>/{train,heldout}/`` (simple layout), ``<output_dir>/official/{train,heldout}/``
+    (official layout) for the requested ``layouts``, and ``dataset.json`` (config, seed, counts,
+    sample ids). If ``dataset.json`` already records the same request the dataset is reused as is;
+    a different request raises unless ``overwrite=True``.
+    """
+    unknown = [layout for layout in layouts if layout not in LAYOUTS]
+    if unknown or not layouts:
+        raise ValueError(f"layouts must be a non-empty subset of {LAYOUTS}, got {list(layouts)}")
+    if num_train < 0 or num_heldout < 0:
+        raise ValueError(f"sample counts must be >= 0, got train={num_train}, heldout={num_heldout}")
+    config = config or SyntheticConfig()
+    output_dir = Path(output_dir)
+    counts = {"train": num_train, "heldout": num_heldout}
+    request = {
+        "generator": "layerflow.synthetic",
+        "seed": seed,
+        "counts": counts,
+        "layouts": sorted(layouts),
+        "config": config.to_dict(),
+    }
+    manifest_path = output_dir / DATASET_MANIFEST
+    if manifest_path.exists():
+        existing = json.loads(manifest_path.read_text())
+        if {k: existing.get(k) for k in request} == request:
+            return dict(existing)
+        if not overwrite:
+            differing = sorted(k for k in request if existing.get(k) != request[k])
+            raise FileExistsError(
+                f"{manifest_path} records a different dataset (differs in {differing}); "
+                "pass overwrite=True or choose another output directory"
+            )
+    if overwrite:
+        for folder in (*SPLITS, "official"):
+            shutil.rmtree(output_dir / folder, ignore_errors=True)
+    generator = SyntheticGenerator(config)
+    ids: dict[str, list[str]] = {}
+    for split in SPLITS:
+        official = OfficialLayoutWriter(output_dir / "official" / split) if "official" in layouts else None
+        ids[split] = []
+        samples = generator.split(split, counts[split], seed)
+        for sample in tqdm(samples, total=counts[split], desc=f"synthetic {split}", disable=not progress):
+            if "simple" in layouts:
+                write_simple_sample(sample, output_dir / split)
+            if official is not None:
+                official.write(sample)
+            ids[split].append(sample.sample_id)
+        if official is not None:
+            official.finish()
+    manifest = {**request, "splits": ids}
+    _write_json(manifest_path, manifest)
+    return manifest
