@@ -1,0 +1,242 @@
+"""What every layered dataset shares: error policy, epochs, validation pass and fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .checks import RawLayers, check_lengths, check_raw_layers
+from .errors import OnError, SampleError, SkipReport, check_on_error
+from .frames import FrameError, FrameSequence
+from .sample import LayeredSample, Source
+from .sampling import sample_rng
+from .transforms import Preprocess, resize_foreground, resize_opaque
+
+RecordT = TypeVar("RecordT")
+
+
+def sample_folders(root: Path) -> list[Path]:
+    """The sub-folders of a dataset root (one per sample), sorted, hidden ones excluded."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a directory")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def frames_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """``[T, H, W, C]`` numpy to ``[T, C, H, W]`` float32 torch."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float()
+
+
+def build_sample(
+    sample_id: str,
+    layers: RawLayers,
+    preprocess: Preprocess,
+    *,
+    prompts: dict[str, str],
+    source: Source,
+    fps: float,
+) -> LayeredSample:
+    """Check decoded layers, resize + crop them and compute a missing composite: the common last step."""
+    check_raw_layers(sample_id, layers)
+    h, w, mode = preprocess.height, preprocess.width, preprocess.resample
+    foreground, alpha = resize_foreground(
+        frames_to_tensor(layers.foreground), frames_to_tensor(layers.alpha), h, w, mode
+    )
+    background = resize_opaque(frames_to_tensor(layers.background), h, w, mode)
+    if layers.composite is None:
+        composite = alpha * foreground + (1.0 - alpha) * background
+    else:
+        composite = resize_opaque(frames_to_tensor(layers.composite), h, w, mode)
+    return LayeredSample(
+        sample_id=sample_id,
+        foreground=foreground,
+        alpha=alpha,
+        background=background,
+        composite=composite,
+        prompts=prompts,
+        source=source,
+        fps=fps,
+    )
+
+
+@dataclass
+class LayerFiles:
+    """The stored layers of one clip sample, before anything is decoded.
+
+    ``foreground`` is RGBA when ``alpha`` is ``None``, otherwise RGB with a separate matte.
+    """
+
+    foreground: FrameSequence
+    alpha: FrameSequence | None
+    background: FrameSequence
+    composite: FrameSequence | None
+    prompts: dict[str, str]
+    source: Source
+    fps: float
+
+    def sequences(self) -> dict[str, FrameSequence]:
+        named = {"foreground": self.foreground, "alpha": self.alpha}
+        named |= {"background": self.background, "composite": self.composite}
+        return {name: seq for name, seq in named.items() if seq is not None}
+
+    def paths(self) -> list[Path]:
+        return [path for seq in self.sequences().values() for path in seq.paths()]
+
+
+def pick_frames(
+    sample_id: str, preprocess: Preprocess, length: int, fps: float, rng: np.random.Generator
+) -> list[int]:
+    """Frame indices by the preprocessing's sampler; a too-short clip is a :class:`SampleError`."""
+    try:
+        return preprocess.frames.indices(length, fps, rng).tolist()
+    except ValueError as error:
+        raise SampleError(sample_id, str(error)) from None
+
+
+def read_clip(
+    sample_id: str, files: LayerFiles, preprocess: Preprocess, rng: np.random.Generator
+) -> RawLayers:
+    """Pick frame indices once for all layers (which must agree in length) and decode only those."""
+    length = check_lengths(sample_id, {name: len(seq) for name, seq in files.sequences().items()})
+    indices = pick_frames(sample_id, preprocess, length, files.fps, rng)
+    foreground = files.foreground.read(indices)
+    if files.alpha is None:
+        foreground, alpha = foreground[..., :3], foreground[..., 3:]
+    else:
+        alpha = files.alpha.read(indices)
+    composite = files.composite.read(indices) if files.composite is not None else None
+    return RawLayers(foreground, alpha, files.background.read(indices), composite)
+
+
+def file_stats(paths: Iterable[Path], root: Path) -> list[tuple[str, int, int]]:
+    """``(relative path, size, mtime_ns)`` per file: a cheap content proxy for fingerprints."""
+    stats = []
+    for path in paths:
+        stat = path.stat()
+        stats.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+    return stats
+
+
+def digest(payload: Any) -> str:
+    """sha256 of a JSON-serialisable payload (sorted keys), the one hash used in fingerprints."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class LayeredDataset(Dataset[LayeredSample], ABC, Generic[RecordT]):
+    """Base of every reader: yields :class:`LayeredSample`, reproducibly for ``(seed, epoch, index)``.
+
+    Args:
+        preprocess: size, frame sampling and interpolation.
+        on_error: ``"raise"`` (default) raises :class:`SampleError` on a bad sample; ``"skip"`` logs a
+            warning, records it in :attr:`skips` and serves the next good sample instead (so the batch
+            size stays fixed). Call :meth:`validate` once to find and drop every bad sample up front.
+        seed: base seed of every random choice (frame window, placement, ...).
+
+    Call :meth:`set_epoch` at each epoch (as with ``DistributedSampler``) for fresh random windows.
+    """
+
+    def __init__(self, preprocess: Preprocess | None = None, *, on_error: OnError = "raise", seed: int = 0):
+        self.preprocess = preprocess if preprocess is not None else Preprocess()
+        self.on_error = check_on_error(on_error)
+        self.seed = seed
+        self.epoch = 0
+        self.skips = SkipReport()
+        self.records: list[RecordT] = []
+        self._indices: list[int] = []
+
+    # -- what a reader implements ---------------------------------------------------------------
+    @abstractmethod
+    def _record_id(self, record: int) -> str:
+        """The sample id of ``self.records[record]``."""
+
+    @abstractmethod
+    def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
+        """Decode and preprocess record ``record``; raise :class:`SampleError` or :class:`FrameError`."""
+
+    @abstractmethod
+    def _fingerprint_payload(self) -> dict[str, Any]:
+        """Settings and per-file stats that define the dataset's content (preprocessing excluded)."""
+
+    # -- shared behaviour -----------------------------------------------------------------------
+    def _collect(self, candidates: Iterable[tuple[str, Callable[[], RecordT]]]) -> None:
+        """Build the records from ``(sample_id, build)`` pairs, applying ``on_error`` to structural
+        problems (missing files, bad metadata), then index them. Call once from a reader's ``__init__``."""
+        for sample_id, build in candidates:
+            try:
+                self.records.append(build())
+            except (SampleError, FrameError) as error:
+                sample_error = error if isinstance(error, SampleError) else SampleError(sample_id, str(error))
+                if self.on_error == "raise":
+                    raise sample_error from None
+                self.skips.record(sample_error)
+        self._indices = list(range(len(self.records)))
+        if not self._indices:
+            raise ValueError(f"{type(self).__name__} found no usable samples")
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return [self._record_id(r) for r in self._indices]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load_sample(self, index: int) -> LayeredSample:
+        """Sample ``index`` for the current epoch, raising :class:`SampleError` whatever ``on_error`` says."""
+        record = self._indices[index]
+        try:
+            return self._load(record, sample_rng(self.seed, self.epoch, index))
+        except FrameError as error:
+            raise SampleError(self._record_id(record), str(error)) from error
+
+    def __getitem__(self, index: int) -> LayeredSample:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        for attempt in range(len(self)):
+            try:
+                return self.load_sample((index + attempt) % len(self))
+            except SampleError as error:
+                if self.on_error == "raise":
+                    raise
+                self.skips.record(error)
+        raise RuntimeError(f"every sample of {type(self).__name__} failed:\n{self.skips.summary()}")
+
+    def validate(self, *, progress: bool = True) -> list[SampleError]:
+        """Load every sample once; returns the failures and, with ``on_error="skip"``, drops them.
+
+        With ``on_error="raise"`` the first failure is raised. The skip counts of a ``DataLoader``'s
+        worker processes stay in those processes; this pass gives one authoritative count.
+        """
+        failures: list[SampleError] = []
+        keep: list[int] = []
+        for index in tqdm(range(len(self)), desc=f"validating {type(self).__name__}", disable=not progress):
+            try:
+                self.load_sample(index)
+                keep.append(self._indices[index])
+            except SampleError as error:
+                if self.on_error == "raise":
+                    raise
+                self.skips.record(error)
+                failures.append(error)
+        self._indices = keep
+        if not keep:
+            raise RuntimeError(f"every sample of {type(self).__name__} failed:\n{self.skips.summary()}")
+        return failures
+
+    def fingerprint(self) -> str:
+        """Hash of the dataset's settings and files (size + mtime), for precompute cache staleness."""
+        payload = {"class": type(self).__qualname__, "seed": self.seed, "samples": self.sample_ids}
+        return digest(payload | self._fingerprint_payload())

@@ -1,0 +1,329 @@
+"""Precompute cache (finetrainers-style): VAE posteriors and layer text embeddings, once, on disk.
+
+Layout of a cache folder::
+
+    manifest.json                 fingerprints, settings, one entry per (sample, draw), skipped samples
+    shard-00000.safetensors ...   "<entry>.latent_mean", "<entry>.latent_std", "<entry>.prompt_embeds"
+
+The VAE posterior is stored as **mean and std**, not as one sample: the official trainer draws a fresh
+posterior sample every step (``DiagonalGaussianRegularizer(sample=True)``), and keeping both moments
+lets :class:`~layerflow.data.cached.CachedLayerDataset` do the same at the cost of 2x the storage,
+instead of freezing one noise draw into the data forever.
+
+The manifest records fingerprints of the VAE and text encoder (config + weight hash), of the dataset
+(settings + file sizes and mtimes) and of the preprocessing and cache settings. A cache whose
+fingerprints differ is stale: it is rebuilt, or refused with a message naming what changed.
+Shards and the manifest are written atomically (temporary file + rename), the manifest last, so an
+interrupted run never leaves a cache that loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .base import LayeredDataset, digest
+from .errors import SampleError
+from .fingerprint import module_fingerprint
+from .sample import CLIP_ORDER, PROMPT_ROLES, LayeredSample, ModelInputs
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "layerflow-precompute"
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+EncodeMode = Literal["joint", "per_clip"]
+StalePolicy = Literal["rebuild", "raise"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class StaleCacheError(RuntimeError):
+    """The cache on disk was made with other encoders, data or settings than the ones given."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How the cache is encoded and stored (all of it is part of the fingerprint).
+
+    Args:
+        encode_mode: ``"joint"`` encodes the clips concatenated in time (``CLIP_ORDER``) in one VAE
+            call, as the official code does (causal convolutions and norms see neighbouring clips);
+            ``"per_clip"`` encodes each clip alone.
+        storage_dtype: dtype of the stored tensors (``"float32"``, ``"bfloat16"``, ``"float16"``).
+        draws_per_sample: how many epochs of random choices (frame window, copy-paste placement)
+            are encoded per sample; epoch ``e`` of the cached dataset reads draw ``e % draws``.
+        samples_per_shard: entries per safetensors shard.
+    """
+
+    encode_mode: EncodeMode = "joint"
+    storage_dtype: str = "float32"
+    draws_per_sample: int = 1
+    samples_per_shard: int = 64
+
+    def __post_init__(self) -> None:
+        if self.encode_mode not in ("joint", "per_clip"):
+            raise ValueError(f"encode_mode must be 'joint' or 'per_clip', got {self.encode_mode!r}")
+        if self.storage_dtype not in _DTYPES:
+            raise ValueError(f"storage_dtype must be one of {sorted(_DTYPES)}, got {self.storage_dtype!r}")
+        if self.draws_per_sample < 1 or self.samples_per_shard < 1:
+            raise ValueError("draws_per_sample and samples_per_shard must be >= 1")
+
+
+@dataclass
+class CacheManifest:
+    """What ``manifest.json`` holds; entries are ``{"key", "sample_id", "index", "draw", "shard",
+    "source", "fps", "prompts"}``."""
+
+    fingerprints: dict[str, str]
+    settings: dict[str, Any]
+    scaling_factor: float
+    latent_frames_per_clip: int
+    clip_order: list[str]
+    prompt_roles: list[str]
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    format: str = CACHE_FORMAT
+    version: int = CACHE_VERSION
+
+    @classmethod
+    def load(cls, cache_dir: Path) -> CacheManifest:
+        path = cache_dir / MANIFEST
+        content = json.loads(path.read_text())
+        if content.get("format") != CACHE_FORMAT or content.get("version") != CACHE_VERSION:
+            raise StaleCacheError(
+                f"{path}: format {content.get('format')!r} v{content.get('version')} is not "
+                f"{CACHE_FORMAT!r} v{CACHE_VERSION}; rebuild the cache"
+            )
+        return cls(**content)
+
+    def save(self, cache_dir: Path) -> None:
+        atomic_write_bytes(cache_dir / MANIFEST, json.dumps(asdict(self), indent=1).encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _posterior(vae: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``vae.encode`` for ``[T, 3, H, W]`` pixels in [-1, 1]; returns ``[C, t, h, w]``."""
+    param = next(vae.parameters())
+    pixels = video.permute(1, 0, 2, 3).unsqueeze(0).to(device=param.device, dtype=param.dtype)
+    encoded = vae.encode(pixels)  # type: ignore[operator]
+    posterior = getattr(encoded, "latent_dist", encoded)
+    if not hasattr(posterior, "mean") or not hasattr(posterior, "std"):
+        raise TypeError(
+            f"{type(vae).__name__}.encode must return a Gaussian posterior with .mean and .std "
+            f"(or an output with .latent_dist), got {type(encoded).__name__}"
+        )
+    return posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
+
+
+@torch.no_grad()
+def encode_latents(
+    vae: nn.Module, inputs: ModelInputs, mode: EncodeMode = "joint", clip_order: Sequence[str] = CLIP_ORDER
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """VAE posterior of one sample's clips: ``(mean, std, latent frames per clip)``, ``[C, t, h, w]``.
+
+    The latent frames are the clips' latents in ``clip_order``, each clip the same number of frames.
+    """
+    if mode == "per_clip":
+        moments = [_posterior(vae, getattr(inputs, name)) for name in clip_order]
+        mean, std = torch.cat([m for m, _ in moments], dim=1), torch.cat([s for _, s in moments], dim=1)
+        return mean, std, moments[0][0].shape[1]
+    mean, std = _posterior(vae, inputs.concat(clip_order))
+    total = mean.shape[1]
+    if total % len(clip_order):
+        raise ValueError(
+            f"joint encoding gave {total} latent frames for {len(clip_order)} clips of "
+            f"{inputs.foreground.shape[0]} frames, which do not split evenly: use a frame count that is a "
+            "multiple of the VAE's frame batch (8 for CogVideoX) or encode_mode='per_clip'"
+        )
+    return mean, std, total // len(clip_order)
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder: nn.Module, sample: LayeredSample) -> torch.Tensor:
+    """Layer prompt embeddings ``[L * S, D]`` of a sample, prompts in :data:`PROMPT_ROLES` order."""
+    output = text_encoder([sample.prompts[role] for role in PROMPT_ROLES])
+    embeddings = getattr(output, "embeddings", output)
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != 1:
+        raise TypeError(
+            f"text encoder must return a [1, L * S, D] tensor (or an object with .embeddings), got "
+            f"{getattr(embeddings, 'shape', type(embeddings).__name__)}"
+        )
+    return embeddings[0].float().cpu()
+
+
+def _check_text_encoder(text_encoder: nn.Module) -> None:
+    if getattr(text_encoder, "layer_embedder", None) is not None:
+        raise ValueError(
+            "the text encoder adds a layer embedder, which is trained: cache the plain text embeddings "
+            "(layer_embedder=None) and add the layer embeddings in the model"
+        )
+
+
+def cache_fingerprints(
+    dataset: LayeredDataset, vae: nn.Module, text_encoder: nn.Module, settings: CacheSettings
+) -> dict[str, str]:
+    """The fingerprints a cache of ``dataset`` with these encoders and settings must carry."""
+    return {
+        "vae": module_fingerprint(vae),
+        "text_encoder": module_fingerprint(text_encoder),
+        "dataset": dataset.fingerprint(),
+        "preprocess": digest(dataset.preprocess.to_dict()),
+        "settings": digest(asdict(settings)),
+    }
+
+
+def describe_staleness(stored: dict[str, str], expected: dict[str, str]) -> str:
+    changed = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+    names = {"vae": "the VAE", "text_encoder": "the text encoder", "dataset": "the dataset files or settings"}
+    names |= {"preprocess": "the preprocessing settings", "settings": "the cache settings"}
+    return ", ".join(names.get(k, k) for k in changed)
+
+
+def _clear(cache_dir: Path) -> None:
+    """Remove a previous cache: the manifest first (so nothing half-old loads), then every shard."""
+    (cache_dir / MANIFEST).unlink(missing_ok=True)
+    for shard in cache_dir.glob("shard-*.safetensors"):
+        shard.unlink()
+
+
+def precompute_cache(
+    dataset: LayeredDataset,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    cache_dir: str | Path,
+    settings: CacheSettings | None = None,
+    *,
+    on_stale: StalePolicy = "rebuild",
+    progress: bool = True,
+) -> CacheManifest:
+    """Encode ``dataset`` into ``cache_dir``, or reuse the cache there when its fingerprints match.
+
+    Args:
+        vae: a VAE whose ``encode`` returns a diagonal Gaussian (diffusers ``AutoencoderKLCogVideoX``);
+            its ``config.scaling_factor`` is recorded for the cached dataset.
+        text_encoder: a module mapping a list of layer prompts to ``[1, L * S, D]`` embeddings (or an
+            object with ``.embeddings``), e.g. ``layer_embeddings.LayerPromptEncoder`` without a layer
+            embedder.
+        on_stale: ``"rebuild"`` re-encodes a stale cache (with a warning saying what changed);
+            ``"raise"`` refuses with :class:`StaleCacheError`.
+
+    Samples that fail follow the dataset's ``on_error``: raised, or skipped and listed in the manifest.
+    """
+    settings = settings or CacheSettings()
+    if on_stale not in ("rebuild", "raise"):
+        raise ValueError(f"on_stale must be 'rebuild' or 'raise', got {on_stale!r}")
+    _check_text_encoder(text_encoder)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fingerprints = cache_fingerprints(dataset, vae, text_encoder, settings)
+    if (cache_dir / MANIFEST).exists():
+        try:
+            previous = CacheManifest.load(cache_dir)
+            reason = describe_staleness(previous.fingerprints, fingerprints)
+            if not reason and all((cache_dir / s).is_file() for s in previous.shards):
+                logger.info(
+                    "precompute cache %s is up to date (%d entries)", cache_dir, len(previous.entries)
+                )
+                return previous
+            reason = reason or "shard files are missing"
+        except (StaleCacheError, json.JSONDecodeError, TypeError) as error:
+            reason = str(error)
+        message = f"precompute cache {cache_dir} is stale: {reason} changed since it was written"
+        if on_stale == "raise":
+            raise StaleCacheError(message + "; delete it or precompute with on_stale='rebuild'")
+        logger.warning("%s; rebuilding", message)
+    _clear(cache_dir)
+
+    dtype = _DTYPES[settings.storage_dtype]
+    scaling_factor = float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0))
+    manifest = CacheManifest(
+        fingerprints=fingerprints,
+        settings=asdict(settings),
+        scaling_factor=scaling_factor,
+        latent_frames_per_clip=0,
+        clip_order=list(CLIP_ORDER),
+        prompt_roles=list(PROMPT_ROLES),
+    )
+    pending: dict[str, torch.Tensor] = {}
+
+    def flush() -> None:
+        if pending:
+            name = f"shard-{len(manifest.shards):05d}.safetensors"
+            atomic_save_safetensors(pending, cache_dir / name)
+            manifest.shards.append(name)
+            pending.clear()
+
+    jobs = [(draw, index) for draw in range(settings.draws_per_sample) for index in range(len(dataset))]
+    for draw, index in tqdm(jobs, desc="precomputing latents and text", disable=not progress):
+        dataset.set_epoch(draw)
+        try:
+            sample = dataset.load_sample(index)
+        except SampleError as error:
+            if dataset.on_error == "raise":
+                raise
+            dataset.skips.record(error)
+            manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
+            continue
+        mean, std, per_clip = encode_latents(vae, sample.to_model_inputs(), settings.encode_mode)
+        manifest.latent_frames_per_clip = per_clip
+        key = str(len(manifest.entries))
+        pending |= {f"{key}.latent_mean": mean.to(dtype), f"{key}.latent_std": std.to(dtype)}
+        pending[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample).to(dtype)
+        manifest.entries.append(
+            {
+                "key": key,
+                "sample_id": sample.sample_id,
+                "index": index,
+                "draw": draw,
+                "shard": f"shard-{len(manifest.shards):05d}.safetensors",
+                "source": sample.source,
+                "fps": sample.fps,
+                "prompts": sample.prompts,
+            }
+        )
+        if len(pending) >= 3 * settings.samples_per_shard:
+            flush()
+    flush()
+    dataset.set_epoch(0)
+    if not manifest.entries:
+        raise RuntimeError(
+            f"no sample of {type(dataset).__name__} could be encoded:\n{dataset.skips.summary()}"
+        )
+    manifest.save(cache_dir)
+    return manifest

@@ -1,0 +1,153 @@
+"""The project's own layout: one folder per sample with layer frame folders or videos.
+
+```
+ROOT/<sample_id>/
+  prompts.json    {"foreground": "...", "background": "...", "composite": "..."}
+  meta.json       {"source": "video" | "static", "fps": 8}          (optional)
+  foreground/0000.png ...   RGBA (straight alpha), or RGB with alpha/0000.png ... (grey)
+  background/0000.png ...   RGB (.png or .jpg)
+  composite/0000.png ...    RGB, optional: computed exactly from the layers when missing
+```
+Any layer may instead be a video file beside the folders (``foreground.webm`` VP9 with alpha,
+``background.mp4``, ``alpha.mp4``, ``composite.mp4``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip, sample_folders
+from .errors import OnError, SampleError
+from .frames import VIDEO_SUFFIXES, FrameMode, ImageSequence, VideoSequence, open_layer, video_fps
+from .sample import PROMPT_ROLES, SOURCES, LayeredSample, Source
+from .transforms import Preprocess
+
+DEFAULT_FPS = 8.0
+
+
+def find_layer(folder: Path, name: str) -> Path | None:
+    """``folder/name/`` (frames) or ``folder/name.<video suffix>``, whichever exists (frames first)."""
+    if (folder / name).is_dir():
+        return folder / name
+    for suffix in VIDEO_SUFFIXES:
+        if (folder / f"{name}{suffix}").is_file():
+            return folder / f"{name}{suffix}"
+    return None
+
+
+def read_json(path: Path, sample_id: str) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SampleError(sample_id, f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SampleError(sample_id, f"{path} is not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise SampleError(sample_id, f"{path} must hold a JSON object, got {type(content).__name__}")
+    return content
+
+
+def read_prompts(path: Path, sample_id: str, roles: tuple[str, ...] = PROMPT_ROLES) -> dict[str, str]:
+    """The prompts of ``roles`` from ``prompts.json``, each a non-empty string (whitespace stripped)."""
+    content = read_json(path, sample_id)
+    prompts = {}
+    for role in roles:
+        text = content.get(role)
+        if not isinstance(text, str) or not text.strip():
+            raise SampleError(sample_id, f"{path}: key {role!r} must be a non-empty string, got {text!r}")
+        prompts[role] = text.strip()
+    return prompts
+
+
+def open_required(folder: Path, name: str, mode: FrameMode, sample_id: str) -> ImageSequence | VideoSequence:
+    path = find_layer(folder, name)
+    if path is None:
+        raise SampleError(sample_id, f"layer {name!r} is missing: no {folder / name}/ nor {name}.<video>")
+    return open_layer(path, mode)
+
+
+def open_foreground(
+    folder: Path, sample_id: str
+) -> tuple[ImageSequence | VideoSequence, ImageSequence | VideoSequence | None]:
+    """RGBA foreground, or RGB foreground plus a separate ``alpha`` layer when one exists."""
+    alpha_path = find_layer(folder, "alpha")
+    if alpha_path is None:
+        return open_required(folder, "foreground", "rgba", sample_id), None
+    return open_required(folder, "foreground", "rgb", sample_id), open_layer(alpha_path, "alpha")
+
+
+class SimpleLayoutDataset(LayeredDataset[Path]):
+    """Reads the project's simple layout (see the module docstring); one sample per sub-folder.
+
+    Structural problems (missing layer, bad ``prompts.json``, frame gaps) are found when the dataset
+    is built and follow ``on_error`` there; decoding problems follow it when a sample is loaded.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        preprocess: Preprocess | None = None,
+        *,
+        on_error: OnError = "raise",
+        seed: int = 0,
+    ):
+        super().__init__(preprocess, on_error=on_error, seed=seed)
+        self.root = Path(root)
+        self._collect((folder.name, partial(self._checked, folder)) for folder in sample_folders(self.root))
+
+    def _checked(self, folder: Path) -> Path:
+        self._open(folder)
+        return folder
+
+    def _open(self, folder: Path) -> LayerFiles:
+        sample_id = folder.name
+        meta = read_json(folder / "meta.json", sample_id) if (folder / "meta.json").exists() else {}
+        source = meta.get("source", "video")
+        if source not in SOURCES:
+            raise SampleError(sample_id, f"meta.json: source must be one of {SOURCES}, got {source!r}")
+        foreground, alpha = open_foreground(folder, sample_id)
+        composite_path = find_layer(folder, "composite")
+        fps = meta.get("fps")
+        if fps is None:
+            fps = video_fps(foreground.path) if isinstance(foreground, VideoSequence) else DEFAULT_FPS
+        if not isinstance(fps, (int, float)) or fps <= 0:
+            raise SampleError(sample_id, f"meta.json: fps must be a positive number, got {fps!r}")
+        return LayerFiles(
+            foreground=foreground,
+            alpha=alpha,
+            background=open_required(folder, "background", "rgb", sample_id),
+            composite=open_layer(composite_path, "rgb") if composite_path is not None else None,
+            prompts=read_prompts(folder / "prompts.json", sample_id),
+            source=cast(Source, source),
+            fps=float(fps),
+        )
+
+    def _record_id(self, record: int) -> str:
+        return self.records[record].name
+
+    def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
+        folder = self.records[record]
+        files = self._open(folder)
+        layers = read_clip(folder.name, files, self.preprocess, rng)
+        stride = self.preprocess.frames.effective_stride(files.fps)
+        return build_sample(
+            folder.name,
+            layers,
+            self.preprocess,
+            prompts=files.prompts,
+            source=files.source,
+            fps=files.fps / stride,
+        )
+
+    def _fingerprint_payload(self) -> dict[str, Any]:
+        files = []
+        for folder in self.records:
+            layer_files = self._open(folder).paths() + [folder / "prompts.json"]
+            layer_files += [folder / "meta.json"] if (folder / "meta.json").exists() else []
+            files.append(file_stats(layer_files, self.root))
+        return {"root": str(self.root.resolve()), "files": files}
