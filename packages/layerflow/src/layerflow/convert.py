@@ -26,8 +26,8 @@ import torch
 
 import multi_lora as ml
 
+from .atomic import atomic_directory
 from .layout import AlphaRepresentation, LayerLayout
-from .media.atomic import atomic_directory
 from .models import LayerFlowTransformer3DModel
 from .models.adapters import attach_lora_factors, merge_lora_into_state_dict, official_lora_factors
 from .pipelines.folders import read_model_index

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from layerflow.atomic import atomic_file, write_json_atomic
 
 from .base import LayeredDataset, digest
 from .errors import SampleError
@@ -109,32 +109,7 @@ class CacheManifest:
         return cls(**content)
 
     def save(self, cache_dir: Path) -> None:
-        atomic_write_bytes(cache_dir / MANIFEST, json.dumps(asdict(self), indent=1).encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_json_atomic(cache_dir / MANIFEST, asdict(self), indent=1)
 
 
 def _posterior(vae: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,7 +260,8 @@ def precompute_cache(
     def flush() -> None:
         if pending:
             name = f"shard-{len(manifest.shards):05d}.safetensors"
-            atomic_save_safetensors(pending, cache_dir / name)
+            with atomic_file(cache_dir / name) as temporary:
+                save_file({k: v.contiguous() for k, v in pending.items()}, str(temporary))
             manifest.shards.append(name)
             pending.clear()
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_directory
+from layerflow.atomic import atomic_directory
+
 from .frames import to_uint8, write_png_frames
 from .preview import write_contact_sheet, write_preview_gif
 from .video import write_mp4, write_webm_rgba

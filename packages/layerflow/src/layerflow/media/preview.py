@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import atomic_file
+from layerflow.atomic import atomic_file
+
 from .frames import to_uint8
 
 

@@ -16,7 +16,8 @@ import av
 import numpy as np
 import torch
 
-from .atomic import atomic_file
+from layerflow.atomic import atomic_file
+
 from .frames import from_uint8, to_uint8
 
 WEBM_CODEC = "libvpx-vp9"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from layerflow.atomic import write_text_atomic
 
 from .adherence import AdherenceCheck
 
@@ -40,18 +40,6 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _fmt(value: float) -> str:
     return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.3e}"
 
@@ -75,8 +63,8 @@ class _Renderable:
         """Write ``<stem>.json`` and ``<stem>.md`` into ``directory`` (atomically); returns both paths."""
         directory = Path(directory)
         json_path, markdown_path = directory / f"{stem}.json", directory / f"{stem}.md"
-        _write_atomic(json_path, self.to_json())
-        _write_atomic(markdown_path, self.to_markdown())
+        write_text_atomic(json_path, self.to_json())
+        write_text_atomic(markdown_path, self.to_markdown())
         return json_path, markdown_path
 
 

@@ -20,9 +20,7 @@ temporary name and renamed into place, so an interrupted run never leaves a half
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from layerflow.atomic import atomic_directory, write_json_atomic
 
 from .generator import SPLITS, SyntheticConfig, SyntheticGenerator, SyntheticSample
 
@@ -54,51 +54,17 @@ def _write_frames(folder: Path, frames: np.ndarray, mode: str, suffix: str = ".p
         image.save(folder / f"{index:04d}{suffix}", **options)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write: temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-class _AtomicFolder:
-    """A folder built under a temporary name and renamed to ``target`` when complete."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}."))
-        return self.temporary
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        if kind is not None:
-            shutil.rmtree(self.temporary, ignore_errors=True)
-            return
-        if self.target.exists():
-            shutil.rmtree(self.target)
-        os.replace(self.temporary, self.target)
-
-
 def write_simple_sample(sample: SyntheticSample, root: str | Path) -> Path:
     """Write one sample as ``root/<sample_id>/`` in the project's simple layout; returns the folder."""
     target = Path(root) / sample.sample_id
-    with _AtomicFolder(target) as folder:
+    with atomic_directory(target, overwrite=True) as folder:
         rgba = torch.cat([sample.foreground, sample.alpha], dim=1)
         _write_frames(folder / "foreground", _to_uint8(rgba), "RGBA")
         _write_frames(folder / "background", _to_uint8(sample.background), "RGB")
         _write_frames(folder / "composite", _to_uint8(sample.composite), "RGB")
-        _write_json(folder / "prompts.json", sample.prompts)
+        write_json_atomic(folder / "prompts.json", sample.prompts)
         meta = {"source": sample.source, "fps": sample.fps, "synthetic": sample.attributes.to_dict()}
-        _write_json(folder / "meta.json", meta)
+        write_json_atomic(folder / "meta.json", meta)
     return target
 
 
@@ -128,7 +94,7 @@ class OfficialLayoutWriter:
         num_frames = sample.composite.shape[0]
         grey_fg = sample.alpha * sample.foreground + 0.5 * (1 - sample.alpha)
         mask = _to_uint8(sample.alpha)
-        with _AtomicFolder(self.davis / sample.sample_id) as folder:
+        with atomic_directory(self.davis / sample.sample_id, overwrite=True) as folder:
             _write_frames(folder / "fg", _to_uint8(grey_fg), "RGB")
             _write_frames(folder / "bg", _to_uint8(sample.background), "RGB")
             _write_frames(folder / "bl", _to_uint8(sample.composite), "RGB")
@@ -138,15 +104,15 @@ class OfficialLayoutWriter:
             ("impainting", _to_uint8(sample.background)),
             ("mask", np.repeat(mask, 3, axis=-1)),
         ):
-            with _AtomicFolder(self.youtube / kind / sample.sample_id) as folder:
+            with atomic_directory(self.youtube / kind / sample.sample_id, overwrite=True) as folder:
                 _write_frames(folder, frames, "RGB", suffix=".jpg")
         self._davis_meta[sample.sample_id] = _official_entry(sample, num_frames, {})
         self._youtube_meta[sample.sample_id] = _official_entry(sample, num_frames, {"is_seg": "False"})
 
     def finish(self) -> Path:
         for name in ("meta_fg2bg_test.json", "meta_seg_test.json"):
-            _write_json(self.davis / name, {"videos": self._davis_meta})
-        _write_json(self.youtube / "meta_test.json", {"videos": self._youtube_meta})
+            write_json_atomic(self.davis / name, {"videos": self._davis_meta})
+        write_json_atomic(self.youtube / "meta_test.json", {"videos": self._youtube_meta})
         return self.root
 
 
@@ -219,5 +185,5 @@ def generate_dataset(
         if official is not None:
             official.finish()
     manifest = {**request, "splits": ids}
-    _write_json(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     return manifest

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerflow.media.atomic import atomic_directory
+from layerflow.atomic import atomic_directory
 
 CHECKPOINT_FORMAT = "layerflow-train-checkpoint"
 CHECKPOINT_VERSION = 1

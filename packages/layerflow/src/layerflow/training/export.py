@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 import multi_lora
+from layerflow.atomic import atomic_directory
 from layerflow.layout import LayerLayout
-from layerflow.media.atomic import atomic_directory
 from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler

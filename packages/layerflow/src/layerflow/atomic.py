@@ -4,11 +4,13 @@ or an error never leaves a half-written file or output folder behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -48,3 +50,15 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
             os.replace(temporary, target)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_file`; returns the path."""
+    with atomic_file(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int = 2, **options: Any) -> Path:
+    """Write ``data`` as JSON (trailing newline) through :func:`atomic_file`; returns the path."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, **options) + "\n")
