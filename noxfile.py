@@ -68,6 +68,34 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs)
 
 
+def _train_stage(session: nox.Session, stage: int) -> None:
+    """One stage of the three-stage recipe; outputs in ``outputs/train/stage<N>/``.
+
+    With no arguments: the tiny built-in config on embedded synthetic data (CPU, minutes). Real
+    runs: ``nox -s train_stage1 -- --config FILE`` (any ``python -m layerflow.training`` option).
+    """
+    _install_workspace(session)
+    session.run("python", "-m", "layerflow.training", "--stage", str(stage), *session.posargs)
+
+
+@nox.session(python=PYTHON, reuse_venv=True)
+def train_stage1(session: nox.Session) -> None:
+    """Stage 1: the layer-aware model (chosen blocks + layer embedder) on multi-layer video."""
+    _train_stage(session, 1)
+
+
+@nox.session(python=PYTHON, reuse_venv=True)
+def train_stage2(session: nox.Session) -> None:
+    """Stage 2: the motion LoRA on static clips; starts from stage 1's output."""
+    _train_stage(session, 2)
+
+
+@nox.session(python=PYTHON, reuse_venv=True)
+def train_stage3(session: nox.Session) -> None:
+    """Stage 3: the content LoRA on static layered images + videos; starts from stage 2's output."""
+    _train_stage(session, 3)
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check with the single root configuration."""

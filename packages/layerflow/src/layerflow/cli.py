@@ -384,10 +384,49 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true")
     info = commands.add_parser("info", help="describe a model folder, output folder, checkpoint or input")
     info.add_argument("path")
+    evaluate = commands.add_parser(
+        "eval", help="quality metrics of an output folder (recomposition, alpha, flicker, adherence)"
+    )
+    evaluate.add_argument("output", help="an output folder written by the pipeline (with manifest.json)")
+    evaluate.add_argument("--reference", help="ground-truth sample folder in the project's dataset layout")
+    evaluate.add_argument(
+        "--report-dir", help="where to write metrics.json / metrics.md (default: the output folder)"
+    )
+    for name, text in DELEGATED_COMMANDS.items():
+        # These commands own their options; `layerflow train -h` shows them.
+        delegated = commands.add_parser(name, help=text, add_help=False)
+        delegated.add_argument("arguments", nargs=argparse.REMAINDER)
     return parser
 
 
+#: Sub-commands whose own ``main(argv, prog=...)`` parses every option after the command name.
+DELEGATED_COMMANDS = {"train": "train one stage of the three-stage recipe (see `layerflow train -h`)"}
+
+
+def _run_delegated(command: str, argv: list[str]) -> int:
+    if command == "train":
+        from .training import main as train_main
+
+        return train_main(argv, prog="layerflow train")
+    raise AssertionError(f"no runner for delegated command {command!r}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from .metrics import evaluate_output_dir
+
+    try:
+        report = evaluate_output_dir(args.output, reference=args.reference)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from error
+    print(report.to_markdown())
+    written = report.save(args.report_dir or args.output)
+    print("wrote " + ", ".join(str(path) for path in written))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in DELEGATED_COMMANDS:
+        return _run_delegated(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
@@ -417,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (ConversionError, FileNotFoundError, FileExistsError) as error:
                 raise CliError(str(error)) from error
             print(f"wrote {out}")
+        elif args.command == "eval":
+            run_eval(args)
         else:
             print(describe(args.path))
     except CliError as error:
