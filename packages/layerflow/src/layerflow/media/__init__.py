@@ -1,4 +1,4 @@
-"""The package's file formats: PNG frame folders, images, WebM with alpha, MP4, previews and the output folder.
+"""The package's file formats: PNG frame folders, images, WebM with alpha, MP4, previews, output folders.
 
 Every part of LayerFlow reads and writes these through here: the pipeline and the CLI, the training
 datasets (:mod:`layerflow.data`) and the evaluation (:mod:`layerflow.metrics`).

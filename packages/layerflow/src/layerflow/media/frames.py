@@ -1,4 +1,4 @@
-"""Frame folders (``0000.png, 0001.png, ...``) and image files; RGBA with straight alpha for transparent layers.
+"""Frame folders (``0000.png, 0001.png, ...``) and image files; RGBA with straight alpha for transparency.
 
 The one reader of frames for the whole package: pipeline inputs, training datasets and evaluation.
 Reading never repairs anything: a missing or undecodable file, a layer that should carry alpha but

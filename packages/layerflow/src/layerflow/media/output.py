@@ -1,6 +1,6 @@
 """The pipeline output directory (``manifest.json`` + per-layer PNG folders + videos + previews).
 
-Format (read back by :func:`read_manifest`; ``layerflow.metrics`` reads only the manifest and the PNG folders)::
+Format (read back by :func:`read_manifest`; ``layerflow.metrics`` reads the manifest and PNG folders)::
 
     OUT/manifest.json  {"format": "layerflow-output", "version": 1, "task", "fps", "num_frames", "height",
                         "width", "alpha": "straight", "layers": [{"name", "role", "kind", "frames",
@@ -134,6 +134,7 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
             )
         if layer["kind"] not in LAYER_KINDS:
             raise ValueError(
-                f"{path}: layer {layer['name']!r} has unknown kind {layer['kind']!r}; expected one of {LAYER_KINDS}"
+                f"{path}: layer {layer['name']!r} has unknown kind {layer['kind']!r}; "
+                f"expected one of {LAYER_KINDS}"
             )
     return dict(manifest)
