@@ -28,8 +28,7 @@ from typing import Any
 import torch
 
 from .layout import LayerLayout
-from .media import read_manifest, read_png_sequence, read_video
-from .media.frames import FRAME_SUFFIXES, read_image
+from .media import IMAGE_SUFFIXES, frames_to_tensor, read_images, read_manifest, read_png_sequence, read_video
 
 TASK_COMMANDS = {
     "generate": "generate",
@@ -66,10 +65,10 @@ def read_frames(path: str | Path) -> torch.Tensor:
     try:
         if path.is_dir():
             return read_png_sequence(path)
-        if path.suffix.lower() in FRAME_SUFFIXES:
-            return read_image(path)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return frames_to_tensor(read_images([path]))
         return read_video(path)[0]
-    except (ValueError, FileNotFoundError) as error:
+    except ValueError as error:
         raise CliError(str(error)) from error
 
 

@@ -1,10 +1,11 @@
 """LayerFlow training data: one layered sample type, four dataset readers and a precompute cache."""
 
+from layerflow.media import FrameError
+
 from .base import LayeredDataset
 from .cached import CachedBatch, CachedLayerDataset, CachedSample, collate_cached
 from .copy_paste import CopyPasteDataset
 from .errors import OnError, SampleError, SkipReport
-from .frames import FrameError
 from .official import OfficialLayoutDataset
 from .precompute import (
     CacheManifest,

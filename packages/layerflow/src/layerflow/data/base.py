@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from layerflow.media import FrameError, frames_to_tensor
+
 from .checks import RawLayers, check_lengths, check_raw_layers
 from .errors import OnError, SampleError, SkipReport, check_on_error
-from .frames import FrameError, FrameSequence
+from .frames import FrameSequence
 from .sample import LayeredSample, Source
 from .sampling import sample_rng
 from .transforms import Preprocess, resize_foreground, resize_opaque
@@ -30,11 +31,6 @@ def sample_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a directory")
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def frames_to_tensor(array: np.ndarray) -> torch.Tensor:
-    """``[T, H, W, C]`` numpy to ``[T, C, H, W]`` float32 torch."""
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float()
 
 
 def build_sample(

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import LayeredDataset, file_stats, frames_to_tensor, pick_frames, sample_folders
+from layerflow.media import frames_to_tensor
+
+from .base import LayeredDataset, file_stats, pick_frames, sample_folders
 from .checks import check_matte, check_values
 from .errors import OnError, SampleError
 from .frames import FrameSequence

@@ -31,10 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from layerflow.media import FrameError, find_file
+
 from .base import LayeredDataset, build_sample, file_stats, pick_frames
 from .checks import RawLayers
 from .errors import OnError, SampleError
-from .frames import FrameError, ImageSequence
+from .frames import ImageSequence
 from .sample import LayeredSample
 from .transforms import Preprocess
 
@@ -69,9 +71,9 @@ def find_meta(root: Path) -> Path:
 
 
 def _frame_file(folder: Path, name: str, suffixes: tuple[str, ...]) -> Path:
-    for suffix in suffixes:
-        if (folder / f"{name}{suffix}").is_file():
-            return folder / f"{name}{suffix}"
+    path = find_file(folder, name, suffixes)
+    if path is not None:
+        return path
     raise FrameError(
         f"{folder}: frame {name} is missing (looked for {', '.join(name + s for s in suffixes)})"
     )

@@ -21,9 +21,11 @@ from typing import Any, cast
 
 import numpy as np
 
+from layerflow.media import VIDEO_SUFFIXES, FrameMode, find_file, video_fps
+
 from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip, sample_folders
 from .errors import OnError, SampleError
-from .frames import VIDEO_SUFFIXES, FrameMode, ImageSequence, VideoSequence, open_layer, video_fps
+from .frames import ImageSequence, VideoSequence, open_layer
 from .sample import PROMPT_ROLES, SOURCES, LayeredSample, Source
 from .transforms import Preprocess
 
@@ -34,10 +36,7 @@ def find_layer(folder: Path, name: str) -> Path | None:
     """``folder/name/`` (frames) or ``folder/name.<video suffix>``, whichever exists (frames first)."""
     if (folder / name).is_dir():
         return folder / name
-    for suffix in VIDEO_SUFFIXES:
-        if (folder / f"{name}{suffix}").is_file():
-            return folder / f"{name}{suffix}"
-    return None
+    return find_file(folder, name, VIDEO_SUFFIXES)
 
 
 def read_json(path: Path, sample_id: str) -> dict[str, Any]:

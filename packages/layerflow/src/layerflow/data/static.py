@@ -19,20 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from layerflow.media import IMAGE_SUFFIXES, find_file, read_image
+
 from .base import LayeredDataset, build_sample, file_stats, sample_folders
 from .checks import RawLayers
 from .errors import OnError, SampleError
-from .frames import IMAGE_SUFFIXES, read_image
 from .sample import LayeredSample, to_static
 from .simple import DEFAULT_FPS, read_prompts
 from .transforms import Preprocess
-
-
-def find_image(folder: Path, name: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        if (folder / f"{name}{suffix}").is_file():
-            return folder / f"{name}{suffix}"
-    return None
 
 
 class StaticImageDataset(LayeredDataset[Path]):
@@ -63,7 +57,7 @@ class StaticImageDataset(LayeredDataset[Path]):
     def _files(self, folder: Path) -> dict[str, Path]:
         files = {}
         for name in ("foreground", "background", "alpha", "composite"):
-            path = find_image(folder, name)
+            path = find_file(folder, name, IMAGE_SUFFIXES)
             if path is not None:
                 files[name] = path
         for required in ("foreground", "background"):

@@ -1,24 +1,146 @@
-"""PNG frame sequences: ``0000.png, 0001.png, ...``; RGBA with straight alpha for transparent layers.
+"""Frame folders (``0000.png, 0001.png, ...``) and image files; RGBA with straight alpha for transparency.
 
-Frames in memory are float ``[T, C, H, W]`` in [0, 1] (C = 3 RGB, 4 RGBA, 1 alpha).
+The one reader of frames for the whole package: pipeline inputs, training datasets and evaluation.
+Reading never repairs anything: a missing or undecodable file, a layer that should carry alpha but
+does not, or a gap in the frame numbering raises :class:`FrameError` naming the file or folder.
+
+Frames are float32 in [0, 1]: ``[T, H, W, C]`` numpy arrays as read (C = 3 RGB, 4 RGBA, 1 alpha),
+``[T, C, H, W]`` tensors for the pipeline and the metrics (:func:`frames_to_tensor`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from layerflow.atomic import atomic_directory
 
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+FrameMode = Literal["rgb", "rgba", "alpha"]
+"""``"rgb"``: opaque colour; ``"rgba"``: colour + straight alpha; ``"alpha"``: a one-channel matte."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PNG_OPTIONS: Mapping[str, Any] = {"optimize": False, "compress_level": 4}
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_FRAME_NAME = re.compile(r"^(\d+)$")
+_GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
 
 
+class FrameError(ValueError):
+    """A frame file, frame folder or video that cannot be used; the message names the path and the problem."""
+
+
+# ------------------------------------------------------------------------------------------ reading
+def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The frame files ``0000.png, 0001.png, ...`` of a folder, checked to be numbered without gaps."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FrameError(f"{folder}: frame folder is missing")
+    numbered: dict[int, Path] = {}
+    for path in folder.iterdir():
+        match = _FRAME_NAME.match(path.stem)
+        if path.suffix.lower() in IMAGE_SUFFIXES and match:
+            number = int(match.group(1))
+            if number in numbered:
+                raise FrameError(
+                    f"{folder}: frame {number} exists twice ({numbered[number].name}, {path.name})"
+                )
+            numbered[number] = path
+    if not numbered:
+        raise FrameError(f"{folder}: no frames (expected 0000.png, 0001.png, ...)")
+    missing = sorted(set(range(max(numbered) + 1)) - set(numbered))
+    if missing:
+        raise FrameError(
+            f"{folder}: frames {missing[:5]} are missing (numbering must be contiguous from 0, without gaps)"
+        )
+    return [numbered[i] for i in range(len(numbered))]
+
+
+def find_file(folder: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
+    """``folder/<stem><suffix>`` for the first of ``suffixes`` that names a file, else ``None``."""
+    return next((folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").is_file()), None)
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise FrameError(f"{path}: frame file is missing") from None
+    except (OSError, SyntaxError) as error:
+        raise FrameError(f"cannot read frame {path}: cannot decode image ({error})") from error
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def _alpha_array(image: Image.Image, path: Path) -> np.ndarray:
+    """A one-channel matte scaled to [0, 1] by its bit depth.
+
+    Palette images keep their raw indices (object-id masks): scaled by 255 they show up as an alpha
+    that never exceeds a few steps, which the sample checks report instead of training on it.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if image.mode in ("F", "1"):
+        return np.asarray(image, dtype=np.float32)
+    if image.mode == "P":
+        return np.asarray(image, dtype=np.float32) / 255.0
+    if image.mode in ("RGBA", "LA"):
+        raise FrameError(f"{path}: an alpha matte must be a grey image, got mode {image.mode}")
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def _to_array(image: Image.Image, path: Path, mode: FrameMode) -> np.ndarray:
+    """One decoded image as float32 ``[H, W, C]`` in [0, 1]."""
+    if mode == "alpha":
+        return _alpha_array(image, path)[..., None]
+    if mode == "rgba" and not _has_alpha(image):
+        raise FrameError(
+            f"{path}: no alpha channel (mode {image.mode}); expected an RGBA image (straight alpha)"
+        )
+    return np.asarray(image.convert("RGBA" if mode == "rgba" else "RGB"), dtype=np.float32) / 255.0
+
+
+def read_images(files: Sequence[Path], mode: FrameMode | None = None) -> np.ndarray:
+    """Image files of one size as float32 ``[T, H, W, C]`` in [0, 1] (C = 3, 4 or 1 by ``mode``).
+
+    ``mode=None`` keeps what the files hold: ``"rgba"`` when any has alpha, ``"alpha"`` when all are
+    grey, else ``"rgb"``.
+    """
+    images = [_open(path) for path in files]
+    sizes = {f"{image.width}x{image.height}" for image in images}
+    if len(sizes) > 1:
+        raise FrameError(f"{files[0].parent}: frames have different sizes: {sorted(sizes)}")
+    if mode is None:
+        grey = all(image.mode in _GREY_MODES for image in images)
+        mode = "rgba" if any(_has_alpha(image) for image in images) else ("alpha" if grey else "rgb")
+    return np.stack([_to_array(image, path, mode) for image, path in zip(images, files)])
+
+
+def read_image(path: str | os.PathLike[str], mode: FrameMode | None = None) -> np.ndarray:
+    """One image file as float32 ``[H, W, C]`` in [0, 1] (``mode`` as in :func:`read_images`)."""
+    return read_images([Path(path)], mode)[0]
+
+
+def frames_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """``[T, H, W, C]`` numpy to ``[T, C, H, W]`` float32 torch."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float()
+
+
+def read_png_sequence(folder: str | os.PathLike[str], mode: FrameMode | None = None) -> torch.Tensor:
+    """A frame folder as ``[T, C, H, W]`` float32 in [0, 1] (``mode`` as in :func:`read_images`)."""
+    return frames_to_tensor(read_images(list_frame_files(folder), mode))
+
+
+# ------------------------------------------------------------------------------------------ writing
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """``[T, C, H, W]`` float in [0, 1] -> ``[T, H, W, C]`` uint8 (rounded, not truncated)."""
     if frames.dim() != 4 or frames.shape[1] not in _MODES:
@@ -33,9 +155,15 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     )
 
 
-def from_uint8(array: np.ndarray) -> torch.Tensor:
-    """``[T, H, W, C]`` uint8 -> ``[T, C, H, W]`` float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float() / 255.0
+def write_frames(
+    folder: Path, array: np.ndarray, *, suffix: str = ".png", options: Mapping[str, Any] = PNG_OPTIONS
+) -> None:
+    """``[T, H, W, C]`` uint8 as ``folder/0000<suffix> ...`` (mode L, RGB or RGBA by C); makes ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mode = _MODES[array.shape[-1]]
+    for index, frame in enumerate(array):
+        image = Image.fromarray(frame[..., 0] if mode == "L" else frame, mode=mode)
+        image.save(folder / f"{index:04d}{suffix}", **options)
 
 
 def write_png_sequence(
@@ -44,61 +172,5 @@ def write_png_sequence(
     """Write ``frames`` as ``folder/0000.png ...`` (mode L, RGB or RGBA by channel count), atomically."""
     array = to_uint8(frames)
     with atomic_directory(folder, overwrite=overwrite) as temporary:
-        write_png_frames(temporary, array)
+        write_frames(temporary, array)
     return Path(folder)
-
-
-def write_png_frames(folder: Path, array: np.ndarray) -> None:
-    """``[T, H, W, C]`` uint8 into an existing (temporary) folder."""
-    mode = _MODES[array.shape[-1]]
-    for index, frame in enumerate(array):
-        image = Image.fromarray(frame[..., 0] if mode == "L" else frame, mode=mode)
-        image.save(folder / f"{index:04d}.png", optimize=False, compress_level=4)
-
-
-def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Frame files of a folder in numeric order; a clear error for an empty or missing folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"frame folder {folder} does not exist")
-    files = [p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")]
-    if not files:
-        raise ValueError(f"no frames ({', '.join(FRAME_SUFFIXES)}) in {folder}")
-
-    def key(path: Path) -> tuple[int, str]:
-        digits = re.findall(r"\d+", path.stem)
-        return (int(digits[-1]) if digits else -1, path.name)
-
-    return sorted(files, key=key)
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read frame {path}: {error}") from error
-
-
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """One image file as a one-frame sequence ``[1, C, H, W]``."""
-    return _stack([_open(Path(path))], Path(path))
-
-
-def read_png_sequence(folder: str | os.PathLike[str]) -> torch.Tensor:
-    """Read a frame folder -> ``[T, C, H, W]``; C = 4 when any frame has alpha, else 3 (1 for greyscale-only)."""
-    return _stack([_open(path) for path in frame_files(folder)], Path(folder))
-
-
-def _stack(images: list[Image.Image], folder: Path) -> torch.Tensor:
-    sizes = {image.size for image in images}
-    if len(sizes) > 1:
-        raise ValueError(f"frames in {folder} have different sizes: {sorted(sizes)}")
-    has_alpha = any(image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info for image in images)
-    greyscale = all(image.mode in ("L", "1", "I;16") for image in images)
-    mode = "RGBA" if has_alpha else ("L" if greyscale else "RGB")
-    array = np.stack([np.asarray(image.convert(mode)) for image in images])
-    if array.ndim == 3:
-        array = array[..., None]
-    return from_uint8(array)

@@ -1,6 +1,6 @@
 """The pipeline output directory (``manifest.json`` + per-layer PNG folders + videos + previews).
 
-Format (shared with ``layerflow.metrics``, which reads only the manifest and the PNG folders)::
+Format (read back by :func:`read_manifest`; ``layerflow.metrics`` reads the manifest and PNG folders)::
 
     OUT/manifest.json  {"format": "layerflow-output", "version": 1, "task", "fps", "num_frames", "height",
                         "width", "alpha": "straight", "layers": [{"name", "role", "kind", "frames",
@@ -21,13 +21,15 @@ from typing import Any
 import torch
 
 from layerflow.atomic import atomic_directory
+from layerflow.layout import ROLES, TASKS
 
-from .frames import to_uint8, write_png_frames
+from .frames import FrameMode, to_uint8, write_frames
 from .preview import write_contact_sheet, write_preview_gif
 from .video import write_mp4, write_webm_rgba
 
 MANIFEST_FORMAT = "layerflow-output"
 MANIFEST_VERSION = 1
+LAYER_KINDS: tuple[FrameMode, ...] = ("rgb", "rgba")
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ def write_output_dir(
                 raise ValueError(f"layer {layer.name!r} must be RGB or RGBA, got {channels} channels")
             kind = "rgba" if channels == 4 else "rgb"
             folder = temporary / layer.name
-            folder.mkdir()
-            write_png_frames(folder, to_uint8(layer.frames))
+            folder.mkdir()  # a repeated layer name fails here
+            write_frames(folder, to_uint8(layer.frames))
             entry: dict[str, Any] = {
                 "name": layer.name,
                 "role": layer.role,
@@ -105,10 +107,34 @@ def write_output_dir(
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated ``manifest.json`` of an output folder (format in the module docstring)."""
     path = Path(out_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} is not a LayerFlow output folder: {path} is missing")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a {MANIFEST_FORMAT} manifest")
-    return manifest
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
+        raise ValueError(
+            f"{path}: expected format {MANIFEST_FORMAT!r} version {MANIFEST_VERSION}, got "
+            f"{manifest.get('format')!r} version {manifest.get('version')!r}"
+        )
+    missing = [k for k in ("task", "num_frames", "height", "width", "layers") if k not in manifest]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    if manifest["task"] not in TASKS:
+        raise ValueError(f"{path}: unknown task {manifest['task']!r}; expected one of {TASKS}")
+    if manifest.get("alpha", "straight") != "straight":
+        raise ValueError(f"{path}: only straight alpha is supported, got {manifest['alpha']!r}")
+    for index, layer in enumerate(manifest["layers"]):
+        absent = [k for k in ("name", "role", "kind", "frames") if k not in layer]
+        if absent:
+            raise ValueError(f"{path}: layer {index} misses keys {absent}")
+        if layer["role"] not in ROLES:
+            raise ValueError(
+                f"{path}: layer {layer['name']!r} has unknown role {layer['role']!r}; expected one of {ROLES}"
+            )
+        if layer["kind"] not in LAYER_KINDS:
+            raise ValueError(
+                f"{path}: layer {layer['name']!r} has unknown kind {layer['kind']!r}; "
+                f"expected one of {LAYER_KINDS}"
+            )
+    return dict(manifest)

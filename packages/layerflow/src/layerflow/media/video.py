@@ -18,12 +18,12 @@ import torch
 
 from layerflow.atomic import atomic_file
 
-from .frames import from_uint8, to_uint8
+from .frames import FrameError, FrameMode, frames_to_tensor, to_uint8
 
 WEBM_CODEC = "libvpx-vp9"
 WEBM_PIXEL_FORMAT = "yuva420p"
 MP4_CODEC = "libx264"
-ALPHA_FORMATS = ("rgba", "bgra", "argb", "abgr", "gbrap", "ya8")
+VIDEO_SUFFIXES = (".webm", ".mp4", ".mkv", ".mov", ".avi")
 
 
 def _require_encoder(name: str, pixel_format: str) -> None:
@@ -82,17 +82,34 @@ def write_mp4(path: str | os.PathLike[str], frames: torch.Tensor, fps: int = 8, 
     return Path(path)
 
 
-def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
-    """A video file -> (``[T, C, H, W]`` in [0, 1], fps). C = 4 for streams with alpha (VP9/yuva), else 3."""
+def _rate(stream: av.video.stream.VideoStream) -> float:
+    return float(stream.average_rate or stream.base_rate or 0)
+
+
+def video_fps(path: str | os.PathLike[str]) -> float:
+    """The frame rate a video container declares (no decoding); 0 when it declares none."""
+    try:
+        with av.open(str(path)) as container:
+            return _rate(container.streams.video[0])
+    except (av.error.FFmpegError, IndexError) as error:
+        raise FrameError(f"{path}: cannot open video ({error})") from error
+
+
+def decode_video(path: str | os.PathLike[str], mode: FrameMode | None = None) -> tuple[np.ndarray, float]:
+    """All frames of a video as float32 ``[T, H, W, C]`` in [0, 1], and its frame rate.
+
+    ``mode=None`` keeps what the stream holds: ``"rgba"`` when its frames carry alpha, else ``"rgb"``;
+    ``"rgba"`` requires alpha in every frame.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video file {path} does not exist")
+        raise FrameError(f"{path}: video file is missing")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
+                raise FrameError(f"{path}: no video stream")
             stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 8)
+            fps = _rate(stream)
             decoder = (
                 cast(av.VideoCodecContext, av.codec.CodecContext.create(WEBM_CODEC, "r"))
                 if stream.codec_context.name in ("vp9", WEBM_CODEC)
@@ -101,11 +118,20 @@ def read_video(path: str | os.PathLike[str]) -> tuple[torch.Tensor, float]:
             # demux() ends with an empty packet, which flushes the decoder.
             decoded = [frame for packet in container.demux(stream) for frame in decoder.decode(packet)]
     except av.error.FFmpegError as error:
-        raise ValueError(f"cannot read video {path}: {error}") from error
+        raise FrameError(f"{path}: cannot decode video ({error})") from error
     if not decoded:
-        raise ValueError(f"{path} has no frames")
-    has_alpha = any(
-        frame.format.name in ALPHA_FORMATS or frame.format.name.startswith("yuva") for frame in decoded
-    )
-    fmt = "rgba" if has_alpha else "rgb24"
-    return from_uint8(np.stack([frame.to_ndarray(format=fmt) for frame in decoded])), fps
+        raise FrameError(f"{path}: video has no frames")
+    opaque = [frame for frame in decoded if not any(c.is_alpha for c in frame.format.components)]
+    if mode is None:
+        mode = "rgb" if len(opaque) == len(decoded) else "rgba"
+    if mode == "rgba" and opaque:
+        raise FrameError(f"{path}: expected a video with alpha, got pixel format {opaque[0].format.name}")
+    pixel_format = {"rgb": "rgb24", "rgba": "rgba", "alpha": "gray"}[mode]
+    array = np.stack([frame.to_ndarray(format=pixel_format) for frame in decoded]).astype(np.float32) / 255.0
+    return (array[..., None] if mode == "alpha" else array), fps
+
+
+def read_video(path: str | os.PathLike[str], mode: FrameMode | None = None) -> tuple[torch.Tensor, float]:
+    """A video file -> (``[T, C, H, W]`` float32 in [0, 1], fps); ``mode`` as in :func:`decode_video`."""
+    frames, fps = decode_video(path, mode)
+    return frames_to_tensor(frames), fps

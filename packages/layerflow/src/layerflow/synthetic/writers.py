@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from layerflow.atomic import atomic_directory, write_json_atomic
+from layerflow.media.frames import to_uint8, write_frames
 
 from .generator import SPLITS, SyntheticConfig, SyntheticGenerator, SyntheticSample
 
@@ -40,18 +39,9 @@ DATASET_MANIFEST = "dataset.json"
 JPEG_QUALITY = 95
 
 
-def _to_uint8(frames: Tensor) -> np.ndarray:
-    """``[T, C, H, W]`` in [0, 1] -> ``[T, H, W, C]`` uint8."""
-    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def _write_frames(folder: Path, frames: np.ndarray, mode: str, suffix: str = ".png") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    # Fast PNG compression: these folders are written once per sample and read many times.
-    options: dict[str, Any] = {"quality": JPEG_QUALITY} if suffix == ".jpg" else {"compress_level": 1}
-    for index, frame in enumerate(frames):
-        image = Image.fromarray(frame[..., 0] if mode == "L" else frame, mode=mode)
-        image.save(folder / f"{index:04d}{suffix}", **options)
+# Fast PNG compression: these folders are written once per sample and read many times.
+_PNG = {"compress_level": 1}
+_JPEG = {"quality": JPEG_QUALITY}
 
 
 def write_simple_sample(sample: SyntheticSample, root: str | Path) -> Path:
@@ -59,9 +49,9 @@ def write_simple_sample(sample: SyntheticSample, root: str | Path) -> Path:
     target = Path(root) / sample.sample_id
     with atomic_directory(target, overwrite=True) as folder:
         rgba = torch.cat([sample.foreground, sample.alpha], dim=1)
-        _write_frames(folder / "foreground", _to_uint8(rgba), "RGBA")
-        _write_frames(folder / "background", _to_uint8(sample.background), "RGB")
-        _write_frames(folder / "composite", _to_uint8(sample.composite), "RGB")
+        write_frames(folder / "foreground", to_uint8(rgba), options=_PNG)
+        write_frames(folder / "background", to_uint8(sample.background), options=_PNG)
+        write_frames(folder / "composite", to_uint8(sample.composite), options=_PNG)
         write_json_atomic(folder / "prompts.json", sample.prompts)
         meta = {"source": sample.source, "fps": sample.fps, "synthetic": sample.attributes.to_dict()}
         write_json_atomic(folder / "meta.json", meta)
@@ -93,19 +83,19 @@ class OfficialLayoutWriter:
     def write(self, sample: SyntheticSample) -> None:
         num_frames = sample.composite.shape[0]
         grey_fg = sample.alpha * sample.foreground + 0.5 * (1 - sample.alpha)
-        mask = _to_uint8(sample.alpha)
+        mask = to_uint8(sample.alpha)
         with atomic_directory(self.davis / sample.sample_id, overwrite=True) as folder:
-            _write_frames(folder / "fg", _to_uint8(grey_fg), "RGB")
-            _write_frames(folder / "bg", _to_uint8(sample.background), "RGB")
-            _write_frames(folder / "bl", _to_uint8(sample.composite), "RGB")
-            _write_frames(folder / "mask", mask, "L")
+            write_frames(folder / "fg", to_uint8(grey_fg), options=_PNG)
+            write_frames(folder / "bg", to_uint8(sample.background), options=_PNG)
+            write_frames(folder / "bl", to_uint8(sample.composite), options=_PNG)
+            write_frames(folder / "mask", mask, options=_PNG)
         for kind, frames in (
-            ("JPEGImages", _to_uint8(sample.composite)),
-            ("impainting", _to_uint8(sample.background)),
+            ("JPEGImages", to_uint8(sample.composite)),
+            ("impainting", to_uint8(sample.background)),
             ("mask", np.repeat(mask, 3, axis=-1)),
         ):
             with atomic_directory(self.youtube / kind / sample.sample_id, overwrite=True) as folder:
-                _write_frames(folder, frames, "RGB", suffix=".jpg")
+                write_frames(folder, frames, suffix=".jpg", options=_JPEG)
         self._davis_meta[sample.sample_id] = _official_entry(sample, num_frames, {})
         self._youtube_meta[sample.sample_id] = _official_entry(sample, num_frames, {"is_seg": "False"})
 
