@@ -133,6 +133,11 @@ def test_clear_errors(model_dir, inputs, tmp_path, capsys):
         ["decompose", str(model_dir), *out, *PROMPTS, "-i", f"composite={inputs / 'composite'}"],
         "composite",
     )
+    _fails(
+        capsys,
+        ["generate", str(model_dir), *out, *PROMPTS, "-n", "background=rain", "--unconditional", "zeros"],
+        "cannot be used with --unconditional zeros",
+    )
     broken = tmp_path / "no_vae"
     shutil.copytree(model_dir, broken)
     shutil.rmtree(broken / "vae")

@@ -257,6 +257,10 @@ class TestBadInputFailsBeforeCompute:
         with pytest.raises(ValueError, match="height=20 must be a positive multiple of 8"):
             guarded(PROMPTS, height=20, num_frames=8)
 
+    def test_negative_prompts_without_guidance(self, guarded):
+        with pytest.raises(ValueError, match="need guidance_scale > 1"):
+            guarded(PROMPTS, num_frames=8, guidance_scale=1.0, negative_prompts={"background": "rain"})
+
     def test_missing_prompt(self, guarded):
         with pytest.raises(ValueError, match=r"missing for layer\(s\) \['composite'\]"):
             guarded({"foreground": "a", "background": "b"})

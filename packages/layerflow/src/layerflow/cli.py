@@ -183,6 +183,9 @@ def run_task(args: argparse.Namespace) -> Path:
     task_layout = layout.for_task(task)
     prompts = _pairs(args.prompt, "--prompt")
     negative = _pairs(args.negative, "--negative") or None
+    if negative and args.unconditional == "zeros":
+        raise CliError("--negative prompts are encoded: they cannot be used with --unconditional zeros")
+    unconditional = args.unconditional or ("encoded" if negative else "zeros")
     try:
         task_layout.resolve_prompts(prompts)
     except (ValueError, TypeError) as error:
@@ -211,7 +214,7 @@ def run_task(args: argparse.Namespace) -> Path:
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             use_dynamic_cfg=args.dynamic_cfg,
-            unconditional="encoded" if negative else args.unconditional,
+            unconditional=unconditional,
             isolate_conditions=args.isolate_conditions,
             generator=generator,
         )
@@ -223,7 +226,7 @@ def run_task(args: argparse.Namespace) -> Path:
         "guidance_scale": args.guidance,
         "dynamic_cfg": args.dynamic_cfg,
         "scheduler": args.scheduler,
-        "unconditional": "encoded" if negative else args.unconditional,
+        "unconditional": unconditional,
         "negative_prompts": negative or {},
         "isolate_conditions": args.isolate_conditions,
         "alpha_representation": layout.alpha,
@@ -334,7 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--steps", type=int, default=50)
         task.add_argument("--guidance", type=float, default=6.0)
         task.add_argument("--dynamic-cfg", action="store_true", help="the official oscillating CFG schedule")
-        task.add_argument("--unconditional", choices=("zeros", "encoded"), default="zeros")
+        task.add_argument(
+            "--unconditional",
+            choices=("zeros", "encoded"),
+            help="CFG text: all-zero (official; default) or encoded negative prompts (default with --negative)",
+        )
         task.add_argument("--scheduler", choices=("dpm", "ddim"), default="dpm")
         task.add_argument("--seed", type=int, default=0)
         task.add_argument("--fps", type=int, default=8)

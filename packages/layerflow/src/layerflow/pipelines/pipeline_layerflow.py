@@ -376,6 +376,8 @@ class LayerFlowPipeline(DiffusionPipeline):
             )
         prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
         if not guided:
+            if negative_prompts is not None or negative_prompt_embeds is not None:
+                raise ValueError("negative prompts act through guidance: they need guidance_scale > 1")
             return prompt_embeds, None
         if negative_prompt_embeds is None:
             if unconditional == "zeros":
