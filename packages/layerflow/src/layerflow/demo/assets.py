@@ -61,6 +61,9 @@ class DemoAssetConfig:
         vae_train_samples, vae_eval_samples: synthetic samples (4 clips each) to train / measure on,
             drawn from a seed stream of their own (disjoint from the demo's train and held-out splits).
         text_width, text_layers: T5 ``d_model`` and depth.
+        textures, patterns, sizes: the demo's synthetic world, a subset of the generator's vocabulary:
+            plain objects of medium/large size over smooth backgrounds, which a 32x32 VAE trained for
+            a minute reconstructs well (fine stripes and checkers it blurs to their mean colour).
         prompt_tokens: tokens per layer prompt (the tokenizer's ``model_max_length``).
         seed: seeds the weights, the clips and the batches.
     """
@@ -79,6 +82,9 @@ class DemoAssetConfig:
     text_width: int = 32
     text_layers: int = 2
     prompt_tokens: int = 16
+    textures: tuple[str, ...] = ("plain",)
+    patterns: tuple[str, ...] = ("gradient", "clouds")
+    sizes: tuple[str, ...] = ("medium", "large")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +99,17 @@ class DemoAssetConfig:
                 f"DemoAssetConfig: {self.height}x{self.width} must be a multiple of {2 * spatial} "
                 f"(VAE compression {spatial} x transformer patch 2)"
             )
+
+    def synthetic_config(self) -> SyntheticConfig:
+        """The demo's synthetic world (used for the VAE's clips and for the demo's data)."""
+        return SyntheticConfig(
+            num_frames=self.num_frames,
+            height=self.height,
+            width=self.width,
+            textures=self.textures,
+            patterns=self.patterns,
+            sizes=self.sizes,
+        )
 
     def fingerprint(self, words: list[str]) -> str:
         """Hash of everything that decides the cached weights."""
@@ -151,9 +168,7 @@ def sample_clips(sample: SyntheticSample) -> dict[str, torch.Tensor]:
 
 def _clip_pool(config: DemoAssetConfig, count: int, stream: int) -> dict[str, torch.Tensor]:
     """``count`` samples' clips by kind, ``[N, 3, T, H, W]`` (the VAE's layout)."""
-    generator = SyntheticGenerator(
-        SyntheticConfig(num_frames=config.num_frames, height=config.height, width=config.width)
-    )
+    generator = SyntheticGenerator(config.synthetic_config())
     pool: dict[str, list[torch.Tensor]] = {kind: [] for kind in CLIP_KINDS}
     for index in range(count):
         seed = int(np.random.SeedSequence([config.seed, 7919, stream, index]).generate_state(1)[0])

@@ -36,7 +36,6 @@ from layerflow.metrics import TARGETS, EvaluationReport, evaluate_output_dir, re
 from layerflow.metrics.report import METRICS
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
-from layerflow.synthetic import SyntheticConfig
 from layerflow.synthetic.writers import generate_dataset
 from layerflow.testing import build_tiny_transformer
 
@@ -112,12 +111,11 @@ class DemoResult:
 # ------------------------------------------------------------------------------------------ steps
 def make_data(settings: DemoSettings, root: Path, progress: bool) -> tuple[Path, Path]:
     """Generate (or reuse) the train and held-out splits; returns both roots."""
-    frames, height, width = settings.geometry
     generate_dataset(
         root,
         settings.num_train,
         settings.num_heldout,
-        SyntheticConfig(num_frames=frames, height=height, width=width),
+        settings.assets.synthetic_config(),
         seed=settings.seed,
         layouts=("simple",),
         overwrite=True,
