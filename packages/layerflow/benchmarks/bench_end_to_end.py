@@ -45,7 +45,9 @@ def cpu_seconds(fn: object) -> float:
     return time.process_time() - start
 
 
-def training_step_times(settings: DemoSettings, base: Path, train_root: Path, root: Path, steps: int) -> dict[int, float]:
+def training_step_times(
+    settings: DemoSettings, base: Path, train_root: Path, root: Path, steps: int
+) -> dict[int, float]:
     """CPU seconds per optimizer step of each stage (steps after the first: setup excluded)."""
     times = {}
     for stage in (1, 2, 3):
@@ -54,7 +56,7 @@ def training_step_times(settings: DemoSettings, base: Path, train_root: Path, ro
         overrides["run"]["max_steps"] = steps
         overrides["run"]["checkpoint_every"] = steps
         config = load_config(None, stage, overrides)
-        train(config, on_step_end=lambda step, loss: stamps.append(time.process_time()))
+        train(config, on_step_end=lambda step, loss, stamps=stamps: stamps.append(time.process_time()))
         times[stage] = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     return times
 
@@ -70,7 +72,12 @@ def sampling_times(
         for task in TASKS:  # tasks alternate within each repeat: side by side, same machine state
             prompts, conditions = task_inputs(task, sample)
 
-            def call(n: int, task: str = task, prompts: dict[str, str] = prompts, conditions: dict[str, torch.Tensor] = conditions) -> None:
+            def call(
+                n: int,
+                task: str = task,
+                prompts: dict[str, str] = prompts,
+                conditions: dict[str, torch.Tensor] = conditions,
+            ) -> None:
                 pipeline(
                     prompts,
                     task,
@@ -108,7 +115,9 @@ def main() -> None:
         train_root, heldout = make_data(settings, root / "data", progress=False)
         assets = load_or_build_assets(settings.assets, root / "cache", progress=False)
         pipeline = save_base(settings, assets, root / "base")
-        print(f"{BENCH}: demo model, {settings.geometry} (frames, height, width), batch {settings.batch_size}")
+        print(
+            f"{BENCH}: demo model, {settings.geometry} (frames, height, width), batch {settings.batch_size}"
+        )
         sampling = sampling_times(pipeline, settings, sorted(heldout.iterdir())[0], sample_steps, repeats)
         training = training_step_times(settings, root / "base", train_root, root / "train", train_steps)
     step_unit, reference = 1e3, sampling["generate"]
@@ -118,7 +127,12 @@ def main() -> None:
         if task != "generate":
             emit(args.json, f"{task} / generate: time per denoising step", per_step / reference[0], "x")
     for stage, seconds in training.items():
-        emit(args.json, f"stage {stage}: CPU ms per training step (batch {settings.batch_size})", seconds * 1e3, "ms")
+        emit(
+            args.json,
+            f"stage {stage}: CPU ms per training step (batch {settings.batch_size})",
+            seconds * 1e3,
+            "ms",
+        )
         if stage != 1:
             emit(args.json, f"stage {stage} / stage 1: time per training step", seconds / training[1], "x")
 

@@ -38,9 +38,7 @@ def test_cache_is_reused_and_rebuilt_on_a_config_change(tmp_path: Path) -> None:
     assert not first.reused and (first.directory / ASSETS_FILE).is_file()
     again = load_or_build_assets(TINY, tmp_path, progress=False)
     assert again.reused and again.directory == first.directory
-    for (name, a), (_, b) in zip(
-        first.vae.state_dict().items(), again.vae.state_dict().items(), strict=True
-    ):
+    for (name, a), (_, b) in zip(first.vae.state_dict().items(), again.vae.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert again.reconstruction == first.reconstruction
     assert again.tokenizer.model_max_length == TINY.prompt_tokens
@@ -63,8 +61,9 @@ def test_vae_training_lowers_the_reconstruction_error() -> None:
     held_out = _clip_pool(config, config.vae_eval_samples, stream=1)
     before = reconstruction_error(build_vae(config), held_out)
     _, after, losses = train_vae(config, progress=False)
-    assert after["mean"] < 0.7 * before["mean"]
-    assert sum(losses[-10:]) < sum(losses[:10])
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    assert after["mean"] < before["mean"], (before, after)
 
 
 def test_bad_geometry_is_named() -> None:

@@ -58,7 +58,9 @@ def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Pat
     heldout = out / "data" / "heldout"
     recomputed = {}
     for task in TASKS:
-        reports = [evaluate_output_dir(folder, heldout / folder.name) for folder in sorted((out / task).iterdir())]
+        reports = [
+            evaluate_output_dir(folder, heldout / folder.name) for folder in sorted((out / task).iterdir())
+        ]
         recomputed[task] = reports
         stored = report["tasks"][task]["samples"]
         assert [r.to_dict()["metrics"] for r in reports] == [s["metrics"] for s in stored]
@@ -67,11 +69,16 @@ def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Pat
     folder = sorted((out / "generate").iterdir())[0]
     rgba = read_png_sequence(folder / "foreground")
     direct = recomposition_error(
-        read_png_sequence(folder / "composite"), rgba[:, :3], rgba[:, 3:], read_png_sequence(folder / "background")
+        read_png_sequence(folder / "composite"),
+        rgba[:, :3],
+        rgba[:, 3:],
+        read_png_sequence(folder / "background"),
     )
     assert report["tasks"]["generate"]["samples"][0]["metrics"]["recomposition.mae"] == pytest.approx(direct)
     for row in report["targets"]:
-        expected = summarize([r for t in TARGET_TASKS[row["metric"]] for r in recomputed[t]]).value(row["metric"])
+        expected = summarize([r for t in TARGET_TASKS[row["metric"]] for r in recomputed[t]]).value(
+            row["metric"]
+        )
         assert row["measured"] == pytest.approx(expected)
         assert math.isfinite(row["measured"]) and math.isfinite(row["untrained"])
     for stage in ("1", "2", "3"):

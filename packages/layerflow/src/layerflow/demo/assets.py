@@ -71,11 +71,11 @@ class DemoAssetConfig:
     height: int = 32
     width: int = 32
     num_frames: int = 8
-    vae_channels: tuple[int, ...] = (16, 32, 32)
-    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (8, 16, 16)
+    latent_channels: int = 8
     vae_steps: int = 300
-    vae_batch_size: int = 8
-    vae_learning_rate: float = 2e-3
+    vae_batch_size: int = 4
+    vae_learning_rate: float = 5e-3
     kl_weight: float = 1e-4
     vae_train_samples: int = 48
     vae_eval_samples: int = 8
