@@ -57,13 +57,14 @@ def test_a_stale_record_is_rebuilt(tmp_path: Path) -> None:
 
 
 def test_vae_training_lowers_the_reconstruction_error() -> None:
-    config = replace(TINY, vae_steps=40, vae_learning_rate=5e-3, vae_train_samples=4, vae_eval_samples=2)
+    config = replace(
+        TINY, vae_steps=60, vae_learning_rate=2e-3, vae_train_samples=4, vae_eval_samples=2, vae_batch_size=4
+    )
     held_out = _clip_pool(config, config.vae_eval_samples, stream=1)
-    before = reconstruction_error(build_vae(config), held_out)
+    before = reconstruction_error(build_vae(config), held_out)  # same seed: the weights training starts from
     _, after, losses = train_vae(config, progress=False)
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < 0.8 * first, (first, last)
-    assert after["mean"] < before["mean"], (before, after)
+    assert len(losses) == config.vae_steps
+    assert after["mean"] < 0.95 * before["mean"], (before, after)
 
 
 def test_bad_geometry_is_named() -> None:

@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="minimal steps (CI): every stage and file, no quality"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds data, models and sampling")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data, the transformer, training and sampling")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -425,8 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # The demo's own bars say what runs; the libraries' per-load bars would bury them.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     settings = DemoSettings.quick() if args.quick else DemoSettings()
-    settings = replace(settings, seed=args.seed, assets=replace(settings.assets, seed=args.seed))
+    settings = replace(settings, seed=args.seed)  # the cached VAE/T5 keep their own seed
     started = time.perf_counter()
     result = run_demo(settings, args.output_dir, args.cache_dir, progress=not args.no_progress)
     print()
