@@ -80,7 +80,7 @@ class BatchEncoder:
                 ).embeddings
         return ModelBatch(
             latents=latents.to(self.device, torch.float32),
-            prompt_embeds=embeds.to(self.device, self.dtype),
+            prompt_embeds=embeds.to(self.device, torch.float32),  # autocast casts per op
             is_static=batch.is_static.to(self.device),
             clip_frames=frames,
             sample_ids=list(batch.sample_ids),

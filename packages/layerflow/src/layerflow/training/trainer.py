@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from layerflow.data import collate_cached, collate_layered
 
 from . import checkpointing as ckpt
-from .config import TrainConfig, config_json
+from .config import ConfigError, TrainConfig, config_json
 from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_layered_mix
 from .ema import ParameterEMA
 from .encoding import BatchEncoder, prompt_encoder
@@ -93,6 +93,8 @@ class LayerFlowTrainer:
             ),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
+        if run.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
+            raise ConfigError("run.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
         self.weight_dtype = _DTYPES[run.mixed_precision]
         if run.num_threads is not None:
             torch.set_num_threads(run.num_threads)
