@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from layerflow.demo.assets import load_or_build_assets
-from layerflow.demo.run import TASKS, DemoSettings, make_data, save_base, stage_overrides, task_inputs
+from layerflow.demo.run import TASKS, DemoSettings, make_data, run_task, save_base, stage_overrides
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.training import load_config, train
 
@@ -65,30 +65,13 @@ def sampling_times(
     pipeline: LayerFlowPipeline, settings: DemoSettings, sample: Path, steps: int, repeats: int
 ) -> dict[str, tuple[float, float]]:
     """Per task: (CPU seconds per denoising step, CPU seconds per sample of ``steps`` steps), best of ``repeats``."""
-    frames, height, width = settings.geometry
     pipeline.set_progress_bar_config(disable=True)
     best: dict[str, list[float]] = {task: [float("inf"), float("inf")] for task in TASKS}
     for _ in range(repeats):
         for task in TASKS:  # tasks alternate within each repeat: side by side, same machine state
-            prompts, conditions = task_inputs(task, sample)
 
-            def call(
-                n: int,
-                task: str = task,
-                prompts: dict[str, str] = prompts,
-                conditions: dict[str, torch.Tensor] = conditions,
-            ) -> None:
-                pipeline(
-                    prompts,
-                    task,
-                    conditions=conditions or None,
-                    num_frames=frames,
-                    height=height,
-                    width=width,
-                    num_inference_steps=n,
-                    guidance_scale=settings.guidance_scale,
-                    generator=torch.Generator().manual_seed(0),
-                )
+            def call(n: int, task: str = task) -> None:
+                run_task(pipeline, settings, task, sample, n, seed=0)
 
             full, single = cpu_seconds(lambda: call(steps)), cpu_seconds(lambda: call(1))
             best[task][0] = min(best[task][0], (full - single) / (steps - 1))

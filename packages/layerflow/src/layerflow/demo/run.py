@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from layerflow.layout import LayerLayout
 from layerflow.metrics import TARGETS, EvaluationReport, evaluate_output_dir, read_reference_sample, summarize
 from layerflow.metrics.report import METRICS
-from layerflow.pipelines import LayerFlowPipeline
+from layerflow.pipelines import LayerFlowOutput, LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
 from layerflow.synthetic.writers import generate_dataset
 from layerflow.testing import build_tiny_transformer, single_thread
@@ -239,31 +239,40 @@ def task_inputs(task: str, sample_dir: Path) -> tuple[dict[str, str], dict[str, 
     return prompts, conditions
 
 
+def run_task(
+    pipeline: LayerFlowPipeline, settings: DemoSettings, task: str, sample_dir: Path, steps: int, seed: int
+) -> LayerFlowOutput:
+    """One task on one held-out sample at the demo's geometry and guidance."""
+    frames, height, width = settings.geometry
+    prompts, conditions = task_inputs(task, sample_dir)
+    result = pipeline(
+        prompts,
+        task,
+        conditions=conditions or None,
+        num_frames=frames,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=settings.guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    assert isinstance(result, LayerFlowOutput)
+    return result
+
+
 def sample_tasks(
     pipeline: LayerFlowPipeline, settings: DemoSettings, heldout: Path, out: Path, label: str, progress: bool
 ) -> dict[str, list[EvaluationReport]]:
     """All four tasks on every held-out sample, written to ``out/<task>/<id>/`` and evaluated."""
-    frames, height, width = settings.geometry
     pipeline.set_progress_bar_config(disable=True)
     samples = sorted(p for p in heldout.iterdir() if p.is_dir())
     reports: dict[str, list[EvaluationReport]] = {task: [] for task in TASKS}
     jobs = [(task, index, sample) for task in TASKS for index, sample in enumerate(samples)]
     for task, index, sample in tqdm(jobs, desc=f"sampling ({label})", disable=not progress):
-        prompts, conditions = task_inputs(task, sample)
         seed = settings.seed + index
-        result = pipeline(
-            prompts,
-            task,
-            conditions=conditions or None,
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=settings.inference_steps,
-            guidance_scale=settings.guidance_scale,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        result = run_task(pipeline, settings, task, sample, settings.inference_steps, seed)
         target = out / task / sample.name
-        result.save(  # type: ignore[union-attr]
+        result.save(
             target,
             seed=seed,
             settings={
@@ -417,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="minimal steps (CI): every stage and file, no quality"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the data, the transformer, training and sampling")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the data, the transformer, training and sampling"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
