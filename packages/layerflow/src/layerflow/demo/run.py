@@ -412,9 +412,9 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     return DemoResult(out, report, files)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m layerflow.demo") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m layerflow.demo",
+        prog=prog,
         description="The embedded default: synthetic data, three training stages, four tasks, metrics.",
     )
     parser.add_argument(
@@ -433,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.demo") -> int:
+    """Run the demo from the command line; returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
