@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from layerflow.layout import LayerLayout
+from layerflow.layout import TASKS, LayerLayout
 from layerflow.metrics import TARGETS, EvaluationReport, evaluate_output_dir, read_reference_sample, summarize
 from layerflow.metrics.report import METRICS
 from layerflow.pipelines import LayerFlowOutput, LayerFlowPipeline
@@ -41,7 +41,6 @@ from layerflow.testing import build_tiny_transformer, single_thread
 from .assets import DemoAssetConfig, DemoAssets, load_or_build_assets
 from .report import render_markdown, targets_table, write_text_atomic
 
-TASKS: tuple[str, ...] = ("generate", "foreground_to_background", "background_to_foreground", "decompose")
 #: Which task's outputs each target is measured on (the issue's wording).
 TARGET_TASKS: dict[str, tuple[str, ...]] = {
     "recomposition.mae": ("generate",),  # every layer generated
