@@ -53,8 +53,8 @@ TARGET_TASKS: dict[str, tuple[str, ...]] = {
 class DemoSettings:
     """Everything the demo's size and budget depend on.
 
-    The default fits about 15 minutes on a 2-core CPU (the first run also trains the VAE, which is
-    cached); :meth:`quick` runs every stage with a handful of steps for CI.
+    The default took 11.5 minutes on a shared 2-core CPU, the VAE's first training included (about
+    2 of them; later runs reuse the cache); :meth:`quick` runs every stage with a handful of steps for CI.
     """
 
     num_train: int = 64
