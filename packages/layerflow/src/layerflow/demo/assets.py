@@ -1,0 +1,260 @@
+"""The embedded default's frozen components: a tiny CogVideoX VAE trained here and a tiny T5.
+
+Real LayerFlow needs CogVideoX-2B's VAE and T5-XXL. The demo builds stand-ins in seconds to a minute,
+never downloads anything, and caches them on disk under a fingerprint of their config (the config,
+the caption vocabulary and a format version), so a second run reuses them and any change rebuilds:
+
+    <cache_dir>/assets-<fingerprint>/vae/            AutoencoderKLCogVideoX (safetensors)
+                                     text_encoder/   T5EncoderModel (safetensors)
+                                     tokenizer/      word tokenizer over the synthetic captions
+                                     assets.json     config, fingerprint, VAE reconstruction error
+
+The VAE is the class the pipeline uses, trained briefly on synthetic clips in the forms the pipeline
+encodes them (composite, background, foreground premultiplied onto grey, alpha as a 3-channel clip)
+so that ``decode(encode(x))`` is close enough for the layer metrics to mean something; its
+held-out reconstruction error is measured and recorded. The T5 is random (a fixed seed): the
+transformer learns to read its embeddings, which only need to tell the caption words apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
+from tqdm.auto import tqdm
+
+from layer_embeddings.testing import build_tiny_t5_encoder, build_word_tokenizer
+from layerflow.media.atomic import atomic_directory
+from layerflow.pipelines import representation as rep
+from layerflow.synthetic import SyntheticConfig, SyntheticGenerator, SyntheticSample
+
+#: Bump when the cached folder's content or the way it is built changes (part of the fingerprint).
+ASSET_FORMAT_VERSION = 1
+ASSETS_FILE = "assets.json"
+#: The clip kinds the pipeline and the trainer encode with the VAE.
+CLIP_KINDS: tuple[str, ...] = ("composite", "background", "foreground", "alpha")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/layerflow/demo`` (``~/.cache/layerflow/demo``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "layerflow" / "demo"
+
+
+@dataclass(frozen=True)
+class DemoAssetConfig:
+    """What the tiny VAE and T5 look like and how the VAE is trained.
+
+    Args:
+        height, width, num_frames: the clip size the VAE is trained on (the demo's clip size).
+        vae_channels: ``block_out_channels`` of the VAE (3 blocks: 4x spatial compression).
+        latent_channels: VAE latent channels (the transformer's ``in_channels``).
+        vae_steps, vae_batch_size, vae_learning_rate: VAE training length, clips per step, Adam LR.
+        kl_weight: weight of the KL term (small: reconstruction matters, the latent stays near N(0, 1)).
+        vae_train_samples, vae_eval_samples: synthetic samples (4 clips each) to train / measure on,
+            drawn from a seed stream of their own (disjoint from the demo's train and held-out splits).
+        text_width, text_layers: T5 ``d_model`` and depth.
+        textures, patterns, sizes: the demo's synthetic world, a subset of the generator's vocabulary:
+            plain objects of medium/large size over smooth backgrounds, which a 32x32 VAE trained for
+            a minute reconstructs well (fine stripes and checkers it blurs to their mean colour).
+        prompt_tokens: tokens per layer prompt (the tokenizer's ``model_max_length``).
+        seed: seeds the weights, the clips and the batches.
+    """
+
+    height: int = 32
+    width: int = 32
+    num_frames: int = 8
+    vae_channels: tuple[int, ...] = (8, 16, 16)
+    latent_channels: int = 8
+    vae_steps: int = 300
+    vae_batch_size: int = 4
+    vae_learning_rate: float = 5e-3
+    kl_weight: float = 1e-4
+    vae_train_samples: int = 48
+    vae_eval_samples: int = 8
+    text_width: int = 32
+    text_layers: int = 2
+    prompt_tokens: int = 16
+    textures: tuple[str, ...] = ("plain",)
+    patterns: tuple[str, ...] = ("gradient", "clouds")
+    sizes: tuple[str, ...] = ("medium", "large")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "num_frames", "latent_channels", "vae_steps", "vae_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DemoAssetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.vae_channels) < 2:
+            raise ValueError(f"DemoAssetConfig.vae_channels needs >= 2 blocks, got {self.vae_channels}")
+        spatial = 2 ** (len(self.vae_channels) - 1)
+        if self.height % (2 * spatial) or self.width % (2 * spatial):
+            raise ValueError(
+                f"DemoAssetConfig: {self.height}x{self.width} must be a multiple of {2 * spatial} "
+                f"(VAE compression {spatial} x transformer patch 2)"
+            )
+
+    def synthetic_config(self) -> SyntheticConfig:
+        """The demo's synthetic world (used for the VAE's clips and for the demo's data)."""
+        return SyntheticConfig(
+            num_frames=self.num_frames,
+            height=self.height,
+            width=self.width,
+            textures=self.textures,
+            patterns=self.patterns,
+            sizes=self.sizes,
+        )
+
+    def fingerprint(self, words: list[str]) -> str:
+        """Hash of everything that decides the cached weights."""
+        payload = {"version": ASSET_FORMAT_VERSION, "config": asdict(self), "words": sorted(words)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class DemoAssets:
+    """The loaded components and what the cache recorded about them."""
+
+    directory: Path
+    fingerprint: str
+    vae: AutoencoderKLCogVideoX
+    text_encoder: Any
+    tokenizer: Any
+    reconstruction: dict[str, float]
+    reused: bool
+
+
+def caption_words() -> list[str]:
+    """The vocabulary of the word tokenizer: every word of the synthetic captions.
+
+    The trainer's tiny model uses the same list, so a model trained by either reads the same ids.
+    """
+    from layerflow.training.export import tiny_words
+
+    return tiny_words()
+
+
+def build_vae(config: DemoAssetConfig) -> AutoencoderKLCogVideoX:
+    """The untrained tiny VAE (seeded)."""
+    torch.manual_seed(config.seed)
+    blocks = len(config.vae_channels)
+    return AutoencoderKLCogVideoX(
+        block_out_channels=tuple(config.vae_channels),
+        down_block_types=("CogVideoXDownBlock3D",) * blocks,
+        up_block_types=("CogVideoXUpBlock3D",) * blocks,
+        latent_channels=config.latent_channels,
+        layers_per_block=1,
+        norm_num_groups=min(8, *config.vae_channels),
+        temporal_compression_ratio=4,
+    )
+
+
+def sample_clips(sample: SyntheticSample) -> dict[str, torch.Tensor]:
+    """One synthetic sample as the four model-range clips the pipeline encodes, ``[T, 3, H, W]``."""
+    clips = {
+        "composite": sample.composite,
+        "background": sample.background,
+        "foreground": rep.premultiply_onto_grey(sample.foreground, sample.alpha),
+        "alpha": rep.alpha_to_clip(sample.alpha),
+    }
+    return {kind: rep.to_model_range(clip) for kind, clip in clips.items()}
+
+
+def _clip_pool(config: DemoAssetConfig, count: int, stream: int) -> dict[str, torch.Tensor]:
+    """``count`` samples' clips by kind, ``[N, 3, T, H, W]`` (the VAE's layout)."""
+    generator = SyntheticGenerator(config.synthetic_config())
+    pool: dict[str, list[torch.Tensor]] = {kind: [] for kind in CLIP_KINDS}
+    for index in range(count):
+        seed = int(np.random.SeedSequence([config.seed, 7919, stream, index]).generate_state(1)[0])
+        for kind, clip in sample_clips(generator.generate(seed)).items():
+            pool[kind].append(clip.permute(1, 0, 2, 3))
+    return {kind: torch.stack(clips) for kind, clips in pool.items()}
+
+
+@torch.no_grad()
+def reconstruction_error(vae: AutoencoderKLCogVideoX, clips: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean |decode(encode(x)) - x| per clip kind on the [0, 1] scale (posterior mean), and overall."""
+    vae.eval()
+    errors = {}
+    for kind, batch in clips.items():
+        decoded = vae.decode(vae.encode(batch).latent_dist.mode()).sample
+        errors[kind] = float((decoded.clamp(-1, 1) - batch).abs().mean() / 2)
+    errors["mean"] = float(np.mean([errors[kind] for kind in clips]))
+    return errors
+
+
+def train_vae(
+    config: DemoAssetConfig, *, progress: bool = True
+) -> tuple[AutoencoderKLCogVideoX, dict[str, float], list[float]]:
+    """Train the tiny VAE; returns it (eval mode), its held-out reconstruction error and the losses."""
+    vae = build_vae(config)
+    train = torch.cat(list(_clip_pool(config, config.vae_train_samples, stream=0).values()))
+    held_out = _clip_pool(config, config.vae_eval_samples, stream=1)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.vae_learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.vae_steps)
+    order = torch.Generator().manual_seed(config.seed)
+    losses = []
+    vae.train()
+    for _ in tqdm(range(config.vae_steps), desc="demo VAE", disable=not progress):
+        batch = train[torch.randint(len(train), (config.vae_batch_size,), generator=order)]
+        posterior = vae.encode(batch).latent_dist
+        decoded = vae.decode(posterior.sample(order)).sample
+        loss = (decoded - batch).abs().mean() + config.kl_weight * posterior.kl().mean() / batch[0].numel()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    vae.eval().requires_grad_(False)
+    return vae, reconstruction_error(vae, held_out), losses
+
+
+def _load(directory: Path, fingerprint: str, reused: bool) -> DemoAssets:
+    from transformers import PreTrainedTokenizerFast, T5EncoderModel
+
+    record = json.loads((directory / ASSETS_FILE).read_text())
+    return DemoAssets(
+        directory=directory,
+        fingerprint=fingerprint,
+        vae=AutoencoderKLCogVideoX.from_pretrained(directory / "vae").eval(),
+        text_encoder=T5EncoderModel.from_pretrained(directory / "text_encoder").eval(),
+        tokenizer=PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer"),
+        reconstruction=dict(record["reconstruction"]),
+        reused=reused,
+    )
+
+
+def load_or_build_assets(
+    config: DemoAssetConfig | None = None, cache_dir: str | Path | None = None, *, progress: bool = True
+) -> DemoAssets:
+    """The cached assets of ``config``, built (and cached atomically) when missing or outdated."""
+    config = config or DemoAssetConfig()
+    words = caption_words()
+    fingerprint = config.fingerprint(words)
+    directory = Path(cache_dir or default_cache_dir()) / f"assets-{fingerprint}"
+    record = directory / ASSETS_FILE
+    if record.is_file() and json.loads(record.read_text()).get("fingerprint") == fingerprint:
+        return _load(directory, fingerprint, reused=True)
+    tokenizer = build_word_tokenizer(words, model_max_length=config.prompt_tokens)
+    text_encoder = build_tiny_t5_encoder(
+        len(tokenizer), d_model=config.text_width, num_layers=config.text_layers, seed=config.seed
+    )
+    vae, reconstruction, losses = train_vae(config, progress=progress)
+    with atomic_directory(directory, overwrite=True) as temporary:
+        vae.save_pretrained(temporary / "vae", safe_serialization=True)
+        text_encoder.save_pretrained(temporary / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(temporary / "tokenizer")
+        summary = {
+            "fingerprint": fingerprint,
+            "config": asdict(config),
+            "reconstruction": reconstruction,
+            "vae_losses": losses,
+        }
+        (temporary / ASSETS_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return _load(directory, fingerprint, reused=False)

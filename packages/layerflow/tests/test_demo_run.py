@@ -1,0 +1,87 @@
+"""The demo in reduced-steps mode: every promised file, and report numbers from the metric functions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerflow.demo import DemoSettings, main
+from layerflow.demo.run import TARGET_TASKS, TASKS
+from layerflow.media import read_png_sequence
+from layerflow.metrics import evaluate_output_dir, recomposition_error, summarize
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("demo")
+    out, cache = root / "out", root / "cache"
+    with torch.random.fork_rng():
+        status = main(["--quick", "--output-dir", str(out), "--cache-dir", str(cache), "--no-progress"])
+    assert status == 0
+    return out, cache
+
+
+def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    assert (out / "report.md").is_file() and (out / "report.json").is_file()
+    heldout = sorted(p.name for p in (out / "data" / "heldout").iterdir() if p.is_dir())
+    assert len(heldout) == DemoSettings.quick().num_heldout
+    frames = DemoSettings.quick().assets.num_frames
+    for task in TASKS:
+        assert sorted(p.name for p in (out / task).iterdir()) == heldout
+        for sample in heldout:
+            folder = out / task / sample
+            manifest = json.loads((folder / "manifest.json").read_text())
+            assert manifest["task"] == task and manifest["num_frames"] == frames
+            names = {layer["name"]: layer for layer in manifest["layers"]}
+            assert set(names) == {"foreground", "background", "composite"}
+            assert (folder / "foreground.webm").stat().st_size > 0
+            assert (folder / "preview.png").stat().st_size > 0
+            for name, layer in names.items():
+                pngs = sorted((folder / layer["frames"]).glob("*.png"))
+                assert len(pngs) == frames, (task, sample, name)
+            assert read_png_sequence(folder / "foreground").shape[1] == 4  # straight RGBA
+    for stage in (1, 2, 3):
+        assert (out / "train" / f"stage{stage}" / "final" / "pipeline" / "model_index.json").is_file()
+    markdown = (out / "report.md").read_text()
+    for task in TASKS:
+        assert f"({task}/{heldout[0]}/preview.png)" in markdown
+
+
+def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    heldout = out / "data" / "heldout"
+    recomputed = {}
+    for task in TASKS:
+        reports = [
+            evaluate_output_dir(folder, heldout / folder.name) for folder in sorted((out / task).iterdir())
+        ]
+        recomputed[task] = reports
+        stored = report["tasks"][task]["samples"]
+        assert [r.to_dict()["metrics"] for r in reports] == [s["metrics"] for s in stored]
+        assert all(math.isfinite(v) for s in stored for v in s["metrics"].values())
+    # The recomposition figure is the plain formula on the written PNGs.
+    folder = sorted((out / "generate").iterdir())[0]
+    rgba = read_png_sequence(folder / "foreground")
+    direct = recomposition_error(
+        read_png_sequence(folder / "composite"),
+        rgba[:, :3],
+        rgba[:, 3:],
+        read_png_sequence(folder / "background"),
+    )
+    assert report["tasks"]["generate"]["samples"][0]["metrics"]["recomposition.mae"] == pytest.approx(direct)
+    for row in report["targets"]:
+        expected = summarize([r for t in TARGET_TASKS[row["metric"]] for r in recomputed[t]]).value(
+            row["metric"]
+        )
+        assert row["measured"] == pytest.approx(expected)
+        assert math.isfinite(row["measured"]) and math.isfinite(row["untrained"])
+    for stage in ("1", "2", "3"):
+        entry = report["training"][stage]
+        assert entry["steps"] == DemoSettings.quick().stage_steps[int(stage) - 1]
+        assert all(math.isfinite(v) for v in entry["losses"])
