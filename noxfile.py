@@ -68,6 +68,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs)
 
 
+@nox.session(python=PYTHON, reuse_venv=True)
+def demo(session: nox.Session) -> None:
+    """The embedded default, end to end on CPU: synthetic data, stages 1-3, all four tasks, metrics report.
+
+    Outputs in ``outputs/demo/`` (``report.md``, ``report.json``, layered outputs per task);
+    ``-- --quick`` checks the plumbing in about a minute.
+    """
+    _install_workspace(session)
+    session.run("python", "-m", "layerflow.demo", *session.posargs)
+
+
 def _train_stage(session: nox.Session, stage: int) -> None:
     """One stage of the three-stage recipe; outputs in ``outputs/train/stage<N>/``.
 

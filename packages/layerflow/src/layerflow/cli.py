@@ -399,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Sub-commands whose own ``main(argv, prog=...)`` parses every option after the command name.
-DELEGATED_COMMANDS = {"train": "train one stage of the three-stage recipe (see `layerflow train -h`)"}
+DELEGATED_COMMANDS = {
+    "train": "train one stage of the three-stage recipe (see `layerflow train -h`)",
+    "demo": "run the embedded CPU demo: synthetic data, 3 training stages, 4 tasks, metrics report",
+}
 
 
 def _run_delegated(command: str, argv: list[str]) -> int:
@@ -407,6 +410,10 @@ def _run_delegated(command: str, argv: list[str]) -> int:
         from .training import main as train_main
 
         return train_main(argv, prog="layerflow train")
+    if command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(argv, prog="layerflow demo")
     raise AssertionError(f"no runner for delegated command {command!r}")
 
 

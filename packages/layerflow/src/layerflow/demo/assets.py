@@ -31,7 +31,7 @@ from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKL
 from tqdm.auto import tqdm
 
 from layer_embeddings.testing import build_tiny_t5_encoder, build_word_tokenizer
-from layerflow.media.atomic import atomic_directory
+from layerflow.atomic import atomic_directory
 from layerflow.pipelines import representation as rep
 from layerflow.synthetic import SyntheticConfig, SyntheticGenerator, SyntheticSample
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerflow.media.atomic import atomic_file
-
 #: Metrics shown per task in the trained-vs-untrained table (when the task has them).
 TASK_METRICS: tuple[str, ...] = (
     "recomposition.mae",
@@ -17,11 +15,6 @@ TASK_METRICS: tuple[str, ...] = (
     "flicker.composite",
 )
 ADHERENCE: tuple[str, ...] = ("foreground_colour", "foreground_shape", "background_colour")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_file(path) as temporary:
-        temporary.write_text(text)
 
 
 def _fmt(value: float | None) -> str:

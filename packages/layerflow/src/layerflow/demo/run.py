@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from layerflow.atomic import write_text_atomic
 from layerflow.layout import TASKS, LayerLayout
 from layerflow.metrics import TARGETS, EvaluationReport, evaluate_output_dir, read_reference_sample, summarize
 from layerflow.metrics.report import METRICS
@@ -39,7 +40,7 @@ from layerflow.synthetic.writers import generate_dataset
 from layerflow.testing import build_tiny_transformer, single_thread
 
 from .assets import DemoAssetConfig, DemoAssets, load_or_build_assets
-from .report import render_markdown, targets_table, write_text_atomic
+from .report import render_markdown, targets_table
 
 #: Which task's outputs each target is measured on (the issue's wording).
 TARGET_TASKS: dict[str, tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""`layerflow eval` and `layerflow train` through the console entry point."""
+"""`layerflow eval`, `layerflow train` and `layerflow demo` through the console entry point."""
 
 import json
 import math
@@ -79,8 +79,10 @@ def test_eval_reports_a_missing_manifest(tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
 
 
-def test_train_delegates_its_options(capsys):
+@pytest.mark.parametrize(("command", "option"), [("train", "--stage"), ("demo", "--quick")])
+def test_delegated_commands_own_their_options(command, option, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--help"])
+        main([command, "--help"])
     assert exit_info.value.code == 0
-    assert "--stage" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert option in out and f"layerflow {command}" in out
