@@ -13,13 +13,13 @@ Usage: ``python bench_end_to_end.py [--quick] [--json PATH]`` (see ``benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _rows import emitter
 
 from layerflow.demo.assets import load_or_build_assets
 from layerflow.demo.run import TASKS, DemoSettings, make_data, run_task, save_base, stage_overrides
@@ -29,14 +29,7 @@ from layerflow.training import load_config, train
 BENCH = "layerflow end-to-end"
 
 
-def emit(sink: Path | None, measure: str, value: float, unit: str, target: str = "") -> None:
-    row = {"benchmark": BENCH, "measure": measure, "value": value, "unit": unit}
-    if target:
-        row["target"] = target
-    print(f"  {measure:<58} {value:>10.4g} {unit} {target}")
-    if sink is not None:
-        with sink.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+emit = emitter(BENCH)
 
 
 def cpu_seconds(fn: object) -> float:

@@ -15,11 +15,11 @@ Usage: ``python bench_pipeline.py [--quick] [--json PATH]`` (see ``benchmarks/ru
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from _rows import emitter
 
 from layerflow.layout import LayerLayout
 from layerflow.testing import build_tiny_pipeline
@@ -32,15 +32,7 @@ PROMPTS = {
 }
 
 
-def emit(sink: Path | None, measure: str, value: float, unit: str, target: str = "") -> None:
-    row = {"benchmark": BENCH, "measure": measure, "value": value, "unit": unit}
-    if target:
-        row["target"] = target
-    shown = f"{value:>12,.0f}" if unit == "tokens" else f"{value:>12.4g}"
-    print(f"  {measure:<62} {shown} {unit} {target}")
-    if sink is not None:
-        with sink.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+emit = emitter(BENCH)
 
 
 def step_times(

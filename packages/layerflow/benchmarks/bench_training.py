@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from _rows import emitter
 
 BENCH = "layerflow"
 CASES = {
@@ -31,14 +32,7 @@ CASES = {
 WARMUP = 2
 
 
-def emit(sink: Path | None, measure: str, value: float, unit: str, target: str = "") -> None:
-    row: dict[str, Any] = {"benchmark": BENCH, "measure": measure, "value": value, "unit": unit}
-    if target:
-        row["target"] = target
-    print(f"  {measure:<58} {value:>10.4g} {unit} {target}")
-    if sink is not None:
-        with sink.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+emit = emitter(BENCH)
 
 
 def rss_mib() -> float:
