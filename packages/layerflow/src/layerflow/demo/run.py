@@ -240,9 +240,15 @@ def task_inputs(task: str, sample_dir: Path) -> tuple[dict[str, str], dict[str, 
 
 
 def run_task(
-    pipeline: LayerFlowPipeline, settings: DemoSettings, task: str, sample_dir: Path, steps: int, seed: int
+    pipeline: LayerFlowPipeline,
+    settings: DemoSettings,
+    task: str,
+    sample_dir: Path,
+    steps: int,
+    seed: int,
+    **pipeline_options: Any,
 ) -> LayerFlowOutput:
-    """One task on one held-out sample at the demo's geometry and guidance."""
+    """One task on one held-out sample at the demo's geometry and guidance (``pipeline_options``: e.g. a callback)."""
     frames, height, width = settings.geometry
     prompts, conditions = task_inputs(task, sample_dir)
     result = pipeline(
@@ -255,6 +261,7 @@ def run_task(
         num_inference_steps=steps,
         guidance_scale=settings.guidance_scale,
         generator=torch.Generator().manual_seed(seed),
+        **pipeline_options,
     )
     assert isinstance(result, LayerFlowOutput)
     return result
