@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +50,14 @@ def _meets(value: float, target: tuple[str, float]) -> bool:
     return value <= bound if op == "<=" else value >= bound
 
 
-class _Renderable:
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+class _Renderable(ABC):
+    """A report that renders to a dict (hence JSON) and to Markdown, and saves both atomically."""
 
-    def to_markdown(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def to_markdown(self) -> str: ...
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
