@@ -13,9 +13,11 @@ from layerflow.convert import (
     convert_official_checkpoint,
     convert_official_state_dict,
 )
+from layerflow.layout import LayerLayout
 from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.testing import build_tiny_pipeline, build_tiny_transformer, single_thread
+from layerflow.variants import OFFICIAL_VARIANTS
 
 TEXT = 12
 FRAMES = 16  # latent frames of the position table (gen_rgba: 64 frames -> 16 latents)
@@ -258,11 +260,13 @@ def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
     )
     pipe = LayerFlowPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.layer_layout == LayerLayout.official_variant("gen_rgba")  # no flags needed
     result = pipe(
         {"foreground": "a fox", "background": "snow", "composite": "a fox in snow"},
         num_frames=8,
         num_inference_steps=1,
     )
+    assert result.settings["use_dynamic_cfg"] is True and result.latents.shape[1] == 4 * 2
     assert result.layers["foreground"].shape == (1, 8, 4, 16, 24)
 
 
@@ -282,3 +286,59 @@ def test_cli_convert_and_info(tmp_path, capsys):
     assert "variant: gen_rgba, tasks: ['generate'], VAE pass: joint" in out
     assert main(argv) == 2  # exists: refused without --overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+#: Variants whose checkpoints have the same shapes: the task is not in the weights.
+SAME_SHAPES = {
+    "fg2bg_rgb": "bg2fg_rgb",
+    "bg2fg_rgb": "fg2bg_rgb",
+    "fg2bg_rgba": "bg2fg_rgba",
+    "bg2fg_rgba": "fg2bg_rgba",
+}
+
+
+def official_variant_checkpoint(name):
+    """A tiny checkpoint in the official key names and shapes of variant ``name``."""
+    variant = OFFICIAL_VARIANTS[name]
+    learned = variant.position_table == "learned"
+    model = tiny_transformer(
+        num_layer_prompts=variant.num_prompts,
+        layer_embedder=variant.layer_embedder,
+        learned_position_frames=variant.table_latent_frames if learned else None,
+    )
+    table = model.patch_embed.sincos_position_table(variant.table_latent_frames)
+    if learned:
+        table = table + torch.randn(table.shape, generator=torch.Generator().manual_seed(1)) * 0.1
+        model.patch_embed.position_table.data.copy_(table)
+    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 2, 0).items()}
+    return model, to_sat(model, motion=lora, content=lora, position_table=table)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_VARIANTS))
+@torch.no_grad()
+def test_each_official_variant_is_detected_or_named_as_ambiguous(name):
+    model, sat = official_variant_checkpoint(name)
+    if name in SAME_SHAPES:
+        with pytest.raises(ConversionError, match="fits several official variants") as error:
+            convert_official_state_dict(sat, lora="merge", **TINY)
+        assert name in str(error.value) and SAME_SHAPES[name] in str(error.value)
+        converted = convert_official_state_dict(sat, lora="merge", variant=name, **TINY)
+    else:
+        converted = convert_official_state_dict(sat, lora="merge", **TINY)
+    assert converted.variant == name
+    variant = OFFICIAL_VARIANTS[name]
+    assert converted.config["num_layer_prompts"] == variant.num_prompts
+    assert (converted.config.get("learned_position_frames") is not None) == (
+        variant.position_table == "learned"
+    )
+    transformer = build_transformer(converted)
+    for key, value in model.state_dict().items():
+        assert torch.equal(transformer.state_dict()[key], value), key
+
+
+def test_a_wrong_variant_is_refused():
+    _, sat = official_variant_checkpoint("gen_rgb")
+    with pytest.raises(ConversionError, match="not a gen_rgba checkpoint"):
+        convert_official_state_dict(sat, lora="merge", variant="gen_rgba", **TINY)
+    with pytest.raises(ConversionError, match="no official variant fits"):
+        convert_official_state_dict(sat, lora="merge", **{**TINY, "sample_width": 4})
