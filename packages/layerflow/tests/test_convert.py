@@ -342,3 +342,42 @@ def test_a_wrong_variant_is_refused():
         convert_official_state_dict(sat, lora="merge", variant="gen_rgba", **TINY)
     with pytest.raises(ConversionError, match="no official variant fits"):
         convert_official_state_dict(sat, lora="merge", **{**TINY, "sample_width": 4})
+
+
+def test_journey_convert_info_and_run_a_variant_in_fresh_interpreters(tmp_path):
+    """``layerflow convert`` on an official checkpoint, ``layerflow info``, then ``from_pretrained``
+    with no flags runs the detected variant: every step a new process on files on disk."""
+    import subprocess
+    import sys
+
+    with single_thread():
+        base = build_tiny_pipeline(sample_width=6)
+        base.save_pretrained(tmp_path / "base")
+        _, sat = official_variant_checkpoint("seg_rgb")
+    official = _write_official(tmp_path, sat)
+    cli = [sys.executable, "-m", "layerflow.cli"]
+    size = ["--text-length", str(TEXT), "--latent-size", "4", "6", "--lora", "merge"]
+    converted = subprocess.run(
+        [*cli, "convert", str(official), str(tmp_path / "model"), "--base", str(tmp_path / "base"), *size],
+        capture_output=True,
+        text=True,
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    info = subprocess.run([*cli, "info", str(tmp_path / "model")], capture_output=True, text=True)
+    assert "variant: seg_rgb, tasks: ['decompose'], VAE pass: joint" in info.stdout, info.stderr
+    assert "condition = last 2 latents" in info.stdout
+    code = """
+import sys, torch
+import layerflow
+torch.set_num_threads(1)
+pipe = layerflow.LayerFlowPipeline.from_pretrained(sys.argv[1])
+pipe.set_progress_bar_config(disable=True)
+out = pipe({"foreground": "a fox", "background": "snow"}, "decompose",
+           conditions={"composite": torch.rand(16, 3, 16, 24)}, num_inference_steps=1)
+print(out.task, tuple(out.latents.shape), out.settings["use_dynamic_cfg"])
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "decompose (1, 12, 4, 4, 6) True"
