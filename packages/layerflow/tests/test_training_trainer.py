@@ -81,7 +81,7 @@ def test_stock_cogvideox_folder_as_base(tmp_path: Path) -> None:
     from diffusers import CogVideoXTransformer3DModel
 
     from layerflow.testing import build_tiny_pipeline, tiny_transformer_config
-    from layerflow.training.export import TINY_PROMPT_TOKENS, tiny_words
+    from layerflow.tiny import TINY_PROMPT_TOKENS, tiny_words
 
     tiny = build_tiny_pipeline(words=tiny_words())
     folder = tmp_path / "cogvideox"

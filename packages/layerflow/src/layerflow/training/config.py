@@ -46,7 +46,7 @@ class ModelConfig:
     """Which model is trained and what of it trains.
 
     Args:
-        base: ``"tiny"`` (the download-free tiny pipeline of :mod:`layerflow.testing`), a saved
+        base: ``"tiny"`` (the download-free tiny pipeline of :mod:`layerflow.tiny`), a saved
             ``LayerFlowPipeline`` folder, or a stock CogVideoX-2B diffusers folder.
         init_from: stages 2 and 3 start from the previous stage's output (``"previous_stage"``) or
             from ``base`` (``"base"``, an explicit choice: the motion LoRA is then absent in stage 3).

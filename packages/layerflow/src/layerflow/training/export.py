@@ -31,65 +31,23 @@ from layerflow.layout import LayerLayout
 from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
+from layerflow.tiny import build_tiny_training_pipeline
 
 from .config import TrainConfig
 from .stages import MOTION
 
 FINAL = "final"
-#: Tokens per layer prompt of the tiny training model: the synthetic captions need up to 14.
-TINY_PROMPT_TOKENS = 16
 
 
 class MissingStageError(FileNotFoundError):
     """Stage N was asked to start from stage N-1's output, which does not exist."""
 
 
-def tiny_words() -> list[str]:
-    """Vocabulary of the tiny word tokenizer: the synthetic captions' words (so prompts are not UNK)."""
-    from layerflow.synthetic import vocabulary
-    from layerflow.testing import TINY_WORDS
-
-    words = set(TINY_WORDS.split())
-    for name in dir(vocabulary):
-        value = getattr(vocabulary, name)
-        if name.isupper() and isinstance(value, (dict, tuple)):
-            words |= {w for item in value for w in str(item).split()}
-    words |= set(
-        [
-            "a",
-            "an",
-            "the",
-            "on",
-            "over",
-            "in",
-            "front",
-            "of",
-            "with",
-            "and",
-            "moving",
-            "still",
-            "background",
-            "foreground",
-            "is",
-        ]
-    )
-    return sorted(words)
-
-
 def load_base(config: TrainConfig) -> LayerFlowPipeline:
     """``model.base``: the tiny pipeline, a saved LayerFlowPipeline folder or a stock CogVideoX folder."""
     base = config.model.base
     if base == "tiny":
-        from layerflow.testing import build_tiny_pipeline
-
-        pipeline = build_tiny_pipeline(
-            words=tiny_words(),
-            seed=config.model.tiny_seed,
-            num_layers=config.model.tiny_num_layers,
-            max_text_seq_length=TINY_PROMPT_TOKENS,
-        )
-        pipeline.tokenizer.model_max_length = TINY_PROMPT_TOKENS
-        return pipeline
+        return build_tiny_training_pipeline(config.model.tiny_seed, config.model.tiny_num_layers)
     path = Path(base)
     if path.exists():
         index_file = path / "model_index.json"
