@@ -19,7 +19,9 @@ from layerflow.data import (
     precompute_cache,
 )
 from layerflow.data.testing import PROMPTS, write_simple_sample
+from layerflow.layout import LayerLayout
 
+OFFICIAL = LayerLayout.official()
 PRE = Preprocess(height=16, width=16, frames=FrameSampler(num_frames=8, start="first"))
 
 
@@ -54,15 +56,15 @@ def test_cache_matches_direct_encoding_and_trains(tmp_path, encoders, dataset):
     manifest = precompute_cache(
         dataset, vae, text, tmp_path / "cache", CacheSettings(samples_per_shard=1), progress=False
     )
-    assert len(manifest.entries) == 2 and len(manifest.shards) == 2 and manifest.latent_frames_per_clip == 2
+    assert len(manifest.entries) == 2 and len(manifest.shards) == 2 and manifest.clip_frames == [2, 2, 2, 2]
     cached = CachedLayerDataset(
         tmp_path / "cache", expected_fingerprints=manifest.fingerprints, sample_posterior=False
     )
     sample = cached[1]
-    mean, _, per_clip = encode_latents(vae, dataset[1].to_model_inputs())
+    mean, _, per_clip = encode_latents(vae, dataset[1], OFFICIAL)
     torch.testing.assert_close(sample.latents, mean * vae.config.scaling_factor)
-    assert per_clip == 2 and sample.latents.shape == (4, 8, 2, 2)
-    torch.testing.assert_close(sample.clip("alpha"), sample.latents[:, 2:4])
+    assert per_clip == [2, 2, 2, 2] and sample.latents.shape == (4, 8, 2, 2)
+    torch.testing.assert_close(sample.clip("foreground", "alpha"), sample.latents[:, 2:4])
     expected_text = text([PROMPTS["foreground"], PROMPTS["background"], PROMPTS["composite"]]).embeddings[0]
     torch.testing.assert_close(sample.prompt_embeds, expected_text)
     batch = collate_cached([cached[i] for i in range(2)])
@@ -77,7 +79,7 @@ def test_posterior_sampling_is_fresh_per_epoch(tmp_path, encoders, dataset):
     torch.testing.assert_close(cached[0].latents, first)
     cached.set_epoch(1)
     assert not torch.equal(cached[0].latents, first)
-    mean, std, _ = encode_latents(vae, dataset[0].to_model_inputs())
+    mean, std, _ = encode_latents(vae, dataset[0], OFFICIAL)
     noise = first / vae.config.scaling_factor - mean
     assert float((noise / std).std()) == pytest.approx(1.0, abs=0.35)
 
@@ -104,7 +106,7 @@ def test_stale_cache_is_detected_refused_and_rebuilt(tmp_path, encoders, dataset
     rebuilt = precompute_cache(dataset, other_vae, text, cache, progress=False)
     assert rebuilt.fingerprints["vae"] != manifest.fingerprints["vae"]
     sample = CachedLayerDataset(cache, expected_fingerprints=rebuilt.fingerprints, sample_posterior=False)[0]
-    mean, _, _ = encode_latents(other_vae, dataset[0].to_model_inputs())
+    mean, _, _ = encode_latents(other_vae, dataset[0], OFFICIAL)
     torch.testing.assert_close(sample.latents, mean * other_vae.config.scaling_factor)
 
 

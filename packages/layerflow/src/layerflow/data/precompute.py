@@ -10,8 +10,11 @@ posterior sample every step (``DiagonalGaussianRegularizer(sample=True)``), and 
 lets :class:`~layerflow.data.cached.CachedLayerDataset` do the same at the cost of 2x the storage,
 instead of freezing one noise draw into the data forever.
 
-The manifest records fingerprints of the VAE and text encoder (config + weight hash), of the dataset
-(settings + file sizes and mtimes) and of the preprocessing and cache settings. A cache whose
+Latents are the clips of the model's :class:`~layerflow.layout.LayerLayout` in layout order, encoded
+as the pipeline encodes conditions; prompt embeddings are one prompt per layout layer, in layer order.
+The manifest records fingerprints of the VAE, transparent VAE (``latent_offset`` layouts) and text
+encoder (config + weight hash), of the layout, of the dataset (settings + file sizes and mtimes) and
+of the preprocessing and cache settings (the VAE pass mode among them). A cache whose
 fingerprints differ is stale: it is rebuilt, or refused with a message naming what changed.
 Shards and the manifest are written atomically (temporary file + rename), the manifest last, so an
 interrupted run never leaves a cache that loads.
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,16 +34,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from layerflow.atomic import atomic_file, write_json_atomic
+from layerflow.layout import LayerLayout
+from layerflow.pipelines import representation as rep
 
 from .base import LayeredDataset, digest
 from .errors import SampleError
 from .fingerprint import module_fingerprint
-from .sample import CLIP_ORDER, PROMPT_ROLES, LayeredSample, ModelInputs
+from .sample import LayeredSample
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "layerflow-precompute"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST = "manifest.json"
 EncodeMode = Literal["joint", "per_clip"]
 StalePolicy = Literal["rebuild", "raise"]
@@ -57,16 +61,16 @@ class CacheSettings:
     """How the cache is encoded and stored (all of it is part of the fingerprint).
 
     Args:
-        encode_mode: ``"joint"`` encodes the clips concatenated in time (``CLIP_ORDER``) in one VAE
-            call, as the official code does (causal convolutions and norms see neighbouring clips);
-            ``"per_clip"`` encodes each clip alone.
+        encode_mode: ``"joint"`` encodes the layout's clips concatenated in time in one VAE call, as
+            the official code does (causal convolutions and norms see neighbouring clips);
+            ``"per_clip"`` encodes each clip alone, as the pipeline encodes conditions.
         storage_dtype: dtype of the stored tensors (``"float32"``, ``"bfloat16"``, ``"float16"``).
         draws_per_sample: how many epochs of random choices (frame window, copy-paste placement)
             are encoded per sample; epoch ``e`` of the cached dataset reads draw ``e % draws``.
         samples_per_shard: entries per safetensors shard.
     """
 
-    encode_mode: EncodeMode = "joint"
+    encode_mode: EncodeMode = "per_clip"
     storage_dtype: str = "float32"
     draws_per_sample: int = 1
     samples_per_shard: int = 64
@@ -88,9 +92,10 @@ class CacheManifest:
     fingerprints: dict[str, str]
     settings: dict[str, Any]
     scaling_factor: float
-    latent_frames_per_clip: int
-    clip_order: list[str]
-    prompt_roles: list[str]
+    layout: dict[str, Any]
+    """The model's layout (:meth:`LayerLayout.to_dict`): clips and prompts are in its order."""
+    clip_frames: list[int]
+    """Latent frames of each clip in layout order."""
     entries: list[dict[str, Any]] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -128,31 +133,59 @@ def _posterior(vae: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def encode_latents(
-    vae: nn.Module, inputs: ModelInputs, mode: EncodeMode = "joint", clip_order: Sequence[str] = CLIP_ORDER
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """VAE posterior of one sample's clips: ``(mean, std, latent frames per clip)``, ``[C, t, h, w]``.
+    vae: nn.Module,
+    sample: LayeredSample,
+    layout: LayerLayout,
+    mode: EncodeMode = "per_clip",
+    transparent_vae: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Unscaled VAE posterior of a sample's layout clips: ``(mean, std, latent frames per clip)``.
 
-    The latent frames are the clips' latents in ``clip_order``, each clip the same number of frames.
+    ``mean``/``std`` are ``[C, F, h, w]``, the clips in layout order along ``F``. A ``latent_offset``
+    foreground is encoded by the transparent VAE, deterministically (``std`` 0).
     """
-    if mode == "per_clip":
-        moments = [_posterior(vae, getattr(inputs, name)) for name in clip_order]
-        mean, std = torch.cat([m for m, _ in moments], dim=1), torch.cat([s for _, s in moments], dim=1)
-        return mean, std, moments[0][0].shape[1]
-    mean, std = _posterior(vae, inputs.concat(clip_order))
-    total = mean.shape[1]
-    if total % len(clip_order):
-        raise ValueError(
-            f"joint encoding gave {total} latent frames for {len(clip_order)} clips of "
-            f"{inputs.foreground.shape[0]} frames, which do not split evenly: use a frame count that is a "
-            "multiple of the VAE's frame batch (8 for CogVideoX) or encode_mode='per_clip'"
-        )
-    return mean, std, total // len(clip_order)
+    sample = sample.for_layout(layout)
+    moments: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for clip in layout.clips:
+        layer = sample.layer(clip.layer)
+        if layout.alpha == "latent_offset" and layer.alpha is not None:
+            if transparent_vae is None:
+                raise ValueError("the layout carries alpha as a latent offset: pass the transparent VAE")
+            scaling = float(vae.config.scaling_factor)  # type: ignore[union-attr]
+            latents = transparent_vae.encode_rgba(vae, layer.frames[None])[0].float().cpu()  # type: ignore[operator]
+            mean = latents.permute(1, 0, 2, 3) / scaling
+            moments.append((mean, torch.zeros_like(mean)))
+            continue
+        if clip.content == "alpha":
+            assert layer.alpha is not None
+            pixels = rep.alpha_to_clip(layer.alpha)
+        elif layer.alpha is not None:
+            pixels = rep.premultiply_onto_grey(layer.rgb, layer.alpha)
+        else:
+            pixels = layer.rgb
+        moments.append((rep.to_model_range(pixels), torch.empty(0)))
+    if mode == "joint":
+        if any(std.numel() for _, std in moments):
+            raise ValueError("the joint VAE pass encodes RGB clips only; 'latent_offset' needs 'per_clip'")
+        mean, std = _posterior(vae, torch.cat([pixels for pixels, _ in moments]))
+        total = mean.shape[1]
+        if total % len(moments):
+            raise ValueError(
+                f"joint encoding gave {total} latent frames for {len(moments)} clips of {sample.num_frames} "
+                "frames, which do not split evenly: use a frame count that is a multiple of the VAE's frame "
+                "batch (8 for CogVideoX) or encode_mode='per_clip'"
+            )
+        return mean, std, [total // len(moments)] * len(moments)
+    encoded = [(m, s) if s.numel() else _posterior(vae, m) for m, s in moments]
+    frames = [mean.shape[1] for mean, _ in encoded]
+    return torch.cat([m for m, _ in encoded], dim=1), torch.cat([s for _, s in encoded], dim=1), frames
 
 
 @torch.no_grad()
-def encode_prompts(text_encoder: nn.Module, sample: LayeredSample) -> torch.Tensor:
-    """Layer prompt embeddings ``[L * S, D]`` of a sample, prompts in :data:`PROMPT_ROLES` order."""
-    output = text_encoder([sample.prompts[role] for role in PROMPT_ROLES])
+def encode_prompts(text_encoder: nn.Module, sample: LayeredSample, layout: LayerLayout) -> torch.Tensor:
+    """Layer prompt embeddings ``[L * S, D]`` of a sample, one prompt per layout layer in layout order."""
+    sample = sample.for_layout(layout)
+    output = text_encoder([sample.prompts[spec.name] for spec in layout.layers])
     embeddings = getattr(output, "embeddings", output)
     if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != 1:
         raise TypeError(
@@ -171,21 +204,32 @@ def _check_text_encoder(text_encoder: nn.Module) -> None:
 
 
 def cache_fingerprints(
-    dataset: LayeredDataset, vae: nn.Module, text_encoder: nn.Module, settings: CacheSettings
+    dataset: LayeredDataset,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    settings: CacheSettings,
+    layout: LayerLayout | None = None,
+    transparent_vae: nn.Module | None = None,
 ) -> dict[str, str]:
-    """The fingerprints a cache of ``dataset`` with these encoders and settings must carry."""
-    return {
+    """The fingerprints a cache of ``dataset`` with these encoders, layout and settings must carry."""
+    layout = layout or LayerLayout.official()
+    fingerprints = {
         "vae": module_fingerprint(vae),
         "text_encoder": module_fingerprint(text_encoder),
+        "layout": digest(layout.to_dict()),
         "dataset": dataset.fingerprint(),
         "preprocess": digest(dataset.preprocess.to_dict()),
         "settings": digest(asdict(settings)),
     }
+    if transparent_vae is not None:
+        fingerprints["transparent_vae"] = module_fingerprint(transparent_vae)
+    return fingerprints
 
 
 def describe_staleness(stored: dict[str, str], expected: dict[str, str]) -> str:
     changed = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
     names = {"vae": "the VAE", "text_encoder": "the text encoder", "dataset": "the dataset files or settings"}
+    names |= {"layout": "the layer layout", "transparent_vae": "the transparent VAE"}
     names |= {"preprocess": "the preprocessing settings", "settings": "the cache settings"}
     return ", ".join(names.get(k, k) for k in changed)
 
@@ -204,6 +248,8 @@ def precompute_cache(
     cache_dir: str | Path,
     settings: CacheSettings | None = None,
     *,
+    layout: LayerLayout | None = None,
+    transparent_vae: nn.Module | None = None,
     on_stale: StalePolicy = "rebuild",
     progress: bool = True,
 ) -> CacheManifest:
@@ -215,18 +261,22 @@ def precompute_cache(
         text_encoder: a module mapping a list of layer prompts to ``[1, L * S, D]`` embeddings (or an
             object with ``.embeddings``), e.g. ``layer_embeddings.LayerPromptEncoder`` without a layer
             embedder.
+        layout: the model's layer layout (default :meth:`LayerLayout.official`); samples are matched
+            to it (:meth:`LayeredSample.for_layout`) and encoded clip by clip in its order.
+        transparent_vae: the pipeline's transparent VAE, for ``latent_offset`` layouts.
         on_stale: ``"rebuild"`` re-encodes a stale cache (with a warning saying what changed);
             ``"raise"`` refuses with :class:`StaleCacheError`.
 
     Samples that fail follow the dataset's ``on_error``: raised, or skipped and listed in the manifest.
     """
     settings = settings or CacheSettings()
+    layout = layout or LayerLayout.official()
     if on_stale not in ("rebuild", "raise"):
         raise ValueError(f"on_stale must be 'rebuild' or 'raise', got {on_stale!r}")
     _check_text_encoder(text_encoder)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fingerprints = cache_fingerprints(dataset, vae, text_encoder, settings)
+    fingerprints = cache_fingerprints(dataset, vae, text_encoder, settings, layout, transparent_vae)
     if (cache_dir / MANIFEST).exists():
         try:
             previous = CacheManifest.load(cache_dir)
@@ -251,9 +301,8 @@ def precompute_cache(
         fingerprints=fingerprints,
         settings=asdict(settings),
         scaling_factor=scaling_factor,
-        latent_frames_per_clip=0,
-        clip_order=list(CLIP_ORDER),
-        prompt_roles=list(PROMPT_ROLES),
+        layout=layout.to_dict(),
+        clip_frames=[],
     )
     pending: dict[str, torch.Tensor] = {}
 
@@ -276,11 +325,12 @@ def precompute_cache(
             dataset.skips.record(error)
             manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
             continue
-        mean, std, per_clip = encode_latents(vae, sample.to_model_inputs(), settings.encode_mode)
-        manifest.latent_frames_per_clip = per_clip
+        mean, std, manifest.clip_frames = encode_latents(
+            vae, sample, layout, settings.encode_mode, transparent_vae
+        )
         key = str(len(manifest.entries))
         pending |= {f"{key}.latent_mean": mean.to(dtype), f"{key}.latent_std": std.to(dtype)}
-        pending[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample).to(dtype)
+        pending[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample, layout).to(dtype)
         manifest.entries.append(
             {
                 "key": key,
@@ -290,7 +340,7 @@ def precompute_cache(
                 "shard": f"shard-{len(manifest.shards):05d}.safetensors",
                 "source": sample.source,
                 "fps": sample.fps,
-                "prompts": sample.prompts,
+                "prompts": sample.for_layout(layout).prompts,
             }
         )
         if len(pending) >= 3 * settings.samples_per_shard:
