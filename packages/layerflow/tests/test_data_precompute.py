@@ -61,7 +61,7 @@ def test_cache_matches_direct_encoding_and_trains(tmp_path, encoders, dataset):
         tmp_path / "cache", expected_fingerprints=manifest.fingerprints, sample_posterior=False
     )
     sample = cached[1]
-    mean, _, per_clip = encode_latents(vae, dataset[1], OFFICIAL)
+    mean, _, per_clip = encode_latents(vae, dataset[1].layers, OFFICIAL)
     torch.testing.assert_close(sample.latents, mean * vae.config.scaling_factor)
     assert per_clip == [2, 2, 2, 2] and sample.latents.shape == (4, 8, 2, 2)
     torch.testing.assert_close(sample.clip("foreground", "alpha"), sample.latents[:, 2:4])
@@ -79,7 +79,7 @@ def test_posterior_sampling_is_fresh_per_epoch(tmp_path, encoders, dataset):
     torch.testing.assert_close(cached[0].latents, first)
     cached.set_epoch(1)
     assert not torch.equal(cached[0].latents, first)
-    mean, std, _ = encode_latents(vae, dataset[0], OFFICIAL)
+    mean, std, _ = encode_latents(vae, dataset[0].layers, OFFICIAL)
     noise = first / vae.config.scaling_factor - mean
     assert float((noise / std).std()) == pytest.approx(1.0, abs=0.35)
 
@@ -106,7 +106,7 @@ def test_stale_cache_is_detected_refused_and_rebuilt(tmp_path, encoders, dataset
     rebuilt = precompute_cache(dataset, other_vae, text, cache, progress=False)
     assert rebuilt.fingerprints["vae"] != manifest.fingerprints["vae"]
     sample = CachedLayerDataset(cache, expected_fingerprints=rebuilt.fingerprints, sample_posterior=False)[0]
-    mean, _, _ = encode_latents(other_vae, dataset[0], OFFICIAL)
+    mean, _, _ = encode_latents(other_vae, dataset[0].layers, OFFICIAL)
     torch.testing.assert_close(sample.latents, mean * other_vae.config.scaling_factor)
 
 

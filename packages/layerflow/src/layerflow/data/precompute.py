@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +41,7 @@ from layerflow.pipelines import representation as rep
 from .base import LayeredDataset, digest
 from .errors import SampleError
 from .fingerprint import module_fingerprint
-from .sample import LayeredSample
+from .sample import Layer, LayeredSample
 
 logger = logging.getLogger(__name__)
 
@@ -134,20 +135,21 @@ def _posterior(vae: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch
 @torch.no_grad()
 def encode_latents(
     vae: nn.Module,
-    sample: LayeredSample,
+    layers: Mapping[str, Layer],
     layout: LayerLayout,
     mode: EncodeMode = "per_clip",
     transparent_vae: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Unscaled VAE posterior of a sample's layout clips: ``(mean, std, latent frames per clip)``.
+    """Unscaled VAE posterior of one sample's layout clips: ``(mean, std, latent frames per clip)``.
 
+    ``layers`` are named as the layout names them (:meth:`LayeredSample.for_layout`), ``[T, C, H, W]``.
     ``mean``/``std`` are ``[C, F, h, w]``, the clips in layout order along ``F``. A ``latent_offset``
     foreground is encoded by the transparent VAE, deterministically (``std`` 0).
     """
-    sample = sample.for_layout(layout)
     moments: list[tuple[torch.Tensor, torch.Tensor]] = []
+    num_frames = next(iter(layers.values())).rgb.shape[0]
     for clip in layout.clips:
-        layer = sample.layer(clip.layer)
+        layer = layers[clip.layer]
         if layout.alpha == "latent_offset" and layer.alpha is not None:
             if transparent_vae is None:
                 raise ValueError("the layout carries alpha as a latent offset: pass the transparent VAE")
@@ -171,7 +173,7 @@ def encode_latents(
         total = mean.shape[1]
         if total % len(moments):
             raise ValueError(
-                f"joint encoding gave {total} latent frames for {len(moments)} clips of {sample.num_frames} "
+                f"joint encoding gave {total} latent frames for {len(moments)} clips of {num_frames} "
                 "frames, which do not split evenly: use a frame count that is a multiple of the VAE's frame "
                 "batch (8 for CogVideoX) or encode_mode='per_clip'"
             )
@@ -325,8 +327,9 @@ def precompute_cache(
             dataset.skips.record(error)
             manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
             continue
+        sample = sample.for_layout(layout)
         mean, std, manifest.clip_frames = encode_latents(
-            vae, sample, layout, settings.encode_mode, transparent_vae
+            vae, sample.layers, layout, settings.encode_mode, transparent_vae
         )
         key = str(len(manifest.entries))
         pending |= {f"{key}.latent_mean": mean.to(dtype), f"{key}.latent_std": std.to(dtype)}
@@ -340,7 +343,7 @@ def precompute_cache(
                 "shard": f"shard-{len(manifest.shards):05d}.safetensors",
                 "source": sample.source,
                 "fps": sample.fps,
-                "prompts": sample.for_layout(layout).prompts,
+                "prompts": sample.prompts,
             }
         )
         if len(pending) >= 3 * settings.samples_per_shard:

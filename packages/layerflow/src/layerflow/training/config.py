@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from layerflow.layout import TASKS
+from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, Role
 from layerflow.models.adapters import ATTENTION_PROJECTIONS
 
 Stage = Literal[1, 2, 3]
 STAGES: tuple[int, ...] = (1, 2, 3)
 MixedPrecision = Literal["no", "fp16", "bf16"]
 TaskMixing = Literal["per_batch", "per_sample"]
-SourceKind = Literal["synthetic", "simple", "official", "static_images", "copy_paste"]
 InitFrom = Literal["previous_stage", "base"]
 Tracker = Literal["auto", "tensorboard", "none"]
 EncodeMode = Literal["joint", "per_clip"]
@@ -39,6 +38,34 @@ TINY_CONFIG = CONFIG_DIR / "tiny.toml"
 
 class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range; names the dotted key."""
+
+
+@dataclass
+class LayerEntry:
+    """One layer of ``model.layout``: ``{ name = "fg1", role = "foreground" }``."""
+
+    name: str
+    role: Role
+
+
+@dataclass
+class LayoutConfig:
+    """``model.layout``, in the form of ``model_index.json``'s ``layout`` entry.
+
+    Example: ``layout = { alpha = "alpha_clip", layers = [{ name = "fg1", role = "foreground" },
+    { name = "fg2", role = "foreground" }, { name = "bg", role = "background" },
+    { name = "blend", role = "composite" }] }`` (foregrounds front to back, as data samples list them).
+    """
+
+    layers: list[LayerEntry]
+    alpha: AlphaRepresentation = "alpha_clip"
+
+    def to_layout(self, prefix: str) -> LayerLayout:
+        """The :class:`LayerLayout`; an invalid one raises :class:`ConfigError` naming ``prefix``."""
+        try:
+            return LayerLayout(tuple(LayerSpec(e.name, e.role) for e in self.layers), self.alpha)
+        except ValueError as error:
+            raise ConfigError(f"{prefix}: {error}") from None
 
 
 @dataclass
@@ -59,9 +86,16 @@ class ModelConfig:
         lora_targets: Linear modules of each chosen block that get LoRAs (official: q, k, v, out).
         gradient_checkpointing: recompute block activations in backward.
         tiny_seed, tiny_num_layers: seed and depth of the ``"tiny"`` base model.
+        layout: the layer layout trained (:class:`LayoutConfig`); default: the base model's own
+            (a saved pipeline's, else :meth:`LayerLayout.official`). A saved pipeline whose layout
+            differs is an error, never silently overridden.
+        transparent_vae: a saved ``LayerFlowTransparentVAE`` folder (``save_pretrained``), for a
+            ``latent_offset`` layout on a base that has none (the tiny base builds a tiny one).
     """
 
     base: str = "tiny"
+    layout: LayoutConfig | None = None
+    transparent_vae: str | None = None
     init_from: InitFrom = "previous_stage"
     previous_stage_dir: str | None = None
     block_interval: int = 6
@@ -83,11 +117,14 @@ class ModelConfig:
             raise ConfigError(f"{prefix}.lora_alpha must be > 0, got {self.lora_alpha}")
         if not self.lora_targets:
             raise ConfigError(f"{prefix}.lora_targets must name at least one Linear module")
+        if self.layout is not None:
+            self.layout.to_layout(f"{prefix}.layout")
 
 
 @dataclass
 class SourceConfig:
-    """One dataset of the mix.
+    """One dataset of the mix; the kinds and their required keys are declared once, in
+    :data:`~layerflow.training.sources.SOURCE_KINDS`.
 
     Args:
         kind: ``"synthetic"`` (embedded procedural data, generated once into ``data.synthetic_dir``),
@@ -96,35 +133,37 @@ class SourceConfig:
             pasted on background clips).
         root: dataset folder (``simple``, ``official``, ``static_images``).
         meta_file: official layout meta JSON (default: found in ``root``).
-        foregrounds, backgrounds: ``copy_paste`` clip folders.
+        foreground_clips, background_clips: ``copy_paste`` clip folders.
+        foregrounds: ``synthetic``, ``copy_paste``: foreground layers per sample (composited front to
+            back with exact alphas, one prompt each).
         num_samples: ``synthetic``: clips generated; ``copy_paste``: samples per epoch.
         freeze: freeze every clip to one random frame repeated (source ``"static"``, motion gate 1):
             LayerFlow's static videos for the motion LoRA.
         repeat: how many times the source appears per epoch (integer mixing weight).
     """
 
-    kind: SourceKind = "synthetic"
+    kind: str = "synthetic"
     root: str | None = None
     meta_file: str | None = None
-    foregrounds: str | None = None
-    backgrounds: str | None = None
+    foreground_clips: str | None = None
+    background_clips: str | None = None
+    foregrounds: int = 1
     num_samples: int | None = None
     freeze: bool = False
     repeat: int = 1
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.kind", self.kind, get_args(SourceKind))
+        from .sources import SOURCE_KINDS
+
+        _choice(f"{prefix}.kind", self.kind, tuple(SOURCE_KINDS))
         _positive(f"{prefix}.repeat", self.repeat)
-        needs = {
-            "simple": ("root",),
-            "official": ("root",),
-            "static_images": ("root",),
-            "copy_paste": ("foregrounds", "backgrounds"),
-            "synthetic": (),
-        }[self.kind]
-        for key in needs:
+        _positive(f"{prefix}.foregrounds", self.foregrounds)
+        kind = SOURCE_KINDS[self.kind]
+        for key in kind.required:
             if not getattr(self, key):
                 raise ConfigError(f"{prefix}.{key} is required for kind={self.kind!r}")
+        if self.foregrounds > 1 and not kind.multi_foreground:
+            raise ConfigError(f"{prefix}.foregrounds: kind={self.kind!r} holds one foreground per sample")
         if self.num_samples is not None:
             _positive(f"{prefix}.num_samples", self.num_samples)
 

@@ -1,8 +1,9 @@
 """Batches to latents + text embeddings: from the precompute cache, or encoded on the fly each step.
 
-Both paths give the same thing: scaled VAE posterior samples of every clip in layout order and the
-plain layer-prompt embeddings (no layer embedding; the transformer adds it) in
-:data:`~layerflow.data.PROMPT_ROLES` order.
+Both paths give the same thing: scaled VAE posterior samples of every clip of the model's layout in
+layout order, and the plain layer-prompt embeddings (no layer embedding; the transformer adds it),
+one prompt per layout layer in layout order. The on-the-fly path encodes exactly as the precompute
+cache does (:func:`~layerflow.data.encode_latents`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 from layer_embeddings import LayerPromptEncoder
 from layerflow.data import CachedBatch, LayeredBatch, encode_latents
 from layerflow.data.precompute import EncodeMode
-from layerflow.data.sample import CLIP_ORDER
+from layerflow.layout import LayerLayout
 
 from .objective import STREAM_POSTERIOR, ModelBatch, sample_generator
 
@@ -35,15 +36,16 @@ class BatchEncoder:
     """Turns a :class:`LayeredBatch` (pixels, prompts) or :class:`CachedBatch` into a :class:`ModelBatch`.
 
     Args:
-        clip_names: the data clip of each layout clip (:func:`.objective.layout_clip_names`).
-        vae, text_encoder: used on the fly only (frozen, eval mode).
+        layout: the model's layer layout; on-the-fly batches are named by it (``collate_for_layout``).
+        vae, transparent_vae, text_encoder: used on the fly only (frozen, eval mode); the transparent
+            VAE for ``latent_offset`` layouts.
         encode_mode: ``"per_clip"`` or ``"joint"`` VAE encoding (as the cache's setting).
         seed: posterior draws use the per-sample stream of ``(seed, step, micro_step, position)``.
     """
 
     def __init__(
         self,
-        clip_names: Sequence[str],
+        layout: LayerLayout,
         *,
         vae: nn.Module,
         text_encoder: LayerPromptEncoder,
@@ -51,9 +53,11 @@ class BatchEncoder:
         seed: int,
         device: torch.device,
         dtype: torch.dtype,
+        transparent_vae: nn.Module | None = None,
     ):
-        self.clip_indices = [CLIP_ORDER.index(name) for name in clip_names]
+        self.layout = layout
         self.vae = vae
+        self.transparent_vae = transparent_vae
         self.text_encoder = text_encoder
         self.encode_mode: EncodeMode = encode_mode
         self.seed = seed
@@ -61,44 +65,41 @@ class BatchEncoder:
         self.dtype = dtype
         self.scaling_factor = float(cast(Any, vae).config.scaling_factor)
 
-    def _layout_clips(self, latents: torch.Tensor, frames_per_clip: int) -> torch.Tensor:
-        """``[B, C, 4 * t, h, w]`` in CLIP_ORDER -> ``[B, F, C, h, w]`` in layout order."""
-        clips = latents.split(frames_per_clip, dim=2)
-        return torch.cat([clips[i] for i in self.clip_indices], dim=2).permute(0, 2, 1, 3, 4)
-
     def __call__(
         self, batch: LayeredBatch | CachedBatch, step: int, micro_step: int, positions: Sequence[int]
     ) -> ModelBatch:
         if isinstance(batch, CachedBatch):
-            latents = self._layout_clips(batch.latents, batch.latent_frames_per_clip)
-            embeds, frames = batch.prompt_embeds, batch.latent_frames_per_clip
+            latents, embeds, frames = batch.latents, batch.prompt_embeds, batch.clip_frames
         else:
-            latents, frames = self._encode_latents(batch, step, micro_step, positions)
+            latents, frames = self.encode_latents(batch, step, micro_step, positions)
+            prompts = [
+                [batch.prompts[spec.name][b] for spec in self.layout.layers] for b in range(len(batch))
+            ]
             with torch.no_grad():
-                embeds = self.text_encoder(
-                    batch.layer_prompts(), device=self.device, dtype=self.dtype
-                ).embeddings
+                embeds = self.text_encoder(prompts, device=self.device, dtype=self.dtype).embeddings
         return ModelBatch(
-            latents=latents.to(self.device, torch.float32),
+            latents=latents.permute(0, 2, 1, 3, 4).to(self.device, torch.float32),  # [B, F, C, h, w]
             prompt_embeds=embeds.to(self.device, torch.float32),  # autocast casts per op
             is_static=batch.is_static.to(self.device),
-            clip_frames=frames,
+            clip_frames=tuple(frames),
             sample_ids=list(batch.sample_ids),
         )
 
     @torch.no_grad()
-    def _encode_latents(
+    def encode_latents(
         self, batch: LayeredBatch, step: int, micro_step: int, positions: Sequence[int]
-    ) -> tuple[torch.Tensor, int]:
-        inputs = batch.to_model_inputs()
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Scaled posterior samples ``[B, C, F, h, w]`` of every sample's layout clips, and clip frames."""
         samples = []
-        frames = 0
+        frames: list[int] = []
         for b, position in enumerate(positions):
-            one = type(inputs)(**{name: getattr(inputs, name)[b] for name in CLIP_ORDER})
-            mean, std, frames = encode_latents(self.vae, one, self.encode_mode)
+            layers = {name: layer.map(lambda t, b=b: t[b]) for name, layer in batch.layers.items()}
+            mean, std, frames = encode_latents(
+                self.vae, layers, self.layout, self.encode_mode, self.transparent_vae
+            )
             noise = torch.randn(
                 mean.shape,
                 generator=sample_generator(self.seed, step, micro_step, position, STREAM_POSTERIOR),
             )
             samples.append((mean + std * noise) * self.scaling_factor)
-        return self._layout_clips(torch.stack(samples), frames), frames
+        return torch.stack(samples), frames
