@@ -31,8 +31,8 @@ from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKL
 from tqdm.auto import tqdm
 
 from layer_embeddings.tiny import build_tiny_t5_encoder, build_word_tokenizer
+from layerflow import codec as rep
 from layerflow.atomic import atomic_directory
-from layerflow.pipelines import representation as rep
 from layerflow.synthetic import SyntheticConfig, SyntheticGenerator, SyntheticSample
 
 #: Bump when the cached folder's content or the way it is built changes (part of the fingerprint).

@@ -25,10 +25,9 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from layer_embeddings import LayerPromptEncoder
+from layerflow import codec as rep
 from layerflow.layout import LayerLayout, TaskLayout
 from layerflow.media.output import OutputLayer, write_output_dir
-
-from . import representation as rep
 
 OutputType = Literal["pt", "np", "latent"]
 Unconditional = Literal["zeros", "encoded"]
@@ -423,7 +422,7 @@ class LayerFlowPipeline(DiffusionPipeline):
 
         patch = int(self.transformer.config.patch_size)
         tokens_per_clip = latent_frames * (latent_hw[0] // patch) * (latent_hw[1] // patch)
-        lengths = task_layout.segment_lengths(max_sequence_length, tokens_per_clip)
+        lengths = task_layout.segment_lengths(max_sequence_length, [tokens_per_clip] * len(task_layout.clips))
         return segment_attention_kwargs(
             self.transformer, lengths, task_layout.attention_table(isolate_conditions)
         )
