@@ -12,8 +12,8 @@ from .precompute import (
     CacheSettings,
     StaleCacheError,
     cache_fingerprints,
-    encode_latents,
     encode_prompts,
+    encode_sample,
     precompute_cache,
 )
 from .sample import (
@@ -57,8 +57,8 @@ __all__ = [
     "collate_for_layout",
     "collate_layered",
     "composite_layers",
-    "encode_latents",
     "encode_prompts",
+    "encode_sample",
     "foreground_names",
     "precompute_cache",
     "sample_rng",

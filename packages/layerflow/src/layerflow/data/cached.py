@@ -23,7 +23,7 @@ class CachedSample:
     """One cached sample.
 
     Attributes:
-        latents: ``[C, F, h, w]`` VAE latents of the layout's clips in layout order (``clip_frames``
+        latents: ``[F, C, h, w]`` VAE latents of the layout's clips in layout order (``clip_frames``
             latent frames each), already multiplied by the VAE ``scaling_factor``.
         prompt_embeds: ``[L * S, D]`` text embeddings, layout layer ``i``'s prompt in tokens ``i*S .. (i+1)*S``.
     """
@@ -45,12 +45,12 @@ class CachedSample:
         """The latent frames of one clip: a layer's colour clip or (``alpha_clip``) its alpha clip."""
         index = self.layout.clips.index(ClipSpec(layer, content))
         start = sum(self.clip_frames[:index])
-        return self.latents[:, start : start + self.clip_frames[index]]
+        return self.latents[start : start + self.clip_frames[index]]
 
 
 @dataclass
 class CachedBatch:
-    """Cached samples stacked: ``latents [B, C, t, h, w]``, ``prompt_embeds [B, L * S, D]``."""
+    """Cached samples stacked: ``latents [B, F, C, h, w]``, ``prompt_embeds [B, L * S, D]``."""
 
     sample_ids: list[str]
     latents: torch.Tensor

@@ -35,8 +35,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from layerflow.atomic import atomic_file, write_json_atomic
+from layerflow.codec import ClipCodec, LatentPosterior
+from layerflow.geometry import FrameGeometry
 from layerflow.layout import LayerLayout
-from layerflow.pipelines import representation as rep
 
 from .base import LayeredDataset, digest
 from .errors import SampleError
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = "layerflow-precompute"
 CACHE_VERSION = 2
 MANIFEST = "manifest.json"
-EncodeMode = Literal["joint", "per_clip"]
 StalePolicy = Literal["rebuild", "raise"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,24 +61,21 @@ class StaleCacheError(RuntimeError):
 class CacheSettings:
     """How the cache is encoded and stored (all of it is part of the fingerprint).
 
+    The VAE pass mode (``per_clip`` / ``joint``) is the layout's (:attr:`LayerLayout.vae_pass`),
+    fingerprinted with the layout.
+
     Args:
-        encode_mode: ``"joint"`` encodes the layout's clips concatenated in time in one VAE call, as
-            the official code does (causal convolutions and norms see neighbouring clips);
-            ``"per_clip"`` encodes each clip alone, as the pipeline encodes conditions.
         storage_dtype: dtype of the stored tensors (``"float32"``, ``"bfloat16"``, ``"float16"``).
         draws_per_sample: how many epochs of random choices (frame window, copy-paste placement)
             are encoded per sample; epoch ``e`` of the cached dataset reads draw ``e % draws``.
         samples_per_shard: entries per safetensors shard.
     """
 
-    encode_mode: EncodeMode = "per_clip"
     storage_dtype: str = "float32"
     draws_per_sample: int = 1
     samples_per_shard: int = 64
 
     def __post_init__(self) -> None:
-        if self.encode_mode not in ("joint", "per_clip"):
-            raise ValueError(f"encode_mode must be 'joint' or 'per_clip', got {self.encode_mode!r}")
         if self.storage_dtype not in _DTYPES:
             raise ValueError(f"storage_dtype must be one of {sorted(_DTYPES)}, got {self.storage_dtype!r}")
         if self.draws_per_sample < 1 or self.samples_per_shard < 1:
@@ -118,69 +115,17 @@ class CacheManifest:
         write_json_atomic(cache_dir / MANIFEST, asdict(self), indent=1)
 
 
-def _posterior(vae: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of ``vae.encode`` for ``[T, 3, H, W]`` pixels in [-1, 1]; returns ``[C, t, h, w]``."""
-    param = next(vae.parameters())
-    pixels = video.permute(1, 0, 2, 3).unsqueeze(0).to(device=param.device, dtype=param.dtype)
-    encoded = vae.encode(pixels)  # type: ignore[operator]
-    posterior = getattr(encoded, "latent_dist", encoded)
-    if not hasattr(posterior, "mean") or not hasattr(posterior, "std"):
-        raise TypeError(
-            f"{type(vae).__name__}.encode must return a Gaussian posterior with .mean and .std "
-            f"(or an output with .latent_dist), got {type(encoded).__name__}"
-        )
-    return posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
-
-
 @torch.no_grad()
-def encode_latents(
-    vae: nn.Module,
-    layers: Mapping[str, Layer],
-    layout: LayerLayout,
-    mode: EncodeMode = "per_clip",
-    transparent_vae: nn.Module | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Unscaled VAE posterior of one sample's layout clips: ``(mean, std, latent frames per clip)``.
+def encode_sample(codec: ClipCodec, layers: Mapping[str, Layer]) -> tuple[LatentPosterior, FrameGeometry]:
+    """The VAE posterior of one sample's layout clips, encoded by the pipeline's codec.
 
-    ``layers`` are named as the layout names them (:meth:`LayeredSample.for_layout`), ``[T, C, H, W]``.
-    ``mean``/``std`` are ``[C, F, h, w]``, the clips in layout order along ``F``. A ``latent_offset``
-    foreground is encoded by the transparent VAE, deterministically (``std`` 0).
+    ``layers`` are named as the codec's layout names them (:meth:`LayeredSample.for_layout`),
+    ``[T, C, H, W]``; they are encoded exactly as the pipeline encodes the same frames as conditions.
     """
-    moments: list[tuple[torch.Tensor, torch.Tensor]] = []
-    num_frames = next(iter(layers.values())).rgb.shape[0]
-    for clip in layout.clips:
-        layer = layers[clip.layer]
-        if layout.alpha == "latent_offset" and layer.alpha is not None:
-            if transparent_vae is None:
-                raise ValueError("the layout carries alpha as a latent offset: pass the transparent VAE")
-            scaling = float(vae.config.scaling_factor)  # type: ignore[union-attr]
-            latents = transparent_vae.encode_rgba(vae, layer.frames[None])[0].float().cpu()  # type: ignore[operator]
-            mean = latents.permute(1, 0, 2, 3) / scaling
-            moments.append((mean, torch.zeros_like(mean)))
-            continue
-        if clip.content == "alpha":
-            assert layer.alpha is not None
-            pixels = rep.alpha_to_clip(layer.alpha)
-        elif layer.alpha is not None:
-            pixels = rep.premultiply_onto_grey(layer.rgb, layer.alpha)
-        else:
-            pixels = layer.rgb
-        moments.append((rep.to_model_range(pixels), torch.empty(0)))
-    if mode == "joint":
-        if any(std.numel() for _, std in moments):
-            raise ValueError("the joint VAE pass encodes RGB clips only; 'latent_offset' needs 'per_clip'")
-        mean, std = _posterior(vae, torch.cat([pixels for pixels, _ in moments]))
-        total = mean.shape[1]
-        if total % len(moments):
-            raise ValueError(
-                f"joint encoding gave {total} latent frames for {len(moments)} clips of {num_frames} "
-                "frames, which do not split evenly: use a frame count that is a multiple of the VAE's frame "
-                "batch (8 for CogVideoX) or encode_mode='per_clip'"
-            )
-        return mean, std, [total // len(moments)] * len(moments)
-    encoded = [(m, s) if s.numel() else _posterior(vae, m) for m, s in moments]
-    frames = [mean.shape[1] for mean, _ in encoded]
-    return torch.cat([m for m, _ in encoded], dim=1), torch.cat([s for _, s in encoded], dim=1), frames
+    frames = {name: layer.frames[None] for name, layer in layers.items()}
+    t, _, h, w = next(iter(layers.values())).rgb.shape
+    geometry = codec.geometry.check(t, h, w, codec.layout)
+    return codec.encode(frames, geometry), geometry
 
 
 @torch.no_grad()
@@ -206,32 +151,29 @@ def _check_text_encoder(text_encoder: nn.Module) -> None:
 
 
 def cache_fingerprints(
-    dataset: LayeredDataset,
-    vae: nn.Module,
-    text_encoder: nn.Module,
-    settings: CacheSettings,
-    layout: LayerLayout | None = None,
-    transparent_vae: nn.Module | None = None,
+    dataset: LayeredDataset, codec: ClipCodec, text_encoder: nn.Module, settings: CacheSettings
 ) -> dict[str, str]:
-    """The fingerprints a cache of ``dataset`` with these encoders, layout and settings must carry."""
-    layout = layout or LayerLayout.official()
+    """The fingerprints a cache of ``dataset`` with this codec, text encoder and settings must carry.
+
+    The layout's fingerprint covers its VAE pass mode, so a ``per_clip`` cache never serves ``joint``.
+    """
     fingerprints = {
-        "vae": module_fingerprint(vae),
+        "vae": module_fingerprint(codec.vae),
         "text_encoder": module_fingerprint(text_encoder),
-        "layout": digest(layout.to_dict()),
+        "layout": digest(codec.layout.to_dict()),
         "dataset": dataset.fingerprint(),
         "preprocess": digest(dataset.preprocess.to_dict()),
         "settings": digest(asdict(settings)),
     }
-    if transparent_vae is not None:
-        fingerprints["transparent_vae"] = module_fingerprint(transparent_vae)
+    if codec.transparent_vae is not None:
+        fingerprints["transparent_vae"] = module_fingerprint(codec.transparent_vae)
     return fingerprints
 
 
 def describe_staleness(stored: dict[str, str], expected: dict[str, str]) -> str:
     changed = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
     names = {"vae": "the VAE", "text_encoder": "the text encoder", "dataset": "the dataset files or settings"}
-    names |= {"layout": "the layer layout", "transparent_vae": "the transparent VAE"}
+    names |= {"layout": "the layer layout (or its VAE pass mode)", "transparent_vae": "the transparent VAE"}
     names |= {"preprocess": "the preprocessing settings", "settings": "the cache settings"}
     return ", ".join(names.get(k, k) for k in changed)
 
@@ -245,40 +187,36 @@ def _clear(cache_dir: Path) -> None:
 
 def precompute_cache(
     dataset: LayeredDataset,
-    vae: nn.Module,
+    codec: ClipCodec,
     text_encoder: nn.Module,
     cache_dir: str | Path,
     settings: CacheSettings | None = None,
     *,
-    layout: LayerLayout | None = None,
-    transparent_vae: nn.Module | None = None,
     on_stale: StalePolicy = "rebuild",
     progress: bool = True,
 ) -> CacheManifest:
     """Encode ``dataset`` into ``cache_dir``, or reuse the cache there when its fingerprints match.
 
     Args:
-        vae: a VAE whose ``encode`` returns a diagonal Gaussian (diffusers ``AutoencoderKLCogVideoX``);
-            its ``config.scaling_factor`` is recorded for the cached dataset.
+        codec: the pipeline's :class:`~layerflow.codec.ClipCodec` (layout, geometry, VAE, transparent
+            VAE): samples are matched to its layout (:meth:`LayeredSample.for_layout`) and encoded
+            exactly as the pipeline encodes conditions, in the layout's VAE pass mode.
         text_encoder: a module mapping a list of layer prompts to ``[1, L * S, D]`` embeddings (or an
             object with ``.embeddings``), e.g. ``layer_embeddings.LayerPromptEncoder`` without a layer
             embedder.
-        layout: the model's layer layout (default :meth:`LayerLayout.official`); samples are matched
-            to it (:meth:`LayeredSample.for_layout`) and encoded clip by clip in its order.
-        transparent_vae: the pipeline's transparent VAE, for ``latent_offset`` layouts.
         on_stale: ``"rebuild"`` re-encodes a stale cache (with a warning saying what changed);
             ``"raise"`` refuses with :class:`StaleCacheError`.
 
     Samples that fail follow the dataset's ``on_error``: raised, or skipped and listed in the manifest.
     """
     settings = settings or CacheSettings()
-    layout = layout or LayerLayout.official()
+    layout = codec.layout
     if on_stale not in ("rebuild", "raise"):
         raise ValueError(f"on_stale must be 'rebuild' or 'raise', got {on_stale!r}")
     _check_text_encoder(text_encoder)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fingerprints = cache_fingerprints(dataset, vae, text_encoder, settings, layout, transparent_vae)
+    fingerprints = cache_fingerprints(dataset, codec, text_encoder, settings)
     if (cache_dir / MANIFEST).exists():
         try:
             previous = CacheManifest.load(cache_dir)
@@ -298,7 +236,7 @@ def precompute_cache(
     _clear(cache_dir)
 
     dtype = _DTYPES[settings.storage_dtype]
-    scaling_factor = float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0))
+    scaling_factor = codec.geometry.scaling_factor
     manifest = CacheManifest(
         fingerprints=fingerprints,
         settings=asdict(settings),
@@ -328,9 +266,9 @@ def precompute_cache(
             manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
             continue
         sample = sample.for_layout(layout)
-        mean, std, manifest.clip_frames = encode_latents(
-            vae, sample.layers, layout, settings.encode_mode, transparent_vae
-        )
+        posterior, geometry = encode_sample(codec, sample.layers)
+        manifest.clip_frames = list(geometry.clip_latent_frames)
+        mean, std = posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
         key = str(len(manifest.entries))
         pending |= {f"{key}.latent_mean": mean.to(dtype), f"{key}.latent_std": std.to(dtype)}
         pending[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample, layout).to(dtype)

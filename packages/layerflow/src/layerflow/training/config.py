@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, Role
+from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, Role, VaePass
 from layerflow.models.adapters import ATTENTION_PROJECTIONS
 
 Stage = Literal[1, 2, 3]
@@ -28,7 +28,6 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 TaskMixing = Literal["per_batch", "per_sample"]
 InitFrom = Literal["previous_stage", "base"]
 Tracker = Literal["auto", "tensorboard", "none"]
-EncodeMode = Literal["joint", "per_clip"]
 
 #: The paper's learning rates: layer-aware model, motion LoRA, content LoRA.
 STAGE_LEARNING_RATES: dict[int, float] = {1: 1e-4, 2: 1e-3, 3: 5e-3}
@@ -55,15 +54,19 @@ class LayoutConfig:
     Example: ``layout = { alpha = "alpha_clip", layers = [{ name = "fg1", role = "foreground" },
     { name = "fg2", role = "foreground" }, { name = "bg", role = "background" },
     { name = "blend", role = "composite" }] }`` (foregrounds front to back, as data samples list them).
+    ``vae_pass`` is how clips go through the VAE (``"per_clip"``, or ``"joint"`` as the official
+    code); the precompute cache and the on-the-fly encoder follow it, as the pipeline does.
     """
 
     layers: list[LayerEntry]
     alpha: AlphaRepresentation = "alpha_clip"
+    vae_pass: VaePass = "per_clip"
 
     def to_layout(self, prefix: str) -> LayerLayout:
         """The :class:`LayerLayout`; an invalid one raises :class:`ConfigError` naming ``prefix``."""
         try:
-            return LayerLayout(tuple(LayerSpec(e.name, e.role) for e in self.layers), self.alpha)
+            layers = tuple(LayerSpec(e.name, e.role) for e in self.layers)
+            return LayerLayout(layers, self.alpha, vae_pass=self.vae_pass)
         except ValueError as error:
             raise ConfigError(f"{prefix}: {error}") from None
 
@@ -179,8 +182,6 @@ class DataConfig:
         precompute: encode latents and text once into ``cache_dir`` and train from the cache;
             ``False`` encodes with the VAE and text encoder every step.
         cache_dir: cache folder (default ``<output_dir>/cache``), one sub-folder per source.
-        encode_mode: ``"per_clip"`` (each clip alone, as ``LayerFlowPipeline`` encodes conditions)
-            or ``"joint"`` (the clips in one VAE call, as the official code).
         synthetic_dir: where ``synthetic`` sources are generated (default ``<output_root>/embedded-data``).
         num_workers: DataLoader worker processes.
     """
@@ -193,7 +194,6 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"
     precompute: bool = False
     cache_dir: str | None = None
-    encode_mode: EncodeMode = "per_clip"
     synthetic_dir: str | None = None
     synthetic_seed: int = 0
     num_workers: int = 0
@@ -206,7 +206,6 @@ class DataConfig:
         for key in ("height", "width", "num_frames", "stride"):
             _positive(f"{prefix}.{key}", getattr(self, key))
         _choice(f"{prefix}.on_error", self.on_error, ("raise", "skip"))
-        _choice(f"{prefix}.encode_mode", self.encode_mode, get_args(EncodeMode))
         if self.num_workers < 0:
             raise ConfigError(f"{prefix}.num_workers must be >= 0, got {self.num_workers}")
 

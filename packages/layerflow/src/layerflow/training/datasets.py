@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
+from layerflow.codec import ClipCodec
 from layerflow.data import (
     CachedLayerDataset,
     CacheSettings,
@@ -27,7 +28,6 @@ from layerflow.data import (
     precompute_cache,
     to_static,
 )
-from layerflow.layout import LayerLayout
 
 from .config import SourceConfig, TrainConfig
 from .sources import SOURCE_KINDS
@@ -97,30 +97,15 @@ def build_layered_mix(
 
 
 def build_cached_mix(
-    config: TrainConfig,
-    vae: torch.nn.Module,
-    text_encoder: torch.nn.Module,
-    layout: LayerLayout,
-    *,
-    transparent_vae: torch.nn.Module | None = None,
-    progress: bool = False,
+    config: TrainConfig, codec: ClipCodec, text_encoder: torch.nn.Module, *, progress: bool = False
 ) -> RepeatedMix:
-    """Precompute (or reuse, when up to date) one cache per source of ``layout``'s clips and read the mix."""
+    """Precompute (or reuse, when up to date) one cache per source, encoded by ``codec``, and read the mix."""
     _, datasets = build_layered_mix(config, progress=progress)
-    settings = CacheSettings(encode_mode=config.data.encode_mode)
+    settings = CacheSettings()
     cached = []
     for index, (source, dataset) in enumerate(zip(config.data.sources, datasets, strict=True)):
         directory = config.cache_dir / f"source{index}-{source.kind}{'-frozen' if source.freeze else ''}"
-        manifest = precompute_cache(
-            dataset,
-            vae,
-            text_encoder,
-            directory,
-            settings,
-            layout=layout,
-            transparent_vae=transparent_vae,
-            progress=progress,
-        )
+        manifest = precompute_cache(dataset, codec, text_encoder, directory, settings, progress=progress)
         cached.append(
             CachedLayerDataset(directory, expected_fingerprints=manifest.fingerprints, seed=config.run.seed)
         )

@@ -81,12 +81,10 @@ class NoisedBatch:
 
 
 def condition_frame_mask(task_layouts: Sequence[TaskLayout], clip_frames: Sequence[int]) -> torch.Tensor:
-    """``[B, F]`` float: 0 on the latent frames of each sample's condition clips, 1 elsewhere."""
-    starts = [sum(clip_frames[:i]) for i in range(len(clip_frames))]
+    """``[B, F]`` float: 0 on each sample's clean condition latents (as the pipeline keeps them), 1 elsewhere."""
     mask = torch.ones(len(task_layouts), sum(clip_frames))
     for b, task_layout in enumerate(task_layouts):
-        for clip in task_layout.condition_clips:
-            mask[b, starts[clip] : starts[clip] + clip_frames[clip]] = 0.0
+        mask[b, list(task_layout.condition_latent_frames(clip_frames))] = 0.0
     return mask
 
 

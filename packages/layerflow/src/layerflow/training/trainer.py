@@ -33,7 +33,7 @@ from . import checkpointing as ckpt
 from .config import ConfigError, TrainConfig, config_json
 from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_layered_mix
 from .ema import ParameterEMA
-from .encoding import BatchEncoder, prompt_encoder
+from .encoding import BatchEncoder, pipeline_codec, prompt_encoder
 from .export import export_final, load_starting_point
 from .objective import Objective, masked_v_loss
 from .stages import StagePlan, apply_stage, count_parameters, set_motion_gate
@@ -125,6 +125,7 @@ class LayerFlowTrainer:
             module.requires_grad_(False).eval()
             place(module, device, self.weight_dtype)
         place(transformer, device, torch.float32)
+        self.codec = pipeline_codec(self.pipeline)
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
@@ -163,12 +164,7 @@ class LayerFlowTrainer:
         with accelerator.main_process_first():
             if config.data.precompute:
                 self.dataset: RepeatedMix = build_cached_mix(
-                    config,
-                    self.pipeline.vae,
-                    text_encoder,
-                    layout,
-                    transparent_vae=self.pipeline.transparent_vae,
-                    progress=progress,
+                    config, self.codec, text_encoder, progress=progress
                 )
             else:
                 self.dataset = build_layered_mix(config, progress=progress)[0]
@@ -188,11 +184,8 @@ class LayerFlowTrainer:
             seed=config.run.seed,
         )
         self.encoder = BatchEncoder(
-            layout,
-            vae=self.pipeline.vae,
-            transparent_vae=self.pipeline.transparent_vae,
+            self.codec,
             text_encoder=text_encoder,
-            encode_mode=config.data.encode_mode,
             seed=config.run.seed,
             device=accelerator.device,
             dtype=self.weight_dtype,
