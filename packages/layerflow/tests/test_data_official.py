@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from layerflow.codec import premultiply_onto_grey
 from layerflow.data import FrameSampler, OfficialLayoutDataset, Preprocess, SampleError
 from layerflow.data.testing import META_PROMPTS, write_official
-from layerflow.codec import premultiply_onto_grey
 
 NATIVE = Preprocess(height=24, width=32, frames=FrameSampler(num_frames=16, official=True, start="first"))
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from layerflow.codec import premultiply_onto_grey
 from layerflow.data import FrameSampler, Preprocess, SampleError, SimpleLayoutDataset, collate_layered
 from layerflow.data.testing import PROMPTS, layer_frames, write_simple_sample, write_video
-from layerflow.codec import premultiply_onto_grey
 
 NATIVE = Preprocess(height=24, width=32, frames=FrameSampler(num_frames=4, start="first"))
 
