@@ -489,6 +489,14 @@ def build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(
             f"unknown key(s) {', '.join(_dotted(prefix, k) for k in unknown)}{where}; known: {sorted(names)}"
         )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ConfigError(f"{', '.join(_dotted(prefix, k) for k in missing)} is required")
     values = {key: _convert(hints[key], value, _dotted(prefix, key)) for key, value in data.items()}
     return cls(**values)
 
