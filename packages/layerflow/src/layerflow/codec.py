@@ -120,6 +120,8 @@ class LatentPosterior:
     scaling_factor: float
 
     def _assemble(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not parts:
+            raise ValueError("nothing was encoded: no frames were given for any clip")
         first = parts[0]
         batch, channels, _, h, w = first.shape
         full = first.new_zeros(batch, self.total_frames, channels, h, w)
