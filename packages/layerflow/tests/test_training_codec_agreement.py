@@ -13,7 +13,7 @@ from layerflow.data import Layer, LayeredSample, collate_for_layout
 from layerflow.layout import LayerLayout
 from layerflow.testing import random_layer_frames
 from layerflow.tiny import build_tiny_training_pipeline
-from layerflow.training.encoding import BatchEncoder, pipeline_codec, prompt_encoder
+from layerflow.training.encoding import BatchEncoder, prompt_encoder
 from layerflow.training.objective import STREAM_POSTERIOR, sample_generator
 
 FRAMES = 8
@@ -39,7 +39,7 @@ def sample_of(layout: LayerLayout) -> LayeredSample:
 
 def trainer_latents(pipeline, sample: LayeredSample) -> torch.Tensor:
     """What the trainer's on-the-fly encoder feeds the model for ``sample`` (step 0, sample position 0)."""
-    codec = pipeline_codec(pipeline)
+    codec = pipeline.codec
     encoder = BatchEncoder(
         codec,
         text_encoder=prompt_encoder(pipeline, pipeline.transformer.config.max_text_seq_length),

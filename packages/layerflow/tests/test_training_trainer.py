@@ -104,13 +104,13 @@ def test_on_the_fly_encoding_matches_the_cache_layout_and_text(tmp_path: Path) -
     cache, a posterior draw on the fly) and the same layer-prompt embeddings."""
     from layerflow.data import collate_cached, collate_for_layout, encode_sample
     from layerflow.training.datasets import build_cached_mix, build_source
-    from layerflow.training.encoding import BatchEncoder, pipeline_codec, prompt_encoder
+    from layerflow.training.encoding import BatchEncoder, prompt_encoder
     from layerflow.training.export import load_base
     from layerflow.training.objective import STREAM_POSTERIOR, sample_generator
 
     config = tiny_test_config(tmp_path, 1, {"data": {"cache_dir": str(tmp_path / "cache")}})
     pipeline = load_base(config)
-    codec = pipeline_codec(pipeline)
+    codec = pipeline.codec
     text_encoder = prompt_encoder(pipeline, pipeline.transformer.config.max_text_seq_length)
     dataset = build_source(config, config.data.sources[0])
     samples = [dataset[0], dataset[1]]

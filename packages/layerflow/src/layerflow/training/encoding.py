@@ -16,8 +16,6 @@ import torch
 from layer_embeddings import LayerPromptEncoder
 from layerflow.codec import ClipCodec
 from layerflow.data import CachedBatch, LayeredBatch, encode_sample
-from layerflow.geometry import ModelGeometry
-from layerflow.pipelines import LayerFlowPipeline
 
 from .objective import STREAM_POSTERIOR, ModelBatch, sample_generator
 
@@ -32,17 +30,11 @@ def prompt_encoder(pipeline: object, tokens_per_prompt: int) -> LayerPromptEncod
     )
 
 
-def pipeline_codec(pipeline: LayerFlowPipeline) -> ClipCodec:
-    """The clip codec of a pipeline's layout, geometry, VAE and transparent VAE."""
-    geometry = ModelGeometry.from_models(pipeline.vae, pipeline.transformer)
-    return ClipCodec(pipeline.layer_layout, geometry, pipeline.vae, pipeline.transparent_vae)
-
-
 class BatchEncoder:
     """Turns a :class:`LayeredBatch` (pixels, prompts) or :class:`CachedBatch` into a :class:`ModelBatch`.
 
     Args:
-        codec: the pipeline's clip codec (layout, VAE pass mode, VAE, transparent VAE), used on the
+        codec: the pipeline's clip codec (``pipeline.codec``: layout, VAE pass mode, VAE, transparent VAE), used on the
             fly only; on-the-fly batches are named by its layout (``collate_for_layout``).
         text_encoder: used on the fly only (frozen, eval mode).
         seed: posterior draws use the per-sample generator of ``(seed, step, micro_step, position)``,

@@ -33,7 +33,7 @@ from . import checkpointing as ckpt
 from .config import ConfigError, TrainConfig, config_json
 from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_layered_mix
 from .ema import ParameterEMA
-from .encoding import BatchEncoder, pipeline_codec, prompt_encoder
+from .encoding import BatchEncoder, prompt_encoder
 from .export import export_final, load_starting_point
 from .objective import Objective, masked_v_loss
 from .stages import StagePlan, apply_stage, count_parameters, set_motion_gate
@@ -125,7 +125,7 @@ class LayerFlowTrainer:
             module.requires_grad_(False).eval()
             place(module, device, self.weight_dtype)
         place(transformer, device, torch.float32)
-        self.codec = pipeline_codec(self.pipeline)
+        self.codec = self.pipeline.codec
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
