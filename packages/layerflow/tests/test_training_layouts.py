@@ -99,3 +99,27 @@ def test_latent_offset_training(tmp_path: Path) -> None:
         guidance_scale=1.0,
     )
     assert out.layers["foreground"].shape == (1, 8, 4, 32, 32)
+
+
+def test_joint_vae_pass_training_caches_in_that_mode(tmp_path: Path) -> None:
+    """``vae_pass = "joint"`` in the layout table: the cache is encoded (and fingerprinted) in that mode."""
+    import json
+
+    joint = {**LayerLayout.official().to_dict(), "vae_pass": "joint"}
+    trainer, losses = run(tmp_path, {"model": {"layout": joint}, "run": {"max_steps": 2}})
+    assert len(losses) == 2 and all(0.0 < loss < 10.0 for loss in losses)
+    assert trainer.codec.layout.vae_pass == "joint"
+    (manifest,) = (tmp_path / "stage1" / "cache").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["layout"]["vae_pass"] == "joint"
+
+
+def test_clip_size_the_vae_cannot_round_trip_is_a_config_error(tmp_path: Path) -> None:
+    import pytest
+
+    from layerflow.training.config import ConfigError
+
+    reset_accelerate_state()
+    trainer = LayerFlowTrainer(tiny_test_config(tmp_path, 1, {"data": {"num_frames": 6}}))
+    with pytest.raises(ConfigError, match=r"data.num_frames.*num_frames=6 per clip"):
+        trainer.train()
+    assert not (tmp_path / "embedded-data").exists()  # nothing generated or encoded first

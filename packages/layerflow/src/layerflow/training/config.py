@@ -288,8 +288,8 @@ class ObjectiveConfig:
             drawn = [t for t, w in self.tasks.items() if w > 0]
             if "decompose" in drawn and len(drawn) > 1:
                 raise ConfigError(
-                    f"{prefix}.task_mixing='per_sample' cannot mix 'decompose' (2 layer prompts) with "
-                    f"{[t for t in drawn if t != 'decompose']} (3 layer prompts) in one batch; use 'per_batch'"
+                    f"{prefix}.task_mixing='per_sample' cannot mix 'decompose' (no composite prompt) with "
+                    f"{[t for t in drawn if t != 'decompose']} (a prompt per layer) in one batch; use 'per_batch'"
                 )
         if not 0.0 <= self.text_dropout < 1.0:
             raise ConfigError(f"{prefix}.text_dropout must be in [0, 1), got {self.text_dropout}")

@@ -126,13 +126,18 @@ class LayerFlowTrainer:
             place(module, device, self.weight_dtype)
         place(transformer, device, torch.float32)
         self.codec = self.pipeline.codec
+        data = config.data
+        try:  # the clip size must survive the VAE and the patch size: say so before any data is read
+            self.codec.geometry.check(data.num_frames, data.height, data.width, self.codec.layout)
+        except ValueError as error:
+            raise ConfigError(f"data.num_frames / data.height / data.width: {error}") from None
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
             config.objective.tasks,
             task_mixing=config.objective.task_mixing,
             text_dropout=config.objective.text_dropout,
-            tokens_per_prompt=int(transformer.config.max_text_seq_length),
+            tokens_per_prompt=self.codec.geometry.text_tokens_per_prompt,
             seed=config.run.seed,
         )
         optim = config.optim
@@ -157,7 +162,7 @@ class LayerFlowTrainer:
 
     def _setup_data(self) -> None:
         config, accelerator = self.config, self.accelerator
-        tokens = int(self.transformer.config.max_text_seq_length)
+        tokens = self.codec.geometry.text_tokens_per_prompt
         text_encoder = prompt_encoder(self.pipeline, tokens)
         progress = config.run.progress and accelerator.is_main_process
         layout = self.pipeline.layer_layout
