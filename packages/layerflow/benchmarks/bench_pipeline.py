@@ -22,7 +22,7 @@ import torch
 from _rows import emitter
 
 from layerflow.layout import LayerLayout
-from layerflow.testing import build_tiny_pipeline
+from layerflow.tiny import build_tiny_pipeline
 
 BENCH = "layerflow"
 PROMPTS = {
