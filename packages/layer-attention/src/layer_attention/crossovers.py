@@ -134,12 +134,12 @@ class CrossoverTable:
             return f"no {mode} measurements of {backend} vs {BASELINE} in {dtype_name} ({how})"
         same_dim = [p for p in points if p.head_dim == head_dim]
         points = same_dim or points
-        distance = {p: abs(math.log(p.seq_len / seq_len)) for p in points}
-        nearest = min(distance.values())
+        distance = [abs(math.log(p.seq_len / seq_len)) for p in points]
+        nearest = min(distance)
         if nearest > math.log(MAX_LENGTH_RATIO):
             lengths = sorted({p.seq_len for p in points})
             return f"measured only at N={lengths} ({how}), more than {MAX_LENGTH_RATIO:g}x from N={seq_len}"
-        row = sorted((p for p in points if distance[p] == nearest), key=lambda p: p.density)
+        row = sorted((p for p, d in zip(points, distance) if d == nearest), key=lambda p: p.density)
         below = [p for p in row if p.density <= density]
         above = [p for p in row if p.density >= density]
         low = below[-1] if below else row[0]

@@ -181,13 +181,19 @@ class SegmentLayout:
         pipeline and trainer) build them once per sequence shape for all blocks, denoising steps,
         training steps and gradient-checkpointing recomputes. Keeps the 64 most recently used.
         """
-        layout = cls(lengths, allowed)
-        found = cls._cache.get(layout.key)
+        layout: SegmentLayout | None = None
+        if allowed is None:
+            key: LayoutKey = (tuple(lengths), None)  # no table to normalise: look up without building
+        else:
+            layout = cls(lengths, allowed)
+            key = layout.key
+        found = cls._cache.get(key)
         if found is not None:
-            cls._cache.move_to_end(layout.key)
+            cls._cache.move_to_end(key)
             cls._cache_stats["hits"] += 1
             return found
         cls._cache_stats["misses"] += 1
+        layout = layout or cls(lengths)
         cls._cache[layout.key] = layout
         while len(cls._cache) > cls._cache_size:
             cls._cache.popitem(last=False)
@@ -197,6 +203,12 @@ class SegmentLayout:
     def cache_info(cls) -> dict[str, int]:
         """Hits, misses and size of the :meth:`cached` store (misses = layouts built)."""
         return {**cls._cache_stats, "size": len(cls._cache)}
+
+    @classmethod
+    def cache_clear(cls) -> None:
+        """Forget every cached layout and reset the counters."""
+        cls._cache.clear()
+        cls._cache_stats.update(hits=0, misses=0)
 
     @classmethod
     def from_key(cls, key: LayoutKey) -> SegmentLayout:
