@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from layer_embeddings import LayerPromptEncoder
 from layerflow.layout import LayerLayout, TaskLayout
 from layerflow.media.output import OutputLayer, write_output_dir
+from layerflow.models.adapters import merged_for_inference
 
 from . import representation as rep
 
@@ -578,7 +579,7 @@ class LayerFlowPipeline(DiffusionPipeline):
 
         # 3. Denoising: the state holds only the generated clips; conditions are spliced in per call.
         old_pred_original_sample = None
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        with self.progress_bar(total=len(timesteps)) as progress_bar, merged_for_inference(self.transformer):
             for i, t in enumerate(timesteps):
                 model_state = self.scheduler.scale_model_input(latents, t)
                 full = self._assemble(model_state, condition, generated, num_clips, geometry.latent_frames)
