@@ -29,24 +29,58 @@ LayoutKey = tuple[tuple[int, ...], tuple[tuple[bool, ...], ...] | None]
 
 @dataclass(frozen=True)
 class CompressedTiles:
-    """CSR list of tiles: the tiles of row ``r`` are ``indices[offsets[r]:offsets[r + 1]]``."""
+    """CSR list of tiles: the tiles of row ``r`` are ``indices[offsets[r]:offsets[r + 1]]``.
+
+    The same tiles also as runs of consecutive tiles: run ``k`` of row ``r`` (``run_offsets[r] <= k <
+    run_offsets[r + 1]``) covers tiles ``run_starts[k] <= tile < run_ends[k]``. Segments are
+    contiguous, so a row's full tiles form a few runs, and a kernel walking runs has affine addresses
+    inside each run (what Triton's software pipelining wants) instead of an index load per tile.
+    """
 
     offsets: torch.Tensor  # int32 [rows + 1]
     indices: torch.Tensor  # int32 [nnz]
+    run_offsets: torch.Tensor  # int32 [rows + 1]
+    run_starts: torch.Tensor  # int32 [runs]
+    run_ends: torch.Tensor  # int32 [runs], exclusive
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> CompressedTiles:
         rows, cols = mask.nonzero(as_tuple=True)  # row-major, so columns are sorted within each row
-        counts = torch.bincount(rows, minlength=mask.shape[0])
-        offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int32)
-        offsets[1:] = torch.cumsum(counts, 0)
-        return cls(offsets, cols.to(torch.int32))
+        before = torch.zeros_like(mask)
+        before[:, 1:] = mask[:, :-1]
+        after = torch.zeros_like(mask)
+        after[:, :-1] = mask[:, 1:]
+        run_rows, run_starts = (mask & ~before).nonzero(as_tuple=True)
+        _, run_lasts = (mask & ~after).nonzero(as_tuple=True)
+        return cls(
+            _row_offsets(rows, mask.shape[0]),
+            cols.to(torch.int32),
+            _row_offsets(run_rows, mask.shape[0]),
+            run_starts.to(torch.int32),
+            (run_lasts + 1).to(torch.int32),
+        )
 
     def row(self, r: int) -> list[int]:
         return self.indices[int(self.offsets[r]) : int(self.offsets[r + 1])].tolist()
 
+    def runs(self, r: int) -> list[tuple[int, int]]:
+        """``[(start, end), ...]`` tile runs of row ``r`` (end exclusive)."""
+        lo, hi = int(self.run_offsets[r]), int(self.run_offsets[r + 1])
+        return list(zip(self.run_starts[lo:hi].tolist(), self.run_ends[lo:hi].tolist(), strict=True))
+
     def to(self, device: torch.device | str) -> CompressedTiles:
-        return CompressedTiles(self.offsets.to(device), self.indices.to(device))
+        return CompressedTiles(
+            *(
+                t.to(device)
+                for t in (self.offsets, self.indices, self.run_offsets, self.run_starts, self.run_ends)
+            )
+        )
+
+
+def _row_offsets(rows: torch.Tensor, count: int) -> torch.Tensor:
+    offsets = torch.zeros(count + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=count), 0)
+    return offsets
 
 
 @dataclass(frozen=True)
