@@ -27,6 +27,7 @@ Usage: ``python benchmarks/gpu_report.py [--dry-run] [--json ROWS.jsonl] [--budg
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -214,28 +215,30 @@ def attention_layouts(sizes: Sizes) -> dict[str, Any]:
     }
 
 
-def attention_providers(sizes: Sizes, layout: Any, q: Any, flex: bool) -> dict[str, Callable[..., Any]]:
+def attention_providers(
+    sizes: Sizes, layout: Any, q: Any, names: tuple[str, ...]
+) -> dict[str, Callable[..., Any]]:
+    """Callables ``fn(q, k, v)`` of the backends in ``names`` that can run here ("flex": FlexAttention)."""
+    import torch
+
     from layer_attention import backend_reasons, layer_attention
 
     providers: dict[str, Callable[..., Any]] = {}
     reasons = backend_reasons(q)
-    for name in ("triton", "sdpa", "xformers"):
-        if not reasons[name]:
+    for name in names:
+        if name == "flex":
+            try:
+                from torch.nn.attention.flex_attention import flex_attention
+            except ImportError as error:
+                print(f"  flex: not run ({error})")
+                continue
+            flex_fn = torch.compile(flex_attention) if sizes.flex_compiled else flex_attention
+            block_mask = layout.to_block_mask(128, device=q.device)
+            providers[name] = functools.partial(flex_fn, block_mask=block_mask)
+        elif not reasons[name]:
             providers[name] = lambda q, k, v, name=name: layer_attention(q, k, v, layout, backend=name)
         else:
             print(f"  {name}: not run ({'; '.join(reasons[name])})")
-    if not flex:
-        return providers
-    try:
-        from torch.nn.attention.flex_attention import flex_attention
-    except ImportError as error:
-        print(f"  flex: not run ({error})")
-        return providers
-    import torch
-
-    flex_fn = torch.compile(flex_attention) if sizes.flex_compiled else flex_attention
-    block_mask = layout.to_block_mask(128, device=q.device)
-    providers["flex"] = lambda q, k, v: flex_fn(q, k, v, block_mask=block_mask)
     return providers
 
 
@@ -274,73 +277,88 @@ def measure_attention(
     return result
 
 
-def section_attention(report: Report, sizes: Sizes, flex: bool) -> list[Any]:
-    """Table 1 (+ compile times); returns crossover points for ``--write-crossovers``."""
+TFlops = dict[str, dict[str, dict[str, float]]]  # layout -> backend -> {"fwd", "bwd"}
+
+
+def measure_layouts(
+    report: Report, sizes: Sizes, names: tuple[str, ...], results: TFlops
+) -> dict[str, list[str]]:
+    """TFLOP/s of the backends ``names`` on every layout into ``results``; returns compile rows (flex)."""
     import torch
 
-    from layer_attention import AttentionCall, explain_auto
-    from layer_attention.crossovers import Point
-
-    points: list[Point] = []
-    rows, compile_rows, auto_rows = [], [], []
-    backends = ("triton", "sdpa", "xformers", "flex")
+    compile_rows: dict[str, list[str]] = {}
     for label, layout in attention_layouts(sizes).items():
-        if not report.allow(f"attention {label}", 20):
+        if not report.allow(f"attention {'/'.join(names)} on {label}", 60 if "flex" in names else 20):
             continue
         generator = torch.Generator(device=sizes.device).manual_seed(0)
         shape = (1, sizes.heads, layout.seq_len, sizes.head_dim)
-        q, k, v = (
+        qkv = tuple(
             torch.randn(shape, device=sizes.device, dtype=sizes.dtype, generator=generator).requires_grad_()
             for _ in range(3)
         )
-        grad = torch.randn_like(q)
+        grad = torch.randn_like(qkv[0])
         flops = 4 * sizes.head_dim * sizes.heads * layout.allowed_pairs
-        tflops: dict[str, dict[str, float]] = {}
-        for name, fn in attention_providers(sizes, layout, q, flex).items():
-            if name == "flex" and not report.allow(f"flex {label}", 60):
-                continue
+        for name, fn in attention_providers(sizes, layout, qkv[0], names).items():
             # FlexAttention has no CPU backward: the dry run checks its forward only
             backward = name != "flex" or sizes.device == "cuda"
             try:
-                result = measure_attention(fn, (q, k, v), grad, sizes, backward, first_call=name == "flex")
+                result = measure_attention(fn, qkv, grad, sizes, backward, first_call=name == "flex")
             except Exception as error:  # a backend failing is a result of the report, not its end
                 print(f"  {name} on {label}: failed ({type(error).__name__}: {error})")
                 continue
-            if name == "flex":
-                compile_rows.append(
-                    [
-                        label,
-                        fmt(result["compile fwd"]),
-                        fmt(result.get("compile bwd")),
-                        str(sizes.flex_compiled),
-                    ]
-                )
-                report.row(f"flex compile {label} fwd", result["compile fwd"], "s")
-            tflops[name] = {"fwd": flops / result["fwd"] / 1e12}
+            rates = {"fwd": flops / result["fwd"] / 1e12}
             if "fwd+bwd" in result:
-                tflops[name]["bwd"] = 2.5 * flops / max(result["fwd+bwd"] - result["fwd"], 1e-9) / 1e12
-            for mode, value in tflops[name].items():
+                rates["bwd"] = 2.5 * flops / max(result["fwd+bwd"] - result["fwd"], 1e-9) / 1e12
+            results.setdefault(label, {})[name] = rates
+            for mode, value in rates.items():
                 report.row(f"attention {label} {name} {mode}", value, "TFLOP/s")
-        choice = explain_auto(AttentionCall.of(q, layout, needs_grad=True))
-        others = " / ".join(
-            f"{n}: {'; '.join(choice.reasons[n])}" for n in ("triton", "xformers", "sdpa") if choice.reasons[n]
-        )
-        auto_rows.append([label, choice.backend, others or "—"])
-        ratio = {
-            (other, mode): tflops["triton"][mode] / tflops[other][mode]
-            for other in ("sdpa", "flex")
-            for mode in ("fwd", "bwd")
-            if mode in tflops.get("triton", {}) and mode in tflops.get(other, {})
-        }
-        for (other, mode), value in ratio.items():
-            report.row(f"attention {label} triton / {other} {mode}", value, "x")
+            if "compile fwd" in result:
+                compile_rows[label] = [fmt(result["compile fwd"]), fmt(result.get("compile bwd"))]
+                report.row(f"flex compile {label} fwd", result["compile fwd"], "s")
+        del qkv, grad
+        if sizes.device == "cuda":
+            torch.cuda.empty_cache()
+    return compile_rows
+
+
+def triton_ratios(report: Report, label: str, rates: dict[str, dict[str, float]], other: str) -> list[str]:
+    """``[fwd, bwd]`` Triton / ``other`` ratio cells (rows written too)."""
+    cells = []
+    for mode in ("fwd", "bwd"):
+        if mode in rates.get("triton", {}) and mode in rates.get(other, {}):
+            ratio = rates["triton"][mode] / rates[other][mode]
+            report.row(f"attention {label} triton / {other} {mode}", ratio, "x")
+            cells.append(fmt(ratio))
+        else:
+            cells.append("—")
+    return cells
+
+
+def section_attention(report: Report, sizes: Sizes, results: TFlops) -> list[Any]:
+    """Table 1 without FlexAttention (its compile comes last); returns crossover points."""
+    from layer_attention import AttentionCall, explain_auto
+    from layer_attention.crossovers import Point
+
+    backends = ("triton", "sdpa", "xformers")
+    measure_layouts(report, sizes, backends, results)
+    points: list[Point] = []
+    rows, auto_rows = [], []
+    for label, layout in attention_layouts(sizes).items():
+        rates = results.get(label, {})
         rows.append(
             [label, f"{layout.density:.2f}"]
-            + [f"{fmt(tflops.get(b, {}).get('fwd'))} / {fmt(tflops.get(b, {}).get('bwd'))}" for b in backends]
-            + [f"{fmt(ratio.get(('sdpa', m)))}" for m in ("fwd", "bwd")]
-            + [f"{fmt(ratio.get(('flex', m)))}" for m in ("fwd", "bwd")]
+            + [f"{fmt(rates.get(b, {}).get('fwd'))} / {fmt(rates.get(b, {}).get('bwd'))}" for b in backends]
+            + triton_ratios(report, label, rates, "sdpa")
         )
-        measured = {b: t for b, t in tflops.items() if b in ("triton", "sdpa", "xformers") and "bwd" in t}
+        q = _meta_query(sizes, layout)
+        choice = explain_auto(AttentionCall.of(q, layout, needs_grad=True))
+        others = " / ".join(
+            f"{n}: {'; '.join(choice.reasons[n])}"
+            for n in ("triton", "xformers", "sdpa")
+            if choice.reasons[n]
+        )
+        auto_rows.append([label, choice.backend, others or "—"])
+        measured = {b: t for b, t in rates.items() if b in backends and "bwd" in t}
         if "sdpa" in measured and len(measured) > 1:
             points.append(
                 Point(
@@ -352,20 +370,10 @@ def section_attention(report: Report, sizes: Sizes, flex: bool) -> list[Any]:
                     label=label,
                 )
             )
-        del q, k, v, grad
-        if sizes.device == "cuda":
-            torch.cuda.empty_cache()
     table(
         f"Attention TFLOP/s fwd / bwd (allowed pairs; B=1 H={sizes.heads} D={sizes.head_dim} {sizes.dtype_name})",
-        ["layout", "density"]
-        + [f"{b} fwd / bwd" for b in backends]
-        + ["triton/sdpa fwd", "triton/sdpa bwd", "triton/flex fwd", "triton/flex bwd"],
+        ["layout", "density"] + [f"{b} fwd / bwd" for b in backends] + ["triton/sdpa fwd", "triton/sdpa bwd"],
         rows,
-    )
-    table(
-        "FlexAttention compile time (first call minus a warm call)",
-        ["layout", "fwd s", "fwd+bwd s", "compiled"],
-        compile_rows,
     )
     table(
         'What "auto" picks (training call: forward + backward)',
@@ -373,6 +381,38 @@ def section_attention(report: Report, sizes: Sizes, flex: bool) -> list[Any]:
         auto_rows,
     )
     return points
+
+
+def section_flex(report: Report, sizes: Sizes, results: TFlops) -> None:
+    """FlexAttention last: its compile time apart, its TFLOP/s and Triton / Flex."""
+    compile_rows = measure_layouts(report, sizes, ("flex",), results)
+    rows = []
+    for label in attention_layouts(sizes):
+        rates = results.get(label, {})
+        flex = rates.get("flex", {})
+        rows.append(
+            [label, *compile_rows.get(label, ["—", "—"]), f"{fmt(flex.get('fwd'))} / {fmt(flex.get('bwd'))}"]
+            + triton_ratios(report, label, rates, "flex")
+        )
+    table(
+        f"FlexAttention compile time (first call minus a warm call; compiled: {sizes.flex_compiled}) and TFLOP/s",
+        [
+            "layout",
+            "compile fwd s",
+            "compile fwd+bwd s",
+            "flex fwd / bwd",
+            "triton/flex fwd",
+            "triton/flex bwd",
+        ],
+        rows,
+    )
+
+
+def _meta_query(sizes: Sizes, layout: Any) -> Any:
+    """A shape-only query on the report device (what the dispatcher looks at)."""
+    import torch
+
+    return torch.empty(1, sizes.heads, layout.seq_len, sizes.head_dim, device=sizes.device, dtype=sizes.dtype)
 
 
 # ------------------------------------------------------------------------------------- models
@@ -637,8 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     where = "CPU dry run" if args.dry_run else torch.cuda.get_device_name()
     print(f"# GPU report ({where}; torch {torch.__version__}; budget {args.budget:.0f} s)")
 
+    attention: TFlops = {}
     if "attention" in sections:
-        points = section_attention(report, sizes, flex=not args.no_flex)
+        points = section_attention(report, sizes, attention)
         if args.write_crossovers is not None:
             write_crossovers(args.write_crossovers, points, sizes)
     if sections & {"model", "training"} and report.allow("model construction", 30):
@@ -650,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         del stock
         if "training" in sections:
             section_training(report, sizes, layerflow)
+    if "attention" in sections and not args.no_flex:
+        section_flex(report, sizes, attention)  # last: its compile time is the least predictable
     elapsed = time.perf_counter() - report.started
     print(
         f"\nfinished in {elapsed:.0f} s"
