@@ -3,7 +3,9 @@
 from importlib.metadata import version as _version
 
 from .backends import AUTO_ORDER, BACKENDS, AttentionBackend
-from .dispatch import BackendNotSupportedError, backend_reasons, select_backend
+from .call import AttentionCall
+from .crossovers import CrossoverTable, packaged_table
+from .dispatch import AutoChoice, BackendNotSupportedError, backend_reasons, explain_auto, select_backend
 from .functional import layer_attention
 from .layout import SegmentLayout, TileLists
 from .reference import reference_attention
@@ -14,11 +16,16 @@ __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
     "AttentionBackend",
+    "AttentionCall",
+    "AutoChoice",
     "BackendNotSupportedError",
+    "CrossoverTable",
     "SegmentLayout",
     "TileLists",
     "backend_reasons",
+    "explain_auto",
     "layer_attention",
+    "packaged_table",
     "reference_attention",
     "select_backend",
 ]

@@ -10,7 +10,18 @@ from collections.abc import Sequence
 
 import torch
 
-from layer_attention import SegmentLayout
+from layer_attention import (
+    SegmentLayout,
+    layer_attention,
+    reference_attention,
+)
+
+#: Tolerances against the float64 reference, per input dtype (fp32 accumulation in every kernel).
+TOLERANCES = {
+    torch.float32: {"atol": 1e-4, "rtol": 1e-4},
+    torch.float16: {"atol": 3e-3, "rtol": 3e-3},
+    torch.bfloat16: {"atol": 2e-2, "rtol": 2e-2},
+}
 
 
 def random_layout(generator: torch.Generator, max_segments: int = 6, max_len: int = 60) -> SegmentLayout:
@@ -114,3 +125,27 @@ def conditional_layout(
 def _check_counts(num_prompts: int, num_clips: int) -> None:
     if num_prompts < 0 or num_clips < 1 or num_prompts + num_clips < 1:
         raise ValueError(f"need num_prompts >= 0 and num_clips >= 1, got {num_prompts} and {num_clips}")
+
+
+def check_against_reference(
+    layout: SegmentLayout,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    backend: str,
+    device: torch.device | str,
+) -> None:
+    """Output and dQ, dK, dV of ``backend`` on ``device`` equal the float64 reference (dtype tolerances)."""
+    dtype = q.dtype
+    q, k, v = (x.detach().to(device).requires_grad_() for x in (q, k, v))
+    out = layer_attention(q, k, v, layout, backend=backend)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(11)).to(dtype).to(device)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    q64, k64, v64 = (x.detach().cpu().double().requires_grad_() for x in (q, k, v))
+    ref = reference_attention(q64, k64, v64, layout, q.shape[-1] ** -0.5)
+    want = torch.autograd.grad(ref, (q64, k64, v64), grad.cpu().double())
+    torch.testing.assert_close(out.detach().cpu().double(), ref.detach(), **TOLERANCES[dtype])
+    for name, g, w in zip("qkv", got, want, strict=True):
+        torch.testing.assert_close(
+            g.cpu().double(), w, **TOLERANCES[dtype], msg=lambda m, name=name: f"d{name}: {m}"
+        )

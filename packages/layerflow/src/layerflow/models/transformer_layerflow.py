@@ -199,7 +199,7 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         learned_position_frames: latent frames of a learnable joint position table (some official
             variants store one); ``None`` uses the computed sin-cos table.
         attention_backend: installs ``layer-attention``'s processor with this backend (``"auto"``:
-            Triton on CUDA, else xformers, else SDPA), which takes a segment layout per call;
+            SDPA unless another backend is measured faster here), which takes a segment layout per call;
             ``None`` keeps diffusers' stock processor.
 
     Motion/content LoRA adapters (``layerflow.models.adapters``) are saved beside the weights in

@@ -28,6 +28,7 @@ from layerflow.codec import ClipCodec, check_joint_vae
 from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
 from layerflow.layout import LayerLayout, TaskLayout
 from layerflow.media.output import OutputLayer, write_output_dir
+from layerflow.models.adapters import merged_for_inference
 from layerflow.variants import OFFICIAL_SAMPLING
 
 OutputType = Literal["pt", "np", "latent"]
@@ -592,7 +593,7 @@ class LayerFlowPipeline(DiffusionPipeline):
         step_kwargs = self._scheduler_step_kwargs(generator, eta)
         dtype = prompt_embeds.dtype
         old_pred_original_sample = None
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        with self.progress_bar(total=len(timesteps)) as progress_bar, merged_for_inference(self.transformer):
             for i, t in enumerate(timesteps):
                 velocity = self._velocity(plan, latents, condition, text, t)
                 if isinstance(self.scheduler, CogVideoXDPMScheduler):
