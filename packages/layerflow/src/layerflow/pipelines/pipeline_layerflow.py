@@ -29,6 +29,7 @@ from layerflow.layout import LayerLayout, TaskLayout
 from layerflow.media.output import OutputLayer, write_output_dir
 
 from . import representation as rep
+from .input_checks import check_input_values
 
 OutputType = Literal["pt", "np", "latent"]
 Unconditional = Literal["zeros", "encoded"]
@@ -490,6 +491,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         bad_inputs = sorted(set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs))
         if bad_inputs:
             raise ValueError(f"callback tensor inputs {bad_inputs} are not in {self._callback_tensor_inputs}")
+        check_input_values(
+            conditions, guidance_scale=guidance_scale, num_frames=num_frames, height=height, width=width
+        )
         condition_frames, num_frames, height, width = self._check_conditions(
             task_layout, conditions, num_frames, height, width
         )
