@@ -340,7 +340,7 @@ def test_convert_list_module(tmp_path, capsys) -> None:
     ("manifest", "message"),
     [
         ("{oops", "manifest.json is not valid JSON"),
-        ("[]", "expected a JSON object, got list"),
+        ("[]", "must hold a JSON object, got list"),
         (
             '{"format": "layerflow-output", "version": 1, "task": "generate", "num_frames": 8, "height": 16, '
             '"width": 16, "layers": {"a": 1}}',

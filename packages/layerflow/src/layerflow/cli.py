@@ -106,7 +106,7 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
 # ------------------------------------------------------------------------------------------ model
 def check_sizes(args: argparse.Namespace, conditions: dict[str, torch.Tensor]) -> None:
     """Frames and size (from the inputs or the flags) against the model's compression factors, before loading it."""
-    from .pipelines.folders import read_json_object
+    from .json_files import read_json_object
     from .pipelines.pipeline_layerflow import check_geometry
 
     model = Path(args.model)
@@ -237,7 +237,8 @@ def run_task(args: argparse.Namespace) -> Path:
 # ------------------------------------------------------------------------------------------ info
 def describe(path: str | Path) -> str:
     """A short description of a model folder, an output folder, an official checkpoint or a media input."""
-    from .pipelines.folders import read_json_object, read_model_index
+    from .json_files import read_json_object
+    from .pipelines.folders import read_model_index
 
     path = Path(path)
     if (path / "model_index.json").is_file():

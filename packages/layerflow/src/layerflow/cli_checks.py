@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from .pipelines.folders import check_component, read_model_index
-
 #: Components a task needs; ``vae``/``transformer``/``text_encoder`` must carry weights.
 REQUIRED_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
 WEIGHTED_COMPONENTS = ("transformer", "vae", "text_encoder")
@@ -61,6 +59,8 @@ def check_device(spec: str | None) -> str:
 
 def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
     """The model folder's ``model_index.json``, after checking every component's config and weights."""
+    from .pipelines.folders import check_component, read_model_index
+
     try:
         index = read_model_index(model_dir, REQUIRED_COMPONENTS)
         for name in REQUIRED_COMPONENTS:

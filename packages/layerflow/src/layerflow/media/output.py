@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from layerflow.atomic import atomic_directory
+from layerflow.json_files import read_json_object
 from layerflow.layout import ROLES, TASKS
 
 from .frames import FrameMode, to_uint8, write_frames
@@ -120,12 +121,7 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} is not a LayerFlow output folder: {path} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    manifest = read_json_object(path)
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
         raise ValueError(
             f"{path}: expected format {MANIFEST_FORMAT!r} version {MANIFEST_VERSION}, got "

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from layerflow.json_files import read_json_object
+
 #: Weight files diffusers/transformers look for in a component folder (any one of them will do).
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -22,18 +24,6 @@ WEIGHT_NAMES = (
     "model.safetensors.index.json",
     "pytorch_model.bin",
 )
-
-
-def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A JSON file holding an object; ``ValueError`` naming the file otherwise."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def read_model_index(folder: str | os.PathLike[str], required: Sequence[str]) -> dict[str, Any]:
