@@ -93,11 +93,15 @@ def demo(session: nox.Session) -> None:
 def _train_stage(session: nox.Session, stage: int) -> None:
     """One stage of the three-stage recipe; outputs in ``outputs/train/stage<N>/``.
 
-    With no arguments: the tiny built-in config on embedded synthetic data (CPU, minutes). Real
-    runs: ``nox -s train_stage1 -- --config FILE`` (any ``python -m layerflow.training`` option).
+    With no arguments: the tiny built-in config on embedded synthetic data (CPU, minutes); missing
+    earlier stages are run first. Real runs: ``nox -s train_stage1 -- --config FILE`` (any
+    ``python -m layerflow.training`` option); there a missing earlier stage is an error.
     """
     _install_workspace(session)
-    session.run("python", "-m", "layerflow.training", "--stage", str(stage), *session.posargs)
+    options = list(session.posargs)
+    if not any(option.split("=")[0] == "--config" for option in options):
+        options.append("--earlier-stages")  # tiny default: run missing earlier stages first
+    session.run("python", "-m", "layerflow.training", "--stage", str(stage), *options)
 
 
 @nox.session(python=PYTHON, reuse_venv=True)

@@ -16,7 +16,14 @@ from layerflow.convert import (
 from layerflow.layout import LayerLayout
 from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowPipeline
-from layerflow.testing import build_tiny_pipeline, build_tiny_transformer, single_thread
+from layerflow.testing import (
+    build_tiny_pipeline,
+    build_tiny_transformer,
+    official_state_dict,
+    random_lora_factors,
+    single_thread,
+    write_official_checkpoint,
+)
 from layerflow.variants import OFFICIAL_VARIANTS
 
 TEXT = 12
@@ -35,80 +42,6 @@ def tiny_transformer(**overrides):
 def _one_thread():
     with single_thread():
         yield
-
-
-def _random_lora(model, rank, seed):
-    g = torch.Generator().manual_seed(seed)
-    factors = {}
-    for name, module in model.named_modules():
-        if name.endswith(PROJECTIONS):
-            factors[name] = (
-                torch.randn(rank, module.in_features, generator=g) * 0.3,
-                torch.randn(module.out_features, rank, generator=g) * 0.3,
-            )
-    return factors
-
-
-def to_sat(model, motion=None, content=None, position_table=None):
-    """The inverse of the documented SAT -> diffusers mapping, written independently for the test."""
-    sd = model.state_dict()
-    out = {}
-    for i in range(model.config.num_layers):
-        b, layer = f"transformer_blocks.{i}.", f"{P}transformer.layers.{i}."
-        for ours, sat in (("norm1.norm", "input_layernorm"), ("norm2.norm", "post_attention_layernorm")):
-            for p in ("weight", "bias"):
-                out[f"{layer}{sat}.{p}"] = sd[f"{b}{ours}.{p}"]
-        for p in ("weight", "bias"):
-            out[f"{layer}attention.query_key_value.original.{p}"] = torch.cat(
-                [sd[f"{b}attn1.{n}.{p}"] for n in ("to_q", "to_k", "to_v")]
-            )
-            out[f"{layer}attention.dense.original.{p}"] = sd[f"{b}attn1.to_out.0.{p}"]
-            out[f"{layer}mlp.dense_h_to_4h.{p}"] = sd[f"{b}ff.net.0.proj.{p}"]
-            out[f"{layer}mlp.dense_4h_to_h.{p}"] = sd[f"{b}ff.net.2.{p}"]
-            one, two = sd[f"{b}norm1.linear.{p}"].chunk(6), sd[f"{b}norm2.linear.{p}"].chunk(6)
-            out[f"{P}mixins.adaln_layer.adaLN_modulations.{i}.1.{p}"] = torch.cat(
-                one[:3] + two[:3] + one[3:] + two[3:]
-            )
-            out[f"{P}mixins.adaln_layer.query_layernorm_list.{i}.{p}"] = sd[f"{b}attn1.norm_q.{p}"]
-            out[f"{P}mixins.adaln_layer.key_layernorm_list.{i}.{p}"] = sd[f"{b}attn1.norm_k.{p}"]
-        for letters, factors in ((("A", "B"), motion), (("C", "D"), content)):
-            for index, name in enumerate(("to_q", "to_k", "to_v")):
-                down, up = factors[f"{b}attn1.{name}"]
-                out[f"{layer}attention.query_key_value.matrix_{letters[0]}.{index}"] = down
-                out[f"{layer}attention.query_key_value.matrix_{letters[1]}.{index}"] = up
-            down, up = factors[f"{b}attn1.to_out.0"]
-            out[f"{layer}attention.dense.matrix_{letters[0]}.0"] = down
-            out[f"{layer}attention.dense.matrix_{letters[1]}.0"] = up
-    pairs = {
-        "time_embed.0": "time_embedding.linear_1",
-        "time_embed.2": "time_embedding.linear_2",
-        "mixins.patch_embed.proj": "patch_embed.proj",
-        "mixins.patch_embed.text_proj": "patch_embed.text_proj",
-        "transformer.final_layernorm": "norm_final",
-        "mixins.final_layer.norm_final": "norm_out.norm",
-        "mixins.final_layer.linear": "proj_out",
-        "mixins.final_layer.adaLN_modulation.1": "norm_out.linear",
-        "mixins.pos_embed.txt_embedder.0": "patch_embed.layer_embedder.embed.0",
-        "mixins.pos_embed.txt_embedder.1": "patch_embed.layer_embedder.embed.1",
-    }
-    for sat, ours in pairs.items():
-        for p in ("weight", "bias"):
-            if f"{ours}.{p}" in sd:  # no layer embedder in some variants
-                out[f"{P}{sat}.{p}"] = sd[f"{ours}.{p}"]
-    if position_table is None:
-        position_table = model.patch_embed.sincos_position_table(FRAMES)
-    out[f"{P}mixins.pos_embed.pos_embedding"] = position_table.detach().clone()
-    out["conditioner.embedders.0.transformer.shared.weight"] = torch.zeros(4, 4)  # T5: skipped
-    out["first_stage_model.encoder.conv_in.weight"] = torch.zeros(4)  # VAE: skipped
-    return out
-
-
-def _write_official(tmp_path, module, name="exp"):
-    folder = tmp_path / name / "1000"
-    folder.mkdir(parents=True)
-    torch.save({"module": module, "iteration": 1000}, folder / "mp_rank_00_model_states.pt")
-    (tmp_path / name / "latest").write_text("1000\n")
-    return tmp_path / name
 
 
 def assert_same_model(converted, model):
@@ -133,7 +66,7 @@ def _inputs(prompts=3):
 
 
 def _convert(tmp_path, sat, **kwargs):
-    official = _write_official(tmp_path, sat)
+    official = write_official_checkpoint(tmp_path, sat)
     out = convert_official_checkpoint(official, tmp_path / "out", **TINY, **kwargs)
     return LayerFlowTransformer3DModel.from_pretrained(out / "transformer").eval()
 
@@ -141,9 +74,9 @@ def _convert(tmp_path, sat, **kwargs):
 @torch.no_grad()
 def test_round_trip_is_exact_without_lora(tmp_path):
     model = tiny_transformer(num_layer_prompts=3)
-    zero = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 4, 0).items()}
-    motion = _random_lora(model, 2, 1)  # the motion LoRA is gated off at inference: dropped
-    converted = _convert(tmp_path, to_sat(model, motion=motion, content=zero), lora="merge")
+    zero = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 4, 0).items()}
+    motion = random_lora_factors(model, 2, 1)  # the motion LoRA is gated off at inference: dropped
+    converted = _convert(tmp_path, official_state_dict(model, motion, zero), lora="merge")
     assert converted.config.layer_embedder == "linear" and converted.config.learned_position_frames is None
     assert converted.patch_embed.position_table is None
     assert_same_model(converted, model)
@@ -153,8 +86,8 @@ def test_round_trip_is_exact_without_lora(tmp_path):
 @torch.no_grad()
 def test_merged_content_lora_matches_peft(tmp_path):
     model = tiny_transformer(num_layer_prompts=3)
-    content, motion = _random_lora(model, 4, 2), _random_lora(model, 2, 3)
-    converted = _convert(tmp_path, to_sat(model, motion=motion, content=content), lora="merge")
+    content, motion = random_lora_factors(model, 4, 2), random_lora_factors(model, 2, 3)
+    converted = _convert(tmp_path, official_state_dict(model, motion, content), lora="merge")
     _peft_reference(model, {"content": (content, 4)})
     video, text, t = _inputs()
     torch.testing.assert_close(
@@ -181,8 +114,8 @@ def test_lora_imported_as_multi_lora_adapters(tmp_path):
     import multi_lora as ml
 
     model = tiny_transformer(num_layer_prompts=3)
-    content, motion = _random_lora(model, 4, 2), _random_lora(model, 2, 3)
-    converted = _convert(tmp_path, to_sat(model, motion=motion, content=content), lora="adapters")
+    content, motion = random_lora_factors(model, 4, 2), random_lora_factors(model, 2, 3)
+    converted = _convert(tmp_path, official_state_dict(model, motion, content), lora="adapters")
     assert sorted(ml.list_adapters(converted)) == ["content", "motion"]
     assert (tmp_path / "out" / "transformer" / "adapters" / "content").is_dir()
     assert ml.get_scale(converted, "motion") == 0.0 and ml.get_scale(converted, "content") == 1.0
@@ -206,8 +139,8 @@ def test_learned_position_table_is_kept(tmp_path):
     # seg_rgba: two prompts, no layer embedder, a learned 16-frame table
     model = tiny_transformer(num_layer_prompts=2, layer_embedder=None, learned_position_frames=FRAMES)
     model.patch_embed.position_table.add_(torch.randn_like(model.patch_embed.position_table) * 0.1)
-    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 2, 0).items()}
-    sat = to_sat(model, motion=lora, content=lora, position_table=model.patch_embed.position_table)
+    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 2, 0).items()}
+    sat = official_state_dict(model, lora, lora, position_table=model.patch_embed.position_table)
     converted = _convert(tmp_path, sat, lora="merge")
     assert converted.config.learned_position_frames == FRAMES
     assert_same_model(converted, model)
@@ -217,13 +150,13 @@ def test_learned_position_table_is_kept(tmp_path):
 
 def test_unknown_and_missing_keys_are_named_and_nothing_is_written(tmp_path):
     model = tiny_transformer(num_layer_prompts=3)
-    lora = _random_lora(model, 2, 0)
-    sat = to_sat(model, motion=lora, content=lora)
+    lora = random_lora_factors(model, 2, 0)
+    sat = official_state_dict(model, lora, lora)
     sat[f"{P}mixins.mystery.weight"] = torch.zeros(1)
     with pytest.raises(ConversionError, match="mixins.mystery.weight"):
         _convert(tmp_path, sat, lora="merge")
     assert not (tmp_path / "out").exists()
-    sat = to_sat(model, motion=lora, content=lora)
+    sat = official_state_dict(model, lora, lora)
     del sat[f"{P}transformer.layers.0.mlp.dense_4h_to_h.bias"]
     with pytest.raises(ConversionError, match=r"missing \['transformer_blocks.0.ff.net.2.bias'\]"):
         build_transformer(convert_official_state_dict(sat, lora="merge", **TINY))
@@ -253,8 +186,8 @@ def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
     base = build_tiny_pipeline()
     base.save_pretrained(tmp_path / "base")
     model = tiny_transformer(num_layer_prompts=3)
-    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 2, 0).items()}
-    official = _write_official(tmp_path, to_sat(model, motion=lora, content=lora))
+    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 2, 0).items()}
+    official = write_official_checkpoint(tmp_path, official_state_dict(model, lora, lora))
     out = convert_official_checkpoint(
         official, tmp_path / "pipe", base=tmp_path / "base", lora="merge", **TINY
     )
@@ -274,8 +207,8 @@ def test_cli_convert_and_info(tmp_path, capsys):
     from layerflow.cli import main
 
     model = tiny_transformer(num_layer_prompts=3)
-    lora = _random_lora(model, 2, 4)
-    official = _write_official(tmp_path, to_sat(model, motion=lora, content=lora))
+    lora = random_lora_factors(model, 2, 4)
+    official = write_official_checkpoint(tmp_path, official_state_dict(model, lora, lora))
     assert main(["info", str(official)]) == 0
     assert "mp_rank_00_model_states.pt" in capsys.readouterr().out
     argv = ["convert", str(official), str(tmp_path / "out"), "--text-length", "12", "--latent-size", "4", "6"]
@@ -310,8 +243,8 @@ def official_variant_checkpoint(name):
     if learned:
         table = table + torch.randn(table.shape, generator=torch.Generator().manual_seed(1)) * 0.1
         model.patch_embed.position_table.data.copy_(table)
-    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in _random_lora(model, 2, 0).items()}
-    return model, to_sat(model, motion=lora, content=lora, position_table=table)
+    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 2, 0).items()}
+    return model, official_state_dict(model, lora, lora, position_table=table)
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_VARIANTS))
@@ -354,7 +287,7 @@ def test_journey_convert_info_and_run_a_variant_in_fresh_interpreters(tmp_path):
         base = build_tiny_pipeline(sample_width=6)
         base.save_pretrained(tmp_path / "base")
         _, sat = official_variant_checkpoint("seg_rgb")
-    official = _write_official(tmp_path, sat)
+    official = write_official_checkpoint(tmp_path, sat)
     cli = [sys.executable, "-m", "layerflow.cli"]
     size = ["--text-length", str(TEXT), "--latent-size", "4", "6", "--lora", "merge"]
     converted = subprocess.run(

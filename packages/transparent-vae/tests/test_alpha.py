@@ -66,6 +66,26 @@ def test_pad_rgb_rejects_mismatched_alpha():
         pad_rgb(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 9))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_pad_rgb_ignores_non_finite_colour_under_alpha_zero(bad):
+    rgba = _shapes(seed=2)
+    rgb, alpha = rgba[:, :3].clone(), rgba[:, 3:].clone()
+    alpha[0, 0, 3, 4] = 0
+    expected = pad_rgb(rgb, alpha)  # oracle: the colour under alpha 0 is never read
+    rgb[0, 1, 3, 4] = bad
+    torch.testing.assert_close(pad_rgb(rgb, alpha), expected, rtol=0, atol=0)
+
+
+def test_pad_rgb_refuses_non_finite_visible_colour_or_alpha():
+    rgb, alpha = torch.rand(1, 3, 8, 8), torch.full((1, 1, 8, 8), 0.5)
+    rgb[0, 2, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"rgb has 1 NaN/inf value\(s\) where alpha > 0"):
+        pad_rgb(rgb, alpha)
+    alpha[0, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"alpha has 1 NaN/inf value\(s\)"):
+        pad_rgb(torch.rand(1, 3, 8, 8), alpha)
+
+
 def test_premultiply_compositing_and_grey_composite():
     rgb, alpha = torch.rand(2, 3, 5, 6), torch.rand(2, 1, 5, 6) * 0.9 + 0.1
     torch.testing.assert_close(unpremultiply(premultiply(rgb, alpha), alpha), rgb)

@@ -1,10 +1,23 @@
 """Atomic writes: everything is written beside its destination and renamed into place, so a crash
-or an error never leaves a half-written file or output folder behind."""
+or an error never leaves a half-written file or output folder behind.
+
+Files and folders get the permissions the user's umask gives (``0644``/``0755`` under umask 022),
+not the private ``0600``/``0700`` of ``mkstemp``/``mkdtemp``.
+
+Replacing a folder swaps the new one in with a single atomic ``renameat2(RENAME_EXCHANGE)`` where
+the kernel and file system offer it: at every instant ``path`` holds either the old or the new
+content. Elsewhere it falls back to two renames (old -> ``.NAME.old``, new -> ``NAME``); a crash
+between them leaves the old content in ``.NAME.old``, which the next write to ``path`` (or
+:func:`recover_directory`) puts back before anything else happens.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -12,11 +25,74 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have (``0666``/``0777`` minus the umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
+def _backup(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_directory(path: str | os.PathLike[str]) -> None:
+    """Finish an interrupted two-rename replacement of ``path`` (see the module docstring).
+
+    ``path`` missing but ``.NAME.old`` present: the old content is put back. Both present: the
+    replacement had completed, the stale backup is deleted.
+    """
+    target = Path(path)
+    backup = _backup(target)
+    if not backup.exists():
+        return
+    if target.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        logger.warning("%s: restoring %s left by an interrupted replacement", target, backup.name)
+        os.replace(backup, target)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2``); False where the system cannot."""
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if rename is None:
+        return False
+    if rename(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``, which exists; ``new`` is gone afterwards."""
+    if _exchange(new, target):
+        shutil.rmtree(new)  # now the old content
+        return
+    backup = _backup(target)
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(target, backup)
+    os.replace(new, target)
+    shutil.rmtree(backup)
+
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success rename it to ``path``, else delete it."""
-    target = Path(path)
+    target = Path(os.path.abspath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
@@ -25,27 +101,39 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        if temporary.exists():
+            apply_umask(temporary)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (only if ``overwrite``)."""
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
+def atomic_directory(
+    path: str | os.PathLike[str], *, overwrite: bool = False, replaces: str | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (only if ``overwrite``).
+
+    ``replaces``: a file name an existing ``path`` must contain to be replaced (``manifest.json`` for
+    output folders), so that ``overwrite`` never deletes a folder this program did not write.
+    """
+    target = Path(os.path.abspath(path))
+    recover_directory(target)
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+        if replaces is not None and not (target / replaces).is_file():
+            raise FileExistsError(
+                f"{path} exists and is not a folder this program wrote (it has no {replaces}): "
+                "refusing to replace it"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield temporary
+        apply_umask(temporary, directory=True)
         if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(target, backup)
-            os.replace(temporary, target)
-            shutil.rmtree(backup)
+            _replace_directory(temporary, target)
         else:
             os.replace(temporary, target)
     finally:

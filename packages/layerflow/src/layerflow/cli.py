@@ -18,7 +18,6 @@ Problems are reported as one line naming the file, layer or setting, before any 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -27,8 +26,17 @@ from typing import Any
 
 import torch
 
+from .cli_checks import CliError, check_device, check_model_dir, check_numbers, check_output
 from .layout import LayerLayout
-from .media import IMAGE_SUFFIXES, frames_to_tensor, read_images, read_manifest, read_png_sequence, read_video
+from .media import (
+    IMAGE_SUFFIXES,
+    MANIFEST_NAME,
+    frames_to_tensor,
+    read_images,
+    read_manifest,
+    read_png_sequence,
+    read_video,
+)
 from .variants import OFFICIAL_VARIANTS
 
 TASK_COMMANDS = {
@@ -37,12 +45,7 @@ TASK_COMMANDS = {
     "bg2fg": "background_to_foreground",
     "decompose": "decompose",
 }
-REQUIRED_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class CliError(Exception):
-    """A user-facing problem: printed as one line, exit status 2."""
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -102,38 +105,19 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
 
 
 # ------------------------------------------------------------------------------------------ model
-def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
-    """The model folder's ``model_index.json``, after checking that every component folder exists."""
-    from .pipelines.folders import read_model_index
-
-    try:
-        index = read_model_index(model_dir, REQUIRED_COMPONENTS)
-    except FileNotFoundError as error:
-        raise CliError(str(error)) from error
-    if (
-        index.get("transparent_vae")
-        and index["transparent_vae"][0]
-        and not (Path(model_dir) / "transparent_vae").is_dir()
-    ):
-        raise CliError(
-            f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder"
-        )
-    return index
-
-
 def check_sizes(args: argparse.Namespace, layout: LayerLayout, conditions: dict[str, torch.Tensor]) -> None:
     """Frames and size (from the inputs or the flags) against the model's geometry, before loading it."""
     from .geometry import DEFAULT_CLIP_FRAMES, ModelGeometry, check_geometry
 
     try:
         geometry = ModelGeometry.from_folder(args.model)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise CliError(str(error)) from error
     first = next(iter(conditions.values()), None)
     found = (first.shape[0], *first.shape[-2:]) if first is not None else None
-    frames = args.frames or (found[0] if found else DEFAULT_CLIP_FRAMES)
-    height = args.height or (found[1] if found else geometry.default_height)
-    width = args.width or (found[2] if found else geometry.default_width)
+    frames = args.frames if args.frames is not None else (found[0] if found else DEFAULT_CLIP_FRAMES)
+    height = args.height if args.height is not None else (found[1] if found else geometry.default_height)
+    width = args.width if args.width is not None else (found[2] if found else geometry.default_width)
     if found is not None and (frames, height, width) != found:
         raise CliError(
             f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
@@ -145,11 +129,10 @@ def check_sizes(args: argparse.Namespace, layout: LayerLayout, conditions: dict[
         raise CliError(str(error)) from error
 
 
-def load_pipeline(args: argparse.Namespace) -> Any:
+def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     from .pipelines import LayerFlowPipeline
     from .pipelines.scheduling import switch_scheduler
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = (
         DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     )
@@ -171,6 +154,8 @@ def load_pipeline(args: argparse.Namespace) -> Any:
 
 def run_task(args: argparse.Namespace) -> Path:
     task = TASK_COMMANDS[args.command]
+    check_numbers(args)
+    device = check_device(args.device)
     index = check_model_dir(args.model)
     layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
     task_layout = layout.for_task(task)
@@ -190,10 +175,14 @@ def run_task(args: argparse.Namespace) -> Path:
     conditions = load_inputs(inputs, _pairs(args.alpha, "--alpha"))
     check_sizes(args, layout, conditions)
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise CliError(f"output {output} already exists (use --overwrite)")
+    check_output(
+        output,
+        overwrite=args.overwrite,
+        marker=MANIFEST_NAME,
+        inputs=[args.model, *inputs.values(), *_pairs(args.alpha, "--alpha").values()],
+    )
 
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, device)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     try:
         result = pipe(
@@ -239,9 +228,12 @@ def run_task(args: argparse.Namespace) -> Path:
 # ------------------------------------------------------------------------------------------ info
 def describe(path: str | Path) -> str:
     """A short description of a model folder, an output folder, an official checkpoint or a media input."""
+    from .json_files import read_json_object
+    from .pipelines.folders import read_model_index
+
     path = Path(path)
     if (path / "model_index.json").is_file():
-        index = json.loads((path / "model_index.json").read_text())
+        index = read_model_index(path, ())
         lines = [f"LayerFlow model folder {path}"]
         layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
         lines.append(f"  layers: {[f'{s.name} ({s.role})' for s in layout.layers]}, alpha: {layout.alpha}")
@@ -263,7 +255,7 @@ def describe(path: str | Path) -> str:
                 lines.append(f"  {name}: {entry[1]} ({state})")
         config_file = path / "transformer" / "config.json"
         if config_file.is_file():
-            config = json.loads(config_file.read_text())
+            config = read_json_object(config_file)
             keys = (
                 "num_layers",
                 "num_attention_heads",
@@ -452,8 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.input, args.alpha, args.isolate_conditions = None, None, False
             print(f"wrote {run_task(args)}")
         elif args.command == "convert":
-            from .convert import ConversionError, convert_official_checkpoint
+            from .convert import CONVERSION_RECORD, ConversionError, convert_official_checkpoint
 
+            inputs = [args.official] + ([args.base] if args.base else [])
+            check_output(args.out, overwrite=args.overwrite, marker=CONVERSION_RECORD, inputs=inputs)
             try:
                 out = convert_official_checkpoint(
                     args.official,
@@ -467,13 +461,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     dtype=DTYPES[args.dtype] if args.dtype else None,
                     overwrite=args.overwrite,
                 )
-            except (ConversionError, FileNotFoundError, FileExistsError) as error:
+            except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as error:
                 raise CliError(str(error)) from error
             print(f"wrote {out}")
         elif args.command == "eval":
             run_eval(args)
         else:
-            print(describe(args.path))
+            try:
+                print(describe(args.path))
+            except (FileNotFoundError, ValueError) as error:
+                raise CliError(str(error)) from error
     except CliError as error:
         print(f"layerflow: error: {error}", file=sys.stderr)
         return 2

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 SAT_PREFIX = "model.diffusion_model."
 CHECKPOINT_NAME = "mp_rank_00_model_states.pt"
+#: Written into every converted folder; ``--overwrite`` replaces only folders that have it.
+CONVERSION_RECORD = "conversion.json"
 #: Non-DiT parts of the official file (T5, VAE, loss buffers): stock components, not converted.
 SKIPPED_PREFIXES = ("conditioner.", "first_stage_model.", "model_ema.", "loss_fn.")
 #: SAT keys diffusers drops too (RoPE buffers, token/position embeddings removed by ``reinit``).
@@ -77,7 +79,13 @@ def find_checkpoint_file(path: str | os.PathLike[str]) -> Path:
         return path / CHECKPOINT_NAME
     latest = path / "latest"
     if latest.is_file():
-        candidate = path / latest.read_text().strip() / CHECKPOINT_NAME
+        iteration = latest.read_text().strip()
+        candidate = path / iteration / CHECKPOINT_NAME
+        root = path.resolve()
+        if not iteration or not candidate.resolve().is_relative_to(root) or Path(iteration).is_absolute():
+            raise ConversionError(
+                f"{latest} names {iteration!r}, which is not an iteration folder inside {path}"
+            )
         if candidate.is_file():
             return candidate
         raise FileNotFoundError(f"{latest} points to {candidate}, which does not exist")
@@ -96,7 +104,15 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     if not isinstance(payload, Mapping) or "module" not in payload:
         keys = list(payload)[:10] if isinstance(payload, Mapping) else type(payload).__name__
         raise ConversionError(f"{file} has no 'module' entry (found {keys}); is it a SAT checkpoint?")
-    return dict(payload["module"])
+    module = payload["module"]
+    if not isinstance(module, Mapping):
+        raise ConversionError(
+            f"{file}: 'module' must map parameter names to tensors, got a {type(module).__name__}"
+        )
+    stray = [key for key, value in module.items() if not isinstance(key, str) or not torch.is_tensor(value)]
+    if stray:
+        raise ConversionError(f"{file}: 'module' entries that are not name -> tensor: {stray[:5]}")
+    return dict(module)
 
 
 # ------------------------------------------------------------------------------------------ mapping
@@ -336,7 +352,7 @@ def convert_official_state_dict(
     if lora == "merge":
         try:
             merge_lora_into_state_dict(state_dict, lora_factors.get("content", {}))
-        except KeyError as error:
+        except (KeyError, ValueError) as error:
             raise ConversionError(str(error)) from error
         merged = len(lora_factors.get("content", {}))
         notes.append(f"merged the content LoRA into {merged} projections; motion LoRA dropped")
@@ -365,7 +381,10 @@ def build_transformer(converted: ConvertedCheckpoint) -> LayerFlowTransformer3DM
     if wrong:
         raise ConversionError("shape mismatch: " + "; ".join(wrong))
     model.load_state_dict(converted.state_dict, assign=True)
-    attach_lora_factors(model, converted.lora)
+    try:
+        attach_lora_factors(model, converted.lora)
+    except ValueError as error:  # multi-lora names every module whose factors do not fit
+        raise ConversionError(str(error)) from error
     return model.eval()
 
 
@@ -406,7 +425,7 @@ def convert_official_checkpoint(
         torch.nn.Module.to(transformer, dtype=dtype)
     for note in converted.notes:
         logger.info(note)
-    with atomic_directory(out_dir, overwrite=overwrite) as temporary:
+    with atomic_directory(out_dir, overwrite=overwrite, replaces=CONVERSION_RECORD) as temporary:
         transformer.save_pretrained(temporary / "transformer", safe_serialization=True)  # adapters included
         make_scheduler("dpm").save_pretrained(temporary / "scheduler")
         index: dict[str, Any] = {
@@ -421,7 +440,7 @@ def convert_official_checkpoint(
                 shutil.copytree(Path(base) / component, temporary / component)
                 index[component] = base_index[component]
         (temporary / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (temporary / "conversion.json").write_text(
+        (temporary / CONVERSION_RECORD).write_text(
             json.dumps(
                 {
                     "source": str(official),

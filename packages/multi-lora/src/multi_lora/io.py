@@ -69,6 +69,13 @@ NATIVE_METADATA_KEY = "multi_lora"
 # --------------------------------------------------------------------------------------- files
 
 
+def _apply_umask(path: str) -> None:
+    """Give ``path`` the mode a plain ``open`` would have, not ``mkstemp``'s private 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)`` next to ``target`` and rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +83,7 @@ def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
     os.close(handle)
     try:
         write(temporary)
+        _apply_umask(temporary)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -9,6 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _apply_umask(path: Path, *, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have, not ``mkstemp``'s private 0600/0700."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
     target = Path(path)
@@ -18,6 +25,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        _apply_umask(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -31,6 +39,7 @@ def atomic_directory(path: str | os.PathLike[str], fill: Callable[[Path], object
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         fill(tmp)
+        _apply_umask(tmp, directory=True)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

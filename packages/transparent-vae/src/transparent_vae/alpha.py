@@ -60,10 +60,20 @@ def pad_rgb(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
     Returns:
         padded colour with the shape of ``rgb``.
+
+    Colour under ``alpha = 0`` is never read, so NaN/inf there is ignored (it would otherwise spread
+    through the pyramid into every pixel); NaN/inf colour where ``alpha > 0``, or in alpha, is an error.
     """
     check_rgb_alpha(rgb, alpha)
+    if not torch.isfinite(alpha).all():
+        raise ValueError(f"alpha has {int((~torch.isfinite(alpha)).sum())} NaN/inf value(s)")
+    visible = (alpha > 0).expand_as(rgb)
+    bad = int((~torch.isfinite(rgb) & visible).sum())
+    if bad:
+        raise ValueError(f"rgb has {bad} NaN/inf value(s) where alpha > 0")
+    rgb_read = torch.where(visible, rgb, torch.zeros((), dtype=rgb.dtype, device=rgb.device))
     video = rgb.ndim == 5
-    colour = fold_frames(rgb.float()) if video else rgb.float()
+    colour = fold_frames(rgb_read.float()) if video else rgb_read.float()
     coverage = fold_frames(alpha.float()) if video else alpha.float()
     premultiplied = colour * coverage
     levels = [(premultiplied, coverage)]

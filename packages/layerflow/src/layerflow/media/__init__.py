@@ -16,11 +16,12 @@ from .frames import (
     read_png_sequence,
     write_png_sequence,
 )
-from .output import OutputLayer, read_manifest, write_output_dir
+from .output import MANIFEST_NAME, OutputLayer, read_manifest, write_output_dir
 from .preview import contact_sheet, over_checkerboard, write_contact_sheet, write_preview_gif
 from .video import VIDEO_SUFFIXES, decode_video, read_video, video_fps, write_mp4, write_webm_rgba
 
 __all__ = [
+    "MANIFEST_NAME",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "FrameError",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from layerflow.atomic import atomic_directory
+from layerflow.json_files import read_json_object
 from layerflow.layout import ROLES, TASKS
 
 from .frames import FrameMode, to_uint8, write_frames
@@ -29,6 +30,7 @@ from .video import write_mp4, write_webm_rgba
 
 MANIFEST_FORMAT = "layerflow-output"
 MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
 LAYER_KINDS: tuple[FrameMode, ...] = ("rgb", "rgba")
 
 
@@ -61,8 +63,12 @@ def write_output_dir(
     if len(shapes) != 1:
         raise ValueError(f"layers differ in frame count or size: {sorted(shapes)}")
     (num_frames, height, width) = shapes.pop()
+    for layer in layers:  # NaN frames would be written as black PNGs
+        bad = int((~torch.isfinite(layer.frames)).sum())
+        if bad:
+            raise ValueError(f"layer {layer.name!r} has {bad} NaN/inf value(s): nothing written")
     entries: list[dict[str, Any]] = []
-    with atomic_directory(out_dir, overwrite=overwrite) as temporary:
+    with atomic_directory(out_dir, overwrite=overwrite, replaces=MANIFEST_NAME) as temporary:
         for layer in layers:
             channels = layer.frames.shape[1]
             if channels not in (3, 4):
@@ -102,16 +108,20 @@ def write_output_dir(
             "seed": seed,
             "settings": dict(settings or {}),
         }
-        (temporary / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (temporary / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return Path(out_dir)
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The validated ``manifest.json`` of an output folder (format in the module docstring)."""
-    path = Path(out_dir) / "manifest.json"
+    """The validated ``manifest.json`` of an output folder (format in the module docstring).
+
+    Every ``frames``/``video`` entry must name a path inside ``out_dir``: a manifest never makes a
+    reader score or load files elsewhere. Raises ``ValueError`` naming the file and the key.
+    """
+    path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} is not a LayerFlow output folder: {path} is missing")
-    manifest = json.loads(path.read_text())
+    manifest = read_json_object(path)
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
         raise ValueError(
             f"{path}: expected format {MANIFEST_FORMAT!r} version {MANIFEST_VERSION}, got "
@@ -122,9 +132,17 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path}: missing keys {missing}")
     if manifest["task"] not in TASKS:
         raise ValueError(f"{path}: unknown task {manifest['task']!r}; expected one of {TASKS}")
+    for key in ("num_frames", "height", "width"):
+        value = manifest[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{path}: {key} must be a positive integer, got {value!r}")
     if manifest.get("alpha", "straight") != "straight":
         raise ValueError(f"{path}: only straight alpha is supported, got {manifest['alpha']!r}")
+    if not isinstance(manifest["layers"], list) or not manifest["layers"]:
+        raise ValueError(f"{path}: 'layers' must be a non-empty list, got {manifest['layers']!r}")
     for index, layer in enumerate(manifest["layers"]):
+        if not isinstance(layer, dict):
+            raise ValueError(f"{path}: layer {index} must be an object, got {layer!r}")
         absent = [k for k in ("name", "role", "kind", "frames") if k not in layer]
         if absent:
             raise ValueError(f"{path}: layer {index} misses keys {absent}")
@@ -137,4 +155,17 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{path}: layer {layer['name']!r} has unknown kind {layer['kind']!r}; "
                 f"expected one of {LAYER_KINDS}"
             )
+        for key in ("frames", "video"):
+            if key in layer:
+                _check_inside(path, f"layer {layer['name']!r} {key}", layer[key])
     return dict(manifest)
+
+
+def _check_inside(manifest: Path, what: str, value: Any) -> None:
+    """``value`` must be a relative path that stays inside the manifest's folder."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{manifest}: {what} must be a relative path, got {value!r}")
+    root = manifest.parent.resolve()
+    resolved = (root / value).resolve()
+    if Path(value).is_absolute() or not resolved.is_relative_to(root) or resolved == root:
+        raise ValueError(f"{manifest}: {what} {value!r} points outside the output folder {manifest.parent}")

@@ -139,6 +139,11 @@ def merge_lora_into_state_dict(
         if key not in state_dict:
             raise KeyError(f"LoRA for {module}, whose base weight {key} is missing")
         base = state_dict[key]
+        if (lora.lora_B.shape[0], lora.lora_A.shape[1]) != tuple(base.shape):
+            raise ValueError(
+                f"LoRA for {module}: lora_A {tuple(lora.lora_A.shape)} / lora_B {tuple(lora.lora_B.shape)} "
+                f"do not fit its weight {tuple(base.shape)}"
+            )
         delta = (lora.lora_B.double() @ lora.lora_A.double()) * (lora.alpha / lora.rank)
         state_dict[key] = (base.double() + delta).to(base.dtype)
 

@@ -31,6 +31,8 @@ from layerflow.media.output import OutputLayer, write_output_dir
 from layerflow.models.adapters import merged_for_inference
 from layerflow.variants import OFFICIAL_SAMPLING
 
+from .input_checks import check_input_values
+
 OutputType = Literal["pt", "np", "latent"]
 Unconditional = Literal["zeros", "encoded"]
 ConditionFrames = Mapping[str, torch.Tensor]
@@ -240,6 +242,13 @@ class LayerFlowPipeline(DiffusionPipeline):
             )
         self._check_texts(
             task_layout, prompts, negative_prompts, prompt_embeds, negative_prompt_embeds, settings
+        )
+        check_input_values(
+            conditions,
+            guidance_scale=settings["guidance_scale"],
+            num_frames=num_frames,
+            height=height,
+            width=width,
         )
         condition_frames, num_frames, height, width = self._check_conditions(
             task_layout, conditions, num_frames, height, width

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .chain import run_earlier_stages
 from .config import ConfigError, load_config, merge_tables, parse_override
 from .export import MissingStageError
 
@@ -39,6 +40,11 @@ def build_parser(prog: str = "python -m layerflow.training") -> argparse.Argumen
     )
     parser.add_argument(
         "--from-base", action="store_true", help="stages 2/3: start from model.base, not the previous stage"
+    )
+    parser.add_argument(
+        "--earlier-stages",
+        action="store_true",
+        help="tiny default only: first run the earlier stages whose output is missing (nox does this)",
     )
     parser.add_argument(
         "--output-root", default=None, help="override run.output_root (stage outputs go to ROOT/stage{N})"
@@ -73,6 +79,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
         overrides = merge_tables(overrides, {"model": {"init_from": "base"}})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.earlier_stages and (status := run_earlier_stages(args, overrides)):
+            return status
         config = load_config(args.config, args.stage, overrides)
         from .trainer import train
 

@@ -1,0 +1,119 @@
+"""Checks on what a user gives the ``layerflow`` command, run before any model is loaded.
+
+Each raises :class:`CliError` with one line naming the flag, file or value, so a bad setting costs
+a second instead of a whole generation, and nothing is written or deleted on the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Components a task needs; ``vae``/``transformer``/``text_encoder`` must carry weights.
+REQUIRED_COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
+WEIGHTED_COMPONENTS = ("transformer", "vae", "text_encoder")
+
+
+class CliError(Exception):
+    """A user-facing problem: printed as one line, exit status 2."""
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Sizes, steps and fps are positive; the guidance scale is a finite number."""
+    for flag in ("frames", "height", "width", "steps", "fps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CliError(f"--{flag} must be >= 1, got {value}")
+    if not math.isfinite(args.guidance):
+        raise CliError(f"--guidance must be a finite number, got {args.guidance}")
+
+
+def check_device(spec: str | None) -> str:
+    """The device to run on: ``spec`` checked (parses, exists), else CUDA when available, else CPU."""
+    if spec is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError as error:
+        raise CliError(f"--device {spec!r} is not a device (e.g. cpu, cuda, cuda:1): {error}") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CliError(f"--device {spec}: no CUDA device is available here (use --device cpu)")
+        if device.index is not None and device.index >= count:
+            raise CliError(f"--device {spec}: only {count} CUDA device(s) here (cuda:0 .. cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device {spec}: MPS is not available here (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise CliError(f"--device {spec}: unsupported device type {device.type!r} (use cpu or cuda)")
+    return spec
+
+
+def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
+    """The model folder's ``model_index.json``, after checking every component's config and weights."""
+    from .pipelines.folders import check_component, read_model_index
+
+    try:
+        index = read_model_index(model_dir, REQUIRED_COMPONENTS)
+        for name in REQUIRED_COMPONENTS:
+            if name != "tokenizer":
+                check_component(Path(model_dir) / name, weights=name in WEIGHTED_COMPONENTS)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from error
+    if index.get("transparent_vae") and index["transparent_vae"][0]:
+        folder = Path(model_dir) / "transparent_vae"
+        if not folder.is_dir():
+            raise CliError(
+                f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder"
+            )
+        try:
+            check_component(folder, weights=True)
+        except (FileNotFoundError, ValueError) as error:
+            raise CliError(str(error)) from error
+    return index
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output(
+    output: str | Path, *, overwrite: bool, marker: str, inputs: Iterable[str | Path] = ()
+) -> None:
+    """``output`` may be written: new, or (``overwrite``) an earlier output holding ``marker``.
+
+    It must not be the working folder, nor contain any of ``inputs`` (the model folder, the input
+    clips), and its parent must be writable.
+    """
+    target = Path(output).resolve()
+    if Path.cwd().resolve().is_relative_to(target):
+        raise CliError(f"output {output} is the current folder or one of its parents: name a new folder")
+    for item in inputs:
+        source = Path(item).resolve()
+        if source.is_relative_to(target):
+            raise CliError(f"output {output} contains the input {item}: name a folder of its own")
+    if target.exists():
+        if not overwrite:
+            raise CliError(f"output {output} already exists (use --overwrite)")
+        if not (target / marker).is_file():
+            raise CliError(
+                f"output {output} exists and was not written by layerflow (no {marker}): "
+                "--overwrite only replaces earlier outputs"
+            )
+    parent = _nearest_existing(target.parent)
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=".layerflow-write-check.", dir=parent))
+    except OSError as error:
+        raise CliError(f"cannot write output {output} in {parent}: {error.strerror or error}") from error
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"cannot write output {output}: {parent} is not writable")

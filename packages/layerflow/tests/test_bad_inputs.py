@@ -1,0 +1,465 @@
+"""The bad-input catalogue: one test per bad input a user can give, each asserting that the message
+names the problem (file, key, layer or value), that nothing partial is written and that nothing the
+user did not ask to delete is deleted.
+
+CLI probes call ``layerflow.cli.main`` (the console script's function: its return value is the exit
+status) and read stderr; a few run as real subprocesses to pin the process-level contract (exit
+status 2, one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerflow import atomic
+from layerflow.cli import main
+from layerflow.layout import LayerLayout
+from layerflow.media import OutputLayer, write_output_dir, write_png_sequence
+from layerflow.testing import (
+    build_tiny_pipeline,
+    build_tiny_transformer,
+    official_state_dict,
+    random_layer_frames,
+    random_lora_factors,
+    single_thread,
+    write_official_checkpoint,
+)
+from layerflow.training import main as train_main
+
+PROMPTS = ["-p", "foreground=a red circle", "-p", "background=blue stripes", "-p", "composite=a red circle"]
+FAST = ["--steps", "1", "--no-video", "--frames", "8", "--height", "16", "--width", "16", "--device", "cpu"]
+CONVERT_TINY = ["--text-length", "12", "--latent-size", "4", "4", "--prompts", "3"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipeline = build_tiny_pipeline()
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, pipe) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def model_dir(saved, tmp_path) -> Path:
+    """A private copy of the saved model, free to break."""
+    return Path(shutil.copytree(saved, tmp_path / "model"))
+
+
+@pytest.fixture
+def output(saved, tmp_path) -> Path:
+    """An earlier generate output (a folder layerflow wrote)."""
+    assert main(["generate", str(saved), "-o", str(tmp_path / "earlier"), *PROMPTS, *FAST]) == 0
+    return tmp_path / "earlier"
+
+
+def fails(capsys, argv, *needles) -> str:
+    """``layerflow argv`` exits 2 with one line on stderr containing every needle."""
+    status = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("layerflow: error:") and err.count("\n") == 1, err
+    for needle in needles:
+        assert str(needle) in err, err
+    return err
+
+
+def fails_in_a_process(argv, *needles, cwd=None) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "layerflow", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("layerflow: error:") and done.stderr.count("\n") == 1, done.stderr
+    assert all(str(needle) in done.stderr for needle in needles), done.stderr
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def generate(model, out, *extra):
+    return [str(part) for part in ("generate", model, "-o", out, *PROMPTS, *FAST, *extra)]
+
+
+# ------------------------------------------------------------------ 1. --overwrite
+def test_overwrite_never_replaces_the_model_folder(model_dir) -> None:
+    before = tree(model_dir)
+    fails_in_a_process(generate(model_dir, model_dir, "--overwrite"), "contains the input", model_dir)
+    assert tree(model_dir) == before
+
+
+def test_overwrite_never_replaces_an_ancestor_of_an_input(model_dir, tmp_path, capsys) -> None:
+    (tmp_path / "unrelated.txt").write_text("keep me")
+    fails(capsys, generate(model_dir, tmp_path, "--overwrite"), "contains the input")
+    assert (tmp_path / "unrelated.txt").read_text() == "keep me" and (
+        model_dir / "model_index.json"
+    ).is_file()
+
+
+def test_overwrite_only_replaces_an_earlier_output(saved, tmp_path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    fails(capsys, generate(saved, folder, "--overwrite"), f"output {folder}", "no manifest.json")
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_overwrite_replaces_an_earlier_output(saved, output, capsys) -> None:
+    assert main(generate(saved, output, "--overwrite", "--seed", "1")) == 0
+    assert json.loads((output / "manifest.json").read_text())["seed"] == 1
+
+
+def test_output_dot_is_refused(saved, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep")
+    fails(capsys, generate(saved, ".", "--overwrite"), "output . is the current folder")
+    assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def test_convert_overwrite_never_replaces_the_base(saved, model_dir, tmp_path, capsys) -> None:
+    official = write_official_checkpoint(tmp_path, {"x": torch.zeros(1)})
+    before = tree(model_dir)
+    fails(
+        capsys, ["convert", official, model_dir, "--overwrite"], "not written by layerflow", "conversion.json"
+    )
+    fails(
+        capsys,
+        ["convert", official, model_dir.parent, "--base", model_dir, "--overwrite"],
+        "contains the input",
+    )
+    assert tree(model_dir) == before
+
+
+def test_library_overwrite_refuses_a_foreign_folder(tmp_path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("x")
+    layer = OutputLayer("composite", "composite", torch.rand(8, 3, 16, 16))
+    with pytest.raises(FileExistsError, match="no manifest.json"):
+        write_output_dir(tmp_path / "out", [layer], task="generate", videos=False, overwrite=True)
+    assert (tmp_path / "out" / "mine.txt").read_text() == "x"
+
+
+# ------------------------------------------------------------------ 5. NaN, inf and range
+def _conditions(name: str, edit) -> dict[str, torch.Tensor]:
+    frames = random_layer_frames(LayerLayout.official())[name]
+    return {name: edit(frames)}
+
+
+def _nan_pixel(frames):
+    frames = frames.clone()
+    frames[3, 1, 5, 7] = float("nan")
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "edit", "message"),
+    [
+        ("background_to_foreground", "background", _nan_pixel, "condition 'background' has 1 NaN/inf"),
+        ("decompose", "composite", lambda f: f * 255, "(0-255 frames: divide by 255)"),
+        ("decompose", "composite", lambda f: (f * 255).to(torch.uint8), "condition 'composite' is uint8"),
+        (
+            "foreground_to_background",
+            "foreground",
+            lambda f: torch.cat([f[:, :3], f[:, 3:] * 2 - 0.5], 1),
+            "condition 'foreground' has alpha values in [-0.",
+        ),
+    ],
+)
+def test_condition_values_are_checked_before_any_model_runs(pipe, task, name, edit, message) -> None:
+    calls = []
+    hook = pipe.vae.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(ValueError) as error:
+            pipe(
+                {"foreground": "a", "background": "b", "composite": "c"},
+                task,
+                conditions=_conditions(name, edit),
+            )
+    finally:
+        hook.remove()
+    assert message in str(error.value) and f"condition {name!r}" in str(error.value)
+    assert not calls  # refused before the VAE ran
+
+
+@pytest.mark.parametrize("scale", [math.inf, math.nan])
+def test_guidance_scale_must_be_finite(pipe, scale) -> None:
+    with pytest.raises(ValueError, match=f"guidance_scale must be a finite number, got {scale}"):
+        pipe({"foreground": "a", "background": "b", "composite": "c"}, num_frames=8, guidance_scale=scale)
+
+
+def test_pipeline_height_zero_is_refused(pipe) -> None:
+    with pytest.raises(ValueError, match="height must be >= 1, got 0"):
+        pipe({"foreground": "a", "background": "b", "composite": "c"}, num_frames=8, height=0)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--guidance", "nan", "--guidance must be a finite number, got nan"),
+        ("--guidance", "inf", "--guidance must be a finite number, got inf"),
+        ("--height", "0", "--height must be >= 1, got 0"),
+        ("--width", "-16", "--width must be >= 1, got -16"),
+        ("--frames", "0", "--frames must be >= 1, got 0"),
+        ("--steps", "0", "--steps must be >= 1, got 0"),
+        ("--fps", "0", "--fps must be >= 1, got 0"),
+    ],
+)
+def test_cli_numbers(saved, tmp_path, capsys, flag, value, message) -> None:
+    fails(capsys, [*generate(saved, tmp_path / "out"), flag, value], message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_guidance_nan_in_a_process(saved, tmp_path) -> None:
+    fails_in_a_process([*generate(saved, tmp_path / "out"), "--guidance", "nan"], "--guidance")
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_output_frames_are_not_saved_as_black_pngs(tmp_path) -> None:
+    frames = torch.rand(8, 3, 16, 16)
+    frames[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer 'composite' has 1 NaN/inf"):
+        write_output_dir(tmp_path / "out", [OutputLayer("composite", "composite", frames)], task="generate")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 6. model folders and settings
+def _drop(path: Path) -> None:
+    path.unlink()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda m: _drop(m / "vae" / "config.json"), "vae has no config.json"),
+        (
+            lambda m: _drop(m / "transformer" / "diffusion_pytorch_model.safetensors"),
+            "transformer has no weights",
+        ),
+        (lambda m: _truncate(m / "transformer" / "diffusion_pytorch_model.safetensors"), "is truncated"),
+        (lambda m: _truncate(m / "text_encoder" / "model.safetensors"), "model.safetensors is truncated"),
+        (lambda m: (m / "model_index.json").write_text("{not json"), "model_index.json is not valid JSON"),
+        (lambda m: (m / "model_index.json").write_text("[1, 2]"), "must hold a JSON object"),
+        (lambda m: (m / "vae" / "config.json").write_text('{"a": '), "config.json is not valid JSON"),
+    ],
+)
+def test_broken_model_folder_is_named_before_loading(model_dir, tmp_path, capsys, breakage, message) -> None:
+    breakage(model_dir)
+    fails(capsys, generate(model_dir, tmp_path / "out"), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_model_index_entry(model_dir, tmp_path, capsys) -> None:
+    index = json.loads((model_dir / "model_index.json").read_text())
+    index["vae"] = "AutoencoderKLCogVideoX"
+    (model_dir / "model_index.json").write_text(json.dumps(index))
+    fails(capsys, generate(model_dir, tmp_path / "out"), "entries ['vae'] must be [library, class] pairs")
+
+
+def test_info_on_a_malformed_model_index_in_a_process(model_dir) -> None:
+    (model_dir / "model_index.json").write_text("{not json")
+    fails_in_a_process(["info", model_dir], "model_index.json is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("bogus", "--device 'bogus' is not a device"), ("cuda:99", "--device cuda:99")],
+)
+def test_device_is_checked_before_loading(saved, tmp_path, capsys, device, message) -> None:
+    fails(capsys, [*generate(saved, tmp_path / "out"), "--device", device], message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")  # cuda:99 covers CUDA hosts
+def test_unavailable_cuda(saved, tmp_path, capsys) -> None:
+    fails(capsys, [*generate(saved, tmp_path / "out"), "--device", "cuda"], "no CUDA device is available")
+
+
+def test_unwritable_output_is_found_before_generating(saved, capsys) -> None:
+    # /sys refuses new folders even to root (EPERM), like a read-only file system
+    fails(capsys, generate(saved, "/sys/layerflow-test/out"), "cannot write output /sys/layerflow-test/out")
+
+
+def _tiny_official(tmp_path: Path, **edit) -> Path:
+    model = build_tiny_transformer(num_layer_prompts=3)
+    lora = random_lora_factors(model, 2, 0)
+    return write_official_checkpoint(tmp_path, official_state_dict(model, lora, lora) | edit)
+
+
+def test_convert_lora_shape_mismatch(tmp_path, capsys) -> None:
+    key = "model.diffusion_model.transformer.layers.0.attention.dense.matrix_A.0"
+    official = _tiny_official(tmp_path, **{key: torch.randn(2, 17)})
+    fails(
+        capsys, ["convert", official, tmp_path / "out", *CONVERT_TINY], "transformer_blocks.0.attn1.to_out.0"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_list_module(tmp_path, capsys) -> None:
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    torch.save({"module": [torch.zeros(2)]}, folder / "mp_rank_00_model_states.pt")
+    fails(
+        capsys,
+        ["convert", folder, tmp_path / "out"],
+        "'module' must map parameter names to tensors, got a list",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ("{oops", "manifest.json is not valid JSON"),
+        ("[]", "must hold a JSON object, got list"),
+        (
+            '{"format": "layerflow-output", "version": 1, "task": "generate", "num_frames": 8, "height": 16, '
+            '"width": 16, "layers": {"a": 1}}',
+            "'layers' must be a non-empty list",
+        ),
+        (
+            '{"format": "layerflow-output", "version": 1, "task": "generate", "num_frames": "8", "height": 16, '
+            '"width": 16, "layers": []}',
+            "num_frames must be a positive integer, got '8'",
+        ),
+        (
+            '{"format": "layerflow-output", "version": 1, "task": "generate", "num_frames": 8, "height": 16, '
+            '"width": 16, "layers": ["x"]}',
+            "layer 0 must be an object",
+        ),
+    ],
+)
+def test_eval_on_a_malformed_manifest(tmp_path, capsys, manifest, message) -> None:
+    (tmp_path / "manifest.json").write_text(manifest)
+    fails(capsys, ["eval", tmp_path], message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+# ------------------------------------------------------------------ 9. permissions follow the umask
+@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_follow_the_umask(tmp_path, mask, file_mode, dir_mode) -> None:
+    import multi_lora
+    from transparent_vae._files import atomic_directory as tvae_directory
+
+    previous = os.umask(mask)
+    try:
+        out = write_output_dir(
+            tmp_path / "out",
+            [OutputLayer("composite", "composite", torch.rand(8, 3, 16, 16))],
+            task="generate",
+        )
+        atomic.write_text_atomic(tmp_path / "note.txt", "x")
+        tvae_directory(tmp_path / "tvae", lambda folder: (folder / "a.txt").write_text("a"))
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        multi_lora.add_adapter(model, "a", rank=2, alpha=1.0, target_modules=["0"])
+        multi_lora.save_adapter(model, "a", tmp_path / "lora")
+    finally:
+        os.umask(previous)
+    files = [p for p in [*out.rglob("*"), *(tmp_path / "tvae").rglob("*"), *(tmp_path / "lora").rglob("*")]]
+    files += [tmp_path / "note.txt"]
+    folders = [out, tmp_path / "tvae", *(p for p in files if p.is_dir())]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files if p.is_file()} == {file_mode}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {dir_mode}
+
+
+# ------------------------------------------------------------------ 10. confinement
+@pytest.mark.parametrize("frames", ["../elsewhere", "/etc", "composite/../.."])
+def test_eval_refuses_frames_outside_the_output(output, capsys, frames) -> None:
+    manifest = json.loads((output / "manifest.json").read_text())
+    manifest["layers"][2]["frames"] = frames
+    (output / "manifest.json").write_text(json.dumps(manifest))
+    fails(capsys, ["eval", output], f"{frames!r} points outside the output folder")
+    assert not (output / "metrics.json").exists()
+
+
+def test_convert_refuses_a_latest_outside_the_experiment(tmp_path, capsys) -> None:
+    official = _tiny_official(tmp_path / "a")
+    elsewhere = _tiny_official(tmp_path / "b")
+    (official / "latest").write_text(f"../../b/{elsewhere.name}/1000\n")
+    fails(
+        capsys,
+        ["convert", official, tmp_path / "out", *CONVERT_TINY],
+        "latest names",
+        "not an iteration folder",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ 11. interrupted replacement
+def test_a_crash_between_two_renames_is_recovered(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "final"
+    with atomic.atomic_directory(target) as folder:
+        (folder / "weights").write_text("old")
+    monkeypatch.setattr(atomic, "_exchange", lambda first, second: False)  # a system without renameat2
+    real_replace = os.replace
+
+    def crash_on_second_rename(source, destination):
+        if Path(source).name.endswith(".tmp"):
+            raise KeyboardInterrupt("killed between the renames")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(atomic.os, "replace", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_directory(target, overwrite=True) as folder:
+        (folder / "weights").write_text("new")
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    assert not target.exists() and (tmp_path / ".final.old" / "weights").read_text() == "old"
+    with atomic.atomic_directory(target, overwrite=True) as folder:  # the next run recovers, then replaces
+        assert (target / "weights").read_text() == "old"
+        (folder / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_replacing_a_folder_swaps_atomically(tmp_path) -> None:
+    target = tmp_path / "final"
+    for content in ("old", "new"):
+        with atomic.atomic_directory(target, overwrite=True) as folder:
+            (folder / "weights").write_text(content)
+    assert (target / "weights").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["final"]
+
+
+# ------------------------------------------------------------------ 12. earlier stages
+def test_earlier_stages_only_with_the_tiny_default(tmp_path, capsys) -> None:
+    from layerflow.training.config import TINY_CONFIG
+
+    argv = ["--stage", "3", "--earlier-stages", "--config", str(TINY_CONFIG), "--output-root", str(tmp_path)]
+    assert train_main(argv) == 2
+    assert "--earlier-stages runs only with the tiny built-in config" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_conditions_from_files_round_trip(saved, tmp_path) -> None:
+    """Control: a valid condition clip passes every check above and generates."""
+    frames = random_layer_frames(LayerLayout.official())["background"]
+    write_png_sequence(tmp_path / "bg", frames)
+    argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={tmp_path / 'bg'}", *FAST]
+    assert main([str(a) for a in argv]) == 0
