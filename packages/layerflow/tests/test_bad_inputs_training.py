@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -29,8 +28,8 @@ from layerflow.data.testing import write_simple_sample
 from layerflow.training import checkpointing as ckpt
 from layerflow.training.config import ConfigError, config_json, load_config
 from layerflow.training.output_dir import OutputInUseError
-from layerflow.training.testing import reset_accelerate_state, tiny_test_config
-from layerflow.training.trainer import LayerFlowTrainer, TrainResult
+from layerflow.training.testing import train_tiny
+from layerflow.training.trainer import TrainResult
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -59,16 +58,7 @@ def tree(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
 
 
-def run(root: Path, name: str, overrides: dict[str, Any] | None = None, **kwargs: Any) -> TrainResult:
-    """A tiny stage-1 run into ``root/name`` (cache shared under ``root/cache``)."""
-    reset_accelerate_state()
-    settings: dict[str, Any] = {
-        "run": {"output_dir": str(root / name)},
-        "data": {"cache_dir": str(root / "cache")},
-    }
-    for section, values in (overrides or {}).items():
-        settings.setdefault(section, {}).update(values)
-    return LayerFlowTrainer(tiny_test_config(root, 1, settings), **kwargs).train()
+run = train_tiny  # a tiny stage-1 run into root/name, cache shared in root/cache
 
 
 SHORT = {"run": {"max_steps": 6, "checkpoint_every": 2}}
