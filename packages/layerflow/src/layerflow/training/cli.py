@@ -37,7 +37,8 @@ def build_parser(prog: str = "python -m layerflow.training") -> argparse.Argumen
         nargs="?",
         const=True,
         default=None,
-        help="continue from the newest complete checkpoint of the output folder, or from the given checkpoint",
+        help="continue from the newest checkpoint of the output folder that reads completely (a damaged newer "
+        "one is skipped with a warning), or from the given checkpoint",
     )
     parser.add_argument(
         "--overwrite",
