@@ -19,12 +19,13 @@ from safetensors.torch import load_file
 from layerflow.data import (
     CachedLayerDataset,
     FrameSampler,
+    OfficialLayoutDataset,
     Preprocess,
     SampleError,
     SimpleLayoutDataset,
     StaleCacheError,
 )
-from layerflow.data.testing import write_simple_sample
+from layerflow.data.testing import write_official, write_simple_sample
 from layerflow.training import checkpointing as ckpt
 from layerflow.training.config import ConfigError, config_json, load_config
 from layerflow.training.output_dir import OutputInUseError
@@ -249,13 +250,19 @@ def test_a_damaged_cache_shard_is_rebuilt_and_training_matches_the_clean_cache(
 
 
 # ------------------------------------------------------------------------------- dataset validation
-def test_validate_reads_every_frame_not_only_the_first_window(tmp_path: Path) -> None:
-    write_simple_sample(tmp_path, "a", 12)
-    (tmp_path / "a" / "background" / "0010.png").write_bytes(b"corrupt")  # outside frames 0-3
+@pytest.mark.parametrize("layout", ["simple", "official"])
+def test_validate_reads_every_frame_not_only_the_first_window(tmp_path: Path, layout: str) -> None:
     preprocess = Preprocess(height=24, width=32, frames=FrameSampler(num_frames=4, start="first"))
-    dataset = SimpleLayoutDataset(tmp_path, preprocess)
+    if layout == "simple":
+        write_simple_sample(tmp_path, "a", 12)
+        corrupt, reader = tmp_path / "a" / "background" / "0010.png", SimpleLayoutDataset
+    else:
+        write_official(tmp_path, "davis", {"a": 12})
+        corrupt, reader = tmp_path / "a" / "bg" / "0010.png", OfficialLayoutDataset
+    corrupt.write_bytes(b"corrupt")  # outside the epoch window, frames 0-3
+    dataset = reader(tmp_path, preprocess)
     dataset.load_sample(0)  # the epoch window alone reads fine
-    with pytest.raises(SampleError, match=r"sample 'a': cannot read frame .*background/0010\.png"):
+    with pytest.raises(SampleError, match=f"sample 'a': cannot read frame {corrupt}"):
         dataset.validate(progress=False)
 
 

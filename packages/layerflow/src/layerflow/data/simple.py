@@ -21,17 +21,15 @@ from typing import Any, cast
 
 import numpy as np
 
-from layerflow.media import VIDEO_SUFFIXES, FrameError, FrameMode, find_file, video_fps
+from layerflow.media import VIDEO_SUFFIXES, FrameMode, find_file, video_fps
 
 from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip, sample_folders
 from .errors import OnError, SampleError
-from .frames import ImageSequence, VideoSequence, open_layer
+from .frames import ImageSequence, VideoSequence, open_layer, read_every_frame
 from .sample import PROMPT_ROLES, SOURCES, LayeredSample, Source
 from .transforms import Preprocess
 
 DEFAULT_FPS = 8.0
-#: Frames decoded at once when every frame is checked (bounds the memory of long clips).
-CHECK_CHUNK = 16
 
 
 def find_layer(folder: Path, name: str) -> Path | None:
@@ -133,15 +131,7 @@ class SimpleLayoutDataset(LayeredDataset[Path]):
 
     def _check_stored(self, record: int) -> None:
         for name, sequence in self._open(self.records[record]).sequences().items():
-            size = None
-            for start in range(0, len(sequence), CHECK_CHUNK):
-                frames = sequence.read(range(start, min(start + CHECK_CHUNK, len(sequence))))
-                if size is not None and frames.shape[1:3] != size:
-                    raise FrameError(
-                        f"layer {name!r}: frames from {start} are {frames.shape[2]}x{frames.shape[1]}, "
-                        f"earlier ones {size[1]}x{size[0]}"
-                    )
-                size = frames.shape[1:3]
+            read_every_frame(name, sequence)
 
     def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
         folder = self.records[record]
