@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from layerflow.data import collate_cached, collate_layered
-from layerflow.pipelines import LayerFlowPipeline
-from layerflow.pipelines.pipeline_layerflow import check_geometry
+from layerflow.data import collate_cached, collate_for_layout
 
 from . import checkpointing as ckpt
 from .config import ConfigError, TrainConfig, config_json
@@ -36,7 +35,7 @@ from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_la
 from .ema import ParameterEMA
 from .encoding import BatchEncoder, prompt_encoder
 from .export import export_final, load_starting_point
-from .objective import Objective, layout_clip_names, masked_v_loss
+from .objective import Objective, masked_v_loss
 from .output_dir import check_output_dir, clear_previous_run
 from .stages import StagePlan, apply_stage, count_parameters, set_motion_gate
 
@@ -107,10 +106,15 @@ class LayerFlowTrainer:
             torch.set_num_threads(run.num_threads)
 
     # ------------------------------------------------------------------------------ setup
+    @property
+    def frozen_encoders(self) -> list[torch.nn.Module]:
+        """The VAE, the text encoder and (``latent_offset`` layouts) the transparent VAE."""
+        encoders = [self.pipeline.vae, self.pipeline.text_encoder, self.pipeline.transparent_vae]
+        return [module for module in encoders if module is not None]
+
     def _setup_model(self) -> None:
         config, accelerator = self.config, self.accelerator
         self.pipeline = load_starting_point(config)
-        check_data_geometry(config, self.pipeline)
         transformer = self.pipeline.transformer
         self.plan = StagePlan.from_config(config, transformer)
         self.trained = apply_stage(transformer, config, self.plan)
@@ -122,17 +126,23 @@ class LayerFlowTrainer:
         # The frozen encoders run in the compute dtype (as diffusers' trainers do); the transformer
         # keeps its loaded precision (float32) and computes under accelerate's autocast, so the
         # frozen base weights it exports are never rounded.
-        for module in (self.pipeline.vae, self.pipeline.text_encoder):
+        for module in self.frozen_encoders:
             module.requires_grad_(False).eval()
             place(module, device, self.weight_dtype)
         place(transformer, device, torch.float32)
+        self.codec = self.pipeline.codec
+        data = config.data
+        try:  # the clip size must survive the VAE and the patch size: say so before any data is read
+            self.codec.geometry.check(data.num_frames, data.height, data.width, self.codec.layout)
+        except ValueError as error:  # its messages start with the argument, named as the data.* key
+            raise ConfigError(f"data.{error}") from None
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
             config.objective.tasks,
             task_mixing=config.objective.task_mixing,
             text_dropout=config.objective.text_dropout,
-            tokens_per_prompt=int(transformer.config.max_text_seq_length),
+            tokens_per_prompt=self.codec.geometry.text_tokens_per_prompt,
             seed=config.run.seed,
         )
         optim = config.optim
@@ -157,22 +167,25 @@ class LayerFlowTrainer:
 
     def _setup_data(self) -> None:
         config, accelerator = self.config, self.accelerator
-        tokens = int(self.transformer.config.max_text_seq_length)
+        tokens = self.codec.geometry.text_tokens_per_prompt
         text_encoder = prompt_encoder(self.pipeline, tokens)
         progress = config.run.progress and accelerator.is_main_process
+        layout = self.pipeline.layer_layout
         with accelerator.main_process_first():
             if config.data.precompute:
                 self.dataset: RepeatedMix = build_cached_mix(
-                    config, self.pipeline.vae, text_encoder, progress=progress
+                    config, self.codec, text_encoder, progress=progress
                 )
             else:
                 self.dataset = build_layered_mix(config, progress=progress)[0]
         if config.data.precompute:  # encoders are not needed any more: free the accelerator for training
-            self.pipeline.vae.to("cpu")
-            self.pipeline.text_encoder.to("cpu")
+            for module in self.frozen_encoders:
+                module.to("cpu")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        self.collate = collate_cached if config.data.precompute else collate_layered
+        self.collate = (
+            collate_cached if config.data.precompute else partial(collate_for_layout, layout=layout)
+        )
         self.sampler = EpochBatchSampler(
             len(self.dataset),
             config.optim.batch_size,
@@ -181,10 +194,8 @@ class LayerFlowTrainer:
             seed=config.run.seed,
         )
         self.encoder = BatchEncoder(
-            layout_clip_names(self.pipeline.layer_layout),
-            vae=self.pipeline.vae,
+            self.codec,
             text_encoder=text_encoder,
-            encode_mode=config.data.encode_mode,
             seed=config.run.seed,
             device=accelerator.device,
             dtype=self.weight_dtype,
@@ -429,21 +440,6 @@ def _flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, (int, float, str, bool)):
             flat[name] = value
     return flat
-
-
-def check_data_geometry(config: TrainConfig, pipeline: LayerFlowPipeline) -> None:
-    """``data.num_frames/height/width`` by the pipeline's own rule: never train clips inference refuses."""
-    try:
-        check_geometry(
-            config.data.num_frames,
-            config.data.height,
-            config.data.width,
-            spatial=pipeline.vae_scale_factor_spatial,
-            temporal=pipeline.vae_scale_factor_temporal,
-            patch=int(pipeline.transformer.config.patch_size),
-        )
-    except ValueError as error:  # its messages start with the argument, named as the data.* key
-        raise ConfigError(f"data.{error}") from None
 
 
 def train(
