@@ -10,23 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from layerflow.training import checkpointing as ckpt
-from layerflow.training.testing import reset_accelerate_state, tiny_test_config
-from layerflow.training.trainer import LayerFlowTrainer, TrainResult
+from layerflow.training.testing import reset_accelerate_state, tiny_test_config, train_tiny
+from layerflow.training.trainer import LayerFlowTrainer
 
 
 class Killed(RuntimeError):
     pass
 
 
-def run(root: Path, name: str, overrides: dict[str, Any] | None = None, **kwargs: Any) -> TrainResult:
-    reset_accelerate_state()
-    settings: dict[str, Any] = {
-        "run": {"output_dir": str(root / name)},
-        "data": {"cache_dir": str(root / "cache")},
-    }
-    for section, values in (overrides or {}).items():
-        settings.setdefault(section, {}).update(values)
-    return LayerFlowTrainer(tiny_test_config(root, 1, settings), **kwargs).train()
+run = train_tiny  # a tiny stage-1 run into root/name, cache shared in root/cache
 
 
 def kill_after(step: int):

@@ -169,6 +169,12 @@ class LayeredDataset(Dataset[LayeredSample], ABC, Generic[RecordT]):
     def _fingerprint_payload(self) -> dict[str, Any]:
         """Settings and per-file stats that define the dataset's content (preprocessing excluded)."""
 
+    def _check_stored(self, record: int) -> None:
+        """Decode every stored frame of record ``record`` for :meth:`validate`, raising :class:`FrameError`.
+
+        The default adds nothing to :meth:`load_sample`: right for readers whose samples read every
+        stored frame; readers of clips longer than the frame window override it."""
+
     # -- shared behaviour -----------------------------------------------------------------------
     def _collect(self, candidates: Iterable[tuple[str, Callable[[], RecordT]]]) -> None:
         """Build the records from ``(sample_id, build)`` pairs, applying ``on_error`` to structural
@@ -215,8 +221,19 @@ class LayeredDataset(Dataset[LayeredSample], ABC, Generic[RecordT]):
                 self.skips.record(error)
         raise RuntimeError(f"every sample of {type(self).__name__} failed:\n{self.skips.summary()}")
 
+    def check_sample(self, index: int) -> None:
+        """What :meth:`validate` checks of sample ``index``: every stored frame (not only the frames
+        this epoch's window picks) and the current epoch's sample through the preprocessing."""
+        record = self._indices[index]
+        try:
+            self._check_stored(record)
+        except FrameError as error:
+            raise SampleError(self._record_id(record), str(error)) from error
+        self.load_sample(index)
+
     def validate(self, *, progress: bool = True) -> list[SampleError]:
-        """Load every sample once; returns the failures and, with ``on_error="skip"``, drops them.
+        """Check every sample once (:meth:`check_sample`); returns the failures and, with
+        ``on_error="skip"``, drops them.
 
         With ``on_error="raise"`` the first failure is raised. The skip counts of a ``DataLoader``'s
         worker processes stay in those processes; this pass gives one authoritative count.
@@ -225,7 +242,7 @@ class LayeredDataset(Dataset[LayeredSample], ABC, Generic[RecordT]):
         keep: list[int] = []
         for index in tqdm(range(len(self)), desc=f"validating {type(self).__name__}", disable=not progress):
             try:
-                self.load_sample(index)
+                self.check_sample(index)
                 keep.append(self._indices[index])
             except SampleError as error:
                 if self.on_error == "raise":

@@ -91,6 +91,7 @@ class CachedLayerDataset(Dataset[CachedSample]):
         sample_posterior: draw ``mean + std * eps`` (fresh ``eps`` per ``(seed, epoch, index)``, as the
             official trainer samples the posterior each step); ``False`` uses the mean.
         seed: seed of the posterior noise.
+        verify: compare every shard with its checksum (``False`` when ``precompute_cache`` just did).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class CachedLayerDataset(Dataset[CachedSample]):
         expected_fingerprints: dict[str, str] | None = None,
         sample_posterior: bool = True,
         seed: int = 0,
+        verify: bool = True,
     ):
         self.cache_dir = Path(cache_dir)
         if not (self.cache_dir / "manifest.json").is_file():
@@ -112,9 +114,13 @@ class CachedLayerDataset(Dataset[CachedSample]):
                     f"precompute cache {self.cache_dir} is stale: {changed} changed since it was written; "
                     "run precompute_cache again"
                 )
-        missing = [s for s in self.manifest.shards if not (self.cache_dir / s).is_file()]
-        if missing:
-            raise StaleCacheError(f"precompute cache {self.cache_dir} lacks shards {missing}; rebuild it")
+        damaged = self.manifest.damaged_shards(self.cache_dir) if verify else {}
+        if damaged:
+            name, reason = next(iter(damaged.items()))
+            raise StaleCacheError(
+                f"precompute cache {self.cache_dir}: shard {name} is damaged ({reason}); "
+                "run precompute_cache again to re-encode it"
+            )
         self.layout = LayerLayout.from_dict(self.manifest.layout)
         self.sample_posterior = sample_posterior
         self.seed = seed

@@ -13,7 +13,10 @@ from typing import Protocol
 
 import numpy as np
 
-from layerflow.media import VIDEO_SUFFIXES, FrameMode, decode_video, list_frame_files, read_images
+from layerflow.media import VIDEO_SUFFIXES, FrameError, FrameMode, decode_video, list_frame_files, read_images
+
+#: Frames decoded at once when every frame of a layer is checked (bounds the memory of long clips).
+CHECK_CHUNK = 16
 
 
 class FrameSequence(Protocol):
@@ -75,6 +78,19 @@ class VideoSequence:
 
     def paths(self) -> list[Path]:
         return [self.path]
+
+
+def read_every_frame(name: str, sequence: FrameSequence) -> None:
+    """Decode every frame of layer ``name`` (``dataset.validate``), in chunks; frames of one size."""
+    size = None
+    for start in range(0, len(sequence), CHECK_CHUNK):
+        frames = sequence.read(range(start, min(start + CHECK_CHUNK, len(sequence))))
+        if size is not None and frames.shape[1:3] != size:
+            raise FrameError(
+                f"layer {name!r}: frames from {start} on are {frames.shape[2]}x{frames.shape[1]}, "
+                f"earlier ones {size[1]}x{size[0]}"
+            )
+        size = frames.shape[1:3]
 
 
 def open_layer(folder_or_video: Path, mode: FrameMode) -> ImageSequence | VideoSequence:

@@ -36,7 +36,7 @@ from layerflow.media import FrameError, find_file
 from .base import LayeredDataset, build_sample, file_stats, pick_frames
 from .checks import RawLayers
 from .errors import OnError, SampleError
-from .frames import ImageSequence
+from .frames import ImageSequence, read_every_frame
 from .sample import LayeredSample
 from .transforms import Preprocess
 
@@ -159,6 +159,12 @@ class OfficialLayoutDataset(LayeredDataset[OfficialRecord]):
 
     def _record_id(self, record: int) -> str:
         return self.records[record].sample_id
+
+    def _check_stored(self, record: int) -> None:
+        entry = self.records[record]
+        read_every_frame("composite", ImageSequence(entry.composite, "rgb"))
+        read_every_frame("background", ImageSequence(entry.background, "rgb"))
+        read_every_frame("mask", ImageSequence(entry.mask, "alpha"))
 
     def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
         entry = self.records[record]

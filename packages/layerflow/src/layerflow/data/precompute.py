@@ -15,7 +15,9 @@ as the pipeline encodes conditions; prompt embeddings are one prompt per layout 
 The manifest records fingerprints of the VAE, transparent VAE (``latent_offset`` layouts) and text
 encoder (config + weight hash), of the layout, of the dataset (settings + file sizes and mtimes) and
 of the preprocessing and cache settings (the VAE pass mode among them). A cache whose
-fingerprints differ is stale: it is rebuilt, or refused with a message naming what changed.
+fingerprints differ is stale: it is rebuilt, or refused with a message naming what changed. It also
+records each shard's sha256 (:mod:`.integrity`): a shard damaged on disk is re-encoded alone, with a
+warning naming it.
 Shards and the manifest are written atomically (temporary file + rename), the manifest last, so an
 interrupted run never leaves a cache that loads.
 """
@@ -42,12 +44,13 @@ from layerflow.layout import LayerLayout
 from .base import LayeredDataset, digest
 from .errors import SampleError
 from .fingerprint import module_fingerprint
+from .integrity import damaged_shards, file_sha256
 from .sample import Layer, LayeredSample
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "layerflow-precompute"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 2: layout order; 3: shard checksums
 MANIFEST = "manifest.json"
 StalePolicy = Literal["rebuild", "raise"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,7 +88,7 @@ class CacheSettings:
 @dataclass
 class CacheManifest:
     """What ``manifest.json`` holds; entries are ``{"key", "sample_id", "index", "draw", "shard",
-    "source", "fps", "prompts"}``."""
+    "source", "fps", "prompts"}``, checksums map shard name -> sha256."""
 
     fingerprints: dict[str, str]
     settings: dict[str, Any]
@@ -96,6 +99,7 @@ class CacheManifest:
     """Latent frames of each clip in layout order."""
     entries: list[dict[str, Any]] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
+    checksums: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     format: str = CACHE_FORMAT
     version: int = CACHE_VERSION
@@ -113,6 +117,10 @@ class CacheManifest:
 
     def save(self, cache_dir: Path) -> None:
         write_json_atomic(cache_dir / MANIFEST, asdict(self), indent=1)
+
+    def damaged_shards(self, cache_dir: Path) -> dict[str, str]:
+        """Shard name -> what is wrong with it, for every shard missing or not matching its checksum."""
+        return damaged_shards(cache_dir, self.shards, self.checksums)
 
 
 @torch.no_grad()
@@ -178,6 +186,64 @@ def describe_staleness(stored: dict[str, str], expected: dict[str, str]) -> str:
     return ", ".join(names.get(k, k) for k in changed)
 
 
+def _write_shard(cache_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Write one shard atomically; returns its sha256 (of the bytes written, before the rename)."""
+    with atomic_file(cache_dir / name) as temporary:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary))
+        return file_sha256(temporary)
+
+
+def _entry_tensors(
+    codec: ClipCodec, text_encoder: nn.Module, sample: LayeredSample, key: str, settings: CacheSettings
+) -> tuple[dict[str, torch.Tensor], FrameGeometry]:
+    """The stored tensors of one cache entry (a sample as read, or as matched to the layout), and the
+    geometry its clips were encoded with."""
+    dtype = _DTYPES[settings.storage_dtype]
+    sample = sample.for_layout(codec.layout)
+    posterior, geometry = encode_sample(codec, sample.layers)
+    mean, std = posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
+    tensors = {f"{key}.latent_mean": mean.to(dtype), f"{key}.latent_std": std.to(dtype)}
+    tensors[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample, codec.layout).to(dtype)
+    return tensors, geometry
+
+
+def _repair_shards(
+    cache_dir: Path,
+    manifest: CacheManifest,
+    damaged: dict[str, str],
+    dataset: LayeredDataset,
+    codec: ClipCodec,
+    text_encoder: nn.Module,
+    settings: CacheSettings,
+) -> None:
+    """Re-encode the entries of each damaged shard (same epochs and indices) and rewrite it."""
+    for name, reason in damaged.items():
+        entries = [entry for entry in manifest.entries if entry["shard"] == name]
+        logger.warning(
+            "precompute cache %s: shard %s is damaged (%s); re-encoding its %d entries",
+            cache_dir, name, reason, len(entries),
+        )  # fmt: skip
+        tensors: dict[str, torch.Tensor] = {}
+        for entry in entries:
+            dataset.set_epoch(int(entry["draw"]))
+            tensors |= _entry_tensors(
+                codec, text_encoder, dataset.load_sample(int(entry["index"])), entry["key"], settings
+            )[0]
+        manifest.checksums[name] = _write_shard(cache_dir, name, tensors)
+    dataset.set_epoch(0)
+    manifest.save(cache_dir)
+
+
+def _matching_manifest(cache_dir: Path, fingerprints: dict[str, str]) -> tuple[CacheManifest | None, str]:
+    """The cache's manifest when its fingerprints are ``fingerprints``; else ``None`` and what changed."""
+    try:
+        previous = CacheManifest.load(cache_dir)
+    except (StaleCacheError, json.JSONDecodeError, TypeError) as error:
+        return None, str(error)
+    reason = describe_staleness(previous.fingerprints, fingerprints)
+    return (None, reason) if reason else (previous, "")
+
+
 def _clear(cache_dir: Path) -> None:
     """Remove a previous cache: the manifest first (so nothing half-old loads), then every shard."""
     (cache_dir / MANIFEST).unlink(missing_ok=True)
@@ -218,24 +284,23 @@ def precompute_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     fingerprints = cache_fingerprints(dataset, codec, text_encoder, settings)
     if (cache_dir / MANIFEST).exists():
-        try:
-            previous = CacheManifest.load(cache_dir)
-            reason = describe_staleness(previous.fingerprints, fingerprints)
-            if not reason and all((cache_dir / s).is_file() for s in previous.shards):
+        previous, reason = _matching_manifest(cache_dir, fingerprints)
+        if previous is not None:
+            damaged = previous.damaged_shards(cache_dir)
+            if damaged:
+                _repair_shards(cache_dir, previous, damaged, dataset, codec, text_encoder, settings)
+            else:
                 logger.info(
-                    "precompute cache %s is up to date (%d entries)", cache_dir, len(previous.entries)
-                )
-                return previous
-            reason = reason or "shard files are missing"
-        except (StaleCacheError, json.JSONDecodeError, TypeError) as error:
-            reason = str(error)
+                    "precompute cache %s is up to date (%d entries, checksums verified)",
+                    cache_dir, len(previous.entries),
+                )  # fmt: skip
+            return previous
         message = f"precompute cache {cache_dir} is stale: {reason} changed since it was written"
         if on_stale == "raise":
             raise StaleCacheError(message + "; delete it or precompute with on_stale='rebuild'")
         logger.warning("%s; rebuilding", message)
     _clear(cache_dir)
 
-    dtype = _DTYPES[settings.storage_dtype]
     scaling_factor = codec.geometry.scaling_factor
     manifest = CacheManifest(
         fingerprints=fingerprints,
@@ -249,8 +314,7 @@ def precompute_cache(
     def flush() -> None:
         if pending:
             name = f"shard-{len(manifest.shards):05d}.safetensors"
-            with atomic_file(cache_dir / name) as temporary:
-                save_file({k: v.contiguous() for k, v in pending.items()}, str(temporary))
+            manifest.checksums[name] = _write_shard(cache_dir, name, pending)
             manifest.shards.append(name)
             pending.clear()
 
@@ -266,12 +330,10 @@ def precompute_cache(
             manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
             continue
         sample = sample.for_layout(layout)
-        posterior, geometry = encode_sample(codec, sample.layers)
-        manifest.clip_frames = list(geometry.clip_latent_frames)
-        mean, std = posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
         key = str(len(manifest.entries))
-        pending |= {f"{key}.latent_mean": mean.to(dtype), f"{key}.latent_std": std.to(dtype)}
-        pending[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample, layout).to(dtype)
+        tensors, geometry = _entry_tensors(codec, text_encoder, sample, key, settings)
+        manifest.clip_frames = list(geometry.clip_latent_frames)
+        pending |= tensors
         manifest.entries.append(
             {
                 "key": key,

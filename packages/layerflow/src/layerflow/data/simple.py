@@ -26,7 +26,7 @@ from layerflow.media import VIDEO_SUFFIXES, FrameMode, find_file, video_fps
 
 from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip, sample_folders
 from .errors import OnError, SampleError
-from .frames import ImageSequence, VideoSequence, open_layer
+from .frames import ImageSequence, VideoSequence, open_layer, read_every_frame
 from .sample import SOURCES, LayeredSample, Source
 from .transforms import Preprocess
 
@@ -131,6 +131,10 @@ class SimpleLayoutDataset(LayeredDataset[Path]):
 
     def _record_id(self, record: int) -> str:
         return self.records[record].name
+
+    def _check_stored(self, record: int) -> None:
+        for name, sequence in self._open(self.records[record]).sequences().items():
+            read_every_frame(name, sequence)
 
     def _load(self, record: int, rng: np.random.Generator) -> LayeredSample:
         folder = self.records[record]

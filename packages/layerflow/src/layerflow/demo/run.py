@@ -214,11 +214,10 @@ def train_stages(
 
     losses = {}
     for stage in (1, 2, 3):
-        shutil.rmtree(train_dir / f"stage{stage}", ignore_errors=True)  # a fresh run, not a resume
         config = load_config(
             None, stage, stage_overrides(settings, stage, base, train_root, train_dir, progress)
         )
-        losses[stage] = train(config).losses
+        losses[stage] = train(config, overwrite=True).losses  # a fresh run, not a resume
     return losses
 
 

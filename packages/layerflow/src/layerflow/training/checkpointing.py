@@ -12,12 +12,14 @@ A checkpoint is a folder ``checkpoints/checkpoint-<step>/``::
 Everything is written into a hidden temporary folder (``layerflow.media.atomic.atomic_directory``)
 that is renamed into place only when complete, so a killed run leaves either a whole checkpoint or
 none (stale temporary folders are ignored and cleaned up on resume). :func:`latest_checkpoint` only
-considers folders with a ``state.json``.
+considers folders with a ``state.json``; a checkpoint damaged afterwards (a truncated file) is skipped
+with a warning by :func:`newest_readable_checkpoint`, which resumes from the one before it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from layerflow.atomic import atomic_directory
@@ -36,6 +39,7 @@ CHECKPOINT_FORMAT = "layerflow-train-checkpoint"
 CHECKPOINT_VERSION = 1
 PREFIX = "checkpoint-"
 STATE = "state.json"
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -72,6 +76,10 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     checkpoints = complete_checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix(PREFIX))
 
 
 # ----------------------------------------------------------------------------- serialisation
@@ -172,7 +180,7 @@ def write_checkpoint(
         _write_json(
             tmp / STATE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **content.state}
         )
-    prune(output_dir, keep)
+    prune(output_dir, keep, step)
     return final
 
 
@@ -184,31 +192,71 @@ def remove_stale_temporaries(output_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def prune(output_dir: Path, keep: int | None) -> None:
+def prune(output_dir: Path, keep: int | None, step: int) -> None:
+    """Keep the ``keep`` newest checkpoints up to ``step`` (the one just written).
+
+    Checkpoints of higher steps are not this run's past (e.g. a damaged one the run fell back from and
+    will overwrite when it gets there): they are neither counted nor removed.
+    """
     if keep is None:
         return
-    for old in complete_checkpoints(output_dir)[:-keep]:
+    past = [path for path in complete_checkpoints(output_dir) if checkpoint_step(path) <= step]
+    for old in past[:-keep]:
         shutil.rmtree(old)
 
 
 def read_checkpoint(path: Path, rank: int) -> tuple[CheckpointContent, dict[str, torch.Tensor]]:
     """A checkpoint's content and this rank's RNG tensors; :class:`CheckpointError` when incomplete."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
     state_file = path / STATE
     if not state_file.is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE})")
-    state = json.loads(state_file.read_text())
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("version") != CHECKPOINT_VERSION:
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{state_file} is damaged: {error}") from None
+    if not isinstance(state, dict) or (state.get("format"), state.get("version")) != (
+        CHECKPOINT_FORMAT,
+        CHECKPOINT_VERSION,
+    ):
         raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} checkpoint")
     ema_file = path / "ema.safetensors"
     rng_file = path / f"rng-rank{rank}.safetensors"
-    rng = load_file(str(rng_file)) if rng_file.is_file() else {}
     content = CheckpointContent(
-        trained=load_file(str(path / "trained.safetensors")),
-        optimizer=load_file(str(path / "optimizer.safetensors")),
-        ema=load_file(str(ema_file)) if ema_file.is_file() else None,
+        trained=_load_tensors(path / "trained.safetensors"),
+        optimizer=_load_tensors(path / "optimizer.safetensors"),
+        ema=_load_tensors(ema_file) if ema_file.is_file() else None,
         state=state,
     )
-    return content, rng
+    return content, _load_tensors(rng_file) if rng_file.is_file() else {}
+
+
+def newest_readable_checkpoint(
+    output_dir: Path, rank: int
+) -> tuple[Path, CheckpointContent, dict[str, torch.Tensor]] | None:
+    """The newest checkpoint of ``output_dir`` that reads completely (``None`` when there is none).
+
+    A damaged newer one (a truncated safetensors or JSON file) is skipped with a warning naming it;
+    when every checkpoint is damaged, :class:`CheckpointError` lists them.
+    """
+    damaged = []
+    for path in reversed(complete_checkpoints(output_dir)):
+        try:
+            return (path, *read_checkpoint(path, rank))
+        except CheckpointError as error:
+            logger.warning("skipping checkpoint %s for an older one: %s", path.name, error)
+            damaged.append(str(error))
+    if damaged:
+        raise CheckpointError(f"no checkpoint of {output_dir} reads completely: {'; '.join(damaged)}")
+    return None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"{path} is damaged: {error}") from None
 
 
 def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from .chain import run_earlier_stages
+from .checkpointing import CheckpointError
 from .config import ConfigError, load_config, merge_tables, parse_override
 from .export import MissingStageError
+from .output_dir import OutputInUseError
 
 
 def build_parser(prog: str = "python -m layerflow.training") -> argparse.ArgumentParser:
@@ -36,7 +38,13 @@ def build_parser(prog: str = "python -m layerflow.training") -> argparse.Argumen
         nargs="?",
         const=True,
         default=None,
-        help="continue from the newest complete checkpoint of the output folder, or from the given checkpoint",
+        help="continue from the newest checkpoint of the output folder that reads completely (a damaged newer "
+        "one is skipped with a warning), or from the given checkpoint",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the previous run in the stage's output folder (its checkpoints, final/, logs)",
     )
     parser.add_argument(
         "--from-base", action="store_true", help="stages 2/3: start from model.base, not the previous stage"
@@ -64,6 +72,14 @@ def build_parser(prog: str = "python -m layerflow.training") -> argparse.Argumen
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.training") -> int:
     """Run one stage; returns the exit status (2 for a bad config or a missing previous stage)."""
     args = build_parser(prog).parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, MissingStageError, OutputInUseError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     for text in args.set:
         overrides = merge_tables(overrides, parse_override(text))
@@ -78,16 +94,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
     if args.from_base:
         overrides = merge_tables(overrides, {"model": {"init_from": "base"}})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.earlier_stages and (status := run_earlier_stages(args, overrides)):
-            return status
-        config = load_config(args.config, args.stage, overrides)
-        from .trainer import train
+    if args.earlier_stages and (status := run_earlier_stages(args, overrides)):
+        return status
+    config = load_config(args.config, args.stage, overrides)
+    from .trainer import train
 
-        result = train(config, resume=args.resume)
-    except (ConfigError, MissingStageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result.final_dir is not None:
         print(
             f"stage {args.stage}: {len(result.losses)} steps, final loss {result.losses[-1]:.4f}, output {result.final_dir}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -401,19 +402,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"config file {path}: expected .toml, .yaml or .yml, got {suffix!r}")
+    import yaml
+
     try:
         if suffix == ".toml":
             content: Any = tomllib.loads(path.read_text())
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            content = yaml.safe_load(path.read_text()) or {}
         else:
-            raise ConfigError(f"config file {path}: expected .toml, .yaml or .yml, got {suffix!r}")
-    except (tomllib.TOMLDecodeError, ValueError) as error:
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {error}") from None
+            content = yaml.safe_load(path.read_text()) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())  # one line: YAML errors span several
+        raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {reason}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
     return content
@@ -435,10 +435,16 @@ def resolve_stage(content: Mapping[str, Any], stage: int) -> dict[str, Any]:
     content = dict(content)
     per_stage = content.pop("stage", None)
     if isinstance(per_stage, Mapping):
-        bad = sorted(k for k in per_stage if str(k) not in {str(s) for s in STAGES})
+        # TOML table keys are strings ([stage.2]); YAML reads `stage: {2: ...}` with integer keys.
+        tables = {str(k): v for k, v in per_stage.items()}
+        bad = sorted(k for k in tables if k not in {str(s) for s in STAGES})
         if bad:
             raise ConfigError(f"stage tables must be [stage.1], [stage.2] or [stage.3], got {bad}")
-        content = merge_tables(content, per_stage.get(str(stage), {}))
+        if len(tables) != len(per_stage):
+            raise ConfigError(
+                f"stage tables are given twice (as text and as number): {sorted(per_stage, key=str)}"
+            )
+        content = merge_tables(content, tables.get(str(stage), {}))
     elif per_stage is not None and per_stage != stage:
         raise ConfigError(f"the config file is for stage {per_stage!r}, but --stage {stage} was given")
     content["stage"] = stage
@@ -548,6 +554,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # TOML and YAML both spell nan and inf; no setting means them
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

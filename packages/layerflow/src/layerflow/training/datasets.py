@@ -107,7 +107,9 @@ def build_cached_mix(
         directory = config.cache_dir / f"source{index}-{source.kind}{'-frozen' if source.freeze else ''}"
         manifest = precompute_cache(dataset, codec, text_encoder, directory, settings, progress=progress)
         cached.append(
-            CachedLayerDataset(directory, expected_fingerprints=manifest.fingerprints, seed=config.run.seed)
+            CachedLayerDataset(  # precompute_cache has just verified (or repaired) every shard
+                directory, expected_fingerprints=manifest.fingerprints, seed=config.run.seed, verify=False
+            )
         )
     return RepeatedMix(cached, [s.repeat for s in config.data.sources])
 

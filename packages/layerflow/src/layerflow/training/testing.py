@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig, load_config, merge_tables
+
+if TYPE_CHECKING:
+    from .trainer import TrainResult
 
 
 def tiny_test_config(root: str | Path, stage: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -35,6 +38,24 @@ def tiny_test_config(root: str | Path, stage: int, overrides: dict[str, Any] | N
     base["data"]["sources"] = sources
     base["data"].pop("cache_dir")
     return load_config(None, stage, merge_tables(base, overrides or {}))
+
+
+def train_tiny(
+    root: str | Path, name: str, overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> TrainResult:
+    """Train a :func:`tiny_test_config` stage-1 run into ``root/name`` (cache shared in ``root/cache``);
+    ``kwargs`` go to :class:`~layerflow.training.trainer.LayerFlowTrainer` (``resume``, ``overwrite``, ...)."""
+    from .trainer import LayerFlowTrainer
+
+    reset_accelerate_state()
+    root = Path(root)
+    settings: dict[str, Any] = {
+        "run": {"output_dir": str(root / name)},
+        "data": {"cache_dir": str(root / "cache")},
+    }
+    return LayerFlowTrainer(
+        tiny_test_config(root, 1, merge_tables(settings, overrides or {})), **kwargs
+    ).train()
 
 
 def reset_accelerate_state() -> None:

@@ -36,6 +36,7 @@ from .ema import ParameterEMA
 from .encoding import BatchEncoder, prompt_encoder
 from .export import export_final, load_starting_point
 from .objective import Objective, masked_v_loss
+from .output_dir import check_output_dir, clear_previous_run
 from .stages import StagePlan, apply_stage, count_parameters, set_motion_gate
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class LayerFlowTrainer:
 
     Args:
         config: the validated stage config.
-        resume: ``None``/``False``: start fresh; ``True``: the newest complete checkpoint of
-            ``config.output_dir`` (fresh when there is none); a path: that checkpoint.
+        resume: ``None``/``False``: start fresh; ``True``: the newest checkpoint of
+            ``config.output_dir`` that reads completely (fresh when there is none); a path: that checkpoint.
+        overwrite: a fresh run may replace the previous run in ``config.output_dir`` (without it, or
+            ``resume``, a used output folder is refused before anything is loaded).
         on_step_end: called as ``fn(step, loss)`` after every optimizer step (and its checkpoint).
     """
 
@@ -74,10 +77,12 @@ class LayerFlowTrainer:
         config: TrainConfig,
         *,
         resume: bool | str | Path | None = None,
+        overwrite: bool = False,
         on_step_end: StepCallback | None = None,
     ):
         self.config = config
         self.resume = resume
+        self.overwrite = overwrite
         self.on_step_end = on_step_end
         run = config.run
         tracker = run.tracker
@@ -129,8 +134,8 @@ class LayerFlowTrainer:
         data = config.data
         try:  # the clip size must survive the VAE and the patch size: say so before any data is read
             self.codec.geometry.check(data.num_frames, data.height, data.width, self.codec.layout)
-        except ValueError as error:
-            raise ConfigError(f"data.num_frames / data.height / data.width: {error}") from None
+        except ValueError as error:  # its messages start with the argument, named as the data.* key
+            raise ConfigError(f"data.{error}") from None
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
@@ -249,15 +254,39 @@ class LayerFlowTrainer:
         accelerator.wait_for_everyone()
         return path
 
-    def _resume_path(self) -> Path | None:
-        if self.resume is None or self.resume is False:
-            return None
-        if self.resume is True:
-            return ckpt.latest_checkpoint(self.config.output_dir)
-        return Path(self.resume)
+    def _check_start(self) -> None:
+        """Before anything loads: the output folder is free (or resumed/overwritten), the checkpoint exists."""
+        check_output_dir(self.config.output_dir, resume=bool(self.resume), overwrite=self.overwrite)
+        if self.resume not in (None, False, True) and not Path(self.resume).is_dir():  # type: ignore[arg-type]
+            raise ckpt.CheckpointError(f"--resume {self.resume}: no such checkpoint folder")
 
-    def _load(self, path: Path) -> ckpt.TrainingState:
-        content, rng = ckpt.read_checkpoint(path, self.accelerator.process_index)
+    def _restore(self) -> ckpt.TrainingState:
+        """The state to start from: fresh, the newest checkpoint that reads completely, or the given one."""
+        rank, output_dir = self.accelerator.process_index, self.config.output_dir
+        if self.resume is None or self.resume is False:
+            return ckpt.TrainingState()
+        if self.resume is True:
+            found = ckpt.newest_readable_checkpoint(output_dir, rank)
+            if found is None:
+                return ckpt.TrainingState()
+            return self._load(*found)
+        path = Path(self.resume)
+        content, rng = ckpt.read_checkpoint(path, rank)
+        newer = [
+            p.name
+            for p in ckpt.complete_checkpoints(output_dir)
+            if ckpt.checkpoint_step(p) > content.state["step"]
+        ]
+        if newer:
+            raise ckpt.CheckpointError(
+                f"--resume {path}: {output_dir} has newer checkpoints {newer}; continuing from step "
+                f"{content.state['step']} would mix two runs there: move them away, or resume from the newest"
+            )
+        return self._load(path, content, rng)
+
+    def _load(
+        self, path: Path, content: ckpt.CheckpointContent, rng: dict[str, torch.Tensor]
+    ) -> ckpt.TrainingState:
         state = content.state
         if state["stage"] != self.config.stage:
             raise ckpt.CheckpointError(
@@ -305,21 +334,14 @@ class LayerFlowTrainer:
 
     def train(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
+        self._check_start()
         self._setup_model()
         self._setup_data()
-        resume_from = self._resume_path()
+        state = self._restore()
         if accelerator.is_main_process:
             ckpt.remove_stale_temporaries(config.output_dir)
-        state = self._load(resume_from) if resume_from is not None else ckpt.TrainingState()
-        if (
-            resume_from is None
-            and ckpt.latest_checkpoint(config.output_dir) is not None
-            and accelerator.is_main_process
-        ):
-            logger.warning(
-                "%s has checkpoints; starting afresh (pass --resume to continue)", config.output_dir
-            )
-        if accelerator.is_main_process:
+            if self.overwrite:
+                clear_previous_run(config.output_dir)
             logger.info(
                 "stage %d: training %d parameters (%d tensors) on blocks %s, %d samples, global batch %d",
                 config.stage, count_parameters(self.trained), len(self.names), list(self.plan.blocks),
@@ -421,7 +443,11 @@ def _flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def train(
-    config: TrainConfig, *, resume: bool | str | Path | None = None, on_step_end: StepCallback | None = None
+    config: TrainConfig,
+    *,
+    resume: bool | str | Path | None = None,
+    overwrite: bool = False,
+    on_step_end: StepCallback | None = None,
 ) -> TrainResult:
     """Train one stage; see :class:`LayerFlowTrainer`."""
-    return LayerFlowTrainer(config, resume=resume, on_step_end=on_step_end).train()
+    return LayerFlowTrainer(config, resume=resume, overwrite=overwrite, on_step_end=on_step_end).train()
