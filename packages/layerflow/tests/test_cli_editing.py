@@ -116,6 +116,17 @@ def test_recompose_bad_inputs_are_one_line_errors(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]  # nothing written, no temporary left
 
 
+def test_recompose_placement_flags(decomposed, sample, tmp_path, capsys):
+    write_png_sequence(tmp_path / "fg", torch.cat([sample.foreground, sample.alpha], 1)[:1])
+    replace = ("recompose", decomposed, "-o", tmp_path / "out", "--replace", f"foreground={tmp_path / 'fg'}")
+    assert "expects a positive factor, got '0'" in fails(capsys, *replace, "--scale", "foreground=0")
+    assert "expects X,Y in pixels, got '3'" in fails(capsys, *replace, "--offset", "foreground=3")
+    assert "without a --replace for that layer" in fails(capsys, *replace, "--scale", "background=2")
+    assert main([*map(str, replace), "--scale", "foreground=0.5", "--offset", "foreground=4,-2"]) == 0
+    summary = read_manifest(tmp_path / "out")["summary"]
+    assert "(scale 0.5, offset 4,-2), a still held for every frame" in summary
+
+
 def test_edit_keeps_the_foreground_and_regenerates_the_background(model_dir, decomposed, sample, tmp_path):
     prompts = ["-p", "background=green dots", "-p", "composite=a red circle over green dots"]
     result = layerflow("edit", model_dir, decomposed, "--regenerate", "background", "-o", tmp_path / "edited",

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from layerflow.media import premultiply, unpremultiply
+
 
 def alpha_over(layers: Sequence[Tensor]) -> Tensor:
     """Layers front to back, ``[T, C, H, W]`` in [0, 1] -> their composite ``[T, 3, H, W]``.
@@ -57,19 +59,14 @@ def place(frames: Tensor, height: int, width: int, placement: Placement) -> Tens
     rgba = frames if frames.shape[1] == 4 else torch.cat([frames, torch.ones_like(frames[:, :1])], 1)
     size = (max(1, round(rgba.shape[-2] * placement.scale)), max(1, round(rgba.shape[-1] * placement.scale)))
     if size != tuple(rgba.shape[-2:]):
-        alpha = rgba[:, 3:]
         resized = F.interpolate(
-            torch.cat([rgba[:, :3] * alpha, alpha], 1).float(),
+            premultiply(rgba).float(),
             size=size,
             mode="bilinear",
             align_corners=False,
             antialias=placement.scale < 1,
-        ).clamp(0, 1)
-        alpha = resized[:, 3:]
-        color = torch.where(
-            alpha > 0, resized[:, :3] / alpha.clamp_min(1e-12), torch.zeros_like(resized[:, :3])
         )
-        rgba = torch.cat([color.clamp(0, 1), alpha], 1)
+        rgba = unpremultiply(resized.clamp(0, 1))
     canvas = torch.zeros(rgba.shape[0], 4, height, width, dtype=rgba.dtype)
     x, y = placement.offset
     top, left = max(y, 0), max(x, 0)
