@@ -99,7 +99,7 @@ def _fit(
     if replacement.placement is None:
         if size != (height, width):
             raise EditError(
-                f"{where} is {size[1]}x{size[0]}, the clip is {width}x{height}; place it with a scale and offset"
+                f"{where} is {size[1]}x{size[0]}, the clip is {width}x{height}; place it with --scale/--offset (a Placement)"
             )
         placed = frames
     else:
