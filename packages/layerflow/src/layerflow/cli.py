@@ -7,6 +7,8 @@ Examples::
     layerflow fg2bg MODEL -i foreground=fox.webm -p foreground=... -p background=... -p composite=... -o out/
     layerflow bg2fg MODEL -i background=forest.mp4 -p ... -o out/
     layerflow decompose MODEL -i composite=clip.mp4 -p foreground=... -p background=... -o out/
+    layerflow recompose out/ -o new/ --replace background=beach.mp4 --formats png,prores
+    layerflow edit MODEL out/ --regenerate background -p background=... -p composite=... -o new/
     layerflow convert OFFICIAL_DIR OUT_DIR --base CogVideoX-2b/
     layerflow info PATH
 

@@ -1,8 +1,8 @@
 """Read layered clips for evaluation: a pipeline output directory and a simple-layout sample.
 
 An output directory's layers are read through :func:`layerflow.media.read_layer` (its PNG folders
-when it has them, else its videos; straight alpha whatever the folder stores). A reference sample must use frame folders; video-file layers are refused
-with a message saying so.
+when it has them, else its videos; straight alpha whatever the folder stores). A reference sample
+must use frame folders; video-file layers are refused with a message saying so.
 """
 
 from __future__ import annotations
