@@ -42,7 +42,7 @@ def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
             assert (folder / "foreground.webm").stat().st_size > 0
             assert (folder / "preview.png").stat().st_size > 0
             for name, layer in names.items():
-                pngs = sorted((folder / layer["frames"]).glob("*.png"))
+                pngs = sorted((folder / layer["files"]["png"]).glob("*.png"))
                 assert len(pngs) == frames, (task, sample, name)
             assert read_png_sequence(folder / "foreground").shape[1] == 4  # straight RGBA
     for stage in (1, 2, 3):

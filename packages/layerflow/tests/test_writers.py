@@ -117,7 +117,7 @@ def test_output_dir_matches_the_contract(tmp_path):
         k: manifest[k] for k in ("format", "version", "task", "fps", "num_frames", "height", "width", "alpha")
     } == {
         "format": "layerflow-output",
-        "version": 1,
+        "version": 2,
         "task": "decompose",
         "fps": 8,
         "num_frames": 4,
@@ -129,17 +129,16 @@ def test_output_dir_matches_the_contract(tmp_path):
         "name": "foreground",
         "role": "foreground",
         "kind": "rgba",
-        "frames": "foreground",
-        "video": "foreground.webm",
+        "files": {"png": "foreground", "webm": "foreground.webm"},  # H.264 has no alpha: no mp4
         "prompt": "a red circle",
     }
     assert manifest["layers"][2] == {
         "name": "composite",
         "role": "composite",
         "kind": "rgb",
-        "frames": "composite",
-        "video": "composite.mp4",
+        "files": {"png": "composite", "webm": "composite.webm", "mp4": "composite.mp4"},
     }
+    assert manifest["formats"] == ["png", "webm", "mp4"] and manifest["depth"] == ["foreground", "background"]
     assert torch.equal(read_png_sequence(out / "foreground"), layers[0].frames)
     assert Image.open(out / "preview.png").size == (4 * 48 + 3 * 2, 3 * 32 + 2 * 2)
     assert Image.open(out / "preview.gif").n_frames == 4
@@ -150,11 +149,13 @@ def test_output_dir_is_atomic(tmp_path):
     good = OutputLayer("background", "background", _smooth_rgb())
     bad = OutputLayer("matte", "foreground", torch.zeros(4, 2, 32, 48))
     with pytest.raises(ValueError, match="'matte' must be RGB or RGBA"):
-        write_output_dir(tmp_path / "out", [good, bad], task="generate", videos=False)
+        write_output_dir(tmp_path / "out", [good, bad], task="generate", formats=["png"])
     assert list(tmp_path.iterdir()) == []  # no half-written folder, no temporary left behind
-    write_output_dir(tmp_path / "out", [good], task="generate", videos=False)
+    write_output_dir(tmp_path / "out", [good], task="generate", formats=["png"])
     with pytest.raises(FileExistsError):
         write_output_dir(tmp_path / "out", [good], task="generate")
-    write_output_dir(tmp_path / "out", [good], task="generate", videos=False, overwrite=True, previews=False)
+    write_output_dir(
+        tmp_path / "out", [good], task="generate", formats=["png"], overwrite=True, previews=False
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["background", "manifest.json"]
     assert np.array_equal(sorted(p.name for p in tmp_path.iterdir()), ["out"])

@@ -7,6 +7,8 @@ Examples::
     layerflow fg2bg MODEL -i foreground=fox.webm -p foreground=... -p background=... -p composite=... -o out/
     layerflow bg2fg MODEL -i background=forest.mp4 -p ... -o out/
     layerflow decompose MODEL -i composite=clip.mp4 -p foreground=... -p background=... -o out/
+    layerflow recompose out/ -o new/ --replace background=beach.mp4 --formats png,prores
+    layerflow edit MODEL out/ --regenerate background -p background=... -p composite=... -o new/
     layerflow convert OFFICIAL_DIR OUT_DIR --base CogVideoX-2b/
     layerflow info PATH
 
@@ -27,16 +29,9 @@ from typing import Any
 import torch
 
 from .cli_checks import CliError, check_device, check_model_dir, check_numbers, check_output
+from .editing.commands import add_output_options
 from .layout import LayerLayout
-from .media import (
-    IMAGE_SUFFIXES,
-    MANIFEST_NAME,
-    frames_to_tensor,
-    read_images,
-    read_manifest,
-    read_png_sequence,
-    read_video,
-)
+from .media import MANIFEST_NAME, read_clip, read_manifest
 from .variants import OFFICIAL_VARIANTS
 
 TASK_COMMANDS = {
@@ -67,11 +62,7 @@ def read_frames(path: str | Path) -> torch.Tensor:
     if not path.exists():
         raise CliError(f"input {path} does not exist")
     try:
-        if path.is_dir():
-            return read_png_sequence(path)
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            return frames_to_tensor(read_images([path]))
-        return read_video(path)[0]
+        return read_clip(path)
     except ValueError as error:
         raise CliError(str(error)) from error
 
@@ -220,7 +211,8 @@ def run_task(args: argparse.Namespace) -> Path:
         fps=args.fps,
         seed=args.seed,
         settings=settings,
-        videos=not args.no_video,
+        formats=args.formats,
+        alpha=args.alpha_mode,
         overwrite=args.overwrite,
     )
 
@@ -350,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
         task.add_argument("--cpu-offload", action="store_true", help="model CPU offload (low GPU memory)")
         task.add_argument("--vae-tiling", action="store_true")
-        task.add_argument("--no-video", action="store_true", help="PNG sequences and previews only")
+        add_output_options(task)
         task.add_argument("--overwrite", action="store_true")
     convert = commands.add_parser("convert", help="convert an official LayerFlow checkpoint")
     convert.add_argument("official", help="experiment folder (with 'latest'), iteration folder or .pt file")
@@ -403,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED_COMMANDS = {
     "train": "train one stage of the three-stage recipe (see `layerflow train -h`)",
     "demo": "run the embedded CPU demo: synthetic data, 3 training stages, 4 tasks, metrics report",
+    "recompose": "composite an output folder's layers (some replaced by your frames) into a new folder",
+    "edit": "keep one layer, regenerate the other from a new prompt (fg2bg / bg2fg), recompose",
 }
 
 
@@ -415,6 +409,10 @@ def _run_delegated(command: str, argv: list[str]) -> int:
         from .demo import main as demo_main
 
         return demo_main(argv, prog="layerflow demo")
+    if command in ("recompose", "edit"):
+        from .editing.commands import main as editing_main
+
+        return editing_main(command, argv)
     raise AssertionError(f"no runner for delegated command {command!r}")
 
 

@@ -1,4 +1,5 @@
-"""The package's file formats: PNG frame folders, images, WebM with alpha, MP4, previews, output folders.
+"""The package's file formats: PNG frame folders, images, WebM/ProRes 4444 with alpha, MP4, previews,
+output folders.
 
 Every part of LayerFlow reads and writes these through here: the pipeline and the CLI, the training
 datasets (:mod:`layerflow.data`) and the evaluation (:mod:`layerflow.metrics`).
@@ -16,33 +17,75 @@ from .frames import (
     read_png_sequence,
     write_png_sequence,
 )
-from .output import MANIFEST_NAME, OutputLayer, read_manifest, write_output_dir
+from .output import (
+    ALPHA_MODES,
+    DEFAULT_FORMATS,
+    FORMATS,
+    MANIFEST_NAME,
+    OUTPUT_TASKS,
+    AlphaMode,
+    OutputLayer,
+    manifest_layer,
+    parse_formats,
+    premultiply,
+    read_layer,
+    read_manifest,
+    unpremultiply,
+    write_output_dir,
+)
 from .preview import contact_sheet, over_checkerboard, write_contact_sheet, write_preview_gif
-from .video import VIDEO_SUFFIXES, decode_video, read_video, video_fps, write_mp4, write_webm_rgba
+from .video import (
+    VIDEO_FORMATS,
+    VIDEO_SUFFIXES,
+    VideoFormat,
+    decode_video,
+    read_clip,
+    read_video,
+    video_fps,
+    write_mp4,
+    write_prores_rgba,
+    write_video,
+    write_webm_rgba,
+)
 
 __all__ = [
     "MANIFEST_NAME",
-    "IMAGE_SUFFIXES",
-    "VIDEO_SUFFIXES",
+    "ALPHA_MODES",
+    "AlphaMode",
+    "DEFAULT_FORMATS",
+    "FORMATS",
     "FrameError",
     "FrameMode",
+    "IMAGE_SUFFIXES",
+    "OUTPUT_TASKS",
     "OutputLayer",
+    "VIDEO_FORMATS",
+    "VIDEO_SUFFIXES",
+    "VideoFormat",
     "contact_sheet",
     "decode_video",
     "find_file",
     "frames_to_tensor",
     "list_frame_files",
+    "manifest_layer",
     "over_checkerboard",
+    "parse_formats",
+    "premultiply",
+    "read_clip",
     "read_image",
     "read_images",
+    "read_layer",
     "read_manifest",
     "read_png_sequence",
     "read_video",
+    "unpremultiply",
     "video_fps",
     "write_contact_sheet",
     "write_mp4",
     "write_output_dir",
     "write_png_sequence",
     "write_preview_gif",
+    "write_prores_rgba",
+    "write_video",
     "write_webm_rgba",
 ]

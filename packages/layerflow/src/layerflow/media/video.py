@@ -1,13 +1,20 @@
-"""Video files through PyAV: WebM VP9 with alpha for transparent layers, H.264 MP4 for opaque ones.
+"""Video files through PyAV: WebM VP9 and ProRes 4444 (both keep alpha) and H.264 MP4 (opaque only).
+
+Each :data:`VIDEO_FORMATS` entry names its container suffix, codec and pixel formats; a layer with
+alpha gets the format's alpha pixel format, an opaque one its opaque pixel format. H.264 has no
+alpha, so MP4 holds opaque layers only.
 
 VP9 keeps alpha in a side channel that only ``libvpx-vp9`` encodes (pixel format ``yuva420p``) and
 only the ``libvpx-vp9`` DECODER returns; FFmpeg's native ``vp9`` decoder silently drops it. So
-reading always picks the libvpx decoder for VP9 streams.
+reading always picks the libvpx decoder for VP9 streams. ProRes 4444 (``prores_ks``, profile 4444,
+``yuva444p10le``) carries a 16-bit alpha plane that FFmpeg's native decoder returns.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
@@ -18,12 +25,48 @@ import torch
 
 from layerflow.atomic import atomic_file
 
-from .frames import FrameError, FrameMode, frames_to_tensor, to_uint8
+from .frames import (
+    IMAGE_SUFFIXES,
+    FrameError,
+    FrameMode,
+    frames_to_tensor,
+    read_images,
+    read_png_sequence,
+    to_uint8,
+)
 
-WEBM_CODEC = "libvpx-vp9"
-WEBM_PIXEL_FORMAT = "yuva420p"
-MP4_CODEC = "libx264"
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """How one video format is written: container suffix, encoder, pixel formats, encoder options."""
+
+    suffix: str
+    container: str
+    codec: str
+    rgb_pixel_format: str
+    rgba_pixel_format: str | None  # None: the format cannot hold alpha
+    options: Mapping[str, str] = field(default_factory=dict)
+    even_size: bool = False  # chroma-subsampled encoders that refuse odd sizes
+
+
+VIDEO_FORMATS: Mapping[str, VideoFormat] = {
+    "webm": VideoFormat(
+        ".webm", "webm", "libvpx-vp9", "yuv420p", "yuva420p", {"crf": "20", "b": "0", "auto-alt-ref": "0"}
+    ),
+    "prores": VideoFormat(
+        ".mov",
+        "mov",
+        "prores_ks",
+        "yuv444p10le",
+        "yuva444p10le",
+        {"profile": "4444", "vendor": "apl0", "alpha_bits": "16"},
+    ),
+    "mp4": VideoFormat(".mp4", "mp4", "libx264", "yuv420p", None, {"crf": "18"}, even_size=True),
+}
+WEBM_CODEC = VIDEO_FORMATS["webm"].codec
 VIDEO_SUFFIXES = (".webm", ".mp4", ".mkv", ".mov", ".avi")
+_FORMATS = {"rgb": "rgb24", "rgba": "rgba", "alpha": "gray"}
+_DEEP_FORMATS = {"rgb": "rgb48le", "rgba": "rgba64le", "alpha": "gray16le"}
 
 
 def _require_encoder(name: str, pixel_format: str) -> None:
@@ -38,25 +81,46 @@ def _require_encoder(name: str, pixel_format: str) -> None:
         raise RuntimeError(f"the {name} encoder of this PyAV build lacks pixel format {pixel_format}")
 
 
-def _encode(
-    path: Path, array: np.ndarray, fps: int, codec: str, pixel_format: str, options: dict[str, object]
-) -> None:
-    frames, height, width, channels = array.shape
-    if codec == MP4_CODEC and (height % 2 or width % 2):
-        raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
+def write_video(
+    path: str | os.PathLike[str],
+    frames: torch.Tensor,
+    fps: int = 8,
+    *,
+    format: str,
+    options: Mapping[str, str] | None = None,
+) -> Path:
+    """RGB ``[T, 3, H, W]`` or RGBA ``[T, 4, H, W]`` frames in [0, 1] -> a video file, written atomically.
+
+    ``format`` is a :data:`VIDEO_FORMATS` key; RGBA keeps its alpha (colour channels written as
+    given, straight or premultiplied). ``options`` override the format's encoder options.
+    """
+    if format not in VIDEO_FORMATS:
+        raise ValueError(f"unknown video format {format!r}; expected one of {sorted(VIDEO_FORMATS)}")
+    spec = VIDEO_FORMATS[format]
+    channels = frames.shape[1] if frames.dim() == 4 else None
+    if channels not in (3, 4):
+        raise ValueError(f"{format} needs RGB or RGBA frames [T, 3|4, H, W], got {tuple(frames.shape)}")
+    pixel_format = spec.rgba_pixel_format if channels == 4 else spec.rgb_pixel_format
+    if pixel_format is None:
+        raise ValueError(f"{format} cannot hold alpha: it needs RGB frames [T, 3, H, W], got RGBA")
+    height, width = frames.shape[-2:]
+    if spec.even_size and (height % 2 or width % 2):
+        raise ValueError(f"{format} ({spec.codec}) needs even frame sizes, got {width}x{height}")
+    _require_encoder(spec.codec, pixel_format)
+    array = to_uint8(frames)
     source_format = "rgba" if channels == 4 else "rgb24"
-    with av.open(str(path), mode="w", format="webm" if path.suffix == ".webm" else "mp4") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps))
+    with atomic_file(path) as temporary, av.open(str(temporary), "w", format=spec.container) as container:
+        stream = container.add_stream(spec.codec, rate=Fraction(fps))
         assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
-        stream.options = options
+        stream.options = {**spec.options, **(options or {})}
         for frame in array:
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=source_format)
-            ):
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=source_format)
+            for packet in stream.encode(image):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return Path(path)
 
 
 def write_webm_rgba(
@@ -65,21 +129,21 @@ def write_webm_rgba(
     """Straight-alpha RGBA ``[T, 4, H, W]`` -> VP9 WebM with an alpha channel, written atomically."""
     if frames.shape[1] != 4:
         raise ValueError(f"WebM with alpha needs RGBA frames [T, 4, H, W], got {tuple(frames.shape)}")
-    _require_encoder(WEBM_CODEC, WEBM_PIXEL_FORMAT)
-    with atomic_file(path) as temporary:
-        options: dict[str, object] = {"crf": str(crf), "b": "0", "auto-alt-ref": "0"}
-        _encode(temporary, to_uint8(frames), fps, WEBM_CODEC, WEBM_PIXEL_FORMAT, options)
-    return Path(path)
+    return write_video(path, frames, fps, format="webm", options={"crf": str(crf)})
+
+
+def write_prores_rgba(path: str | os.PathLike[str], frames: torch.Tensor, fps: int = 8) -> Path:
+    """RGBA ``[T, 4, H, W]`` -> ProRes 4444 ``.mov`` with alpha (``yuva444p10le``), written atomically."""
+    if frames.shape[1] != 4:
+        raise ValueError(f"ProRes 4444 with alpha needs RGBA frames [T, 4, H, W], got {tuple(frames.shape)}")
+    return write_video(path, frames, fps, format="prores")
 
 
 def write_mp4(path: str | os.PathLike[str], frames: torch.Tensor, fps: int = 8, *, crf: int = 18) -> Path:
     """Opaque RGB ``[T, 3, H, W]`` -> H.264 MP4 (yuv420p, plays everywhere), written atomically."""
     if frames.shape[1] != 3:
         raise ValueError(f"MP4 needs RGB frames [T, 3, H, W], got {tuple(frames.shape)}")
-    _require_encoder(MP4_CODEC, "yuv420p")
-    with atomic_file(path) as temporary:
-        _encode(temporary, to_uint8(frames), fps, MP4_CODEC, "yuv420p", {"crf": str(crf)})
-    return Path(path)
+    return write_video(path, frames, fps, format="mp4", options={"crf": str(crf)})
 
 
 def _rate(stream: av.video.stream.VideoStream) -> float:
@@ -126,8 +190,11 @@ def decode_video(path: str | os.PathLike[str], mode: FrameMode | None = None) ->
         mode = "rgb" if len(opaque) == len(decoded) else "rgba"
     if mode == "rgba" and opaque:
         raise FrameError(f"{path}: expected a video with alpha, got pixel format {opaque[0].format.name}")
-    pixel_format = {"rgb": "rgb24", "rgba": "rgba", "alpha": "gray"}[mode]
-    array = np.stack([frame.to_ndarray(format=pixel_format) for frame in decoded]).astype(np.float32) / 255.0
+    # Deeper than 8 bits (ProRes 4444 decodes to 12): convert at 16 bits, or swscale truncates.
+    deep = any(c.bits > 8 for c in decoded[0].format.components)
+    pixel_format = (_DEEP_FORMATS if deep else _FORMATS)[mode]
+    scale = 65535.0 if deep else 255.0
+    array = np.stack([frame.to_ndarray(format=pixel_format) for frame in decoded]).astype(np.float32) / scale
     return (array[..., None] if mode == "alpha" else array), fps
 
 
@@ -135,3 +202,18 @@ def read_video(path: str | os.PathLike[str], mode: FrameMode | None = None) -> t
     """A video file -> (``[T, C, H, W]`` float32 in [0, 1], fps); ``mode`` as in :func:`decode_video`."""
     frames, fps = decode_video(path, mode)
     return frames_to_tensor(frames), fps
+
+
+def read_clip(path: str | os.PathLike[str], mode: FrameMode | None = None) -> torch.Tensor:
+    """A frame folder, a single image (one frame) or a video file -> ``[T, C, H, W]`` float32 in [0, 1].
+
+    ``mode`` as in :func:`layerflow.media.read_images`; problems raise :class:`FrameError` naming the path.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FrameError(f"{path}: does not exist")
+    if path.is_dir():
+        return read_png_sequence(path, mode)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return frames_to_tensor(read_images([path], mode))
+    return read_video(path, mode)[0]

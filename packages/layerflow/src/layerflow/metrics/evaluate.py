@@ -12,11 +12,13 @@ from pathlib import Path
 
 from torch import Tensor
 
+from layerflow.editing import recomposition_check
+
 from . import matting
 from .adherence import check_adherence
 from .io import LayeredClip, read_output_dir, read_reference_sample
 from .report import EvaluationReport
-from .video import mean_absolute_error, recomposition_error, temporal_flicker
+from .video import mean_absolute_error, temporal_flicker
 
 # Layers of the output that have a ground truth in the reference, per task.
 REFERENCE_LAYERS: dict[str, tuple[str, ...]] = {
@@ -48,7 +50,8 @@ def _flicker_layers(clip: LayeredClip) -> dict[str, Tensor]:
 def evaluate_output_dir(output_dir: str | Path, reference: str | Path | None = None) -> EvaluationReport:
     """Evaluate one output directory of the pipeline, optionally against a simple-layout sample.
 
-    Always: recomposition error (when foreground, background and composite are present), temporal
+    Always: recomposition error, per frame and its mean and worst frame (when foreground, background
+    and composite are present: :func:`layerflow.editing.recomposition_check`), temporal
     flicker of every layer, and prompt adherence when the prompts are synthetic captions. With
     ``reference`` (one sample folder, same frames and size): alpha SAD/MSE/gradient/connectivity/IoU/
     dtSSD and layer MAE for the layers the task recovers or is conditioned on, and the reference's
@@ -66,16 +69,17 @@ def evaluate_output_dir(output_dir: str | Path, reference: str | Path | None = N
     metrics, notes = report.metrics, report.notes
     frames = clip.size()[0]
 
-    # 2. Recomposition.
+    # 2. Recomposition: the layers composited again against the folder's own composite, per frame.
     if (
         clip.composite is not None
         and clip.foreground is not None
         and clip.alpha is not None
         and clip.background is not None
     ):
-        metrics["recomposition.mae"] = recomposition_error(
-            clip.composite, clip.foreground, clip.alpha, clip.background
-        )
+        per_frame = recomposition_check(output_dir)
+        report.per_frame["recomposition.mae"] = per_frame
+        metrics["recomposition.mae"] = sum(per_frame) / len(per_frame)
+        metrics["recomposition.max_frame"] = max(per_frame)
     else:
         notes.append("recomposition: needs foreground, background and composite layers")
 

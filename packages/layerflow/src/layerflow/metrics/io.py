@@ -1,8 +1,8 @@
 """Read layered clips for evaluation: a pipeline output directory and a simple-layout sample.
 
-Only ``manifest.json`` and the PNG frame folders of an output directory are read (the video files
-are optional there). A reference sample must use frame folders; video-file layers are refused
-with a message saying so.
+An output directory's layers are read through :func:`layerflow.media.read_layer` (its PNG folders
+when it has them, else its videos; straight alpha whatever the folder stores). A reference sample
+must use frame folders; video-file layers are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from layerflow.layout import ROLES
-from layerflow.media import read_manifest, read_png_sequence
+from layerflow.media import read_layer, read_manifest, read_png_sequence
 
 _KINDS = {"foreground": "rgba", "background": "rgb", "composite": "rgb"}
 
@@ -70,13 +70,13 @@ def _check_layers(manifest: dict[str, Any], path: Path) -> None:
 
 
 def read_output_dir(output_dir: str | Path) -> tuple[dict[str, Any], LayeredClip]:
-    """Manifest and layers of a pipeline output directory (``manifest.json`` + PNG folders)."""
+    """Manifest and layers of a pipeline output directory (``manifest.json`` + PNG folders or videos)."""
     root = Path(output_dir)
     manifest = read_manifest(root)
     _check_layers(manifest, root / "manifest.json")
     clip = LayeredClip()
     for layer in manifest["layers"]:
-        role, frames = layer["role"], read_png_sequence(root / layer["frames"], layer["kind"])
+        role, frames = layer["role"], read_layer(root, manifest, layer["name"])
         if role == "foreground":
             clip.foreground, clip.alpha = _split_rgba(frames)
         else:

@@ -17,6 +17,7 @@ from .adherence import AdherenceCheck
 # name -> (what it measures, "lower" | "higher" is better). One place, used by both renderings.
 METRICS: dict[str, tuple[str, str]] = {
     "recomposition.mae": ("mean |composite - (a*fg + (1-a)*bg)|, 0-1 scale", "lower"),
+    "recomposition.max_frame": ("recomposition.mae of the worst frame", "lower"),
     "alpha.sad": ("alpha SAD / 1000 per frame (DIM)", "lower"),
     "alpha.mse": ("alpha MSE per frame (DIM)", "lower"),
     "alpha.gradient": ("alpha gradient error / 1000 (DIM, sigma 1.4)", "lower"),
@@ -73,7 +74,8 @@ class _Renderable(ABC):
 
 @dataclass
 class EvaluationReport(_Renderable):
-    """Metrics of one output directory. ``notes`` says which metrics were skipped and why."""
+    """Metrics of one output directory. ``per_frame`` holds per-frame series of some metrics (by
+    metric name); ``notes`` says which metrics were skipped and why."""
 
     output_dir: str
     task: str
@@ -81,6 +83,7 @@ class EvaluationReport(_Renderable):
     metrics: dict[str, float] = field(default_factory=dict)
     adherence: list[AdherenceCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    per_frame: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +91,7 @@ class EvaluationReport(_Renderable):
             "task": self.task,
             "reference": self.reference,
             "metrics": dict(self.metrics),
+            "per_frame": {name: list(values) for name, values in self.per_frame.items()},
             "adherence": [
                 {"attribute": c.attribute, "expected": c.expected, "measured": c.measured, "match": c.match}
                 for c in self.adherence
@@ -102,6 +106,8 @@ class EvaluationReport(_Renderable):
         for name, value in self.metrics.items():
             description, better = METRICS[name]
             lines.append(f"| `{name}` | {_fmt(value)} | {better} | {description} |")
+        for name, values in self.per_frame.items():
+            lines += ["", f"`{name}` per frame: " + " ".join(_fmt(value) for value in values)]
         if self.adherence:
             lines += ["", "| prompt attribute | asked | measured | match |", "| --- | --- | --- | --- |"]
             lines += [

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+from layerflow.editing.compositing import alpha_over
 
 
 def _check_video(name: str, x: Tensor, channels: int | None = None) -> None:
     if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
         expected = f"[T, {channels}, H, W]" if channels else "[T, C, H, W]"
         raise ValueError(f"{name}: expected a video of shape {expected}, got {tuple(x.shape)}")
-
-
-def recompose(foreground: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
-    """The exact composite ``alpha * fg + (1 - alpha) * bg`` (straight alpha)."""
-    return alpha * foreground + (1 - alpha) * background
 
 
 def recomposition_error(composite: Tensor, foreground: Tensor, alpha: Tensor, background: Tensor) -> float:
@@ -29,8 +27,8 @@ def recomposition_error(composite: Tensor, foreground: Tensor, alpha: Tensor, ba
     shapes = {tuple(x.shape[-2:]) + (x.shape[0],) for x in (composite, foreground, alpha, background)}
     if len(shapes) != 1:
         raise ValueError(f"layer sizes differ (H, W, T): {sorted(shapes)}")
-    expected = recompose(foreground.double(), alpha.double(), background.double())
-    return float((composite.double() - expected).abs().mean())
+    expected = alpha_over([torch.cat([foreground, alpha], dim=1), background])
+    return float((composite.double() - expected.double()).abs().mean())
 
 
 def temporal_flicker(video: Tensor) -> float:

@@ -27,7 +27,7 @@ from layer_embeddings import LayerPromptEncoder
 from layerflow.codec import ClipCodec, check_joint_vae
 from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
 from layerflow.layout import LayerLayout, TaskLayout
-from layerflow.media.output import OutputLayer, write_output_dir
+from layerflow.media.output import DEFAULT_FORMATS, AlphaMode, OutputLayer, write_output_dir
 from layerflow.models.adapters import merged_for_inference
 from layerflow.variants import OFFICIAL_SAMPLING
 
@@ -69,10 +69,12 @@ class LayerFlowOutput(BaseOutput):
         fps: int = 8,
         seed: int | None = None,
         settings: Mapping[str, Any] | None = None,
-        videos: bool = True,
+        formats: Sequence[str] = DEFAULT_FORMATS,
+        alpha: AlphaMode = "straight",
         overwrite: bool = False,
     ) -> Path:
-        """Write sample ``sample`` as a LayerFlow output folder (PNG sequences, videos, previews, manifest)."""
+        """Write sample ``sample`` as a LayerFlow output folder (``formats``: PNG sequences and videos,
+        see :func:`layerflow.media.write_output_dir`; previews; manifest)."""
         if not self.layers or not isinstance(next(iter(self.layers.values())), torch.Tensor):
             raise ValueError("only output_type='pt' results can be saved")
         layers = [
@@ -86,7 +88,8 @@ class LayerFlowOutput(BaseOutput):
             fps=fps,
             seed=seed,
             settings=settings,
-            videos=videos,
+            formats=formats,
+            alpha=alpha,
             overwrite=overwrite,
         )
 

@@ -1,0 +1,304 @@
+"""``layerflow recompose`` and ``layerflow edit``, and the output options every writing command shares.
+
+Examples::
+
+    layerflow recompose out/ -o new/ --replace foreground=fox.mov --scale foreground=0.5 \\
+        --offset foreground=20,10 --formats png,prores
+    layerflow edit MODEL decomposed/ --regenerate background -p background="a snowy forest" \\
+        -p composite="a red fox in a snowy forest" -o edited/ --steps 50 --seed 1
+
+``edit`` takes the kept layer from an output folder (e.g. written by ``layerflow decompose``) or
+from a media file/folder of that layer, runs ``fg2bg`` (regenerate the background) or ``bg2fg``
+(regenerate the foreground) with every sampling option of those commands, and recomposes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from layerflow.media import (
+    ALPHA_MODES,
+    DEFAULT_FORMATS,
+    FORMATS,
+    MANIFEST_NAME,
+    FrameError,
+    OutputLayer,
+    parse_formats,
+    read_clip,
+    write_output_dir,
+    write_png_sequence,
+)
+
+from .edit import EDIT_TASKS, assemble_edit, check_kept, kept_role
+from .recompose import EditError, Replacement, load_layers, recompose, replacement_placement, summarize
+
+COMMANDS = {
+    "recompose": "composite the layers of an output folder (some replaced by your frames) into a new folder",
+    "edit": "keep one layer, regenerate the other from a new prompt (fg2bg / bg2fg), recompose",
+}
+
+
+# ------------------------------------------------------------------------------------------ options
+def _formats(text: str) -> tuple[str, ...]:
+    try:
+        return parse_formats(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--formats`` (with ``--no-video`` = ``--formats png``) and ``--premultiplied``, for every writer."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--formats",
+        type=_formats,
+        default=DEFAULT_FORMATS,
+        metavar=",".join(FORMATS),
+        help=f"files to write per layer (default {','.join(DEFAULT_FORMATS)}): png sequences, webm (VP9, "
+        "with alpha), prores (ProRes 4444 .mov, with alpha), mp4 (H.264, opaque layers only)",
+    )
+    group.add_argument(
+        "--no-video", dest="formats", action="store_const", const=("png",), help="same as --formats png"
+    )
+    parser.add_argument(
+        "--premultiplied",
+        dest="alpha_mode",
+        action="store_const",
+        const=ALPHA_MODES[1],
+        default=ALPHA_MODES[0],
+        help="store transparent layers' colour premultiplied by alpha (default straight; the manifest's "
+        "'alpha' says which)",
+    )
+
+
+def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    from layerflow.cli import CliError, _pairs
+
+    try:
+        return _pairs(values, flag)
+    except CliError as error:
+        raise EditError(str(error)) from error
+
+
+def _offset(text: str, layer: str) -> tuple[int, int]:
+    try:
+        x, y = (int(part) for part in text.split(","))
+    except ValueError:
+        raise EditError(f"--offset for layer {layer!r} expects X,Y in pixels, got {text!r}") from None
+    return x, y
+
+
+def _scale(text: str, layer: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise EditError(f"--scale for layer {layer!r} expects a positive factor, got {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ recompose
+def recompose_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=COMMANDS["recompose"])
+    parser.add_argument("source", help="an output folder (manifest.json + layers)")
+    parser.add_argument("-o", "--output", required=True, help="the new output folder")
+    parser.add_argument(
+        "--replace",
+        action="append",
+        metavar="LAYER=PATH",
+        help="replace a layer by a PNG folder, a WebM-alpha/ProRes 4444/MP4 video or a still image "
+        "(held for every frame); transparent layers need alpha",
+    )
+    parser.add_argument(
+        "--scale", action="append", metavar="LAYER=FACTOR", help="resize a replacement by FACTOR"
+    )
+    parser.add_argument(
+        "--offset", action="append", metavar="LAYER=X,Y", help="put a replacement's top-left corner at X,Y"
+    )
+    add_output_options(parser)
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def run_recompose(args: argparse.Namespace) -> Path:
+    replace = _pairs(args.replace, "--replace")
+    scales = {k: _scale(v, k) for k, v in _pairs(args.scale, "--scale").items()}
+    offsets = {k: _offset(v, k) for k, v in _pairs(args.offset, "--offset").items()}
+    stray = sorted((set(scales) | set(offsets)) - set(replace))
+    if stray:
+        raise EditError(f"--scale/--offset given for {stray} without a --replace for that layer")
+    _check_output(args.output, args.overwrite, [args.source, *replace.values()])
+    replacements = [
+        Replacement.from_path(name, path, replacement_placement(scales.get(name), offsets.get(name)))
+        for name, path in replace.items()
+    ]
+    return recompose(
+        args.source,
+        args.output,
+        replacements,
+        formats=args.formats,
+        alpha=args.alpha_mode,
+        overwrite=args.overwrite,
+    )
+
+
+# ------------------------------------------------------------------------------------------ edit
+def edit_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=COMMANDS["edit"] + ". Every other option goes to `layerflow fg2bg` / `bg2fg` "
+        "(--steps, --guidance, --seed, --device, ...).",
+    )
+    parser.add_argument("model", help="a LayerFlow model folder")
+    parser.add_argument(
+        "source", help="an output folder holding the layer to keep, or that layer's frames/video/image"
+    )
+    parser.add_argument(
+        "--regenerate", required=True, choices=sorted(EDIT_TASKS), help="the layer to resample"
+    )
+    parser.add_argument("-o", "--output", required=True, help="the new output folder")
+    parser.add_argument(
+        "-p",
+        "--prompt",
+        action="append",
+        metavar="LAYER=TEXT",
+        help="prompts; the kept layer's defaults to its prompt in the source folder",
+    )
+    add_output_options(parser)
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _check_output(output: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    """The CLI's output rule: ``--overwrite`` replaces only an earlier output, never an input."""
+    from layerflow.cli_checks import CliError, check_output
+
+    try:
+        check_output(output, overwrite=overwrite, marker=MANIFEST_NAME, inputs=inputs)
+    except CliError as error:
+        raise EditError(str(error)) from error
+
+
+def _kept_layers(args: argparse.Namespace, names: Sequence[str]) -> list[OutputLayer]:
+    """The layers to keep: from the source folder's manifest, or the source media as the model's layer."""
+    role = kept_role(args.regenerate)
+    source = Path(args.source)
+    if (source / "manifest.json").is_file():
+        manifest, frames = load_layers(source)
+        kept = [
+            OutputLayer(
+                layer["name"], role, frames[layer["name"]], layer.get("prompt"), f"kept from {source}"
+            )
+            for layer in manifest["layers"]
+            if layer["role"] == role
+        ]
+        if not kept:
+            raise EditError(f"{source} has no {role} layer to keep")
+    else:
+        if len(names) != 1:
+            raise EditError(
+                f"the model has {role} layers {list(names)}; give an output folder holding them all"
+            )
+        try:
+            clip = read_clip(source)
+        except FrameError as error:
+            raise EditError(str(error)) from error
+        kept = [OutputLayer(names[0], role, clip, None, f"given as {source}")]
+    unknown = sorted({layer.name for layer in kept} - set(names))
+    if unknown:
+        raise EditError(f"the source's {role} layers {unknown} are not layers of the model ({list(names)})")
+    check_kept(kept, args.regenerate)
+    return kept
+
+
+def run_edit(args: argparse.Namespace, task_options: Sequence[str]) -> Path:
+    from layerflow.cli import TASK_COMMANDS, build_parser, check_model_dir, run_task
+    from layerflow.layout import LayerLayout
+
+    # 1. Everything about the request, before the model is loaded.
+    taken = sorted(
+        {"-i", "--input", "-a", "--alpha", "-o", "--output", "--formats", "--no-video"} & set(task_options)
+    )
+    if taken:
+        raise EditError(f"edit sets {taken} itself: give the kept layer as SOURCE and the folder with -o")
+    _check_output(args.output, args.overwrite, [args.source, args.model])
+    index = check_model_dir(args.model)
+    layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
+    role = kept_role(args.regenerate)
+    kept = _kept_layers(args, [spec.name for spec in layout.layers if spec.role == role])
+    prompts = {layer.name: layer.prompt for layer in kept if layer.prompt} | _pairs(args.prompt, "--prompt")
+    task = EDIT_TASKS[args.regenerate]
+    command = next(name for name, value in TASK_COMMANDS.items() if value == task)
+
+    # 2. The task itself, through the task command (its checks, options and settings), into a scratch folder.
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.edit-", dir=output.parent))
+    try:
+        argv = [command, str(args.model), "-o", str(scratch / "generated"), "--formats", "png"]
+        for layer in kept:
+            write_png_sequence(scratch / layer.name, layer.frames)
+            argv += ["-i", f"{layer.name}={scratch / layer.name}"]
+        for name, text in prompts.items():
+            argv += ["-p", f"{name}={text}"]
+        generated_dir = run_task(build_parser().parse_args([*argv, *task_options]))
+        manifest, frames = load_layers(generated_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    # 3. Kept + generated layers, recomposed, into the new folder.
+    generated = [
+        OutputLayer(
+            layer["name"], layer["role"], frames[layer["name"]], layer.get("prompt"), f"generated by {task}"
+        )
+        for layer in manifest["layers"]
+        if layer["role"] == args.regenerate
+    ]
+    composite = next(
+        (layer["name"] for layer in manifest["layers"] if layer["role"] == "composite"), "composite"
+    )
+    layers = assemble_edit(kept, generated, composite=composite, composite_prompt=prompts.get(composite))
+    settings: dict[str, Any] = {
+        **manifest["settings"],
+        "edit": {"regenerate": args.regenerate, "source": str(args.source)},
+    }
+    return write_output_dir(
+        output,
+        layers,
+        task=task,
+        fps=int(manifest.get("fps", 8)),
+        seed=manifest.get("seed"),
+        settings=settings,
+        formats=args.formats,
+        alpha=args.alpha_mode,
+        summary=summarize(layers),
+        overwrite=args.overwrite,
+    )
+
+
+# ------------------------------------------------------------------------------------------ entry
+def main(command: str, argv: Sequence[str], prog: str | None = None) -> int:
+    """Run ``layerflow recompose`` or ``layerflow edit`` on ``argv`` (the options after the command)."""
+    from layerflow.cli import CliError
+
+    prog = prog or f"layerflow {command}"
+    try:
+        if command == "recompose":
+            path = run_recompose(recompose_parser(prog).parse_args(argv))
+        elif command == "edit":
+            args, task_options = edit_parser(prog).parse_known_args(argv)
+            path = run_edit(args, task_options)
+        else:
+            raise AssertionError(f"unknown editing command {command!r}")
+    except (CliError, EditError, FrameError, FileExistsError) as error:
+        print(f"layerflow: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
