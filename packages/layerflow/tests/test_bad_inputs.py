@@ -161,7 +161,7 @@ def test_library_overwrite_refuses_a_foreign_folder(tmp_path) -> None:
     (tmp_path / "out" / "mine.txt").write_text("x")
     layer = OutputLayer("composite", "composite", torch.rand(8, 3, 16, 16))
     with pytest.raises(FileExistsError, match="no manifest.json"):
-        write_output_dir(tmp_path / "out", [layer], task="generate", videos=False, overwrite=True)
+        write_output_dir(tmp_path / "out", [layer], task="generate", formats=("png",), overwrite=True)
     assert (tmp_path / "out" / "mine.txt").read_text() == "x"
 
 
@@ -196,8 +196,10 @@ def test_condition_values_are_checked_before_any_model_runs(pipe, task, name, ed
     hook = pipe.vae.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         with pytest.raises(ValueError) as error:
+            prompts = {"foreground": "a", "background": "b", "composite": "c"}
+            task_layout = pipe.layer_layout.for_task(task)
             pipe(
-                {"foreground": "a", "background": "b", "composite": "c"},
+                {layer.name: prompts[layer.name] for layer in task_layout.prompt_layers},
                 task,
                 conditions=_conditions(name, edit),
             )

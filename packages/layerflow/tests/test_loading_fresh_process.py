@@ -85,3 +85,21 @@ def test_import_layerflow_stays_light():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "layerflow.data",
+        "layerflow.codec",
+        "layerflow.training.trainer",
+        "layerflow.models",
+        "layerflow.editing",
+    ],
+)
+def test_each_module_imports_first_in_a_fresh_interpreter(module):
+    """The diffusers hook must never import the pipeline while a layerflow module is half-initialised."""
+    result = _python(
+        f"import {module}, diffusers; assert diffusers.LayerFlowPipeline.__name__ == 'LayerFlowPipeline'"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
