@@ -8,7 +8,6 @@ from .crossovers import CrossoverTable, packaged_table
 from .dispatch import AutoChoice, BackendNotSupportedError, backend_reasons, explain_auto, select_backend
 from .functional import layer_attention
 from .layout import SegmentLayout, TileLists
-from .presets import TEXT_TOKENS, cogvideox_clip_tokens, conditional_layout, layerflow_layout
 from .reference import reference_attention
 
 __version__ = _version("layer-attention")
@@ -16,7 +15,6 @@ __version__ = _version("layer-attention")
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
-    "TEXT_TOKENS",
     "AttentionBackend",
     "AttentionCall",
     "AutoChoice",
@@ -25,11 +23,8 @@ __all__ = [
     "SegmentLayout",
     "TileLists",
     "backend_reasons",
-    "cogvideox_clip_tokens",
-    "conditional_layout",
     "explain_auto",
     "layer_attention",
-    "layerflow_layout",
     "packaged_table",
     "reference_attention",
     "select_backend",

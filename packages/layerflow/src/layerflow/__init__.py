@@ -9,6 +9,7 @@ from importlib.metadata import version as _version
 from typing import Any
 
 from .layout import LayerLayout, LayerSpec, TaskLayout
+from .registration import install_diffusers_hook
 
 __version__ = _version("layerflow")
 
@@ -28,6 +29,9 @@ __all__ = [
     "TaskLayout",
     "convert_official_checkpoint",
 ]
+
+
+install_diffusers_hook()
 
 
 def __getattr__(name: str) -> Any:

@@ -120,14 +120,6 @@ def merged_for_inference(transformer: nn.Module) -> Iterator[list[str]]:
             ml.enable_adapter(transformer, name)
 
 
-def load_official_lora(transformer: nn.Module, sat_state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Attach the official ``matrix_A/B`` (motion) and ``matrix_C/D`` (content) LoRAs; untrained all-zero
-    pairs are skipped. Gates are set for inference. Returns the adapters created."""
-    created = ml.load_layerflow_official(transformer, sat_state_dict, rename=sat_module_to_diffusers)
-    set_inference_gates(transformer)
-    return created
-
-
 def attach_lora_factors(transformer: nn.Module, factors: Mapping[str, Mapping[str, ml.ModuleLora]]) -> None:
     """Create one adapter per entry of ``factors`` (all validated first by multi-lora), inference gates set."""
     for name, modules in factors.items():
