@@ -205,7 +205,8 @@ def peak_memory(device: str) -> Iterator[dict[str, float]]:
 
 # ------------------------------------------------------------------------------------- 1. attention
 def attention_layouts(sizes: Sizes) -> dict[str, Any]:
-    from layer_attention import SegmentLayout, conditional_layout, layerflow_layout
+    from layer_attention import SegmentLayout
+    from layer_attention.testing import conditional_layout, layerflow_layout
 
     clip, text = sizes.tokens_per_clip, sizes.text_tokens
     return {

@@ -17,13 +17,12 @@ from layer_attention import (
     CrossoverTable,
     SegmentLayout,
     backend_reasons,
-    conditional_layout,
     explain_auto,
-    layerflow_layout,
     packaged_table,
     select_backend,
 )
 from layer_attention.crossovers import MIN_SPEEDUP, DeviceEntry, Point
+from layer_attention.testing import conditional_layout, layerflow_layout
 
 CLIP = 5400
 FULL = layerflow_layout(3, 4, CLIP)  # N = 22,278: the RGBA shape

@@ -13,15 +13,19 @@ from layer_attention import (
     AttentionCall,
     SegmentLayout,
     backend_reasons,
-    conditional_layout,
     explain_auto,
     layer_attention,
-    layerflow_layout,
     packaged_table,
     select_backend,
 )
 from layer_attention.layout import TileLists
-from layer_attention.testing import check_against_reference, qkv, small_layerflow_layouts
+from layer_attention.testing import (
+    check_against_reference,
+    conditional_layout,
+    layerflow_layout,
+    qkv,
+    small_layerflow_layouts,
+)
 
 pytestmark = [
     pytest.mark.gpu,
