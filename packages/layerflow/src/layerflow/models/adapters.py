@@ -86,7 +86,8 @@ def merged_for_inference(transformer: nn.Module) -> Iterator[list[str]]:
     from the kept copies) and re-enabled, also when the body raises. Yields the merged names.
 
     Nothing changes while gradients are enabled or the model is training (a merged adapter would
-    get no gradient, and training gates are per sample), nor for per-sample gates (not mergeable).
+    get no gradient, and training gates are per sample), nor for per-sample gates (not mergeable)
+    or weights on the meta device (sequential CPU offload).
     """
     if torch.is_grad_enabled() or transformer.training:
         yield []
@@ -103,6 +104,8 @@ def merged_for_inference(transformer: nn.Module) -> Iterator[list[str]]:
             gate = ml.get_scale(transformer, name)
             if isinstance(gate, torch.Tensor):
                 continue  # per-sample gate: must stay a branch
+            if any(layer.base_layer.weight.is_meta for layer in layers):
+                continue  # weights offloaded by accelerate hooks: nothing to merge into
             if gate == 0.0:
                 ml.disable_adapter(transformer, name)
                 disabled.append(name)
