@@ -16,14 +16,12 @@ Usage: ``python bench_vae_pass.py [--quick] [--json PATH]`` (see ``benchmarks/ru
 
 from __future__ import annotations
 
-import argparse
 import time
 import weakref
-from pathlib import Path
 from typing import Any
 
 import torch
-from _rows import emitter
+from _rows import bench_parser, emitter
 from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -152,11 +150,7 @@ def times(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
