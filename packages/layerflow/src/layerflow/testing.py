@@ -194,7 +194,7 @@ def official_state_dict(
     written independently of ``layerflow.convert`` so that a round trip tests it."""
     sd = model.state_dict()
     out: dict[str, torch.Tensor] = {}
-    for i in range(model.config.num_layers):
+    for i in range(len(model.transformer_blocks)):
         b, layer = f"transformer_blocks.{i}.", f"{_SAT}transformer.layers.{i}."
         for ours, sat in (("norm1.norm", "input_layernorm"), ("norm2.norm", "post_attention_layernorm")):
             for p in ("weight", "bias"):
