@@ -68,6 +68,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def bench_gpu(session: nox.Session) -> None:
+    """The GPU report of issue 13 (``benchmarks/gpu_report.py``, at most ~5 minutes on one GPU).
+
+    Needs a CUDA build of torch: set ``LAYERFLOW_TORCH_SPEC`` and ``PIP_INDEX_URL`` as the README
+    shows. ``-- --dry-run`` checks the script on the CPU at tiny size.
+    """
+    _install_workspace(session)
+    session.run("python", str(ROOT / "benchmarks" / "gpu_report.py"), *session.posargs)
+
+
 @nox.session(python=PYTHON, reuse_venv=True)
 def demo(session: nox.Session) -> None:
     """The embedded default, end to end on CPU: synthetic data, stages 1-3, all four tasks, metrics report.

@@ -56,3 +56,26 @@ def test_package_shape(package):
     assert sorted(module.__all__) == sorted(set(module.__all__)), "__all__ has duplicates"
     missing = [n for n in module.__all__ if not hasattr(module, n)]
     assert not missing, f"{name}.__all__ names missing attributes {missing}"
+
+
+def _is_testing_module(name: str) -> bool:
+    return "testing" in name.split(".")
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_production_code_never_imports_testing_modules(package):
+    """Only ``testing`` modules may import other ``testing`` modules (tiny builders live in ``tiny``)."""
+    offenders = []
+    for source in (package / "src").rglob("*.py"):
+        if source.stem == "testing":
+            continue
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names] if node.level else [base]
+            else:
+                continue
+            offenders += [f"{source.relative_to(ROOT)}: {n}" for n in names if _is_testing_module(n)]
+    assert not offenders, "production modules import test helpers:\n" + "\n".join(offenders)

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layer_attention import SegmentLayout, cogvideox_clip_tokens, conditional_layout, layerflow_layout
+from layer_attention import SegmentLayout
 from layer_attention.layout import FULL, PARTIAL, SKIP
+from layer_attention.testing import cogvideox_clip_tokens, conditional_layout, layerflow_layout
 
 
 @pytest.mark.parametrize(
@@ -77,6 +78,17 @@ def test_tile_lists_match_dense_mask_oracle(lengths, bits, block):
         assert tiles.kv_partial.row(i) == (tiles.classes[i] == PARTIAL).nonzero().flatten().tolist()
         assert tiles.q_full.row(i) == (tiles.classes[:, i] == FULL).nonzero().flatten().tolist()
         assert tiles.q_partial.row(i) == (tiles.classes[:, i] == PARTIAL).nonzero().flatten().tolist()
+        # runs: the same full tiles as maximal stretches of consecutive tiles
+        for lists, row in ((tiles.kv_full, tiles.classes[i]), (tiles.q_full, tiles.classes[:, i])):
+            runs = lists.runs(i)
+            assert [t for start, end in runs for t in range(start, end)] == lists.row(i)
+            assert all(row[end] != FULL for _, end in runs if end < tiles.num_tiles)
+            assert all(row[start - 1] != FULL for start, _ in runs if start > 0)
+    # work order: a permutation, heaviest rows (most visited tiles) first
+    visited = (tiles.classes != 0).sum(1)
+    for order, work in ((tiles.q_order, visited), (tiles.kv_order, (tiles.classes != 0).sum(0))):
+        assert sorted(order.tolist()) == list(range(tiles.num_tiles))
+        assert work[order.long()].tolist() == sorted(work.tolist(), reverse=True)
     assert layout.allowed_pairs == int(layout.dense_mask().sum())
 
 
@@ -86,6 +98,19 @@ def test_tile_lists_are_cached_per_block_size_and_skip_disallowed_tiles():
     assert layout.tiles(64) is not layout.tiles(128)
     assert layout.tiles(128).visited_fraction == 0.5
     assert layout.device_tiles(128, torch.device("cpu")) is layout.device_tiles(128, torch.device("cpu"))
+
+
+def test_cached_layouts_are_shared_per_shape_and_table():
+    SegmentLayout.cache_clear()
+    first = SegmentLayout.cached([30, 20], [[1, 0], [1, 1]])
+    assert SegmentLayout.cached((30, 20), torch.tensor([[True, False], [True, True]])) is first
+    assert SegmentLayout.cached([30, 20], [[1, 1], [1, 1]]) is SegmentLayout.cached(
+        [30, 20]
+    )  # all True is full
+    assert SegmentLayout.cached([30, 20], [[1, 1], [0, 1]]) is not first
+    assert SegmentLayout.cache_info() == {"hits": 2, "misses": 3, "size": 3}
+    assert SegmentLayout.from_key(first.key) is first
+    SegmentLayout.cache_clear()
 
 
 def test_query_groups_partition_the_segments():

@@ -8,34 +8,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layer_attention import SegmentLayout, backend_reasons, layer_attention, reference_attention
-from layer_attention.testing import qkv, random_layout, small_layerflow_layouts
+from layer_attention import SegmentLayout, backend_reasons, layer_attention
+from layer_attention.testing import check_against_reference, qkv, random_layout, small_layerflow_layouts
 
 pytest.importorskip("triton")
 if backend_reasons(torch.empty(1, 1, 1, 32))["triton"] and not torch.cuda.is_available():
     pytest.skip("Triton can run neither on CUDA nor in its interpreter here", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOL = {
-    torch.float32: dict(atol=1e-4, rtol=1e-4),
-    torch.float16: dict(atol=3e-3, rtol=3e-3),
-    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
-}
 
 
 def _check(layout: SegmentLayout, q, k, v, dtype: torch.dtype) -> None:
-    q, k, v = (x.detach().to(DEVICE).requires_grad_() for x in (q, k, v))
-    out = layer_attention(q, k, v, layout, backend="triton")
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(11)).to(dtype).to(DEVICE)
-    got = torch.autograd.grad(out, (q, k, v), grad)
-    q64, k64, v64 = (x.detach().cpu().double().requires_grad_() for x in (q, k, v))
-    ref = reference_attention(q64, k64, v64, layout, q.shape[-1] ** -0.5)
-    want = torch.autograd.grad(ref, (q64, k64, v64), grad.cpu().double())
-    torch.testing.assert_close(out.cpu().double(), ref, **TOL[dtype])
-    for name, g, w in zip("qkv", got, want):
-        torch.testing.assert_close(
-            g.cpu().double(), w, **TOL[dtype], msg=lambda m, name=name: f"d{name}: {m}"
-        )
+    assert q.dtype == dtype
+    check_against_reference(layout, q, k, v, "triton", DEVICE)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -22,7 +22,7 @@ import torch
 from _rows import emitter
 
 from layerflow.layout import LayerLayout
-from layerflow.testing import build_tiny_pipeline
+from layerflow.tiny import build_tiny_pipeline
 
 BENCH = "layerflow"
 PROMPTS = {
@@ -57,7 +57,7 @@ def step_times(
         )
         pipe.set_progress_bar_config(disable=True)
         pipes[alpha] = pipe
-    size = latent_size * pipes[alphas[0]].vae_scale_factor_spatial
+    size = latent_size * pipes[alphas[0]].geometry.spatial_compression
 
     def run(alpha: str, num_steps: int) -> float:
         start = time.process_time()

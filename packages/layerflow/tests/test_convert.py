@@ -1,5 +1,6 @@
 """Converter round trip: a tiny model written in the official SAT naming converts back exactly."""
 
+import json
 import pickle
 
 import pytest
@@ -12,6 +13,7 @@ from layerflow.convert import (
     convert_official_checkpoint,
     convert_official_state_dict,
 )
+from layerflow.layout import LayerLayout
 from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.testing import (
@@ -23,11 +25,17 @@ from layerflow.testing import (
     single_thread,
     write_official_checkpoint,
 )
+from layerflow.variants import OFFICIAL_VARIANTS
 
 TEXT = 12
-FRAMES = 8  # latent frames covered by the official position table
+FRAMES = 16  # latent frames of the position table (gen_rgba: 64 frames -> 16 latents)
 P = "model.diffusion_model."
-TINY = {"sample_height": 4, "sample_width": 4, "max_text_seq_length": TEXT, "num_layer_prompts": 3}
+#: 4 x 6 latents (6 tokens per latent frame): tiny position tables of different variants differ in length.
+TINY = {"sample_height": 4, "sample_width": 6, "max_text_seq_length": TEXT}
+
+
+def tiny_transformer(**overrides):
+    return build_tiny_transformer(sample_width=6, **overrides)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,17 +50,17 @@ def assert_same_model(converted, model):
     assert converted.state_dict().keys() == expected.keys()
     for key, value in converted.state_dict().items():
         assert torch.equal(value, expected[key]), key
-    video, text, t = _inputs()
+    video, text, t = _inputs(model.config.num_layer_prompts)
     torch.testing.assert_close(
         converted(video, text, t).sample, model(video, text, t).sample, rtol=0, atol=1e-6
     )
 
 
-def _inputs():
+def _inputs(prompts=3):
     g = torch.Generator().manual_seed(7)
     return (
-        torch.randn(1, FRAMES, 4, 4, 4, generator=g),
-        torch.randn(1, 3 * TEXT, 16, generator=g),
+        torch.randn(1, FRAMES, 4, 4, 6, generator=g),
+        torch.randn(1, prompts * TEXT, 16, generator=g),
         torch.tensor([500]),
     )
 
@@ -65,7 +73,7 @@ def _convert(tmp_path, sat, **kwargs):
 
 @torch.no_grad()
 def test_round_trip_is_exact_without_lora(tmp_path):
-    model = build_tiny_transformer(num_layer_prompts=3)
+    model = tiny_transformer(num_layer_prompts=3)
     zero = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 4, 0).items()}
     motion = random_lora_factors(model, 2, 1)  # the motion LoRA is gated off at inference: dropped
     converted = _convert(tmp_path, official_state_dict(model, motion=motion, content=zero), lora="merge")
@@ -77,7 +85,7 @@ def test_round_trip_is_exact_without_lora(tmp_path):
 
 @torch.no_grad()
 def test_merged_content_lora_matches_peft(tmp_path):
-    model = build_tiny_transformer(num_layer_prompts=3)
+    model = tiny_transformer(num_layer_prompts=3)
     content, motion = random_lora_factors(model, 4, 2), random_lora_factors(model, 2, 3)
     converted = _convert(tmp_path, official_state_dict(model, motion=motion, content=content), lora="merge")
     _peft_reference(model, {"content": (content, 4)})
@@ -105,7 +113,7 @@ def _peft_reference(model, adapters):
 def test_lora_imported_as_multi_lora_adapters(tmp_path):
     import multi_lora as ml
 
-    model = build_tiny_transformer(num_layer_prompts=3)
+    model = tiny_transformer(num_layer_prompts=3)
     content, motion = random_lora_factors(model, 4, 2), random_lora_factors(model, 2, 3)
     converted = _convert(
         tmp_path, official_state_dict(model, motion=motion, content=content), lora="adapters"
@@ -114,14 +122,14 @@ def test_lora_imported_as_multi_lora_adapters(tmp_path):
     assert (tmp_path / "out" / "transformer" / "adapters" / "content").is_dir()
     assert ml.get_scale(converted, "motion") == 0.0 and ml.get_scale(converted, "content") == 1.0
     video, text, t = _inputs()
-    reference = build_tiny_transformer(num_layer_prompts=3)
+    reference = tiny_transformer(num_layer_prompts=3)
     _peft_reference(reference, {"content": (content, 4)})
     torch.testing.assert_close(
         converted(video, text, t).sample, reference(video, text, t).sample, rtol=1e-5, atol=1e-5
     )
     ml.set_scale(converted, "motion", 1.0)  # the training-time static-image path: both LoRAs
     both = _peft_reference(
-        build_tiny_transformer(num_layer_prompts=3), {"content": (content, 4), "motion": (motion, 2)}
+        tiny_transformer(num_layer_prompts=3), {"content": (content, 4), "motion": (motion, 2)}
     )
     torch.testing.assert_close(
         converted(video, text, t).sample, both(video, text, t).sample, rtol=1e-5, atol=1e-5
@@ -130,7 +138,8 @@ def test_lora_imported_as_multi_lora_adapters(tmp_path):
 
 @torch.no_grad()
 def test_learned_position_table_is_kept(tmp_path):
-    model = build_tiny_transformer(num_layer_prompts=3, learned_position_frames=FRAMES)
+    # seg_rgba: two prompts, no layer embedder, a learned 16-frame table
+    model = tiny_transformer(num_layer_prompts=2, layer_embedder=None, learned_position_frames=FRAMES)
     model.patch_embed.position_table.add_(torch.randn_like(model.patch_embed.position_table) * 0.1)
     lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 2, 0).items()}
     sat = official_state_dict(
@@ -139,10 +148,12 @@ def test_learned_position_table_is_kept(tmp_path):
     converted = _convert(tmp_path, sat, lora="merge")
     assert converted.config.learned_position_frames == FRAMES
     assert_same_model(converted, model)
+    index = json.loads((tmp_path / "out" / "model_index.json").read_text())
+    assert index["layout"]["variant"] == "seg_rgba"
 
 
 def test_unknown_and_missing_keys_are_named_and_nothing_is_written(tmp_path):
-    model = build_tiny_transformer(num_layer_prompts=3)
+    model = tiny_transformer(num_layer_prompts=3)
     lora = random_lora_factors(model, 2, 0)
     sat = official_state_dict(model, motion=lora, content=lora)
     sat[f"{P}mixins.mystery.weight"] = torch.zeros(1)
@@ -178,7 +189,7 @@ def test_refuses_unsafe_pickles(tmp_path):
 def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
     base = build_tiny_pipeline()
     base.save_pretrained(tmp_path / "base")
-    model = build_tiny_transformer(num_layer_prompts=3)
+    model = tiny_transformer(num_layer_prompts=3)
     lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 2, 0).items()}
     official = write_official_checkpoint(tmp_path, official_state_dict(model, motion=lora, content=lora))
     out = convert_official_checkpoint(
@@ -186,26 +197,124 @@ def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
     )
     pipe = LayerFlowPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.layer_layout == LayerLayout.official_variant("gen_rgba")  # no flags needed
     result = pipe(
         {"foreground": "a fox", "background": "snow", "composite": "a fox in snow"},
         num_frames=8,
         num_inference_steps=1,
     )
-    assert result.layers["foreground"].shape == (1, 8, 4, 16, 16)
+    assert result.settings["use_dynamic_cfg"] is True and result.latents.shape[1] == 4 * 2
+    assert result.layers["foreground"].shape == (1, 8, 4, 16, 24)
 
 
 def test_cli_convert_and_info(tmp_path, capsys):
     from layerflow.cli import main
 
-    model = build_tiny_transformer(num_layer_prompts=3)
+    model = tiny_transformer(num_layer_prompts=3)
     lora = random_lora_factors(model, 2, 4)
     official = write_official_checkpoint(tmp_path, official_state_dict(model, motion=lora, content=lora))
     assert main(["info", str(official)]) == 0
     assert "mp_rank_00_model_states.pt" in capsys.readouterr().out
-    argv = ["convert", str(official), str(tmp_path / "out"), "--text-length", "12", "--latent-size", "4", "4"]
-    assert main([*argv, "--prompts", "3"]) == 0
+    argv = ["convert", str(official), str(tmp_path / "out"), "--text-length", "12", "--latent-size", "4", "6"]
+    assert main(argv) == 0
     assert main(["info", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "adapters: ['content', 'motion']" in out and "num_layer_prompts=3" in out
-    assert main([*argv, "--prompts", "3"]) == 2  # exists: refused without --overwrite
+    assert "variant: gen_rgba, tasks: ['generate'], VAE pass: joint" in out
+    assert main(argv) == 2  # exists: refused without --overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+#: Variants whose checkpoints have the same shapes: the task is not in the weights.
+SAME_SHAPES = {
+    "fg2bg_rgb": "bg2fg_rgb",
+    "bg2fg_rgb": "fg2bg_rgb",
+    "fg2bg_rgba": "bg2fg_rgba",
+    "bg2fg_rgba": "fg2bg_rgba",
+}
+
+
+def official_variant_checkpoint(name):
+    """A tiny checkpoint in the official key names and shapes of variant ``name``."""
+    variant = OFFICIAL_VARIANTS[name]
+    learned = variant.position_table == "learned"
+    model = tiny_transformer(
+        num_layer_prompts=variant.num_prompts,
+        layer_embedder=variant.layer_embedder,
+        learned_position_frames=variant.table_latent_frames if learned else None,
+    )
+    table = model.patch_embed.sincos_position_table(variant.table_latent_frames)
+    if learned:
+        table = table + torch.randn(table.shape, generator=torch.Generator().manual_seed(1)) * 0.1
+        model.patch_embed.position_table.data.copy_(table)
+    lora = {k: (d, torch.zeros_like(u)) for k, (d, u) in random_lora_factors(model, 2, 0).items()}
+    return model, official_state_dict(model, motion=lora, content=lora, position_table=table)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_VARIANTS))
+@torch.no_grad()
+def test_each_official_variant_is_detected_or_named_as_ambiguous(name):
+    model, sat = official_variant_checkpoint(name)
+    if name in SAME_SHAPES:
+        with pytest.raises(ConversionError, match="fits several official variants") as error:
+            convert_official_state_dict(sat, lora="merge", **TINY)
+        assert name in str(error.value) and SAME_SHAPES[name] in str(error.value)
+        converted = convert_official_state_dict(sat, lora="merge", variant=name, **TINY)
+    else:
+        converted = convert_official_state_dict(sat, lora="merge", **TINY)
+    assert converted.variant == name
+    variant = OFFICIAL_VARIANTS[name]
+    assert converted.config["num_layer_prompts"] == variant.num_prompts
+    assert (converted.config.get("learned_position_frames") is not None) == (
+        variant.position_table == "learned"
+    )
+    transformer = build_transformer(converted)
+    for key, value in model.state_dict().items():
+        assert torch.equal(transformer.state_dict()[key], value), key
+
+
+def test_a_wrong_variant_is_refused():
+    _, sat = official_variant_checkpoint("gen_rgb")
+    with pytest.raises(ConversionError, match="not a gen_rgba checkpoint"):
+        convert_official_state_dict(sat, lora="merge", variant="gen_rgba", **TINY)
+    with pytest.raises(ConversionError, match="no official variant fits"):
+        convert_official_state_dict(sat, lora="merge", **{**TINY, "sample_width": 4})
+
+
+def test_journey_convert_info_and_run_a_variant_in_fresh_interpreters(tmp_path):
+    """``layerflow convert`` on an official checkpoint, ``layerflow info``, then ``from_pretrained``
+    with no flags runs the detected variant: every step a new process on files on disk."""
+    import subprocess
+    import sys
+
+    with single_thread():
+        base = build_tiny_pipeline(sample_width=6)
+        base.save_pretrained(tmp_path / "base")
+        _, sat = official_variant_checkpoint("seg_rgb")
+    official = write_official_checkpoint(tmp_path, sat)
+    cli = [sys.executable, "-m", "layerflow.cli"]
+    size = ["--text-length", str(TEXT), "--latent-size", "4", "6", "--lora", "merge"]
+    converted = subprocess.run(
+        [*cli, "convert", str(official), str(tmp_path / "model"), "--base", str(tmp_path / "base"), *size],
+        capture_output=True,
+        text=True,
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    info = subprocess.run([*cli, "info", str(tmp_path / "model")], capture_output=True, text=True)
+    assert "variant: seg_rgb, tasks: ['decompose'], VAE pass: joint" in info.stdout, info.stderr
+    assert "condition = last 2 latents" in info.stdout
+    code = """
+import sys, torch
+import layerflow
+torch.set_num_threads(1)
+pipe = layerflow.LayerFlowPipeline.from_pretrained(sys.argv[1])
+pipe.set_progress_bar_config(disable=True)
+out = pipe({"foreground": "a fox", "background": "snow"}, "decompose",
+           conditions={"composite": torch.rand(16, 3, 16, 24)}, num_inference_steps=1)
+print(out.task, tuple(out.latents.shape), out.settings["use_dynamic_cfg"])
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "decompose (1, 12, 4, 4, 6) True"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from layerflow.codec import premultiply_onto_grey
 from layerflow.data import FrameSampler, OfficialLayoutDataset, Preprocess, SampleError
 from layerflow.data.testing import META_PROMPTS, write_official
 
@@ -24,16 +25,18 @@ def test_reads_official_layout(tmp_path, style):
     dog = layers["dog"]
     alpha = torch.from_numpy(dog["alpha"][frames])[:, None].float() / 255
     composite = torch.from_numpy(dog["composite"][frames]).permute(0, 3, 1, 2).float() / 255
-    torch.testing.assert_close(sample.alpha, alpha)
-    torch.testing.assert_close(sample.composite, composite)
-    torch.testing.assert_close(sample.foreground * alpha, composite * alpha)  # fg = bl * mask
+    torch.testing.assert_close(sample.layers["foreground"].alpha, alpha)
+    torch.testing.assert_close(sample.layers["composite"].rgb, composite)
+    torch.testing.assert_close(sample.layers["foreground"].rgb * alpha, composite * alpha)  # fg = bl * mask
     assert sample.prompts == {
         "foreground": "a dog walking",
         "background": "a grassy field",
         "composite": "a dog in a field",
     }
     assert sample.source == "video" and sample.fps == 8
-    torch.testing.assert_close(dataset[2].alpha, sample.alpha)  # "dog*1" reads the dog folders
+    torch.testing.assert_close(
+        dataset[2].layers["foreground"].alpha, sample.layers["foreground"].alpha
+    )  # "dog*1" reads the dog folders
 
 
 def test_davis_grey_foreground_matches_model_input(tmp_path):
@@ -43,7 +46,8 @@ def test_davis_grey_foreground_matches_model_input(tmp_path):
     write_official(tmp_path, "davis", {"dog": 16})
     sample = OfficialLayoutDataset(tmp_path, NATIVE)[0]
     shipped = torch.from_numpy(np.array(Image.open(tmp_path / "dog" / "fg" / "0003.png")))
-    ours = (sample.to_model_inputs().foreground[4] + 1) / 2 * 255  # frame 4 of the sample is file 0003
+    fg = sample.layers["foreground"]
+    ours = premultiply_onto_grey(fg.rgb, fg.alpha)[4] * 255  # frame 4 of the sample is file 0003
     torch.testing.assert_close(ours.permute(1, 2, 0), shipped.float(), atol=0.51, rtol=0)
 
 
@@ -66,7 +70,7 @@ def test_object_selection_mask_resize_and_errors(tmp_path):
 
     for path in (tmp_path / "mask" / "car").iterdir():
         Image.open(path).resize((16, 12)).save(path)
-    assert dataset[0].alpha.shape == (16, 1, 24, 32)
+    assert dataset[0].layers["foreground"].alpha.shape == (16, 1, 24, 32)
     (tmp_path / "impainting" / "car" / "0005.png").unlink()
     with pytest.raises(SampleError, match="frame 0005 is missing"):
         OfficialLayoutDataset(tmp_path, NATIVE, meta_file=meta_path)

@@ -1,4 +1,4 @@
-"""Sample type, model-input transform, collate, static freezing and frame sampling."""
+"""Sample type (layers by name), depth-order compositing, layout matching, collate, static freezing, frame sampling."""
 
 import numpy as np
 import pytest
@@ -6,59 +6,111 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerflow.data import FrameSampler, LayeredSample, SampleError, collate_layered, sample_rng, to_static
+from layerflow.data import (
+    FrameSampler,
+    Layer,
+    LayeredSample,
+    SampleError,
+    collate_layered,
+    composite_layers,
+    foreground_names,
+    sample_rng,
+    to_static,
+)
+from layerflow.layout import LayerLayout
 
 
-def make_sample(t: int = 4, source: str = "video", seed: int = 0) -> LayeredSample:
+def make_sample(t: int = 4, source: str = "video", seed: int = 0, foregrounds: int = 1) -> LayeredSample:
     g = torch.Generator().manual_seed(seed)
+    layers = {
+        name: Layer("foreground", torch.rand(t, 3, 8, 10, generator=g), torch.rand(t, 1, 8, 10, generator=g))
+        for name in foreground_names(foregrounds)
+    }
+    layers["background"] = Layer("background", torch.rand(t, 3, 8, 10, generator=g))
+    layers["composite"] = Layer("composite", torch.rand(t, 3, 8, 10, generator=g))
     return LayeredSample(
         sample_id=f"s{seed}",
-        foreground=torch.rand(t, 3, 8, 10, generator=g),
-        alpha=torch.rand(t, 1, 8, 10, generator=g),
-        background=torch.rand(t, 3, 8, 10, generator=g),
-        composite=torch.rand(t, 3, 8, 10, generator=g),
-        prompts={"foreground": "f", "background": "b", "composite": "c"},
+        layers=layers,
+        prompts={name: name[0] + name[-1] for name in layers},
         source=source,  # type: ignore[arg-type]
         fps=8.0,
     )
 
 
-def test_model_inputs_match_official_image_process_simple():
-    sample = make_sample()
-    inputs = sample.to_model_inputs()
-    # Official: rgb = x / 127.5 - 1, out = a * rgb  (foreground premultiplied onto 0 = mid grey).
-    rgb = sample.foreground * 2 - 1
-    torch.testing.assert_close(inputs.foreground, sample.alpha * rgb)
-    torch.testing.assert_close(inputs.alpha, sample.alpha.expand(-1, 3, -1, -1) * 2 - 1)
-    torch.testing.assert_close(inputs.background, sample.background * 2 - 1)
-    assert inputs.concat().shape == (16, 3, 8, 10)
-    torch.testing.assert_close(inputs.concat()[4:8], inputs.alpha)
+def test_composite_is_the_exact_over_of_foregrounds_front_to_back():
+    sample = make_sample(foregrounds=2)
+    front, back = sample.layers["foreground_0"], sample.layers["foreground_1"]
+    background = sample.layers["background"].rgb
+    behind = back.alpha * back.rgb + (1 - back.alpha) * background
+    expected = front.alpha * front.rgb + (1 - front.alpha) * behind
+    torch.testing.assert_close(composite_layers([front, back], background), expected)
+    assert sample.frames()["foreground_0"].shape == (4, 4, 8, 10)  # straight RGBA, as pipeline conditions
+    assert sample.frames()["background"].shape == (4, 3, 8, 10)
 
 
 def test_sample_rejects_bad_shapes_and_prompts():
     sample = make_sample()
-    with pytest.raises(ValueError, match="alpha has shape"):
-        LayeredSample(**{**vars(sample), "alpha": torch.rand(3, 1, 8, 10)})
-    with pytest.raises(ValueError, match="prompts lack"):
+    bad = dict(
+        sample.layers,
+        foreground=Layer("foreground", sample.layers["foreground"].rgb, torch.rand(3, 1, 8, 10)),
+    )
+    with pytest.raises(ValueError, match="layer 'foreground' alpha has shape"):
+        LayeredSample(**{**vars(sample), "layers": bad})
+    opaque_fg = dict(sample.layers, foreground=Layer("foreground", sample.layers["foreground"].rgb))
+    with pytest.raises(ValueError, match="layer 'foreground' alpha has shape None"):
+        LayeredSample(**{**vars(sample), "layers": opaque_fg})
+    with pytest.raises(ValueError, match=r"prompts lack layer\(s\) \['background', 'composite'\]"):
         LayeredSample(**{**vars(sample), "prompts": {"foreground": "f"}})
+
+
+def test_for_layout_matches_by_name_then_by_role_in_depth_order():
+    sample = make_sample(foregrounds=2)
+    same = sample.for_layout(LayerLayout.with_foregrounds(2))
+    assert list(same.layers) == ["foreground_0", "foreground_1", "background", "composite"]
+    custom = LayerLayout.from_dict(
+        {
+            "alpha": "alpha_clip",
+            "layers": [
+                {"name": "near", "role": "foreground"},
+                {"name": "far", "role": "foreground"},
+                {"name": "bg", "role": "background"},
+                {"name": "blend", "role": "composite"},
+            ],
+        }
+    )
+    renamed = sample.for_layout(custom)
+    assert list(renamed.layers) == ["near", "far", "bg", "blend"]
+    assert renamed.layers["far"] is sample.layers["foreground_1"]
+    assert renamed.prompts["far"] == sample.prompts["foreground_1"]
+    with pytest.raises(ValueError, match=r"sample 's0' has layers .*the model's layout needs"):
+        sample.for_layout(LayerLayout.official())
 
 
 def test_collate_stacks_and_gates_by_source():
     batch = collate_layered([make_sample(seed=0), make_sample(source="static", seed=1)])
-    assert batch.foreground.shape == (2, 4, 3, 8, 10)
+    assert batch.layers["foreground"].rgb.shape == (2, 4, 3, 8, 10)
+    assert batch.layers["foreground"].alpha.shape == (2, 4, 1, 8, 10)
+    assert batch.layers["background"].alpha is None
     assert batch.is_static.tolist() == [0.0, 1.0]
-    assert batch.layer_prompts() == [["f", "b", "c"], ["f", "b", "c"]]
-    torch.testing.assert_close(batch.to_model_inputs().alpha[1], make_sample(seed=1).to_model_inputs().alpha)
+    assert batch.prompts == {
+        "foreground": ["fd", "fd"],
+        "background": ["bd", "bd"],
+        "composite": ["ce", "ce"],
+    }
+    torch.testing.assert_close(batch.layers["composite"].rgb[1], make_sample(seed=1).layers["composite"].rgb)
     with pytest.raises(ValueError, match="cannot batch"):
         collate_layered([make_sample(t=4), make_sample(t=2)])
+    with pytest.raises(ValueError, match="one layer layout"):
+        collate_layered([make_sample(), make_sample(foregrounds=2)])
 
 
 def test_to_static_repeats_one_frame():
-    sample = make_sample()
+    sample = make_sample(foregrounds=2)
     frozen = to_static(sample, 2, num_frames=5)
     assert frozen.source == "static" and frozen.num_frames == 5
     for t in range(5):
-        torch.testing.assert_close(frozen.background[t], sample.background[2])
+        for name, layer in frozen.layers.items():
+            torch.testing.assert_close(layer.frames[t], sample.layers[name].frames[2])
 
 
 def test_official_sampler_duplicates_one_frame():

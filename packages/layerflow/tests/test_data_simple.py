@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from layerflow.codec import premultiply_onto_grey
 from layerflow.data import FrameSampler, Preprocess, SampleError, SimpleLayoutDataset, collate_layered
 from layerflow.data.testing import PROMPTS, layer_frames, write_simple_sample, write_video
 
@@ -26,10 +27,12 @@ def test_reads_frames_and_computes_composite(tmp_path, separate_alpha):
     sample = SimpleLayoutDataset(tmp_path, NATIVE)[0]
     fg, alpha, bg = expected_layers(layers, [0, 1, 2, 3])
     visible = alpha > 0
-    torch.testing.assert_close(sample.alpha, alpha)
-    torch.testing.assert_close(sample.foreground * visible, fg * visible, atol=1e-6, rtol=0)
-    torch.testing.assert_close(sample.background, bg)
-    torch.testing.assert_close(sample.composite, alpha * fg + (1 - alpha) * bg, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sample.layers["foreground"].alpha, alpha)
+    torch.testing.assert_close(sample.layers["foreground"].rgb * visible, fg * visible, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sample.layers["background"].rgb, bg)
+    torch.testing.assert_close(
+        sample.layers["composite"].rgb, alpha * fg + (1 - alpha) * bg, atol=1e-6, rtol=0
+    )
     assert sample.prompts == PROMPTS and sample.source == "static" and sample.fps == 12
 
 
@@ -42,8 +45,8 @@ def test_reads_video_layers(tmp_path):
     sample = SimpleLayoutDataset(tmp_path, NATIVE)[0]
     _, alpha, bg = expected_layers(layers, [0, 1, 2, 3])
     assert sample.fps == 8
-    torch.testing.assert_close(sample.alpha, alpha, atol=1.5 / 255, rtol=0)
-    torch.testing.assert_close(sample.background, bg, atol=2.5 / 255, rtol=0)
+    torch.testing.assert_close(sample.layers["foreground"].alpha, alpha, atol=1.5 / 255, rtol=0)
+    torch.testing.assert_close(sample.layers["background"].rgb, bg, atol=2.5 / 255, rtol=0)
 
 
 def test_resize_center_crop_and_deterministic_windows(tmp_path):
@@ -51,16 +54,19 @@ def test_resize_center_crop_and_deterministic_windows(tmp_path):
     preprocess = Preprocess(height=16, width=16, frames=FrameSampler(num_frames=3, stride=2))
     dataset = SimpleLayoutDataset(tmp_path, preprocess, seed=5)
     first = dataset[0]
-    assert first.foreground.shape == (3, 3, 16, 16) and first.fps == 4
-    assert float(first.foreground.min()) >= 0 and float(first.alpha.max()) <= 1
-    torch.testing.assert_close(dataset[0].composite, first.composite)
+    assert first.layers["foreground"].rgb.shape == (3, 3, 16, 16) and first.fps == 4
+    assert (
+        float(first.layers["foreground"].rgb.min()) >= 0
+        and float(first.layers["foreground"].alpha.max()) <= 1
+    )
+    torch.testing.assert_close(dataset[0].layers["composite"].rgb, first.layers["composite"].rgb)
     windows = set()
     for epoch in range(8):
         dataset.set_epoch(epoch)
-        windows.add(float(dataset[0].background.sum()))
+        windows.add(float(dataset[0].layers["background"].rgb.sum()))
     assert len(windows) > 1
     batch = collate_layered([dataset[0], dataset[0]])
-    assert batch.alpha.shape == (2, 3, 1, 16, 16)
+    assert batch.layers["foreground"].alpha.shape == (2, 3, 1, 16, 16)
 
 
 def test_premultiplied_resize_keeps_edges_clean(tmp_path):
@@ -74,11 +80,15 @@ def test_premultiplied_resize_keeps_edges_clean(tmp_path):
         Image.fromarray(rgba[t], "RGBA").save(tmp_path / "a" / "foreground" / f"{t:04d}.png")
     preprocess = Preprocess(height=12, width=16, frames=FrameSampler(num_frames=4, start="first"))
     sample = SimpleLayoutDataset(tmp_path, preprocess)[0]
-    grey = sample.to_model_inputs().foreground
-    edge = (sample.alpha > 0.05) & (sample.alpha < 0.95)
+    fg = sample.layers["foreground"]
+    grey = premultiply_onto_grey(fg.rgb, fg.alpha)
+    edge = (sample.layers["foreground"].alpha > 0.05) & (sample.layers["foreground"].alpha < 0.95)
     source_max = torch.from_numpy(layers["foreground"]).float().max() / 255
-    assert float(((grey + 1) / 2).max()) <= 1.0
-    assert float(sample.foreground[edge.expand_as(sample.foreground)].max()) <= source_max + 1e-3
+    assert float(grey.max()) <= 1.0
+    assert (
+        float(sample.layers["foreground"].rgb[edge.expand_as(sample.layers["foreground"].rgb)].max())
+        <= source_max + 1e-3
+    )
 
 
 def break_frame_count(root):
@@ -144,4 +154,4 @@ def test_dataloader_workers_give_the_same_batches(tmp_path):
         batches[workers] = list(loader)
     for single, parallel in zip(batches[0], batches[2]):
         assert single.sample_ids == parallel.sample_ids
-        torch.testing.assert_close(single.composite, parallel.composite)
+        torch.testing.assert_close(single.layers["composite"].rgb, parallel.layers["composite"].rgb)

@@ -32,7 +32,7 @@ def test_tasks_resolve_conditions_and_prompts():
     decompose = layout.for_task("decompose")
     assert decompose.condition_clips == (3,) and decompose.generated_clips == (0, 1, 2)
     assert [lay.name for lay in decompose.prompt_layers] == ["foreground", "background"]
-    assert decompose.segment_lengths(226, 1350) == [226, 226, 1350, 1350, 1350, 1350]
+    assert decompose.segment_lengths(226, [1350, 1350, 1350, 1350]) == [226, 226, 1350, 1350, 1350, 1350]
 
 
 def test_two_foreground_layout():

@@ -90,8 +90,12 @@ def test_every_task_runs_and_keeps_the_condition_bit_identical(pipe, task):
 
     # The clean condition latents: same generator stream as the pipeline (encoding comes first).
     batched = {k: v.unsqueeze(0) for k, v in _conditions_for(pipe, task).items()}
-    expected = pipe.encode_condition_clips(task_layout, batched, torch.Generator().manual_seed(0))
-    assert sorted(expected) == list(task_layout.condition_clips)
+    frames = pipe.geometry.check(8, 16, 16, pipe.layer_layout)
+    expected = {}
+    if batched:
+        posterior = pipe.codec.encode(batched, frames, task_layout.condition_clips)
+        encoded = posterior.sample(torch.Generator().manual_seed(0)).split(2, dim=1)
+        expected = {index: encoded[index] for index in task_layout.condition_clips}
     assert len(recorder.inputs) == 2
     for index, latent in expected.items():
         assert torch.equal(clips[index], latent), "condition changed by sampling"
@@ -207,11 +211,12 @@ def test_latent_offset_condition_uses_the_transparent_vae():
     frames = _conditions_for(pipe, "foreground_to_background")["foreground"].unsqueeze(0)
     task_layout = pipe.layer_layout.for_task("foreground_to_background")
     (index,) = task_layout.condition_clips
-    latent = pipe.encode_condition_clips(task_layout, {"foreground": frames}, None)[index]
+    geometry = pipe.geometry.check(8, 16, 16, pipe.layer_layout)
+    latent = pipe.codec.encode({"foreground": frames}, geometry, [index]).sample(None).split(2, dim=1)[index]
     # Zero-initialised offset encoder: the latent is the base VAE's posterior mean of the grey composite.
     grey = frames[:, :, :3] * frames[:, :, 3:] + 0.5 * (1 - frames[:, :, 3:])
     mean = pipe.vae.encode((grey * 2 - 1).permute(0, 2, 1, 3, 4)).latent_dist.mean
-    torch.testing.assert_close(latent, (mean * pipe.vae_scaling_factor).permute(0, 2, 1, 3, 4))
+    torch.testing.assert_close(latent, (mean * pipe.geometry.scaling_factor).permute(0, 2, 1, 3, 4))
 
 
 def test_isolated_conditions_need_depth_and_layer_attention(pipe):

@@ -58,7 +58,12 @@ def test_stage_mismatch_raises(tmp_path: Path) -> None:
         ("[objective.tasks]\ngenerate = 1.0\ninpaint = 1.0\n", "objective.tasks"),
         ("[objective.tasks]\ngenerate = -1.0\n", "objective.tasks.generate"),
         ("[[data.sources]]\nkind = 'simple'\n", "data.sources[0].root"),
-        ("[[data.sources]]\nkind = 'copy_paste'\nforegrounds = 'fg'\n", "data.sources[0].backgrounds"),
+        (
+            "[[data.sources]]\nkind = 'copy_paste'\nforeground_clips = 'fg'\n",
+            "data.sources[0].background_clips",
+        ),
+        ("[[data.sources]]\nkind = 'simple'\nroot = 'r'\nforegrounds = 2\n", "data.sources[0].foregrounds"),
+        ("[[data.sources]]\nkind = 'synthetic'\nforegrounds = 0\n", "data.sources[0].foregrounds"),
         ("[[data.sources]]\nkind = 'webdataset'\n", "data.sources[0].kind"),
         ("[data]\nsources = []\n", "data.sources"),
         ("unknown_section = 1\n", "unknown_section"),
@@ -70,6 +75,53 @@ def test_bad_values_raise_naming_the_key(tmp_path: Path, text: str, key: str) ->
     with pytest.raises(ConfigError) as error:
         load_config(path, 1)
     assert key in str(error.value)
+
+
+LAYOUT = """[model]
+layout = { alpha = "alpha_clip", layers = [
+    { name = "fg1", role = "foreground" },
+    { name = "fg2", role = "foreground" },
+    { name = "bg", role = "background" },
+    { name = "blend", role = "composite" },
+] }
+"""
+
+
+def test_layout_table_takes_the_model_index_form(tmp_path: Path) -> None:
+    from layerflow.layout import LayerLayout, LayerSpec
+    from layerflow.training.export import config_layout
+
+    path = tmp_path / "c.toml"
+    path.write_text(LAYOUT)
+    layout = config_layout(load_config(path, 1))
+    specs = (("fg1", "foreground"), ("fg2", "foreground"), ("bg", "background"), ("blend", "composite"))
+    assert layout == LayerLayout(tuple(LayerSpec(n, r) for n, r in specs), "alpha_clip")
+    assert LayerLayout.from_dict(layout.to_dict()) == layout  # the model_index.json form round-trips
+    path.write_text(LAYOUT.replace('alpha = "alpha_clip"', 'alpha = "latent_offset", vae_pass = "per_clip"'))
+    assert config_layout(load_config(path, 1)).alpha == "latent_offset"
+    assert config_layout(load_config(None, 1)) is None  # default: the base model's own layout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('role = "background"', 'role = "sky"'), r"model\.layout\.layers\[2\]\.role must be one of"),
+        (('"alpha_clip"', '"rgba"'), r"model\.layout\.alpha must be one of"),
+        (('name = "fg2"', 'name = "fg1"'), r"model\.layout: layer names must be unique, repeated: \['fg1'\]"),
+        (('{ name = "bg", role', "{ role"), r"model\.layout\.layers\[2\]\.name is required"),
+        (('alpha = "alpha_clip"', 'alpha = "alpha_clip", vae_pas = "joint"'), r"model\.layout\.vae_pas"),
+        (
+            ('alpha = "alpha_clip"', 'alpha = "latent_offset", vae_pass = "joint"'),
+            r"model\.layout: the joint VAE",
+        ),
+        (('name = "fg2"', 'name = "fg 2"'), r"model\.layout: layer name must be a non-empty identifier"),
+    ],
+)
+def test_bad_layout_tables_name_the_dotted_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(LAYOUT.replace(*change, 1))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, 1)
 
 
 def test_per_sample_mixing_refuses_decompose_with_other_tasks(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from layerflow.training.objective import (
     STREAM_NOISE,
     ModelBatch,
     Objective,
-    layout_clip_names,
     masked_v_loss,
     sample_generator,
 )
@@ -20,10 +19,16 @@ from layerflow.training.objective import (
 S, D, C, T, H = 4, 8, 4, 2, 3  # tokens per prompt, text width, latent channels, frames per clip, latent size
 
 
-def make_objective(tasks: dict[str, float], *, dropout: float = 0.0, mixing: str = "per_batch") -> Objective:
+def make_objective(
+    tasks: dict[str, float],
+    *,
+    dropout: float = 0.0,
+    mixing: str = "per_batch",
+    layout: LayerLayout | None = None,
+) -> Objective:
     return Objective(
         make_scheduler("dpm"),
-        LayerLayout.official(),
+        layout or LayerLayout.official(),
         tasks,
         task_mixing=mixing,
         text_dropout=dropout,
@@ -32,24 +37,38 @@ def make_objective(tasks: dict[str, float], *, dropout: float = 0.0, mixing: str
     )
 
 
-def make_batch(batch: int = 2, seed: int = 0) -> ModelBatch:
+def make_batch(batch: int = 2, seed: int = 0, clips: int = 4, layers: int = 3) -> ModelBatch:
     generator = torch.Generator().manual_seed(seed)
     return ModelBatch(
-        latents=torch.randn(batch, 4 * T, C, H, H, generator=generator),
-        prompt_embeds=torch.randn(batch, 3 * S, D, generator=generator),
+        latents=torch.randn(batch, clips * T, C, H, H, generator=generator),
+        prompt_embeds=torch.randn(batch, layers * S, D, generator=generator),
         is_static=torch.zeros(batch),
-        clip_frames=T,
+        clip_frames=(T,) * clips,
         sample_ids=[f"s{i}" for i in range(batch)],
     )
 
 
-def test_layout_clips_map_to_data_clips() -> None:
-    assert layout_clip_names(LayerLayout.official()) == ["foreground", "alpha", "background", "composite"]
-    assert layout_clip_names(LayerLayout.official("rgb")) == ["foreground", "background", "composite"]
-    with pytest.raises(ValueError, match="transparent VAE"):
-        layout_clip_names(LayerLayout.official("latent_offset"))
-    with pytest.raises(ValueError, match="one foreground"):
-        layout_clip_names(LayerLayout.with_foregrounds(2))
+@pytest.mark.parametrize(
+    ("task", "condition_clips", "prompt_layers"),
+    [
+        ("generate", [], [0, 1, 2, 3]),
+        ("foreground_to_background", [0, 1, 2, 3], [0, 1, 2, 3]),
+        ("background_to_foreground", [4], [0, 1, 2, 3]),
+        ("decompose", [5], [0, 1, 2]),
+    ],
+)
+def test_two_foreground_layout_drives_loss_mask_and_prompts(task, condition_clips, prompt_layers) -> None:
+    """Clips fg0 | a0 | fg1 | a1 | bg | composite; prompts fg0, fg1, bg, composite (hand-listed oracle)."""
+    objective = make_objective({task: 1.0}, layout=LayerLayout.with_foregrounds(2))
+    batch = make_batch(clips=6, layers=4)
+    noised = objective.noise(batch, step=0, micro_step=0, positions=[0, 1])
+    expected_mask = torch.ones(6, T)
+    expected_mask[condition_clips] = 0.0
+    assert torch.equal(noised.loss_mask, expected_mask.flatten().expand(2, -1))
+    rows = batch.prompt_embeds.unflatten(1, (4, S))
+    assert torch.equal(noised.text, rows[:, prompt_layers].flatten(1, 2))
+    with pytest.raises(ValueError, match="the layout has 6 clips"):
+        objective.noise(make_batch(), step=0, micro_step=0, positions=[0, 1])
 
 
 @pytest.mark.parametrize(
@@ -140,7 +159,11 @@ def test_draws_do_not_depend_on_how_the_global_batch_is_split() -> None:
     halves = [
         objective.noise(
             ModelBatch(
-                batch.latents[i : i + 2], batch.prompt_embeds[i : i + 2], batch.is_static[i : i + 2], T, []
+                batch.latents[i : i + 2],
+                batch.prompt_embeds[i : i + 2],
+                batch.is_static[i : i + 2],
+                (T,) * 4,
+                [],
             ),
             5,
             1,

@@ -81,7 +81,7 @@ def test_stock_cogvideox_folder_as_base(tmp_path: Path) -> None:
     from diffusers import CogVideoXTransformer3DModel
 
     from layerflow.testing import build_tiny_pipeline, tiny_transformer_config
-    from layerflow.training.export import TINY_PROMPT_TOKENS, tiny_words
+    from layerflow.tiny import TINY_PROMPT_TOKENS, tiny_words
 
     tiny = build_tiny_pipeline(words=tiny_words())
     folder = tmp_path / "cogvideox"
@@ -99,38 +99,40 @@ def test_stock_cogvideox_folder_as_base(tmp_path: Path) -> None:
     assert any(name.startswith("patch_embed.layer_embedder.") for name in run.trained)
 
 
-def test_on_the_fly_encoding_matches_the_vae_posterior_and_the_cache(tmp_path: Path) -> None:
-    """On the fly: scaled posterior samples of the official clips, in layout order; text as the cache stores it."""
-    from layerflow.data import collate_cached, collate_layered, encode_latents
-    from layerflow.layout import LayerLayout
+def test_on_the_fly_encoding_matches_the_cache_layout_and_text(tmp_path: Path) -> None:
+    """On the fly and from the cache: the layout's clips in layout order (posterior mean x scale in the
+    cache, a posterior draw on the fly) and the same layer-prompt embeddings."""
+    from layerflow.data import collate_cached, collate_for_layout, encode_sample
     from layerflow.training.datasets import build_cached_mix, build_source
     from layerflow.training.encoding import BatchEncoder, prompt_encoder
     from layerflow.training.export import load_base
-    from layerflow.training.objective import STREAM_POSTERIOR, layout_clip_names, sample_generator
+    from layerflow.training.objective import STREAM_POSTERIOR, sample_generator
 
     config = tiny_test_config(tmp_path, 1, {"data": {"cache_dir": str(tmp_path / "cache")}})
     pipeline = load_base(config)
+    codec = pipeline.codec
     text_encoder = prompt_encoder(pipeline, pipeline.transformer.config.max_text_seq_length)
     dataset = build_source(config, config.data.sources[0])
     samples = [dataset[0], dataset[1]]
-    cached = build_cached_mix(config, pipeline.vae, text_encoder)
-    scale = pipeline.vae.config.scaling_factor
-    for alpha, clips in (("alpha_clip", [0, 1, 2, 3]), ("rgb", [0, 2, 3])):
-        names = layout_clip_names(LayerLayout.official(alpha))  # type: ignore[arg-type]
-        encoder = BatchEncoder(
-            names, vae=pipeline.vae, text_encoder=text_encoder, encode_mode="per_clip", seed=0,
-            device=torch.device("cpu"), dtype=torch.float32,
-        )  # fmt: skip
-        fly = encoder(collate_layered(samples), step=2, micro_step=1, positions=[4, 5])
-        from_cache = encoder(collate_cached([cached[0], cached[1]]), step=2, micro_step=1, positions=[4, 5])
-        assert fly.latents.shape == from_cache.latents.shape
-        assert torch.equal(fly.prompt_embeds, from_cache.prompt_embeds)
-        for b, (sample, position) in enumerate(zip(samples, (4, 5), strict=True)):
-            mean, std, frames = encode_latents(pipeline.vae, sample.to_model_inputs(), "per_clip")
-            eps = torch.randn(mean.shape, generator=sample_generator(0, 2, 1, position, STREAM_POSTERIOR))
-            expected = ((mean + std * eps) * scale).split(frames, dim=1)
-            expected = torch.cat([expected[c] for c in clips], dim=1).permute(1, 0, 2, 3)
-            torch.testing.assert_close(fly.latents[b], expected)
+    cached = build_cached_mix(config, codec, text_encoder)
+    cached.sources[0].sample_posterior = False
+    encoder = BatchEncoder(
+        codec, text_encoder=text_encoder, seed=0, device=torch.device("cpu"), dtype=torch.float32
+    )
+    fly = encoder(collate_for_layout(samples, codec.layout), step=2, micro_step=1, positions=[4, 5])
+    from_cache = encoder(collate_cached([cached[0], cached[1]]), step=2, micro_step=1, positions=[4, 5])
+    assert fly.latents.shape == from_cache.latents.shape == (2, 8, 4, 4, 4)
+    assert fly.clip_frames == from_cache.clip_frames == (2, 2, 2, 2)
+    assert torch.equal(fly.prompt_embeds, from_cache.prompt_embeds)
+    scale = codec.geometry.scaling_factor
+    for b, (sample, position) in enumerate(zip(samples, (4, 5), strict=True)):
+        posterior, _ = encode_sample(codec, sample.layers)
+        torch.testing.assert_close(from_cache.latents[b], posterior.mean[0] * scale)
+        # One VAE pass per clip, each drawing its [1, C, t, h, w] noise in turn from the sample's generator.
+        generator = sample_generator(0, 2, 1, position, STREAM_POSTERIOR)
+        draws = [torch.randn(1, 4, 2, 4, 4, generator=generator)[0].permute(1, 0, 2, 3) for _ in range(4)]
+        expected = (posterior.mean[0] + posterior.std[0] * torch.cat(draws)) * scale
+        torch.testing.assert_close(fly.latents[b], expected)
 
 
 def test_training_with_on_the_fly_encoding(tmp_path: Path) -> None:

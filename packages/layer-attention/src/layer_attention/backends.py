@@ -1,7 +1,8 @@
 """Attention backends. Each declares what it supports as class data; `not_supported_reasons` reads it.
 
-The dispatcher (:mod:`layer_attention.dispatch`) never guesses: it asks every backend for its
-reasons and either runs one that has none or raises with all of them.
+The dispatcher (:mod:`layer_attention.dispatch`) asks every backend for its reasons and either runs
+one that has none or raises with all of them; among those that can run, ``"auto"`` follows the
+measured crossovers (:mod:`layer_attention.crossovers`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .call import AttentionCall
 from .grouping import grouped_attention
 from .layout import SegmentLayout
 from .reference import reference_attention
@@ -54,33 +56,35 @@ class AttentionBackend(ABC):
     def runnable_devices(self) -> frozenset[str] | None:
         return self.devices
 
-    def not_supported_reasons(self, q: torch.Tensor) -> list[str]:
+    def not_supported_reasons(self, q: torch.Tensor | AttentionCall) -> list[str]:
         """Every reason this backend cannot run ``q`` (and same-shaped k, v); empty when it can."""
+        call = q if isinstance(q, AttentionCall) else AttentionCall.of(q)
         reasons: list[str] = []
         error = self.import_error()
         if error is not None:
             reasons.append(f"not importable ({self.required_module}: {error})")
         devices = self.runnable_devices()
-        if devices is not None and q.device.type not in devices:
+        if devices is not None and call.device_type not in devices:
             need = "needs CUDA" if self.requires_cuda else f"runs on {sorted(devices)}"
-            reasons.append(f"{need} (tensors are on {q.device.type})")
-        if q.dtype not in self.dtypes:
-            reasons.append(f"dtype {q.dtype} not in {sorted(str(d) for d in self.dtypes)}")
-        if self.head_dims is not None and q.shape[-1] not in self.head_dims:
-            reasons.append(f"head dim {q.shape[-1]} not in {sorted(self.head_dims)}")
+            reasons.append(f"{need} (tensors are on {call.device_type})")
+        if call.dtype not in self.dtypes:
+            reasons.append(f"dtype {call.dtype} not in {sorted(str(d) for d in self.dtypes)}")
+        if self.head_dims is not None and call.head_dim not in self.head_dims:
+            reasons.append(f"head dim {call.head_dim} not in {sorted(self.head_dims)}")
         return reasons
 
-    def auto_reasons(self, q: torch.Tensor) -> list[str]:
+    def auto_reasons(self, q: torch.Tensor | AttentionCall) -> list[str]:
         """Extra reasons ``"auto"`` skips this backend (it may still run when requested by name)."""
-        if self.auto_devices is not None and q.device.type not in self.auto_devices:
-            return [f"auto picks it only for {sorted(self.auto_devices)} tensors (got {q.device.type})"]
+        device_type = q.device_type if isinstance(q, AttentionCall) else q.device.type
+        if self.auto_devices is not None and device_type not in self.auto_devices:
+            return [f"auto picks it only for {sorted(self.auto_devices)} tensors (got {device_type})"]
         return []
 
     @abstractmethod
     def attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout, scale: float
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout | None, scale: float
     ) -> torch.Tensor:
-        """``[B, H, N, D]`` output; inputs are validated and supported."""
+        """``[B, H, N, D]`` output; inputs are validated and supported. ``layout=None``: full attention."""
 
 
 class TritonBackend(AttentionBackend):
@@ -108,18 +112,18 @@ class TritonBackend(AttentionBackend):
         assert self.devices is not None
         return self.devices | {"cpu"} if self.interpreted() else self.devices
 
-    def not_supported_reasons(self, q: torch.Tensor) -> list[str]:
+    def not_supported_reasons(self, q: torch.Tensor | AttentionCall) -> list[str]:
         reasons = super().not_supported_reasons(q)
         if q.dtype == torch.bfloat16 and self.interpreted():
             reasons.append("the Triton interpreter (TRITON_INTERPRET=1) cannot compute in bfloat16")
         return reasons
 
     def attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout, scale: float
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout | None, scale: float
     ) -> torch.Tensor:
         from .kernels.triton_autograd import triton_layer_attention
 
-        return triton_layer_attention(q, k, v, layout, scale)
+        return triton_layer_attention(q, k, v, layout or SegmentLayout.cached([q.shape[2]]), scale)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -133,9 +137,9 @@ class SDPABackend(AttentionBackend):
     dtypes = _HALF_AND_FLOAT | {torch.float64}
 
     def attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout, scale: float
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout | None, scale: float
     ) -> torch.Tensor:
-        if layout.is_full:
+        if layout is None or layout.is_full:
             return _sdpa(q, k, v, scale)  # no mask at all, so the flash / efficient kernels stay eligible
         return grouped_attention(q, k, v, layout, scale, _sdpa)
 
@@ -160,9 +164,9 @@ class XFormersBackend(AttentionBackend):
     required_module = "xformers.ops"
 
     def attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout, scale: float
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout | None, scale: float
     ) -> torch.Tensor:
-        if layout.is_full:
+        if layout is None or layout.is_full:
             return _xformers_attend(q, k, v, scale)
         if layout.is_block_diagonal:
             return self._block_diagonal(q, k, v, layout, scale)
@@ -195,14 +199,16 @@ class ReferenceBackend(AttentionBackend):
     dtypes = _HALF_AND_FLOAT | {torch.float64}
 
     def attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout, scale: float
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout | None, scale: float
     ) -> torch.Tensor:
-        return reference_attention(q, k, v, layout, scale)
+        return reference_attention(q, k, v, layout or SegmentLayout.cached([q.shape[2]]), scale)
 
 
 #: Every backend by name.
 BACKENDS: dict[str, AttentionBackend] = {
     b.name: b for b in (TritonBackend(), XFormersBackend(), SDPABackend(), ReferenceBackend())
 }
-#: The order ``backend="auto"`` tries.
+#: The backends ``backend="auto"`` chooses among: SDPA (the stock path, the baseline) unless one of
+#: the others is measured faster for the call (:mod:`layer_attention.crossovers`); ties in that
+#: order.
 AUTO_ORDER: tuple[str, ...] = ("triton", "xformers", "sdpa")

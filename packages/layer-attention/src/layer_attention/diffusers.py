@@ -46,9 +46,7 @@ class LayerAttentionProcessor:
         text_len = encoder_hidden_states.size(1)
         hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         batch, seq_len, _ = hidden_states.shape
-        if layout is None:
-            layout = SegmentLayout([seq_len])
-        elif layout.seq_len != seq_len:
+        if layout is not None and layout.seq_len != seq_len:
             raise ValueError(
                 f"layout covers {layout.seq_len} tokens (segments {list(layout.lengths)}) but the joint "
                 f"sequence has {seq_len} = {text_len} text + {seq_len - text_len} video tokens"

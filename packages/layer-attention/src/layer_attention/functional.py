@@ -12,11 +12,11 @@ from .layout import SegmentLayout
 
 
 def check_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout, scale: float | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout | None, scale: float | None
 ) -> None:
     """Raise a clear error for malformed inputs, before any compute."""
-    if not isinstance(layout, SegmentLayout):
-        raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
+    if layout is not None and not isinstance(layout, SegmentLayout):
+        raise TypeError(f"layout must be a SegmentLayout or None, got {type(layout).__name__}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -30,7 +30,7 @@ def check_inputs(
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.device == k.device == v.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.shape[2] != layout.seq_len:
+    if layout is not None and q.shape[2] != layout.seq_len:
         raise ValueError(
             f"sequence length N={q.shape[2]} does not match the layout's {layout.seq_len} tokens "
             f"(segments {list(layout.lengths)})"
@@ -43,7 +43,7 @@ def layer_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    layout: SegmentLayout,
+    layout: SegmentLayout | None = None,
     *,
     scale: float | None = None,
     backend: str = "auto",
@@ -52,15 +52,18 @@ def layer_attention(
 
     Args:
         q, k, v: ``[B, H, N, D]`` (strided views are fine), one dtype and device.
-        layout: the segments of the N tokens and which segment may attend which.
+        layout: the segments of the N tokens and which segment may attend which; ``None``: full
+            attention. Build it once per shape (``SegmentLayout.cached``) and reuse it.
         scale: softmax scale; default ``1 / sqrt(D)``.
-        backend: ``"auto"`` (Triton on CUDA, else xformers on CUDA, else SDPA), or ``"triton"``,
-            ``"xformers"``, ``"sdpa"``, ``"reference"``. A named backend that cannot run raises
+        backend: ``"auto"`` (SDPA unless another backend is measured faster for this call on this
+            device, see :mod:`layer_attention.dispatch`), or ``"triton"``, ``"xformers"``, ``"sdpa"``,
+            ``"reference"``. A named backend that cannot run raises
             :class:`~layer_attention.dispatch.BackendNotSupportedError`; see :func:`select_backend`.
 
     Returns:
         ``[B, H, N, D]`` in q's dtype.
     """
     check_inputs(q, k, v, layout, scale)
-    name = select_backend(q, backend)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    name = select_backend(q, backend, layout, needs_grad=needs_grad)
     return BACKENDS[name].attention(q, k, v, layout, scale if scale is not None else q.shape[-1] ** -0.5)

@@ -10,9 +10,10 @@ layout: like FlexAttention's ``BlockMask``, a layout is built once and threaded 
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -22,27 +23,64 @@ if TYPE_CHECKING:
 #: Tile-pair classes in :attr:`TileLists.classes`.
 SKIP, PARTIAL, FULL = 0, 1, 2
 
+#: ``SegmentLayout.key``: segment lengths and the allowed rows (``None`` for full attention).
+LayoutKey = tuple[tuple[int, ...], tuple[tuple[bool, ...], ...] | None]
+
 
 @dataclass(frozen=True)
 class CompressedTiles:
-    """CSR list of tiles: the tiles of row ``r`` are ``indices[offsets[r]:offsets[r + 1]]``."""
+    """CSR list of tiles: the tiles of row ``r`` are ``indices[offsets[r]:offsets[r + 1]]``.
+
+    The same tiles also as runs of consecutive tiles: run ``k`` of row ``r`` (``run_offsets[r] <= k <
+    run_offsets[r + 1]``) covers tiles ``run_starts[k] <= tile < run_ends[k]``. Segments are
+    contiguous, so a row's full tiles form a few runs, and a kernel walking runs has affine addresses
+    inside each run (what Triton's software pipelining wants) instead of an index load per tile.
+    """
 
     offsets: torch.Tensor  # int32 [rows + 1]
     indices: torch.Tensor  # int32 [nnz]
+    run_offsets: torch.Tensor  # int32 [rows + 1]
+    run_starts: torch.Tensor  # int32 [runs]
+    run_ends: torch.Tensor  # int32 [runs], exclusive
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> CompressedTiles:
         rows, cols = mask.nonzero(as_tuple=True)  # row-major, so columns are sorted within each row
-        counts = torch.bincount(rows, minlength=mask.shape[0])
-        offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int32)
-        offsets[1:] = torch.cumsum(counts, 0)
-        return cls(offsets, cols.to(torch.int32))
+        before = torch.zeros_like(mask)
+        before[:, 1:] = mask[:, :-1]
+        after = torch.zeros_like(mask)
+        after[:, :-1] = mask[:, 1:]
+        run_rows, run_starts = (mask & ~before).nonzero(as_tuple=True)
+        _, run_lasts = (mask & ~after).nonzero(as_tuple=True)
+        return cls(
+            _row_offsets(rows, mask.shape[0]),
+            cols.to(torch.int32),
+            _row_offsets(run_rows, mask.shape[0]),
+            run_starts.to(torch.int32),
+            (run_lasts + 1).to(torch.int32),
+        )
 
     def row(self, r: int) -> list[int]:
         return self.indices[int(self.offsets[r]) : int(self.offsets[r + 1])].tolist()
 
+    def runs(self, r: int) -> list[tuple[int, int]]:
+        """``[(start, end), ...]`` tile runs of row ``r`` (end exclusive)."""
+        lo, hi = int(self.run_offsets[r]), int(self.run_offsets[r + 1])
+        return list(zip(self.run_starts[lo:hi].tolist(), self.run_ends[lo:hi].tolist(), strict=True))
+
     def to(self, device: torch.device | str) -> CompressedTiles:
-        return CompressedTiles(self.offsets.to(device), self.indices.to(device))
+        return CompressedTiles(
+            *(
+                t.to(device)
+                for t in (self.offsets, self.indices, self.run_offsets, self.run_starts, self.run_ends)
+            )
+        )
+
+
+def _row_offsets(rows: torch.Tensor, count: int) -> torch.Tensor:
+    offsets = torch.zeros(count + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=count), 0)
+    return offsets
 
 
 @dataclass(frozen=True)
@@ -62,6 +100,11 @@ class TileLists:
     kv_partial: CompressedTiles
     q_full: CompressedTiles
     q_partial: CompressedTiles
+    #: int32 [T]: query tiles by decreasing work (visited key tiles), the launch order of the
+    #: forward and dQ programs, so the heaviest rows start first and short ones fill the tail.
+    q_order: torch.Tensor
+    #: int32 [T]: key tiles by decreasing work, the launch order of the dK/dV programs.
+    kv_order: torch.Tensor
 
     @property
     def visited_fraction(self) -> float:
@@ -77,6 +120,8 @@ class TileLists:
             self.kv_partial.to(device),
             self.q_full.to(device),
             self.q_partial.to(device),
+            self.q_order.to(device),
+            self.kv_order.to(device),
         )
 
 
@@ -88,6 +133,11 @@ class QueryGroup:
     key_segments: tuple[int, ...]
     query_ranges: tuple[tuple[int, int], ...]
     key_ranges: tuple[tuple[int, int], ...]
+
+
+def _work_order(visited: torch.Tensor) -> torch.Tensor:
+    """Tile indices by decreasing count of visited tiles (ties in index order), int32."""
+    return torch.sort(-visited.sum(1), stable=True).indices.to(torch.int32)
 
 
 def _merge_ranges(ranges: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -143,6 +193,61 @@ class SegmentLayout:
             if bool(table.all()):
                 table = None  # full attention: one canonical form, so the unmasked fast paths apply
         self._allowed = table
+        #: Hashable identity (lengths, allowed rows or None): equal keys describe the same attention.
+        self.key: LayoutKey = (
+            self.lengths,
+            None if table is None else tuple(tuple(bool(x) for x in row) for row in table.tolist()),
+        )
+
+    #: Layouts by key, most recently used last (see :meth:`cached`).
+    _cache: ClassVar[OrderedDict[LayoutKey, SegmentLayout]] = OrderedDict()
+    _cache_size: ClassVar[int] = 64
+    _cache_stats: ClassVar[dict[str, int]] = {"hits": 0, "misses": 0}
+
+    @classmethod
+    def cached(
+        cls, lengths: Sequence[int], allowed: Sequence[Sequence[bool]] | torch.Tensor | None = None
+    ) -> SegmentLayout:
+        """The shared layout for these lengths and table: built once per shape, then reused.
+
+        Every derived structure (tile lists, their device copies, segment ids, query groups) is
+        cached on the layout, so callers that go through here (the CogVideoX processor, LayerFlow's
+        pipeline and trainer) build them once per sequence shape for all blocks, denoising steps,
+        training steps and gradient-checkpointing recomputes. Keeps the 64 most recently used.
+        """
+        layout: SegmentLayout | None = None
+        if allowed is None:
+            key: LayoutKey = (tuple(lengths), None)  # no table to normalise: look up without building
+        else:
+            layout = cls(lengths, allowed)
+            key = layout.key
+        found = cls._cache.get(key)
+        if found is not None:
+            cls._cache.move_to_end(key)
+            cls._cache_stats["hits"] += 1
+            return found
+        cls._cache_stats["misses"] += 1
+        layout = layout or cls(lengths)
+        cls._cache[layout.key] = layout
+        while len(cls._cache) > cls._cache_size:
+            cls._cache.popitem(last=False)
+        return layout
+
+    @classmethod
+    def cache_info(cls) -> dict[str, int]:
+        """Hits, misses and size of the :meth:`cached` store (misses = layouts built)."""
+        return {**cls._cache_stats, "size": len(cls._cache)}
+
+    @classmethod
+    def cache_clear(cls) -> None:
+        """Forget every cached layout and reset the counters."""
+        cls._cache.clear()
+        cls._cache_stats.update(hits=0, misses=0)
+
+    @classmethod
+    def from_key(cls, key: LayoutKey) -> SegmentLayout:
+        """The :meth:`cached` layout of a :attr:`key`."""
+        return cls.cached(key[0], key[1])
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -229,28 +334,34 @@ class SegmentLayout:
             raise ValueError(f"block_size must be positive, got {block_size}")
         key = ("tiles", block_size)
         if key not in self._derived:
-            first, last = self._segment_range_of_tiles(block_size)
-            prefix = torch.zeros(self.num_segments + 1, self.num_segments + 1, dtype=torch.int64)
-            prefix[1:, 1:] = self.allowed.long().cumsum(0).cumsum(1)
-            a0, a1 = first[:, None], last[:, None] + 1
-            b0, b1 = first[None, :], last[None, :] + 1
-            count = prefix[a1, b1] - prefix[a0, b1] - prefix[a1, b0] + prefix[a0, b0]
-            total = (a1 - a0) * (b1 - b0)
-            full = count == total
-            if self.seq_len % block_size:
-                full[:, -1] = False  # the ragged key tail needs the bounds mask
-            classes = torch.where(count == 0, SKIP, torch.where(full, FULL, PARTIAL)).to(torch.int8)
-            self._derived[key] = TileLists(
-                block_size=block_size,
-                num_tiles=len(first),
-                classes=classes,
-                kv_full=CompressedTiles.from_mask(classes == FULL),
-                kv_partial=CompressedTiles.from_mask(classes == PARTIAL),
-                q_full=CompressedTiles.from_mask((classes == FULL).T),
-                q_partial=CompressedTiles.from_mask((classes == PARTIAL).T),
-            )
+            self._derived[key] = self._build_tiles(block_size)
         tiles: TileLists = self._derived[key]
         return tiles
+
+    def _build_tiles(self, block_size: int) -> TileLists:
+        first, last = self._segment_range_of_tiles(block_size)
+        prefix = torch.zeros(self.num_segments + 1, self.num_segments + 1, dtype=torch.int64)
+        prefix[1:, 1:] = self.allowed.long().cumsum(0).cumsum(1)
+        a0, a1 = first[:, None], last[:, None] + 1
+        b0, b1 = first[None, :], last[None, :] + 1
+        count = prefix[a1, b1] - prefix[a0, b1] - prefix[a1, b0] + prefix[a0, b0]
+        total = (a1 - a0) * (b1 - b0)
+        full = count == total
+        if self.seq_len % block_size:
+            full[:, -1] = False  # the ragged key tail needs the bounds mask
+        classes = torch.where(count == 0, SKIP, torch.where(full, FULL, PARTIAL)).to(torch.int8)
+        visited = classes != SKIP
+        return TileLists(
+            block_size=block_size,
+            num_tiles=len(first),
+            classes=classes,
+            kv_full=CompressedTiles.from_mask(classes == FULL),
+            kv_partial=CompressedTiles.from_mask(classes == PARTIAL),
+            q_full=CompressedTiles.from_mask((classes == FULL).T),
+            q_partial=CompressedTiles.from_mask((classes == PARTIAL).T),
+            q_order=_work_order(visited),
+            kv_order=_work_order(visited.T),
+        )
 
     def device_tiles(self, block_size: int, device: torch.device) -> TileLists:
         """:meth:`tiles` moved to ``device`` (cached, so a forward pass does no host-to-device copies)."""

@@ -28,6 +28,7 @@ import torch
 
 from .cli_checks import CliError, check_device, check_model_dir, check_numbers, check_output
 from .layout import LayerLayout
+<<<<<<< HEAD
 from .media import (
     IMAGE_SUFFIXES,
     MANIFEST_NAME,
@@ -37,6 +38,10 @@ from .media import (
     read_png_sequence,
     read_video,
 )
+=======
+from .media import IMAGE_SUFFIXES, frames_to_tensor, read_images, read_manifest, read_png_sequence, read_video
+from .variants import OFFICIAL_VARIANTS
+>>>>>>> main
 
 TASK_COMMANDS = {
     "generate": "generate",
@@ -104,6 +109,7 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
 
 
 # ------------------------------------------------------------------------------------------ model
+<<<<<<< HEAD
 def check_sizes(args: argparse.Namespace, conditions: dict[str, torch.Tensor]) -> None:
     """Frames and size (from the inputs or the flags) against the model's compression factors, before loading it."""
     from .json_files import read_json_object
@@ -126,19 +132,47 @@ def check_sizes(args: argparse.Namespace, conditions: dict[str, torch.Tensor]) -
         else (first.shape[-1] if first is not None else transformer.get("sample_width", 90) * spatial)
     )
     if first is not None and (frames, height, width) != (first.shape[0], *first.shape[-2:]):
+=======
+def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
+    """The model folder's ``model_index.json``, after checking that every component folder exists."""
+    from .pipelines.folders import read_model_index
+
+    try:
+        index = read_model_index(model_dir, REQUIRED_COMPONENTS)
+    except FileNotFoundError as error:
+        raise CliError(str(error)) from error
+    if (
+        index.get("transparent_vae")
+        and index["transparent_vae"][0]
+        and not (Path(model_dir) / "transparent_vae").is_dir()
+    ):
         raise CliError(
-            f"inputs have {first.shape[0]} frames of {first.shape[-2]}x{first.shape[-1]}, "
+            f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder"
+        )
+    return index
+
+
+def check_sizes(args: argparse.Namespace, layout: LayerLayout, conditions: dict[str, torch.Tensor]) -> None:
+    """Frames and size (from the inputs or the flags) against the model's geometry, before loading it."""
+    from .geometry import DEFAULT_CLIP_FRAMES, ModelGeometry, check_geometry
+
+    try:
+        geometry = ModelGeometry.from_folder(args.model)
+    except FileNotFoundError as error:
+        raise CliError(str(error)) from error
+    first = next(iter(conditions.values()), None)
+    found = (first.shape[0], *first.shape[-2:]) if first is not None else None
+    frames = args.frames or (found[0] if found else DEFAULT_CLIP_FRAMES)
+    height = args.height or (found[1] if found else geometry.default_height)
+    width = args.width or (found[2] if found else geometry.default_width)
+    if found is not None and (frames, height, width) != found:
+>>>>>>> main
+        raise CliError(
+            f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
             f"but --frames/--height/--width ask for {frames} frames of {height}x{width}"
         )
     try:
-        check_geometry(
-            frames,
-            height,
-            width,
-            spatial=spatial,
-            temporal=int(vae.get("temporal_compression_ratio", 4)),
-            patch=int(transformer.get("patch_size", 2)),
-        )
+        check_geometry(geometry, frames, height, width, layout)
     except ValueError as error:
         raise CliError(str(error)) from error
 
@@ -158,7 +192,10 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     else:
         pipe.to(device)
     if args.vae_tiling:
-        pipe.enable_vae_tiling()
+        try:
+            pipe.enable_vae_tiling()
+        except ValueError as error:
+            raise CliError(str(error)) from error
     pipe.enable_vae_slicing()
     return pipe
 
@@ -174,7 +211,7 @@ def run_task(args: argparse.Namespace) -> Path:
     negative = _pairs(args.negative, "--negative") or None
     if negative and args.unconditional == "zeros":
         raise CliError("--negative prompts are encoded: they cannot be used with --unconditional zeros")
-    unconditional = args.unconditional or ("encoded" if negative else "zeros")
+    unconditional = args.unconditional or ("encoded" if negative else None)
     try:
         task_layout.resolve_prompts(prompts)
     except (ValueError, TypeError) as error:
@@ -184,7 +221,7 @@ def run_task(args: argparse.Namespace) -> Path:
     if sorted(inputs) != sorted(needed):
         raise CliError(f"task {task!r} needs --input for {needed}, got {sorted(inputs) or 'none'}")
     conditions = load_inputs(inputs, _pairs(args.alpha, "--alpha"))
-    check_sizes(args, conditions)
+    check_sizes(args, layout, conditions)
     output = Path(args.output)
     check_output(
         output,
@@ -215,14 +252,16 @@ def run_task(args: argparse.Namespace) -> Path:
         raise CliError(str(error)) from error
     settings = {
         "model": str(args.model),
-        "steps": args.steps,
-        "guidance_scale": args.guidance,
-        "dynamic_cfg": args.dynamic_cfg,
+        "steps": result.settings["num_inference_steps"],
+        "guidance_scale": result.settings["guidance_scale"],
+        "dynamic_cfg": result.settings["use_dynamic_cfg"],
         "scheduler": args.scheduler,
-        "unconditional": unconditional,
+        "unconditional": result.settings["unconditional"],
         "negative_prompts": negative or {},
         "isolate_conditions": args.isolate_conditions,
         "alpha_representation": layout.alpha,
+        "vae_pass": layout.vae_pass,
+        "variant": layout.variant,
     }
     return result.save(
         output,
@@ -246,6 +285,16 @@ def describe(path: str | Path) -> str:
         lines = [f"LayerFlow model folder {path}"]
         layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
         lines.append(f"  layers: {[f'{s.name} ({s.role})' for s in layout.layers]}, alpha: {layout.alpha}")
+        lines.append(
+            f"  variant: {layout.variant or 'none (project layout)'}, tasks: {list(layout.tasks)}, "
+            f"VAE pass: {layout.vae_pass}"
+            + (", first frame duplicated" if layout.duplicate_first_frame else "")
+            + (
+                f", condition = last {layout.condition_tail_latents} latents of the condition clip"
+                if layout.condition_tail_latents
+                else ""
+            )
+        )
         for name, entry in index.items():
             if isinstance(entry, list) and len(entry) == 2:
                 state = (
@@ -330,9 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--frames", type=int, help="frames per layer (default: the input's, else 16)")
         task.add_argument("--height", type=int)
         task.add_argument("--width", type=int)
-        task.add_argument("--steps", type=int, default=50)
-        task.add_argument("--guidance", type=float, default=6.0)
-        task.add_argument("--dynamic-cfg", action="store_true", help="the official oscillating CFG schedule")
+        task.add_argument("--steps", type=int, help="sampling steps (default 50)")
+        task.add_argument("--guidance", type=float, help="CFG scale (default 6)")
+        task.add_argument(
+            "--dynamic-cfg",
+            action=argparse.BooleanOptionalAction,
+            help="the official oscillating CFG schedule (default: on for official variants, else off)",
+        )
         task.add_argument(
             "--unconditional",
             choices=("zeros", "encoded"),
@@ -354,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--base", help="local diffusers CogVideoX-2B folder to take vae/text_encoder/tokenizer from"
     )
     convert.add_argument(
-        "--alpha", choices=("alpha_clip", "rgb"), default="alpha_clip", help="RGBA or RGB variant"
+        "--variant",
+        choices=sorted(OFFICIAL_VARIANTS),
+        help="the official variant (default: detected from the checkpoint; required when ambiguous)",
     )
     convert.add_argument(
         "--lora",
@@ -373,9 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=(60, 90),
         metavar=("H", "W"),
         help="latent size (official 60 90)",
-    )
-    convert.add_argument(
-        "--prompts", type=int, help="layer prompts of the model (default: from the position table)"
     )
     convert.add_argument("--overwrite", action="store_true")
     info = commands.add_parser("info", help="describe a model folder, output folder, checkpoint or input")
@@ -449,12 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.official,
                     args.out,
                     base=args.base,
-                    alpha=args.alpha,
+                    variant=args.variant,
                     lora=args.lora,
                     max_text_seq_length=args.text_length,
                     sample_height=args.latent_size[0],
                     sample_width=args.latent_size[1],
-                    num_layer_prompts=args.prompts,
                     dtype=DTYPES[args.dtype] if args.dtype else None,
                     overwrite=args.overwrite,
                 )

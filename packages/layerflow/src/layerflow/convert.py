@@ -12,6 +12,7 @@ table, kept when it differs from the sin-cos table it starts as.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -27,11 +28,13 @@ import torch
 import multi_lora as ml
 
 from .atomic import atomic_directory
-from .layout import AlphaRepresentation, LayerLayout
+from .geometry import ModelGeometry
+from .layout import LayerLayout
 from .models import LayerFlowTransformer3DModel
 from .models.adapters import attach_lora_factors, merge_lora_into_state_dict, official_lora_factors
 from .pipelines.folders import read_model_index
 from .pipelines.scheduling import make_scheduler
+from .variants import OfficialVariant, PositionTableKind, matching_variants, official_variant
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +58,11 @@ class ConversionError(ValueError):
 
 @dataclass
 class ConvertedCheckpoint:
-    """A converted DiT: transformer config + state dict, LoRA factors by adapter and module, notes."""
+    """A converted DiT: transformer config + state dict, its official variant, LoRA factors, notes."""
 
     config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
+    variant: str
     lora: dict[str, dict[str, ml.ModuleLora]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -155,7 +159,7 @@ class _Mapper:
         self.position_table: torch.Tensor | None = None
 
     def add(self, key: str, value: torch.Tensor) -> None:
-        if key.endswith(DROPPED_SUFFIXES) and key != "mixins.pos_embed.pos_embedding":
+        if key.endswith(DROPPED_SUFFIXES):
             return
         if key == "mixins.pos_embed.pos_embedding":
             self.position_table = value
@@ -187,16 +191,10 @@ class _Mapper:
                 self.unknown.append(SAT_PREFIX + key)
 
 
-def _infer_config(
-    weights: Mapping[str, torch.Tensor],
-    position_table: torch.Tensor | None,
-    *,
-    max_text_seq_length: int,
-    sample_height: int,
-    sample_width: int,
-    num_layer_prompts: int | None,
+def _base_config(
+    weights: Mapping[str, torch.Tensor], *, max_text_seq_length: int, sample_height: int, sample_width: int
 ) -> dict[str, Any]:
-    """The transformer config implied by the weight shapes (and the position table's length)."""
+    """The transformer config implied by the weight shapes (prompts and frames come from the variant)."""
 
     def need(key: str) -> torch.Tensor:
         if key not in weights:
@@ -207,8 +205,7 @@ def _infer_config(
     hidden, in_channels, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
     head_dim = int(need("transformer_blocks.0.attn1.norm_q.weight").shape[0])
     num_layers = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("transformer_blocks."))
-    tokens_per_frame = (sample_height // patch) * (sample_width // patch)
-    config: dict[str, Any] = {
+    return {
         "num_attention_heads": hidden // head_dim,
         "attention_head_dim": head_dim,
         "in_channels": in_channels,
@@ -222,26 +219,70 @@ def _infer_config(
         "max_text_seq_length": max_text_seq_length,
         "layer_embedder": "linear" if "patch_embed.layer_embedder.embed.0.weight" in weights else None,
     }
-    if position_table is not None:
-        rows = int(position_table.shape[1])
-        candidates = [
-            (prompts, (rows - prompts * max_text_seq_length) // tokens_per_frame)
-            for prompts in range(1, 9)
-            if rows > prompts * max_text_seq_length
-            and (rows - prompts * max_text_seq_length) % tokens_per_frame == 0
-        ]
-        if num_layer_prompts is not None:
-            candidates = [c for c in candidates if c[0] == num_layer_prompts]
-        if len(candidates) != 1:
-            raise ConversionError(
-                f"cannot split the position table ({rows} rows) into prompts of {max_text_seq_length} tokens and "
-                f"frames of {tokens_per_frame} tokens (candidates {candidates}); check the sample size / text length"
-            )
-        prompts, frames = candidates[0]
-        config.update(num_layer_prompts=prompts, sample_frames=(frames - 1) * 4 + 1)
-    else:
-        config["num_layer_prompts"] = num_layer_prompts or 3
-    return config
+
+
+def _table_kind(
+    config: Mapping[str, Any], table: torch.Tensor, prompts: int, frames: int
+) -> PositionTableKind:
+    """``"sincos"`` when the checkpoint's table equals the sin-cos table it starts as, else ``"learned"``."""
+    with torch.no_grad():
+        model = LayerFlowTransformer3DModel(
+            **{**config, "num_layers": 0, "num_layer_prompts": prompts, "learned_position_frames": frames}
+        )
+    reference = model.patch_embed.sincos_position_table(frames)
+    table = table.float()
+    same = reference.shape == table.shape and torch.allclose(reference, table, atol=1e-5, rtol=0)
+    return "sincos" if same else "learned"
+
+
+def detect_variant(
+    config: Mapping[str, Any], position_table: torch.Tensor | None, requested: str | None = None
+) -> tuple[OfficialVariant, PositionTableKind]:
+    """The official variant of a checkpoint and its table kind, from the position table's length and
+    kind and the layer embedder's presence; ``requested`` (``--variant``) overrides detection.
+
+    Raises :class:`ConversionError` when nothing fits, or when several variants fit and none was
+    requested (the message lists the candidates). A learned table that never moved from its sin-cos
+    start reads as ``"sincos"``: such a checkpoint needs ``--variant``.
+    """
+    if position_table is None:
+        raise ConversionError("the checkpoint has no mixins.pos_embed.pos_embedding: cannot tell its variant")
+    rows = int(position_table.shape[1])
+    text = int(config["max_text_seq_length"])
+    tokens = ModelGeometry.from_configs({}, config).tokens_per_latent_frame()
+    splits = [
+        (p, (rows - p * text) // tokens)
+        for p in range(1, 9)
+        if rows > p * text and (rows - p * text) % tokens == 0
+    ]
+    described = (
+        f"position table of {rows} rows ({text}-token prompts, {tokens} tokens per latent frame: "
+        f"(prompts, frames) splits {splits}), layer embedder {config['layer_embedder']}"
+    )
+    if requested is not None:
+        variant = official_variant(requested)
+        split = (variant.num_prompts, variant.table_latent_frames)
+        if split not in splits or variant.layer_embedder != config["layer_embedder"]:
+            raise ConversionError(f"the checkpoint is not a {requested} checkpoint: {described}")
+        return variant, _table_kind(config, position_table, *split)
+    kinds = {split: _table_kind(config, position_table, *split) for split in splits}
+    candidates = [
+        name
+        for split, kind in kinds.items()
+        for name in matching_variants(
+            table_splits=[split], layer_embedder=config["layer_embedder"], position_table=kind
+        )
+    ]
+    if not candidates:
+        raise ConversionError(
+            f"no official variant fits the checkpoint: {described}; check --text-length / --latent-size"
+        )
+    if len(candidates) > 1:
+        raise ConversionError(
+            f"the checkpoint fits several official variants {candidates} (same shapes): choose one with --variant"
+        )
+    variant = official_variant(candidates[0])
+    return variant, kinds[(variant.num_prompts, variant.table_latent_frames)]
 
 
 def convert_official_state_dict(
@@ -251,11 +292,12 @@ def convert_official_state_dict(
     max_text_seq_length: int = 226,
     sample_height: int = 60,
     sample_width: int = 90,
-    num_layer_prompts: int | None = None,
+    variant: str | None = None,
 ) -> ConvertedCheckpoint:
     """SAT names -> ``LayerFlowTransformer3DModel`` names; raises :class:`ConversionError` naming bad keys.
 
-    ``lora="adapters"`` keeps the motion (A/B) and content (C/D) LoRAs as adapter factors;
+    The official variant is detected from the checkpoint (:func:`detect_variant`) unless ``variant``
+    names it. ``lora="adapters"`` keeps the motion (A/B) and content (C/D) LoRAs as adapter factors;
     ``"merge"`` folds the content LoRA into the base weights (``W += D C / r`` in fp32, what the
     official inference computes) and drops the motion LoRA (gated to 0 at inference).
     """
@@ -273,31 +315,30 @@ def convert_official_state_dict(
             foreign.append(key)
     if mapper.unknown or foreign:
         raise ConversionError(f"unknown keys in the official checkpoint: {sorted(mapper.unknown + foreign)}")
-    config = _infer_config(
+    config = _base_config(
         mapper.out,
-        mapper.position_table,
         max_text_seq_length=max_text_seq_length,
         sample_height=sample_height,
         sample_width=sample_width,
-        num_layer_prompts=num_layer_prompts,
     )
-    notes = [f"skipped {skipped} T5/VAE/other non-DiT tensors"] if skipped else []
+    found, kind = detect_variant(config, mapper.position_table, variant)
+    temporal = inspect.signature(LayerFlowTransformer3DModel.__init__).parameters[
+        "temporal_compression_ratio"
+    ]
+    config.update(
+        num_layer_prompts=found.num_prompts,
+        sample_frames=(found.table_latent_frames - 1) * int(temporal.default) + 1,
+    )
+    notes = [f"official variant {found.name} ({'given' if variant else 'detected'})"]
+    notes += [f"skipped {skipped} T5/VAE/other non-DiT tensors"] if skipped else []
     state_dict = dict(mapper.out)
-
-    if mapper.position_table is not None:
-        frames = (config["sample_frames"] - 1) // 4 + 1
-        with torch.no_grad():
-            reference = LayerFlowTransformer3DModel(
-                **{**config, "num_layers": 0, "learned_position_frames": frames}
-            ).patch_embed.position_table
-        assert reference is not None
-        table = mapper.position_table.float()
-        if reference.shape == table.shape and torch.allclose(reference, table, atol=1e-5, rtol=0):
-            notes.append("position table equals the sin-cos table: computed at run time")
-        else:
-            config["learned_position_frames"] = frames
-            state_dict["patch_embed.position_table"] = mapper.position_table
-            notes.append("position table differs from sin-cos (learned): stored in the checkpoint")
+    if kind == "sincos":
+        notes.append("position table equals the sin-cos table: computed at run time")
+    else:
+        assert mapper.position_table is not None  # detect_variant needs it
+        config["learned_position_frames"] = found.table_latent_frames
+        state_dict["patch_embed.position_table"] = mapper.position_table
+        notes.append("position table differs from sin-cos (learned): stored in the checkpoint")
 
     lora_factors: dict[str, dict[str, ml.ModuleLora]] = {}
     if any(_LORA_KEY.search(key) for key in sat_state_dict):
@@ -316,7 +357,9 @@ def convert_official_state_dict(
         merged = len(lora_factors.get("content", {}))
         notes.append(f"merged the content LoRA into {merged} projections; motion LoRA dropped")
         lora_factors = {}
-    return ConvertedCheckpoint(config=config, state_dict=state_dict, lora=lora_factors, notes=notes)
+    return ConvertedCheckpoint(
+        config=config, state_dict=state_dict, variant=found.name, lora=lora_factors, notes=notes
+    )
 
 
 def build_transformer(converted: ConvertedCheckpoint) -> LayerFlowTransformer3DModel:
@@ -351,32 +394,32 @@ def convert_official_checkpoint(
     out_dir: str | os.PathLike[str],
     *,
     base: str | os.PathLike[str] | None = None,
-    alpha: AlphaRepresentation = "alpha_clip",
+    variant: str | None = None,
     lora: LoraMode = "adapters",
     max_text_seq_length: int = 226,
     sample_height: int = 60,
     sample_width: int = 90,
-    num_layer_prompts: int | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Convert ``official`` into ``out_dir`` (atomically: nothing is written if anything fails).
 
     ``out_dir`` gets ``transformer/`` (safetensors + config), ``scheduler/`` and a
-    ``model_index.json``. With ``base`` (a local diffusers CogVideoX-2B folder) its ``vae``,
+    ``model_index.json`` whose ``layout`` is the official variant's (detected, or ``variant``), so
+    the pipeline runs it with no further flags. With ``base`` (a local diffusers CogVideoX-2B folder) its ``vae``,
     ``text_encoder`` and ``tokenizer`` are copied in and the folder loads with
     ``LayerFlowPipeline.from_pretrained``; without it, ``LayerFlowTransformer3DModel.from_pretrained(out_dir / "transformer")``.
     """
     base_index = read_model_index(base, ("vae", "text_encoder", "tokenizer")) if base is not None else {}
-    layout = LayerLayout.official(alpha)
     converted = convert_official_state_dict(
         load_official_state_dict(official),
         lora=lora,
         max_text_seq_length=max_text_seq_length,
         sample_height=sample_height,
         sample_width=sample_width,
-        num_layer_prompts=num_layer_prompts,
+        variant=variant,
     )
+    layout = LayerLayout.official_variant(converted.variant)
     transformer = build_transformer(converted)
     if dtype is not None:
         torch.nn.Module.to(transformer, dtype=dtype)
@@ -399,7 +442,13 @@ def convert_official_checkpoint(
         (temporary / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         (temporary / CONVERSION_RECORD).write_text(
             json.dumps(
-                {"source": str(official), "lora": lora, "alpha": alpha, "notes": converted.notes}, indent=2
+                {
+                    "source": str(official),
+                    "lora": lora,
+                    "variant": converted.variant,
+                    "notes": converted.notes,
+                },
+                indent=2,
             )
             + "\n"
         )

@@ -17,10 +17,12 @@ Role = Literal["foreground", "background", "composite"]
 AlphaRepresentation = Literal["rgb", "alpha_clip", "latent_offset"]
 ClipContent = Literal["color", "alpha"]
 Task = Literal["generate", "foreground_to_background", "background_to_foreground", "decompose"]
+VaePass = Literal["per_clip", "joint"]
 
 ROLES: tuple[Role, ...] = get_args(Role)
 ALPHA_REPRESENTATIONS: tuple[AlphaRepresentation, ...] = get_args(AlphaRepresentation)
 TASKS: tuple[Task, ...] = get_args(Task)
+VAE_PASSES: tuple[VaePass, ...] = get_args(VaePass)
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,25 @@ class LayerLayout:
             is an extra 3-channel clip right after its layer's colour clip (official RGBA variants);
             ``"latent_offset"``: the alpha rides inside the foreground latent through a transparent
             VAE (LayerDiffuse style), so there is no alpha clip.
+        vae_pass: ``"per_clip"``: every clip is VAE-encoded and decoded on its own; ``"joint"``: the
+            clips, concatenated along time in layout order, are ONE causal video for the VAE (one
+            encode, one decode over the whole latent sequence), as the official code does.
+        duplicate_first_frame: a copy of the first clip's frame 0 is prepended to the video, so the
+            first clip has one extra latent (official RGBA fg2bg / bg2fg: 65 frames, 17 latents).
+        condition_tail_latents: only this many trailing latent frames of a condition clip are clean
+            conditions, the rest of that clip is generated (official RGB decomposition: 2); ``None``:
+            the whole clip.
+        tasks: the tasks this layout runs (an official checkpoint was trained for one).
+        variant: the official variant name this layout was made from (:meth:`official_variant`).
     """
 
     layers: tuple[LayerSpec, ...]
     alpha: AlphaRepresentation = "alpha_clip"
+    vae_pass: VaePass = "per_clip"
+    duplicate_first_frame: bool = False
+    condition_tail_latents: int | None = None
+    tasks: tuple[Task, ...] = TASKS
+    variant: str | None = None
     _by_name: dict[str, LayerSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +120,19 @@ class LayerLayout:
             raise ValueError("a layout needs at least one layer")
         if self.alpha not in ALPHA_REPRESENTATIONS:
             raise ValueError(f"alpha must be one of {ALPHA_REPRESENTATIONS}, got {self.alpha!r}")
+        if self.vae_pass not in VAE_PASSES:
+            raise ValueError(f"vae_pass must be one of {VAE_PASSES}, got {self.vae_pass!r}")
+        if self.vae_pass == "joint" and self.alpha == "latent_offset":
+            raise ValueError(
+                "the joint VAE pass encodes plain RGB clips; 'latent_offset' needs vae_pass='per_clip'"
+            )
+        if self.condition_tail_latents is not None and self.condition_tail_latents < 1:
+            raise ValueError(
+                f"condition_tail_latents must be >= 1 or None, got {self.condition_tail_latents}"
+            )
+        unknown_tasks = [task for task in self.tasks if task not in TASKS]
+        if not self.tasks or unknown_tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         names = [layer.name for layer in self.layers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -124,15 +154,39 @@ class LayerLayout:
         fgs = [LayerSpec(name, "foreground") for name in names]
         return cls((*fgs, LayerSpec("background", "background"), LayerSpec("composite", "composite")), alpha)
 
+    @classmethod
+    def official_variant(cls, name: str) -> LayerLayout:
+        """The layout of one of the eight released checkpoints (``gen_rgba``, ``seg_rgb``, ...).
+
+        The variants differ only in data: see :data:`layerflow.variants.OFFICIAL_VARIANTS`.
+        """
+        from .variants import official_variant
+
+        return official_variant(name).layout
+
     # -- serialisation (stored in the pipeline config) -----------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "layers": [{"name": s.name, "role": s.role} for s in self.layers]}
+        """JSON form (``model_index.json``'s ``layout``); fields at their default are left out."""
+        data: dict[str, Any] = {
+            "alpha": self.alpha,
+            "layers": [{"name": s.name, "role": s.role} for s in self.layers],
+        }
+        for key, default in _OPTIONAL_FIELDS.items():
+            value = getattr(self, key)
+            if value != default:
+                data[key] = list(value) if isinstance(value, tuple) else value
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerLayout:
+        unknown = sorted(set(data) - {"alpha", "layers", *_OPTIONAL_FIELDS})
+        if unknown:
+            raise ValueError(f"malformed layer layout {dict(data)!r}: unknown entries {unknown}")
         try:
             layers = tuple(LayerSpec(str(item["name"]), item["role"]) for item in data["layers"])
-            return cls(layers, data.get("alpha", "alpha_clip"))
+            options = {key: data.get(key, default) for key, default in _OPTIONAL_FIELDS.items()}
+            options["tasks"] = tuple(options["tasks"])
+            return cls(layers, data.get("alpha", "alpha_clip"), **options)
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed layer layout {dict(data)!r}: {error}") from error
 
@@ -156,7 +210,20 @@ class LayerLayout:
     def for_task(self, task: str) -> TaskLayout:
         if task not in TASK_SPECS:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        if task not in self.tasks:
+            owner = f"official variant {self.variant!r}" if self.variant else "this layout"
+            raise ValueError(f"{owner} runs only {list(self.tasks)}, not {task!r}")
         return TaskLayout(self, task)  # type: ignore[arg-type]
+
+
+#: Serialised only when they differ from these defaults (older ``model_index.json`` files stay valid).
+_OPTIONAL_FIELDS: dict[str, Any] = {
+    "vae_pass": "per_clip",
+    "duplicate_first_frame": False,
+    "condition_tail_latents": None,
+    "tasks": TASKS,
+    "variant": None,
+}
 
 
 @dataclass(frozen=True)
@@ -217,9 +284,35 @@ class TaskLayout:
     def num_prompts(self) -> int:
         return len(self.prompt_layers)
 
-    def segment_lengths(self, tokens_per_prompt: int, tokens_per_clip: int) -> list[int]:
+    def segment_lengths(self, tokens_per_prompt: int, tokens_per_clip: Sequence[int]) -> list[int]:
         """Token counts of the joint sequence: one segment per prompt, then one per clip."""
-        return [tokens_per_prompt] * self.num_prompts + [tokens_per_clip] * len(self.clips)
+        if len(tokens_per_clip) != len(self.clips):
+            raise ValueError(f"{len(tokens_per_clip)} clip token counts for {len(self.clips)} clips")
+        return [tokens_per_prompt] * self.num_prompts + list(tokens_per_clip)
+
+    def condition_latent_frames(self, clip_latent_frames: Sequence[int]) -> tuple[int, ...]:
+        """Indices (into the full latent sequence) of the clean condition latents.
+
+        ``clip_latent_frames`` are the latent frames of each clip in layout order. A condition clip
+        counts whole, or only its last ``condition_tail_latents`` frames (official RGB decomposition).
+        """
+        if len(clip_latent_frames) != len(self.clips):
+            raise ValueError(f"{len(clip_latent_frames)} clip lengths for {len(self.clips)} clips")
+        starts = [sum(clip_latent_frames[:i]) for i in range(len(clip_latent_frames))]
+        tail = self.layout.condition_tail_latents
+        frames: list[int] = []
+        for clip in self.condition_clips:
+            length = clip_latent_frames[clip]
+            if tail is not None and tail > length:
+                raise ValueError(f"condition_tail_latents={tail}, but clip {clip} has {length} latent frames")
+            first = starts[clip] + (0 if tail is None else length - tail)
+            frames.extend(range(first, starts[clip] + length))
+        return tuple(frames)
+
+    def generated_latent_frames(self, clip_latent_frames: Sequence[int]) -> tuple[int, ...]:
+        """Indices of the latents the sampler generates: every latent that is not a condition."""
+        condition = set(self.condition_latent_frames(clip_latent_frames))
+        return tuple(i for i in range(sum(clip_latent_frames)) if i not in condition)
 
     def attention_table(self, isolate_conditions: bool) -> list[list[bool]] | None:
         """Which segment (rows: queries) may attend which, over ``segment_lengths``' segments.
@@ -230,6 +323,11 @@ class TaskLayout:
         """
         if not isolate_conditions or not self.condition_clips:
             return None
+        if self.layout.condition_tail_latents is not None:
+            raise ValueError(
+                "isolate_conditions works on whole clips; this layout conditions on part of a clip "
+                f"(condition_tail_latents={self.layout.condition_tail_latents})"
+            )
         prompts, condition = self.num_prompts, set(self.condition_clips)
         size = prompts + len(self.clips)
         table = [[True] * size for _ in range(size)]

@@ -1,142 +1,46 @@
-"""Tiny, download-free LayerFlow models for tests, examples, benchmarks and demos.
-
-Everything is built from configs with fixed seeds: a 1-block transformer (2 heads x 8 dims), a tiny
-CogVideoX VAE (4x spatial, 4x temporal compression, 4 latent channels), a word-level tokenizer and a
-tiny T5. Prompts are 12 tokens per layer instead of the official 226 (``max_text_seq_length``).
-"""
+"""Test helpers on top of :mod:`layerflow.tiny` (which production code imports instead of this module)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
-
-from layer_embeddings.testing import build_tiny_t5_encoder, build_word_tokenizer
 
 from .layout import LayerLayout
-from .models import LayerFlowTransformer3DModel, LayerFlowTransparentVAE
-from .pipelines import LayerFlowPipeline
-from .pipelines.scheduling import SchedulerKind, make_scheduler
-
-TINY_TEXT_WIDTH = 16
-TINY_TEXT_LENGTH = 12
-TINY_WORDS = (
-    "a red circle moving left over blue stripes drifting up a green square bouncing on a grey field "
-    "with yellow dots the fox snow forest"
+from .tiny import (
+    TINY_PROMPT_TOKENS,
+    TINY_TEXT_LENGTH,
+    TINY_TEXT_WIDTH,
+    TINY_WORDS,
+    build_tiny_pipeline,
+    build_tiny_transformer,
+    build_tiny_transparent_vae,
+    build_tiny_vae,
+    single_thread,
+    tiny_transformer_config,
+    tiny_words,
 )
 
-
-def tiny_transformer_config(**overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "num_attention_heads": 2,
-        "attention_head_dim": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "time_embed_dim": 16,
-        "text_embed_dim": TINY_TEXT_WIDTH,
-        "num_layers": 1,
-        "sample_width": 4,
-        "sample_height": 4,
-        "sample_frames": 5,
-        "max_text_seq_length": TINY_TEXT_LENGTH,
-        "num_layer_prompts": 4,
-    }
-    config.update(overrides)
-    return config
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one CPU thread: tiny models are dominated by thread overhead on shared machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _seeded(seed: int, build: Any) -> Any:
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return build()
-    finally:
-        torch.random.set_rng_state(state)
-
-
-def build_tiny_transformer(seed: int = 0, **overrides: Any) -> LayerFlowTransformer3DModel:
-    """A tiny transformer with a NON-zero layer embedding (so layers are told apart)."""
-
-    def build() -> LayerFlowTransformer3DModel:
-        model = LayerFlowTransformer3DModel(**tiny_transformer_config(**overrides))
-        embedder = model.patch_embed.layer_embedder
-        if embedder is not None:
-            for param in embedder.parameters():
-                torch.nn.init.normal_(param, std=0.5)
-        return model.eval()
-
-    return _seeded(seed, build)
-
-
-def build_tiny_vae(seed: int = 0, latent_channels: int = 4) -> AutoencoderKLCogVideoX:
-    return _seeded(
-        seed,
-        lambda: AutoencoderKLCogVideoX(
-            block_out_channels=(8, 8, 8),
-            down_block_types=("CogVideoXDownBlock3D",) * 3,
-            up_block_types=("CogVideoXUpBlock3D",) * 3,
-            latent_channels=latent_channels,
-            layers_per_block=1,
-            norm_num_groups=4,
-            temporal_compression_ratio=4,
-        ).eval(),
-    )
-
-
-def build_tiny_transparent_vae(vae: AutoencoderKLCogVideoX, seed: int = 0) -> LayerFlowTransparentVAE:
-    """A tiny transparent VAE for ``vae`` (zero-initialised offset: encoding equals the base VAE's mean)."""
-    return _seeded(
-        seed,
-        lambda: LayerFlowTransparentVAE.for_vae(
-            vae,
-            encoder_channels=(8, 8, 8),
-            decoder_channels=(8, 8, 8, 8),
-            norm_num_groups=4,
-            layers_per_block=1,
-        ).eval(),
-    )
-
-
-def build_tiny_pipeline(
-    layout: LayerLayout | None = None,
-    *,
-    scheduler: SchedulerKind = "dpm",
-    words: Iterable[str] = (TINY_WORDS,),
-    seed: int = 0,
-    **transformer_overrides: Any,
-) -> LayerFlowPipeline:
-    """A complete tiny pipeline (16x16 pixels by default, 12 text tokens per layer prompt).
-
-    ``latent_offset`` layouts get a tiny transparent VAE.
-    """
-    tokenizer = build_word_tokenizer(list(words), model_max_length=TINY_TEXT_LENGTH)
-    layout = layout or LayerLayout.official()
-    vae = build_tiny_vae(seed)
-    return LayerFlowPipeline(
-        tokenizer=tokenizer,
-        text_encoder=build_tiny_t5_encoder(len(tokenizer), d_model=TINY_TEXT_WIDTH, num_layers=1, seed=seed),
-        vae=vae,
-        transformer=build_tiny_transformer(seed, **transformer_overrides),
-        scheduler=make_scheduler(scheduler),
-        transparent_vae=build_tiny_transparent_vae(vae, seed) if layout.alpha == "latent_offset" else None,
-        layout=layout.to_dict(),
-    )
+__all__ = [
+    "LORA_PROJECTIONS",
+    "TINY_PROMPT_TOKENS",
+    "TINY_TEXT_LENGTH",
+    "TINY_TEXT_WIDTH",
+    "TINY_WORDS",
+    "build_tiny_pipeline",
+    "build_tiny_transformer",
+    "build_tiny_transparent_vae",
+    "build_tiny_vae",
+    "official_state_dict",
+    "random_layer_frames",
+    "random_lora_factors",
+    "single_thread",
+    "tiny_transformer_config",
+    "tiny_words",
+    "write_official_checkpoint",
+]
 
 
 def random_layer_frames(
@@ -184,14 +88,17 @@ def random_lora_factors(model: torch.nn.Module, rank: int, seed: int) -> LoraFac
 
 
 def official_state_dict(
-    model: LayerFlowTransformer3DModel,
+    model: Any,
     motion: LoraFactors,
     content: LoraFactors,
     position_table: torch.Tensor | None = None,
-    position_frames: int = 8,
+    position_frames: int = 16,
 ) -> dict[str, torch.Tensor]:
-    """``model`` in the official SAT naming: the inverse of the documented SAT -> diffusers mapping,
-    written independently of ``layerflow.convert`` so that a round trip tests it."""
+    """A ``LayerFlowTransformer3DModel`` in the official SAT naming: the inverse of the documented SAT ->
+    diffusers mapping, written independently of ``layerflow.convert`` so that a round trip tests it.
+
+    The position table defaults to the model's sin-cos table over ``position_frames`` latent frames.
+    """
     sd = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     for i in range(len(model.transformer_blocks)):
@@ -222,12 +129,10 @@ def official_state_dict(
             out[f"{layer}attention.dense.matrix_{letters[1]}.0"] = up
     for sat, ours in _SAT_GLOBALS.items():
         for p in ("weight", "bias"):
-            out[f"{_SAT}{sat}.{p}"] = sd[f"{ours}.{p}"]
+            if f"{ours}.{p}" in sd:  # no layer embedder in some variants
+                out[f"{_SAT}{sat}.{p}"] = sd[f"{ours}.{p}"]
     if position_table is None:
-        position_table = build_tiny_transformer(
-            learned_position_frames=position_frames, num_layer_prompts=3
-        ).patch_embed.position_table
-    assert position_table is not None
+        position_table = model.patch_embed.sincos_position_table(position_frames)
     out[f"{_SAT}mixins.pos_embed.pos_embedding"] = position_table.detach().clone()
     out["conditioner.embedders.0.transformer.shared.weight"] = torch.zeros(4, 4)  # T5: skipped
     out["first_stage_model.encoder.conv_in.weight"] = torch.zeros(4)  # VAE: skipped

@@ -8,7 +8,6 @@ without guessing.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -122,11 +121,6 @@ class AdapterConfig:
     def alpha_for(self, module_path: str) -> float:
         value = pattern_value(self.alpha_pattern, module_path)
         return float(self.alpha if value is None else value)
-
-    def scaling_for(self, module_path: str) -> float:
-        """The static multiplier of the module's branch: ``alpha / r`` (or ``alpha / sqrt(r)``)."""
-        rank = self.rank_for(module_path)
-        return self.alpha_for(module_path) / (math.sqrt(rank) if self.use_rslora else rank)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""

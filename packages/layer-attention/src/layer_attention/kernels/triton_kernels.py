@@ -4,19 +4,30 @@
 """Triton kernels: block-sparse FlashAttention-2 forward and an atomics-free backward.
 
 Every program walks the tile lists of a :class:`~layer_attention.layout.TileLists` built for
-``SPARSE_BLOCK``-token tiles: full tiles without any mask arithmetic, then partial tiles (segment
-boundary or ragged tail inside) with a per-element mask looked up from the segment ids and the S x S
-allowed table. Skipped tiles are never loaded. Kernel tiles (``BLOCK_M`` x ``BLOCK_N``) divide
-``SPARSE_BLOCK`` so autotuning never changes the tile lists.
+``SPARSE_BLOCK``-token tiles, all on the device (no per-tile host metadata): full tiles as runs of
+consecutive tiles (an affine inner loop without mask arithmetic, which Triton pipelines), then
+partial tiles (segment boundary or ragged tail inside) by index, with a per-element mask looked up
+from the segment ids and the S x S allowed table. Skipped tiles are never loaded. Kernel tiles
+(``BLOCK_M`` x ``BLOCK_N``) divide ``SPARSE_BLOCK`` so tuning never changes the tile lists.
 
-Softmax runs in base 2 (``qk_scale = scale * log2(e)``); the forward saves the log2-domain
-log-sum-exp per row. The backward is two kernels, dK/dV per key tile (walking the transposed lists)
-and dQ per query tile, so no program writes another program's rows: no atomics.
+Programs are launched in work order: grid axis 0 is batch x head, axis 1 walks the layout's
+``q_order`` / ``kv_order`` (tiles by decreasing number of visited tiles), so the longest rows
+start first on every head and short rows fill the tail of the launch.
+
+Softmax runs in base 2 with the scale folded in (``qk_scale = scale * log2(e)``, one multiply per
+score, ``exp2``); the forward saves the log2-domain log-sum-exp per row. The backward is two
+kernels, dK/dV per key tile (walking the transposed lists) and dQ per query tile, so no program
+writes another program's rows: no atomics.
+
+Configs: one small config under the interpreter; on GPUs an autotuned search space pruned per head
+dim, or with ``LAYER_ATTENTION_AUTOTUNE=0`` one fixed config per kernel and head dim (Hopper
+starting points from FlexAttention's defaults), which compiles once and never benchmarks (tests).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import triton
@@ -31,30 +42,62 @@ SPARSE_BLOCK = 64 if INTERPRETED else 128
 LOG2E = 1.4426950408889634
 
 
-def _configs(block_m: tuple[int, ...], block_n: tuple[int, ...]) -> list[triton.Config]:
-    """Hopper/Ampere search space; a single small config under the interpreter (it has no autotuning)."""
+#: ``LAYER_ATTENTION_AUTOTUNE=0``: one fixed config per kernel and head dim, no benchmarking.
+AUTOTUNE = os.environ.get("LAYER_ATTENTION_AUTOTUNE", "1").lower() not in ("0", "false", "off", "no")
+
+#: Fixed configs (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim: FlexAttention's
+#: H100 defaults (forward (128, 128, 4, 3) at D <= 64; backward (64, 64, 4, 3) at D <= 64 and
+#: (64, 128, 8, 3) at D = 128), adjusted to each kernel's loop structure.
+DEFAULT_CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
+    "fwd": {16: (128, 128, 4, 3), 32: (128, 128, 4, 3), 64: (128, 128, 4, 3), 128: (128, 64, 8, 3)},
+    "dkdv": {16: (64, 128, 4, 3), 32: (64, 128, 4, 3), 64: (64, 64, 4, 3), 128: (64, 128, 8, 3)},
+    "dq": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (64, 64, 4, 3), 128: (128, 64, 8, 3)},
+}
+
+
+def _configs(kernel: str, block_m: tuple[int, ...], block_n: tuple[int, ...]) -> list[triton.Config]:
+    """The search space of ``kernel`` (defaults included); a single small config under the interpreter."""
     if INTERPRETED:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    space = {(bm, bn, w, st) for bm in block_m for bn in block_n for w in (4, 8) for st in (2, 3, 4)}
+    space |= set(DEFAULT_CONFIGS[kernel].values())
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
-        for bm in block_m
-        for bn in block_n
-        for warps in (4, 8)
-        for stages in (2, 3, 4)
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+        for bm, bn, w, st in sorted(space)
     ]
 
 
-def _prune(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
-    """Drop configs whose tiles do not divide the sparse block, and 8 warps on small tiles."""
-    sparse = kwargs.get("SPARSE_BLOCK", named_args.get("SPARSE_BLOCK", SPARSE_BLOCK))
-    kept = [
-        c
-        for c in configs
-        if sparse % c.kwargs["BLOCK_M"] == 0
-        and sparse % c.kwargs["BLOCK_N"] == 0
-        and not (c.num_warps == 8 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] < 128 * 128)
-    ]
-    return kept or configs[:1]
+def _pruner(kernel: str) -> Callable[..., list[triton.Config]]:
+    def prune(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
+        """Tiles must divide the sparse block; per head dim: no 8 warps on small tiles, no 128 x 128
+        tiles at D = 128 (shared memory); without autotuning, the fixed config of this head dim."""
+        sparse = kwargs.get("SPARSE_BLOCK", named_args.get("SPARSE_BLOCK", SPARSE_BLOCK))
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        if len(configs) == 1:
+            return configs
+        if not AUTOTUNE and head_dim in DEFAULT_CONFIGS[kernel]:
+            bm, bn, w, st = DEFAULT_CONFIGS[kernel][head_dim]
+            fixed = [
+                c
+                for c in configs
+                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) == (bm, bn, w, st)
+            ]
+            return fixed[:1] or configs[:1]
+        kept = [
+            c
+            for c in configs
+            if sparse % c.kwargs["BLOCK_M"] == 0
+            and sparse % c.kwargs["BLOCK_N"] == 0
+            and not (c.num_warps == 8 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] < 128 * 128)
+            and not (
+                head_dim is not None
+                and head_dim >= 128
+                and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 64
+            )
+        ]
+        return kept or configs[:1]
+
+    return prune
 
 
 _AUTOTUNE_KEY = ["N_CTX", "HEAD_DIM", "SPARSE_BLOCK"]
@@ -113,12 +156,32 @@ def _fwd_tile(
     return acc, m_new, l_i
 
 
+@triton.jit
+def _ordered_program(ORDER, N_CTX, BLOCK: tl.constexpr, SPARSE_BLOCK: tl.constexpr):
+    """(batch x head, sparse tile, first token) of this program: axis 1 walks ``ORDER`` (heaviest first)."""
+    subs: tl.constexpr = SPARSE_BLOCK // BLOCK
+    pid = tl.program_id(1)
+    tile = tl.load(ORDER + pid // subs)
+    return tl.program_id(0), tile, tile * SPARSE_BLOCK + (pid % subs) * BLOCK
+
+
+@triton.jit
+def _row_range(OFFSETS, tile, start, N_CTX):
+    """``[lo, hi)`` of ``tile``'s row in a CSR array; empty for programs past the end of the sequence."""
+    lo = tl.load(OFFSETS + tile)
+    hi = tl.load(OFFSETS + tile + 1)
+    return lo, tl.where(start < N_CTX, hi, lo)
+
+
 @triton.autotune(
-    configs=_configs((64, 128), (64, 128)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+    configs=_configs("fwd", (64, 128), (64, 128)),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _pruner("fwd")},
 )
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, OUT, LSE, SEG, ALLOWED, KV_FULL_OFFSETS, KV_FULL_INDICES, KV_PART_OFFSETS, KV_PART_INDICES,
+    Q, K, V, OUT, LSE, SEG, ALLOWED, Q_ORDER,
+    KV_RUN_OFFSETS, KV_RUN_STARTS, KV_RUN_ENDS, KV_PART_OFFSETS, KV_PART_INDICES,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -127,8 +190,7 @@ def attention_fwd_kernel(
     HEAD_DIM: tl.constexpr, SPARSE_BLOCK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
+    bh, tile, start_m = _ordered_program(Q_ORDER, N_CTX, BLOCK_M, SPARSE_BLOCK)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -142,19 +204,17 @@ def attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    tile = start_m // SPARSE_BLOCK
-    # full tiles first: after one of them every row has a finite running max
-    lo = tl.load(KV_FULL_OFFSETS + tile)
-    hi = tl.load(KV_FULL_OFFSETS + tile + 1)
-    for i in range(lo, hi):
-        kv_start = tl.load(KV_FULL_INDICES + i) * SPARSE_BLOCK
-        for sub in tl.static_range(0, SPARSE_BLOCK, BLOCK_N):
+    # full tiles first, run by run: after one of them every row has a finite running max
+    lo, hi = _row_range(KV_RUN_OFFSETS, tile, start_m, N_CTX)
+    for r in range(lo, hi):
+        run_start = tl.load(KV_RUN_STARTS + r) * SPARSE_BLOCK
+        run_end = tl.load(KV_RUN_ENDS + r) * SPARSE_BLOCK
+        for start_n in range(run_start, run_end, BLOCK_N):
             acc, m_i, l_i = _fwd_tile(
-                acc, m_i, l_i, q, seg_q, K_head, V_head, kv_start + sub, SEG, ALLOWED, NUM_SEGMENTS, N_CTX,
+                acc, m_i, l_i, q, seg_q, K_head, V_head, start_n, SEG, ALLOWED, NUM_SEGMENTS, N_CTX,
                 qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
             )  # fmt: skip
-    lo = tl.load(KV_PART_OFFSETS + tile)
-    hi = tl.load(KV_PART_OFFSETS + tile + 1)
+    lo, hi = _row_range(KV_PART_OFFSETS, tile, start_m, N_CTX)
     for i in range(lo, hi):
         kv_start = tl.load(KV_PART_INDICES + i) * SPARSE_BLOCK
         for sub in tl.static_range(0, SPARSE_BLOCK, BLOCK_N):
@@ -222,11 +282,14 @@ def _dkdv_tile(
 
 
 @triton.autotune(
-    configs=_configs((32, 64), (64, 128)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+    configs=_configs("dkdv", (32, 64), (64, 128)),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _pruner("dkdv")},
 )
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, SEG, ALLOWED, Q_FULL_OFFSETS, Q_FULL_INDICES, Q_PART_OFFSETS, Q_PART_INDICES,
+    Q, K, V, DO, LSE, DELTA, DK, DV, SEG, ALLOWED, KV_ORDER,
+    Q_RUN_OFFSETS, Q_RUN_STARTS, Q_RUN_ENDS, Q_PART_OFFSETS, Q_PART_INDICES,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -237,8 +300,7 @@ def attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """dK and dV of one key tile (``BLOCK_N`` keys), over the query tiles that may attend it."""
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
+    bh, tile, start_n = _ordered_program(KV_ORDER, N_CTX, BLOCK_N, SPARSE_BLOCK)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     cols = start_n + tl.arange(0, BLOCK_N)
@@ -254,19 +316,17 @@ def attention_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    tile = start_n // SPARSE_BLOCK
-    lo = tl.load(Q_FULL_OFFSETS + tile)
-    hi = tl.load(Q_FULL_OFFSETS + tile + 1)
-    for i in range(lo, hi):
-        q_start = tl.load(Q_FULL_INDICES + i) * SPARSE_BLOCK
-        for sub in tl.static_range(0, SPARSE_BLOCK, BLOCK_M):
+    lo, hi = _row_range(Q_RUN_OFFSETS, tile, start_n, N_CTX)
+    for r in range(lo, hi):
+        run_start = tl.load(Q_RUN_STARTS + r) * SPARSE_BLOCK
+        run_end = tl.load(Q_RUN_ENDS + r) * SPARSE_BLOCK
+        for start_m in range(run_start, run_end, BLOCK_M):
             dk, dv = _dkdv_tile(
-                dk, dv, k, v, seg_k, cols, Q_head, DO_head, LSE_head, DELTA_head, q_start + sub, SEG, ALLOWED,
+                dk, dv, k, v, seg_k, cols, Q_head, DO_head, LSE_head, DELTA_head, start_m, SEG, ALLOWED,
                 NUM_SEGMENTS, N_CTX, qk_scale, stride_qn, stride_qd, stride_don, stride_dod,
                 HEAD_DIM, BLOCK_M, False, INPUT_PRECISION,
             )  # fmt: skip
-    lo = tl.load(Q_PART_OFFSETS + tile)
-    hi = tl.load(Q_PART_OFFSETS + tile + 1)
+    lo, hi = _row_range(Q_PART_OFFSETS, tile, start_n, N_CTX)
     for i in range(lo, hi):
         q_start = tl.load(Q_PART_INDICES + i) * SPARSE_BLOCK
         for sub in tl.static_range(0, SPARSE_BLOCK, BLOCK_M):
@@ -308,11 +368,14 @@ def _dq_tile(
 
 
 @triton.autotune(
-    configs=_configs((64, 128), (32, 64)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+    configs=_configs("dq", (64, 128), (32, 64)),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _pruner("dq")},
 )
 @triton.jit
 def attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, SEG, ALLOWED, KV_FULL_OFFSETS, KV_FULL_INDICES, KV_PART_OFFSETS, KV_PART_INDICES,
+    Q, K, V, DO, LSE, DELTA, DQ, SEG, ALLOWED, Q_ORDER,
+    KV_RUN_OFFSETS, KV_RUN_STARTS, KV_RUN_ENDS, KV_PART_OFFSETS, KV_PART_INDICES,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -323,8 +386,7 @@ def attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """dQ of one query tile, over the key tiles it may attend (the forward lists)."""
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
+    bh, tile, start_m = _ordered_program(Q_ORDER, N_CTX, BLOCK_M, SPARSE_BLOCK)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -339,18 +401,16 @@ def attention_bwd_dq_kernel(
     V_head = V + b * stride_vb + h * stride_vh
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    tile = start_m // SPARSE_BLOCK
-    lo = tl.load(KV_FULL_OFFSETS + tile)
-    hi = tl.load(KV_FULL_OFFSETS + tile + 1)
-    for i in range(lo, hi):
-        kv_start = tl.load(KV_FULL_INDICES + i) * SPARSE_BLOCK
-        for sub in tl.static_range(0, SPARSE_BLOCK, BLOCK_N):
+    lo, hi = _row_range(KV_RUN_OFFSETS, tile, start_m, N_CTX)
+    for r in range(lo, hi):
+        run_start = tl.load(KV_RUN_STARTS + r) * SPARSE_BLOCK
+        run_end = tl.load(KV_RUN_ENDS + r) * SPARSE_BLOCK
+        for start_n in range(run_start, run_end, BLOCK_N):
             dq = _dq_tile(
-                dq, q, do, lse, delta, seg_q, K_head, V_head, kv_start + sub, SEG, ALLOWED, NUM_SEGMENTS, N_CTX,
+                dq, q, do, lse, delta, seg_q, K_head, V_head, start_n, SEG, ALLOWED, NUM_SEGMENTS, N_CTX,
                 qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
             )  # fmt: skip
-    lo = tl.load(KV_PART_OFFSETS + tile)
-    hi = tl.load(KV_PART_OFFSETS + tile + 1)
+    lo, hi = _row_range(KV_PART_OFFSETS, tile, start_m, N_CTX)
     for i in range(lo, hi):
         kv_start = tl.load(KV_PART_INDICES + i) * SPARSE_BLOCK
         for sub in tl.static_range(0, SPARSE_BLOCK, BLOCK_N):

@@ -1,11 +1,16 @@
 """Host launchers for the Triton kernels: allocation, tile lists on device, grids.
 
+The tile lists come from the layout's device cache (built and copied once per layout and device);
+the grids are ``(B x H, programs in work order)``.
+
 Inputs may be arbitrary strided ``[B, H, N, D]`` views (diffusers hands over transposed views of
 ``[B, N, H, D]`` buffers); strides go to the kernels as they are, nothing is copied. Outputs
 (O, dQ, dK, dV) are allocated contiguous.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import triton
@@ -30,6 +35,15 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _grid(heads: int, num_tiles: int, block: str) -> Callable[[dict[str, int]], tuple[int, int]]:
+    """Axis 0: batch x head; axis 1: every kernel tile of every sparse tile, in the layout's work order."""
+
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
+        return (heads, num_tiles * (SPARSE_BLOCK // meta[block]))
+
+    return grid
+
+
 def _check(q: torch.Tensor, layout: SegmentLayout) -> None:
     if q.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"Triton layer attention supports head dims {sorted(HEAD_DIMS)}, got {q.shape[-1]}")
@@ -47,13 +61,11 @@ def triton_attention_forward(
     lse = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=q.device)
     tiles = layout.device_tiles(SPARSE_BLOCK, q.device)
 
-    def grid(meta: dict[str, int]) -> tuple[int, int]:
-        return (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)
-
-    attention_fwd_kernel[grid](
+    attention_fwd_kernel[_grid(batch * heads, tiles.num_tiles, "BLOCK_M")](
         q, k, v, out, lse,
-        layout.segment_ids(q.device), layout.allowed_table(q.device),
-        tiles.kv_full.offsets, tiles.kv_full.indices, tiles.kv_partial.offsets, tiles.kv_partial.indices,
+        layout.segment_ids(q.device), layout.allowed_table(q.device), tiles.q_order,
+        tiles.kv_full.run_offsets, tiles.kv_full.run_starts, tiles.kv_full.run_ends,
+        tiles.kv_partial.offsets, tiles.kv_partial.indices,
         *q.stride(), *k.stride(), *v.stride(), *out.stride()[:3],
         heads, seq_len, layout.num_segments, scale * LOG2E,
         HEAD_DIM=head_dim, SPARSE_BLOCK=SPARSE_BLOCK, INPUT_PRECISION=_input_precision(q.dtype),
@@ -92,21 +104,17 @@ def triton_attention_backward(
         heads, seq_len, layout.num_segments, scale * LOG2E, scale,
     )  # fmt: skip
 
-    def key_grid(meta: dict[str, int]) -> tuple[int, int]:
-        return (triton.cdiv(seq_len, meta["BLOCK_N"]), batch * heads)
-
-    attention_bwd_dkdv_kernel[key_grid](
-        q, k, v, grad_out, lse, delta, dk, dv, seg, allowed,
-        tiles.q_full.offsets, tiles.q_full.indices, tiles.q_partial.offsets, tiles.q_partial.indices,
+    attention_bwd_dkdv_kernel[_grid(batch * heads, tiles.num_tiles, "BLOCK_N")](
+        q, k, v, grad_out, lse, delta, dk, dv, seg, allowed, tiles.kv_order,
+        tiles.q_full.run_offsets, tiles.q_full.run_starts, tiles.q_full.run_ends,
+        tiles.q_partial.offsets, tiles.q_partial.indices,
         *common, HEAD_DIM=head_dim, SPARSE_BLOCK=SPARSE_BLOCK, INPUT_PRECISION=precision,
     )  # fmt: skip
 
-    def query_grid(meta: dict[str, int]) -> tuple[int, int]:
-        return (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)
-
-    attention_bwd_dq_kernel[query_grid](
-        q, k, v, grad_out, lse, delta, dq, seg, allowed,
-        tiles.kv_full.offsets, tiles.kv_full.indices, tiles.kv_partial.offsets, tiles.kv_partial.indices,
+    attention_bwd_dq_kernel[_grid(batch * heads, tiles.num_tiles, "BLOCK_M")](
+        q, k, v, grad_out, lse, delta, dq, seg, allowed, tiles.q_order,
+        tiles.kv_full.run_offsets, tiles.kv_full.run_starts, tiles.kv_full.run_ends,
+        tiles.kv_partial.offsets, tiles.kv_partial.indices,
         *common, HEAD_DIM=head_dim, SPARSE_BLOCK=SPARSE_BLOCK, INPUT_PRECISION=precision,
     )  # fmt: skip
     return dq, dk, dv

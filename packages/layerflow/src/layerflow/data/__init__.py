@@ -1,4 +1,4 @@
-"""LayerFlow training data: one layered sample type, four dataset readers and a precompute cache."""
+"""LayerFlow training data: one layered sample type (layers by name), four dataset readers, a precompute cache."""
 
 from layerflow.media import FrameError
 
@@ -12,18 +12,18 @@ from .precompute import (
     CacheSettings,
     StaleCacheError,
     cache_fingerprints,
-    encode_latents,
     encode_prompts,
+    encode_sample,
     precompute_cache,
 )
 from .sample import (
-    CLIP_ORDER,
-    PROMPT_ROLES,
+    Layer,
     LayeredBatch,
     LayeredSample,
-    ModelInputs,
+    collate_for_layout,
     collate_layered,
-    to_model_inputs,
+    composite_layers,
+    foreground_names,
     to_static,
 )
 from .sampling import FrameSampler, sample_rng
@@ -32,8 +32,6 @@ from .static import StaticImageDataset
 from .transforms import Preprocess
 
 __all__ = [
-    "CLIP_ORDER",
-    "PROMPT_ROLES",
     "CacheManifest",
     "CacheSettings",
     "CachedBatch",
@@ -42,10 +40,10 @@ __all__ = [
     "CopyPasteDataset",
     "FrameError",
     "FrameSampler",
+    "Layer",
     "LayeredBatch",
     "LayeredDataset",
     "LayeredSample",
-    "ModelInputs",
     "OfficialLayoutDataset",
     "OnError",
     "Preprocess",
@@ -56,11 +54,13 @@ __all__ = [
     "StaticImageDataset",
     "cache_fingerprints",
     "collate_cached",
+    "collate_for_layout",
     "collate_layered",
-    "encode_latents",
+    "composite_layers",
     "encode_prompts",
+    "encode_sample",
+    "foreground_names",
     "precompute_cache",
     "sample_rng",
-    "to_model_inputs",
     "to_static",
 ]

@@ -19,7 +19,7 @@ from layerflow.media import FrameError, frames_to_tensor
 from .checks import RawLayers, check_lengths, check_raw_layers
 from .errors import OnError, SampleError, SkipReport, check_on_error
 from .frames import FrameSequence
-from .sample import LayeredSample, Source
+from .sample import Layer, LayeredSample, Source, composite_layers
 from .sampling import sample_rng
 from .transforms import Preprocess, resize_foreground, resize_opaque
 
@@ -42,23 +42,28 @@ def build_sample(
     source: Source,
     fps: float,
 ) -> LayeredSample:
-    """Check decoded layers, resize + crop them and compute a missing composite: the common last step."""
+    """Check decoded one-foreground layers, resize + crop them and compute a missing composite.
+
+    The common last step of the file readers; the layers are named as :meth:`LayerLayout.official`.
+    """
     check_raw_layers(sample_id, layers)
     h, w, mode = preprocess.height, preprocess.width, preprocess.resample
-    foreground, alpha = resize_foreground(
-        frames_to_tensor(layers.foreground), frames_to_tensor(layers.alpha), h, w, mode
+    foreground = Layer(
+        "foreground",
+        *resize_foreground(frames_to_tensor(layers.foreground), frames_to_tensor(layers.alpha), h, w, mode),
     )
     background = resize_opaque(frames_to_tensor(layers.background), h, w, mode)
     if layers.composite is None:
-        composite = alpha * foreground + (1.0 - alpha) * background
+        composite = composite_layers([foreground], background)
     else:
         composite = resize_opaque(frames_to_tensor(layers.composite), h, w, mode)
     return LayeredSample(
         sample_id=sample_id,
-        foreground=foreground,
-        alpha=alpha,
-        background=background,
-        composite=composite,
+        layers={
+            "foreground": foreground,
+            "background": Layer("background", background),
+            "composite": Layer("composite", composite),
+        },
         prompts=prompts,
         source=source,
         fps=fps,

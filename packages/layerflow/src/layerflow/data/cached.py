@@ -12,6 +12,8 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
+from layerflow.layout import ClipContent, ClipSpec, LayerLayout
+
 from .precompute import CacheManifest, StaleCacheError, describe_staleness
 from .sample import Source
 
@@ -21,16 +23,16 @@ class CachedSample:
     """One cached sample.
 
     Attributes:
-        latents: ``[C, t, h, w]`` VAE latents of the clips in ``clip_order`` (``latent_frames_per_clip``
-            frames each), already multiplied by the VAE ``scaling_factor``.
-        prompt_embeds: ``[L * S, D]`` text embeddings, prompt ``i`` in tokens ``i*S .. (i+1)*S``.
+        latents: ``[F, C, h, w]`` VAE latents of the layout's clips in layout order (``clip_frames``
+            latent frames each), already multiplied by the VAE ``scaling_factor``.
+        prompt_embeds: ``[L * S, D]`` text embeddings, layout layer ``i``'s prompt in tokens ``i*S .. (i+1)*S``.
     """
 
     sample_id: str
     latents: torch.Tensor
     prompt_embeds: torch.Tensor
-    clip_order: tuple[str, ...]
-    latent_frames_per_clip: int
+    layout: LayerLayout
+    clip_frames: tuple[int, ...]
     prompts: dict[str, str]
     source: Source
     fps: float
@@ -39,21 +41,21 @@ class CachedSample:
     def is_static(self) -> bool:
         return self.source == "static"
 
-    def clip(self, name: str) -> torch.Tensor:
-        """The latent frames of one clip (``"foreground"``, ``"alpha"``, ``"background"``, ``"composite"``)."""
-        start = self.clip_order.index(name) * self.latent_frames_per_clip
-        return self.latents[:, start : start + self.latent_frames_per_clip]
+    def clip(self, layer: str, content: ClipContent = "color") -> torch.Tensor:
+        """The latent frames of one clip: a layer's colour clip or (``alpha_clip``) its alpha clip."""
+        index = self.layout.clips.index(ClipSpec(layer, content))
+        start = sum(self.clip_frames[:index])
+        return self.latents[start : start + self.clip_frames[index]]
 
 
 @dataclass
 class CachedBatch:
-    """Cached samples stacked: ``latents [B, C, t, h, w]``, ``prompt_embeds [B, L * S, D]``."""
+    """Cached samples stacked: ``latents [B, F, C, h, w]``, ``prompt_embeds [B, L * S, D]``."""
 
     sample_ids: list[str]
     latents: torch.Tensor
     prompt_embeds: torch.Tensor
-    clip_order: tuple[str, ...]
-    latent_frames_per_clip: int
+    clip_frames: tuple[int, ...]
     sources: list[Source]
     is_static: torch.Tensor
     """``[B]`` float, 1.0 for static samples: the per-sample motion gate."""
@@ -71,8 +73,7 @@ def collate_cached(samples: Sequence[CachedSample]) -> CachedBatch:
         sample_ids=[s.sample_id for s in samples],
         latents=torch.stack([s.latents for s in samples]),
         prompt_embeds=torch.stack([s.prompt_embeds for s in samples]),
-        clip_order=first.clip_order,
-        latent_frames_per_clip=first.latent_frames_per_clip,
+        clip_frames=first.clip_frames,
         sources=[s.source for s in samples],
         is_static=torch.tensor([float(s.is_static) for s in samples]),
         fps=torch.tensor([float(s.fps) for s in samples]),
@@ -114,6 +115,7 @@ class CachedLayerDataset(Dataset[CachedSample]):
         missing = [s for s in self.manifest.shards if not (self.cache_dir / s).is_file()]
         if missing:
             raise StaleCacheError(f"precompute cache {self.cache_dir} lacks shards {missing}; rebuild it")
+        self.layout = LayerLayout.from_dict(self.manifest.layout)
         self.sample_posterior = sample_posterior
         self.seed = seed
         self.epoch = 0
@@ -146,8 +148,8 @@ class CachedLayerDataset(Dataset[CachedSample]):
             sample_id=entry["sample_id"],
             latents=latents * self.manifest.scaling_factor,
             prompt_embeds=prompt_embeds,
-            clip_order=tuple(self.manifest.clip_order),
-            latent_frames_per_clip=self.manifest.latent_frames_per_clip,
+            layout=self.layout,
+            clip_frames=tuple(self.manifest.clip_frames),
             prompts=entry["prompts"],
             source=cast(Source, entry["source"]),
             fps=float(entry["fps"]),

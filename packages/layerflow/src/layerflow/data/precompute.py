@@ -10,8 +10,11 @@ posterior sample every step (``DiagonalGaussianRegularizer(sample=True)``), and 
 lets :class:`~layerflow.data.cached.CachedLayerDataset` do the same at the cost of 2x the storage,
 instead of freezing one noise draw into the data forever.
 
-The manifest records fingerprints of the VAE and text encoder (config + weight hash), of the dataset
-(settings + file sizes and mtimes) and of the preprocessing and cache settings. A cache whose
+Latents are the clips of the model's :class:`~layerflow.layout.LayerLayout` in layout order, encoded
+as the pipeline encodes conditions; prompt embeddings are one prompt per layout layer, in layer order.
+The manifest records fingerprints of the VAE, transparent VAE (``latent_offset`` layouts) and text
+encoder (config + weight hash), of the layout, of the dataset (settings + file sizes and mtimes) and
+of the preprocessing and cache settings (the VAE pass mode among them). A cache whose
 fingerprints differ is stale: it is rebuilt, or refused with a message naming what changed.
 Shards and the manifest are written atomically (temporary file + rename), the manifest last, so an
 interrupted run never leaves a cache that loads.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,18 +35,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from layerflow.atomic import atomic_file, write_json_atomic
+from layerflow.codec import ClipCodec, LatentPosterior
+from layerflow.geometry import FrameGeometry
+from layerflow.layout import LayerLayout
 
 from .base import LayeredDataset, digest
 from .errors import SampleError
 from .fingerprint import module_fingerprint
-from .sample import CLIP_ORDER, PROMPT_ROLES, LayeredSample, ModelInputs
+from .sample import Layer, LayeredSample
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "layerflow-precompute"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST = "manifest.json"
-EncodeMode = Literal["joint", "per_clip"]
 StalePolicy = Literal["rebuild", "raise"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,24 +61,21 @@ class StaleCacheError(RuntimeError):
 class CacheSettings:
     """How the cache is encoded and stored (all of it is part of the fingerprint).
 
+    The VAE pass mode (``per_clip`` / ``joint``) is the layout's (:attr:`LayerLayout.vae_pass`),
+    fingerprinted with the layout.
+
     Args:
-        encode_mode: ``"joint"`` encodes the clips concatenated in time (``CLIP_ORDER``) in one VAE
-            call, as the official code does (causal convolutions and norms see neighbouring clips);
-            ``"per_clip"`` encodes each clip alone.
         storage_dtype: dtype of the stored tensors (``"float32"``, ``"bfloat16"``, ``"float16"``).
         draws_per_sample: how many epochs of random choices (frame window, copy-paste placement)
             are encoded per sample; epoch ``e`` of the cached dataset reads draw ``e % draws``.
         samples_per_shard: entries per safetensors shard.
     """
 
-    encode_mode: EncodeMode = "joint"
     storage_dtype: str = "float32"
     draws_per_sample: int = 1
     samples_per_shard: int = 64
 
     def __post_init__(self) -> None:
-        if self.encode_mode not in ("joint", "per_clip"):
-            raise ValueError(f"encode_mode must be 'joint' or 'per_clip', got {self.encode_mode!r}")
         if self.storage_dtype not in _DTYPES:
             raise ValueError(f"storage_dtype must be one of {sorted(_DTYPES)}, got {self.storage_dtype!r}")
         if self.draws_per_sample < 1 or self.samples_per_shard < 1:
@@ -88,9 +90,10 @@ class CacheManifest:
     fingerprints: dict[str, str]
     settings: dict[str, Any]
     scaling_factor: float
-    latent_frames_per_clip: int
-    clip_order: list[str]
-    prompt_roles: list[str]
+    layout: dict[str, Any]
+    """The model's layout (:meth:`LayerLayout.to_dict`): clips and prompts are in its order."""
+    clip_frames: list[int]
+    """Latent frames of each clip in layout order."""
     entries: list[dict[str, Any]] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -112,47 +115,24 @@ class CacheManifest:
         write_json_atomic(cache_dir / MANIFEST, asdict(self), indent=1)
 
 
-def _posterior(vae: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of ``vae.encode`` for ``[T, 3, H, W]`` pixels in [-1, 1]; returns ``[C, t, h, w]``."""
-    param = next(vae.parameters())
-    pixels = video.permute(1, 0, 2, 3).unsqueeze(0).to(device=param.device, dtype=param.dtype)
-    encoded = vae.encode(pixels)  # type: ignore[operator]
-    posterior = getattr(encoded, "latent_dist", encoded)
-    if not hasattr(posterior, "mean") or not hasattr(posterior, "std"):
-        raise TypeError(
-            f"{type(vae).__name__}.encode must return a Gaussian posterior with .mean and .std "
-            f"(or an output with .latent_dist), got {type(encoded).__name__}"
-        )
-    return posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
-
-
 @torch.no_grad()
-def encode_latents(
-    vae: nn.Module, inputs: ModelInputs, mode: EncodeMode = "joint", clip_order: Sequence[str] = CLIP_ORDER
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """VAE posterior of one sample's clips: ``(mean, std, latent frames per clip)``, ``[C, t, h, w]``.
+def encode_sample(codec: ClipCodec, layers: Mapping[str, Layer]) -> tuple[LatentPosterior, FrameGeometry]:
+    """The VAE posterior of one sample's layout clips, encoded by the pipeline's codec.
 
-    The latent frames are the clips' latents in ``clip_order``, each clip the same number of frames.
+    ``layers`` are named as the codec's layout names them (:meth:`LayeredSample.for_layout`),
+    ``[T, C, H, W]``; they are encoded exactly as the pipeline encodes the same frames as conditions.
     """
-    if mode == "per_clip":
-        moments = [_posterior(vae, getattr(inputs, name)) for name in clip_order]
-        mean, std = torch.cat([m for m, _ in moments], dim=1), torch.cat([s for _, s in moments], dim=1)
-        return mean, std, moments[0][0].shape[1]
-    mean, std = _posterior(vae, inputs.concat(clip_order))
-    total = mean.shape[1]
-    if total % len(clip_order):
-        raise ValueError(
-            f"joint encoding gave {total} latent frames for {len(clip_order)} clips of "
-            f"{inputs.foreground.shape[0]} frames, which do not split evenly: use a frame count that is a "
-            "multiple of the VAE's frame batch (8 for CogVideoX) or encode_mode='per_clip'"
-        )
-    return mean, std, total // len(clip_order)
+    frames = {name: layer.frames[None] for name, layer in layers.items()}
+    t, _, h, w = next(iter(layers.values())).rgb.shape
+    geometry = codec.geometry.check(t, h, w, codec.layout)
+    return codec.encode(frames, geometry), geometry
 
 
 @torch.no_grad()
-def encode_prompts(text_encoder: nn.Module, sample: LayeredSample) -> torch.Tensor:
-    """Layer prompt embeddings ``[L * S, D]`` of a sample, prompts in :data:`PROMPT_ROLES` order."""
-    output = text_encoder([sample.prompts[role] for role in PROMPT_ROLES])
+def encode_prompts(text_encoder: nn.Module, sample: LayeredSample, layout: LayerLayout) -> torch.Tensor:
+    """Layer prompt embeddings ``[L * S, D]`` of a sample, one prompt per layout layer in layout order."""
+    sample = sample.for_layout(layout)
+    output = text_encoder([sample.prompts[spec.name] for spec in layout.layers])
     embeddings = getattr(output, "embeddings", output)
     if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3 or embeddings.shape[0] != 1:
         raise TypeError(
@@ -171,21 +151,29 @@ def _check_text_encoder(text_encoder: nn.Module) -> None:
 
 
 def cache_fingerprints(
-    dataset: LayeredDataset, vae: nn.Module, text_encoder: nn.Module, settings: CacheSettings
+    dataset: LayeredDataset, codec: ClipCodec, text_encoder: nn.Module, settings: CacheSettings
 ) -> dict[str, str]:
-    """The fingerprints a cache of ``dataset`` with these encoders and settings must carry."""
-    return {
-        "vae": module_fingerprint(vae),
+    """The fingerprints a cache of ``dataset`` with this codec, text encoder and settings must carry.
+
+    The layout's fingerprint covers its VAE pass mode, so a ``per_clip`` cache never serves ``joint``.
+    """
+    fingerprints = {
+        "vae": module_fingerprint(codec.vae),
         "text_encoder": module_fingerprint(text_encoder),
+        "layout": digest(codec.layout.to_dict()),
         "dataset": dataset.fingerprint(),
         "preprocess": digest(dataset.preprocess.to_dict()),
         "settings": digest(asdict(settings)),
     }
+    if codec.transparent_vae is not None:
+        fingerprints["transparent_vae"] = module_fingerprint(codec.transparent_vae)
+    return fingerprints
 
 
 def describe_staleness(stored: dict[str, str], expected: dict[str, str]) -> str:
     changed = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
     names = {"vae": "the VAE", "text_encoder": "the text encoder", "dataset": "the dataset files or settings"}
+    names |= {"layout": "the layer layout (or its VAE pass mode)", "transparent_vae": "the transparent VAE"}
     names |= {"preprocess": "the preprocessing settings", "settings": "the cache settings"}
     return ", ".join(names.get(k, k) for k in changed)
 
@@ -199,7 +187,7 @@ def _clear(cache_dir: Path) -> None:
 
 def precompute_cache(
     dataset: LayeredDataset,
-    vae: nn.Module,
+    codec: ClipCodec,
     text_encoder: nn.Module,
     cache_dir: str | Path,
     settings: CacheSettings | None = None,
@@ -210,8 +198,9 @@ def precompute_cache(
     """Encode ``dataset`` into ``cache_dir``, or reuse the cache there when its fingerprints match.
 
     Args:
-        vae: a VAE whose ``encode`` returns a diagonal Gaussian (diffusers ``AutoencoderKLCogVideoX``);
-            its ``config.scaling_factor`` is recorded for the cached dataset.
+        codec: the pipeline's :class:`~layerflow.codec.ClipCodec` (layout, geometry, VAE, transparent
+            VAE): samples are matched to its layout (:meth:`LayeredSample.for_layout`) and encoded
+            exactly as the pipeline encodes conditions, in the layout's VAE pass mode.
         text_encoder: a module mapping a list of layer prompts to ``[1, L * S, D]`` embeddings (or an
             object with ``.embeddings``), e.g. ``layer_embeddings.LayerPromptEncoder`` without a layer
             embedder.
@@ -221,12 +210,13 @@ def precompute_cache(
     Samples that fail follow the dataset's ``on_error``: raised, or skipped and listed in the manifest.
     """
     settings = settings or CacheSettings()
+    layout = codec.layout
     if on_stale not in ("rebuild", "raise"):
         raise ValueError(f"on_stale must be 'rebuild' or 'raise', got {on_stale!r}")
     _check_text_encoder(text_encoder)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fingerprints = cache_fingerprints(dataset, vae, text_encoder, settings)
+    fingerprints = cache_fingerprints(dataset, codec, text_encoder, settings)
     if (cache_dir / MANIFEST).exists():
         try:
             previous = CacheManifest.load(cache_dir)
@@ -246,14 +236,13 @@ def precompute_cache(
     _clear(cache_dir)
 
     dtype = _DTYPES[settings.storage_dtype]
-    scaling_factor = float(getattr(getattr(vae, "config", None), "scaling_factor", 1.0))
+    scaling_factor = codec.geometry.scaling_factor
     manifest = CacheManifest(
         fingerprints=fingerprints,
         settings=asdict(settings),
         scaling_factor=scaling_factor,
-        latent_frames_per_clip=0,
-        clip_order=list(CLIP_ORDER),
-        prompt_roles=list(PROMPT_ROLES),
+        layout=layout.to_dict(),
+        clip_frames=[],
     )
     pending: dict[str, torch.Tensor] = {}
 
@@ -276,11 +265,13 @@ def precompute_cache(
             dataset.skips.record(error)
             manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
             continue
-        mean, std, per_clip = encode_latents(vae, sample.to_model_inputs(), settings.encode_mode)
-        manifest.latent_frames_per_clip = per_clip
+        sample = sample.for_layout(layout)
+        posterior, geometry = encode_sample(codec, sample.layers)
+        manifest.clip_frames = list(geometry.clip_latent_frames)
+        mean, std = posterior.mean[0].float().cpu(), posterior.std[0].float().cpu()
         key = str(len(manifest.entries))
         pending |= {f"{key}.latent_mean": mean.to(dtype), f"{key}.latent_std": std.to(dtype)}
-        pending[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample).to(dtype)
+        pending[f"{key}.prompt_embeds"] = encode_prompts(text_encoder, sample, layout).to(dtype)
         manifest.entries.append(
             {
                 "key": key,

@@ -1,19 +1,57 @@
-"""The one sample type every dataset yields, its batch, and the official model-input transform."""
+"""The one sample type every dataset yields: frames keyed by layer name, prompts by layer name.
+
+A sample speaks the inference vocabulary (:mod:`layerflow.layout`): each layer has a name and a role,
+transparent layers (role ``"foreground"``) carry straight colour plus an alpha matte, and the layers
+are listed in depth order, front to back (foregrounds nearest first, then the background), with the
+composite last. Any number of foregrounds is allowed; :meth:`LayeredSample.for_layout` matches a
+sample to a model's :class:`~layerflow.layout.LayerLayout`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
+from layerflow.layout import ROLES, LayerLayout, Role
+
 Source = Literal["video", "static"]
 SOURCES: tuple[Source, ...] = ("video", "static")
-PROMPT_ROLES = ("foreground", "background", "composite")
-"""Prompt roles in LayerFlow's prompt-index order: ``"0, <fg>"``, ``"1, <bg>"``, ``"2, <blended>"``."""
-CLIP_ORDER = ("foreground", "alpha", "background", "composite")
-"""The official RGBA clip order along time: foreground, alpha, background, blended."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer's frames: ``rgb`` ``[..., T, 3, H, W]`` straight colour in [0, 1] and, for
+    transparent layers, ``alpha`` ``[..., T, 1, H, W]`` in [0, 1] (``None`` for opaque layers)."""
+
+    role: Role
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> torch.Tensor:
+        """Straight RGBA (transparent layers) or RGB: what the pipeline takes as a condition."""
+        return self.rgb if self.alpha is None else torch.cat([self.rgb, self.alpha], dim=-3)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Layer:
+        """The layer with ``fn`` applied to every tensor."""
+        return Layer(self.role, fn(self.rgb), None if self.alpha is None else fn(self.alpha))
+
+
+def foreground_names(count: int) -> list[str]:
+    """Names of ``count`` foregrounds as :meth:`LayerLayout.with_foregrounds` names them, front to back."""
+    return [spec.name for spec in LayerLayout.with_foregrounds(count).layers if spec.transparent]
+
+
+def composite_layers(foregrounds: Sequence[Layer], background: torch.Tensor) -> torch.Tensor:
+    """Exact "over" compositing of straight-alpha foregrounds (front to back) onto an opaque background."""
+    result = background
+    for layer in reversed(foregrounds):
+        assert layer.alpha is not None
+        result = layer.alpha * layer.rgb + (1.0 - layer.alpha) * result
+    return result
 
 
 @dataclass
@@ -22,53 +60,94 @@ class LayeredSample:
 
     Attributes:
         sample_id: stable id (folder name, meta-JSON key, ...); every error message names it.
-        foreground: ``[T, 3, H, W]`` straight (not premultiplied) foreground colour in [0, 1].
-        alpha: ``[T, 1, H, W]`` foreground opacity in [0, 1].
-        background: ``[T, 3, H, W]`` opaque background in [0, 1].
-        composite: ``[T, 3, H, W]`` the blended video in [0, 1].
-        prompts: one prompt per role in :data:`PROMPT_ROLES`.
+        layers: layer name -> :class:`Layer` (``[T, C, H, W]``), in depth order (front to back), composite last.
+        prompts: layer name -> prompt, one per layer.
         source: ``"static"`` for repeated-frame clips (the motion LoRA is gated on, motion alpha 1) and
             ``"video"`` for real motion (motion alpha 0), as LayerFlow's per-sample ``scale``.
         fps: frame rate of the sampled frames (source fps divided by the sampling stride).
     """
 
     sample_id: str
-    foreground: torch.Tensor
-    alpha: torch.Tensor
-    background: torch.Tensor
-    composite: torch.Tensor
+    layers: dict[str, Layer]
     prompts: dict[str, str]
     source: Source
     fps: float
 
     def __post_init__(self) -> None:
-        t, _, h, w = self.foreground.shape
-        expected = {"foreground": (t, 3, h, w), "alpha": (t, 1, h, w)}
-        expected |= {"background": (t, 3, h, w), "composite": (t, 3, h, w)}
-        for name, shape in expected.items():
-            got = tuple(getattr(self, name).shape)
-            if got != shape:
-                raise ValueError(f"sample {self.sample_id!r}: {name} has shape {got}, expected {shape}")
+        where = f"sample {self.sample_id!r}"
+        if not self.layers:
+            raise ValueError(f"{where} has no layers")
+        first = next(iter(self.layers.values())).rgb
+        t, h, w = first.shape[0], first.shape[-2], first.shape[-1]
+        for name, layer in self.layers.items():
+            if layer.role not in ROLES:
+                raise ValueError(f"{where}: layer {name!r} has role {layer.role!r}, expected one of {ROLES}")
+            expected = {"rgb": (t, 3, h, w), "alpha": (t, 1, h, w) if layer.role == "foreground" else None}
+            for part, shape in expected.items():
+                tensor = getattr(layer, part)
+                got = None if tensor is None else tuple(tensor.shape)
+                if got != shape:
+                    raise ValueError(f"{where}: layer {name!r} {part} has shape {got}, expected {shape}")
         if self.source not in SOURCES:
-            raise ValueError(
-                f"sample {self.sample_id!r}: source must be one of {SOURCES}, got {self.source!r}"
-            )
-        missing = [role for role in PROMPT_ROLES if role not in self.prompts]
+            raise ValueError(f"{where}: source must be one of {SOURCES}, got {self.source!r}")
+        missing = [name for name in self.layers if name not in self.prompts]
         if missing:
-            raise ValueError(
-                f"sample {self.sample_id!r}: prompts lack {missing} (have {sorted(self.prompts)})"
-            )
+            raise ValueError(f"{where}: prompts lack layer(s) {missing} (have {sorted(self.prompts)})")
 
     @property
     def num_frames(self) -> int:
-        return int(self.foreground.shape[0])
+        return int(next(iter(self.layers.values())).rgb.shape[0])
 
     @property
     def is_static(self) -> bool:
         return self.source == "static"
 
-    def to_model_inputs(self) -> ModelInputs:
-        return to_model_inputs(self.foreground, self.alpha, self.background, self.composite)
+    def layer(self, name: str) -> Layer:
+        try:
+            return self.layers[name]
+        except KeyError:
+            raise KeyError(
+                f"sample {self.sample_id!r} has no layer {name!r}; it has {list(self.layers)}"
+            ) from None
+
+    def frames(self) -> dict[str, torch.Tensor]:
+        """Layer name -> ``[T, C, H, W]`` frames in [0, 1] (foregrounds straight RGBA): pipeline conditions."""
+        return {name: layer.frames for name, layer in self.layers.items()}
+
+    def for_layout(self, layout: LayerLayout) -> LayeredSample:
+        """This sample with exactly ``layout``'s layers, named as the layout names them.
+
+        Layers are matched by name when every layout name is in the sample, else by role in depth
+        order (the layout's first foreground is the sample's frontmost, ...). A sample whose roles
+        do not match the layout's one for one is an error naming both.
+        """
+        wanted = [(spec.name, spec.role) for spec in layout.layers]
+        if all(name in self.layers for name, _ in wanted) and len(wanted) == len(self.layers):
+            picked = {name: self.layers[name] for name, _ in wanted}
+        else:
+            by_role: dict[str, list[str]] = {}
+            for name, layer in self.layers.items():
+                by_role.setdefault(layer.role, []).append(name)
+            counts = {role: sum(r == role for _, r in wanted) for role in ROLES}
+            if any(len(by_role.get(role, [])) != n for role, n in counts.items()):
+                have = [(name, layer.role) for name, layer in self.layers.items()]
+                raise ValueError(
+                    f"sample {self.sample_id!r} has layers {have}; the model's layout needs {wanted}"
+                )
+            order = {role: iter(names) for role, names in by_role.items()}
+            source_names = {name: next(order[role]) for name, role in wanted}
+            picked = {name: self.layers[source] for name, source in source_names.items()}
+            return replace(
+                self,
+                layers=picked,
+                prompts={name: self.prompts[source] for name, source in source_names.items()},
+            )
+        for name, role in wanted:
+            if picked[name].role != role:
+                raise ValueError(
+                    f"sample {self.sample_id!r}: layer {name!r} is a {picked[name].role}, the layout's a {role}"
+                )
+        return replace(self, layers=picked, prompts={name: self.prompts[name] for name, _ in wanted})
 
 
 def to_static(sample: LayeredSample, frame: int, num_frames: int | None = None) -> LayeredSample:
@@ -84,65 +163,19 @@ def to_static(sample: LayeredSample, frame: int, num_frames: int | None = None) 
     count = sample.num_frames if num_frames is None else num_frames
     frame %= sample.num_frames
 
-    def repeat(layer: torch.Tensor) -> torch.Tensor:
-        return layer[frame : frame + 1].expand(count, -1, -1, -1).contiguous()
+    def repeat(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[frame : frame + 1].expand(count, -1, -1, -1).contiguous()
 
-    return replace(
-        sample,
-        foreground=repeat(sample.foreground),
-        alpha=repeat(sample.alpha),
-        background=repeat(sample.background),
-        composite=repeat(sample.composite),
-        source="static",
-    )
-
-
-@dataclass
-class ModelInputs:
-    """The official LayerFlow pixel clips, each ``[..., T, 3, H, W]`` in [-1, 1].
-
-    ``foreground`` is premultiplied onto mid-grey and ``alpha`` is the mask repeated to 3 channels
-    (0 -> -1, 1 -> +1), so all four clips are ordinary RGB videos for the stock VAE.
-    """
-
-    foreground: torch.Tensor
-    alpha: torch.Tensor
-    background: torch.Tensor
-    composite: torch.Tensor
-
-    def concat(self, order: Sequence[str] = CLIP_ORDER) -> torch.Tensor:
-        """The clips concatenated along time (dim -4), in ``order``: one video for joint VAE encoding."""
-        return torch.cat([getattr(self, name) for name in order], dim=-4)
-
-
-def to_model_inputs(
-    foreground: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor, composite: torch.Tensor
-) -> ModelInputs:
-    """Map [0, 1] layers (``[..., T, C, H, W]``, straight alpha) to the official model input clips.
-
-    Matches ``image_process_simple`` of the official code: ``a * rgb`` in [-1, 1] space, which is the
-    foreground premultiplied onto 0.5 grey, ``fg * a + 0.5 * (1 - a)``, before mapping to [-1, 1].
-    """
-    grey_premultiplied = foreground * alpha + 0.5 * (1.0 - alpha)
-    repeat = [1] * alpha.dim()
-    repeat[-3] = 3
-    return ModelInputs(
-        foreground=grey_premultiplied * 2.0 - 1.0,
-        alpha=alpha.repeat(*repeat) * 2.0 - 1.0,
-        background=background * 2.0 - 1.0,
-        composite=composite * 2.0 - 1.0,
-    )
+    layers = {name: layer.map(repeat) for name, layer in sample.layers.items()}
+    return replace(sample, layers=layers, source="static")
 
 
 @dataclass
 class LayeredBatch:
-    """Samples stacked along a leading batch dim (``[B, T, C, H, W]``); see :func:`collate_layered`."""
+    """Samples stacked along a leading batch dim: every layer ``[B, T, C, H, W]``; see :func:`collate_layered`."""
 
     sample_ids: list[str]
-    foreground: torch.Tensor
-    alpha: torch.Tensor
-    background: torch.Tensor
-    composite: torch.Tensor
+    layers: dict[str, Layer]
     prompts: dict[str, list[str]]
     sources: list[Source]
     is_static: torch.Tensor
@@ -152,32 +185,38 @@ class LayeredBatch:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
-    def layer_prompts(self) -> list[list[str]]:
-        """Per-sample prompt lists in :data:`PROMPT_ROLES` order (what a layer prompt encoder takes)."""
-        return [[self.prompts[role][b] for role in PROMPT_ROLES] for b in range(len(self))]
 
-    def to_model_inputs(self) -> ModelInputs:
-        return to_model_inputs(self.foreground, self.alpha, self.background, self.composite)
+def collate_for_layout(samples: Sequence[LayeredSample], layout: LayerLayout) -> LayeredBatch:
+    """:func:`collate_layered` of the samples matched to ``layout`` (:meth:`LayeredSample.for_layout`)."""
+    return collate_layered([sample.for_layout(layout) for sample in samples])
 
 
 def collate_layered(samples: Sequence[LayeredSample]) -> LayeredBatch:
-    """``collate_fn`` for a ``DataLoader`` over any of the datasets: samples must share ``[T, H, W]``."""
+    """``collate_fn`` for a ``DataLoader``: samples must share their layers (names, roles) and ``[T, H, W]``."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     first = samples[0]
+    signature = [(name, layer.role, tuple(layer.rgb.shape)) for name, layer in first.layers.items()]
     for sample in samples[1:]:
-        if sample.foreground.shape != first.foreground.shape:
+        other = [(name, layer.role, tuple(layer.rgb.shape)) for name, layer in sample.layers.items()]
+        if other != signature:
             raise ValueError(
-                f"cannot batch sample {sample.sample_id!r} of shape {tuple(sample.foreground.shape)} with "
-                f"{first.sample_id!r} of shape {tuple(first.foreground.shape)}: use one preprocessing size"
+                f"cannot batch sample {sample.sample_id!r} (layers {other}) with {first.sample_id!r} "
+                f"(layers {signature}): use one preprocessing size and one layer layout"
             )
+
+    def stack(name: str, part: str) -> torch.Tensor | None:
+        tensors = [getattr(s.layers[name], part) for s in samples]
+        return None if tensors[0] is None else torch.stack(tensors)
+
+    layers = {
+        name: Layer(layer.role, stack(name, "rgb"), stack(name, "alpha"))
+        for name, layer in first.layers.items()
+    }  # type: ignore[arg-type]
     return LayeredBatch(
         sample_ids=[s.sample_id for s in samples],
-        foreground=torch.stack([s.foreground for s in samples]),
-        alpha=torch.stack([s.alpha for s in samples]),
-        background=torch.stack([s.background for s in samples]),
-        composite=torch.stack([s.composite for s in samples]),
-        prompts={role: [s.prompts[role] for s in samples] for role in PROMPT_ROLES},
+        layers=layers,
+        prompts={name: [s.prompts[name] for s in samples] for name in first.layers},
         sources=[s.source for s in samples],
         is_static=torch.tensor([float(s.is_static) for s in samples]),
         fps=torch.tensor([float(s.fps) for s in samples]),

@@ -21,15 +21,18 @@ from typing import Any, cast
 
 import numpy as np
 
+from layerflow.layout import LayerLayout
 from layerflow.media import VIDEO_SUFFIXES, FrameMode, find_file, video_fps
 
 from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip, sample_folders
 from .errors import OnError, SampleError
 from .frames import ImageSequence, VideoSequence, open_layer
-from .sample import PROMPT_ROLES, SOURCES, LayeredSample, Source
+from .sample import SOURCES, LayeredSample, Source
 from .transforms import Preprocess
 
 DEFAULT_FPS = 8.0
+#: The layers of a simple-layout sample (and the keys of its ``prompts.json``).
+LAYER_NAMES: tuple[str, ...] = tuple(spec.name for spec in LayerLayout.official().layers)
 
 
 def find_layer(folder: Path, name: str) -> Path | None:
@@ -51,15 +54,15 @@ def read_json(path: Path, sample_id: str) -> dict[str, Any]:
     return content
 
 
-def read_prompts(path: Path, sample_id: str, roles: tuple[str, ...] = PROMPT_ROLES) -> dict[str, str]:
-    """The prompts of ``roles`` from ``prompts.json``, each a non-empty string (whitespace stripped)."""
+def read_prompts(path: Path, sample_id: str, names: tuple[str, ...] = LAYER_NAMES) -> dict[str, str]:
+    """The prompts of layers ``names`` from ``prompts.json``, each a non-empty string (whitespace stripped)."""
     content = read_json(path, sample_id)
     prompts = {}
-    for role in roles:
-        text = content.get(role)
+    for name in names:
+        text = content.get(name)
         if not isinstance(text, str) or not text.strip():
-            raise SampleError(sample_id, f"{path}: key {role!r} must be a non-empty string, got {text!r}")
-        prompts[role] = text.strip()
+            raise SampleError(sample_id, f"{path}: key {name!r} must be a non-empty string, got {text!r}")
+        prompts[name] = text.strip()
     return prompts
 
 

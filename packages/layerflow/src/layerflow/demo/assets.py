@@ -30,9 +30,9 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
 from tqdm.auto import tqdm
 
-from layer_embeddings.testing import build_tiny_t5_encoder, build_word_tokenizer
+from layer_embeddings.tiny import build_tiny_t5_encoder, build_word_tokenizer
+from layerflow import codec as rep
 from layerflow.atomic import atomic_directory
-from layerflow.pipelines import representation as rep
 from layerflow.synthetic import SyntheticConfig, SyntheticGenerator, SyntheticSample
 
 #: Bump when the cached folder's content or the way it is built changes (part of the fingerprint).
@@ -135,7 +135,7 @@ def caption_words() -> list[str]:
 
     The trainer's tiny model uses the same list, so a model trained by either reads the same ids.
     """
-    from layerflow.training.export import tiny_words
+    from layerflow.tiny import tiny_words
 
     return tiny_words()
 

@@ -37,7 +37,7 @@ from layerflow.metrics.report import METRICS
 from layerflow.pipelines import LayerFlowOutput, LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
 from layerflow.synthetic.writers import generate_dataset
-from layerflow.testing import build_tiny_transformer, single_thread
+from layerflow.tiny import build_tiny_transformer, single_thread
 
 from .assets import DemoAssetConfig, DemoAssets, load_or_build_assets
 from .report import render_markdown, targets_table

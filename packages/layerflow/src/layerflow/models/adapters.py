@@ -76,12 +76,45 @@ def set_inference_gates(transformer: nn.Module) -> None:
             ml.set_scale(transformer, name, INFERENCE_GATES[name])
 
 
-def load_official_lora(transformer: nn.Module, sat_state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Attach the official ``matrix_A/B`` (motion) and ``matrix_C/D`` (content) LoRAs; untrained all-zero
-    pairs are skipped. Gates are set for inference. Returns the adapters created."""
-    created = ml.load_layerflow_official(transformer, sat_state_dict, rename=sat_module_to_diffusers)
-    set_inference_gates(transformer)
-    return created
+@contextlib.contextmanager
+def merged_for_inference(transformer: nn.Module) -> Iterator[list[str]]:
+    """For one inference call, run the adapters at the cost of the stock model; restore them after.
+
+    Every enabled adapter whose gate is a constant non-zero scalar (official inference: content 1)
+    is merged into the base weights with a kept copy, and every enabled adapter gated off (motion
+    0) is disabled, so no LoRA kernel runs inside. On exit the adapters are unmerged (bit-exact,
+    from the kept copies) and re-enabled, also when the body raises. Yields the merged names.
+
+    Nothing changes while gradients are enabled or the model is training (a merged adapter would
+    get no gradient, and training gates are per sample), nor for per-sample gates (not mergeable).
+    """
+    if torch.is_grad_enabled() or transformer.training:
+        yield []
+        return
+    merged: list[str] = []
+    disabled: list[str] = []
+    try:
+        for name in ml.list_adapters(transformer):
+            layers = ml.adapter_layers(transformer, name).values()
+            if not all(layer.enabled[name] for layer in layers) or any(
+                name in layer.merged_adapters for layer in layers
+            ):
+                continue  # already out of the forward, or merged by the caller: leave it alone
+            gate = ml.get_scale(transformer, name)
+            if isinstance(gate, torch.Tensor):
+                continue  # per-sample gate: must stay a branch
+            if gate == 0.0:
+                ml.disable_adapter(transformer, name)
+                disabled.append(name)
+            else:
+                ml.merge_adapter(transformer, name, keep_copy=True)
+                merged.append(name)
+        yield merged
+    finally:
+        for name in reversed(merged):
+            ml.unmerge_adapter(transformer, name)
+        for name in disabled:
+            ml.enable_adapter(transformer, name)
 
 
 def attach_lora_factors(transformer: nn.Module, factors: Mapping[str, Mapping[str, ml.ModuleLora]]) -> None:

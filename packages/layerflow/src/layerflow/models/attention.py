@@ -37,6 +37,10 @@ def segment_attention_kwargs(
                 "(transformer config attention_backend)"
             )
         return {}
+    # the shared layout of this shape: its tile lists and device copies are built once and reused
+    # by every block, step, call and gradient-checkpointing recompute
     return {
-        "layout": SegmentLayout(list(lengths), None if allowed is None else [list(row) for row in allowed])
+        "layout": SegmentLayout.cached(
+            list(lengths), None if allowed is None else [list(row) for row in allowed]
+        )
     }

@@ -27,9 +27,11 @@ from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTran
 from torch import nn
 
 from layer_embeddings import LayerEmbedder
+from layerflow.geometry import FrameGeometry
+from layerflow.layout import TaskLayout
 
 from .adapters import ADAPTERS_FOLDER, bare_linears, load_adapters, save_adapters
-from .attention import install_layer_attention
+from .attention import install_layer_attention, segment_attention_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -95,27 +97,40 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
             self._table_cache = {key: joint[:, self.max_text_seq_length :]}
         return self._table_cache[key]
 
+    def check_sequence(self, num_prompts: int, num_frames: int, height: int, width: int) -> None:
+        """Raise naming the problem if ``num_prompts`` prompts and ``num_frames`` latent frames of
+        ``height x width`` latents do not fit this embedding (prompt slots, learned table)."""
+        if num_prompts > self.num_layer_prompts:
+            raise ValueError(
+                f"{num_prompts} layer prompts, but the model has {self.num_layer_prompts} prompt slots"
+            )
+        if self.position_table is None:
+            return
+        expected_text = self.num_layer_prompts * self.max_text_seq_length
+        text_length = num_prompts * self.max_text_seq_length
+        if text_length != expected_text:
+            raise ValueError(
+                f"the learned position table holds {self.num_layer_prompts} prompts of "
+                f"{self.max_text_seq_length} tokens ({expected_text} text rows), got {text_length} text tokens"
+            )
+        if (height, width) != (self.sample_height, self.sample_width):
+            raise ValueError(
+                f"the learned position table is for {self.sample_height}x{self.sample_width} latents, "
+                f"got {height}x{width}"
+            )
+        video_length = num_frames * (height // self.patch_size) * (width // self.patch_size)
+        available = self.position_table.shape[1] - expected_text
+        if video_length > available:
+            raise ValueError(
+                f"the learned position table covers {available} video tokens, got {video_length}"
+            )
+
     def _video_positions(
         self, num_frames: int, height: int, width: int, text_length: int, device: torch.device
     ) -> torch.Tensor:
         if self.position_table is not None:
-            expected_text = self.num_layer_prompts * self.max_text_seq_length
-            if text_length != expected_text:
-                raise ValueError(
-                    f"the learned position table holds {self.num_layer_prompts} prompts of "
-                    f"{self.max_text_seq_length} tokens ({expected_text} text rows), got {text_length} text tokens"
-                )
-            if (height, width) != (self.sample_height, self.sample_width):
-                raise ValueError(
-                    f"the learned position table is for {self.sample_height}x{self.sample_width} latents, "
-                    f"got {height}x{width}"
-                )
+            self.check_sequence(text_length // self.max_text_seq_length, num_frames, height, width)
             video_length = num_frames * (height // self.patch_size) * (width // self.patch_size)
-            available = self.position_table.shape[1] - expected_text
-            if video_length > available:
-                raise ValueError(
-                    f"the learned position table covers {available} video tokens, got {video_length}"
-                )
             return self.position_table[:, : text_length + video_length]
         if self.position_mode == "continuous":
             return self._video_table(num_frames, height, width, device)
@@ -184,7 +199,7 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         learned_position_frames: latent frames of a learnable joint position table (some official
             variants store one); ``None`` uses the computed sin-cos table.
         attention_backend: installs ``layer-attention``'s processor with this backend (``"auto"``:
-            Triton on CUDA, else xformers, else SDPA), which takes a segment layout per call;
+            SDPA unless another backend is measured faster here), which takes a segment layout per call;
             ``None`` keeps diffusers' stock processor.
 
     Motion/content LoRA adapters (``layerflow.models.adapters``) are saved beside the weights in
@@ -287,12 +302,34 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         if attention_backend is not None:
             install_layer_attention(self, attention_backend)
 
-    @property
-    def tokens_per_latent_frame(self) -> int:
+    def attention_kwargs_for(
+        self, task_layout: TaskLayout, frames: FrameGeometry, isolate_conditions: bool = False
+    ) -> dict[str, Any]:
+        """``attention_kwargs`` for one call: the segment layout of ``task_layout`` at ``frames``.
+
+        The transformer owns the patch and the prompt length, so it turns the layout's prompts and
+        clips (each clip its own latent frames) into token segments. Empty with the stock processor.
+        """
         config = self.config
-        return (config["sample_height"] // config["patch_size"]) * (
-            config["sample_width"] // config["patch_size"]
+        patch = int(config["patch_size"])
+        tokens = (frames.latent_height // patch) * (frames.latent_width // patch)
+        if tokens != frames.tokens_per_latent_frame:
+            raise ValueError(
+                f"frame geometry says {frames.tokens_per_latent_frame} tokens per latent frame, the "
+                f"transformer (patch {patch}) makes {tokens}"
+            )
+        lengths = task_layout.segment_lengths(int(config["max_text_seq_length"]), frames.clip_tokens)
+        return segment_attention_kwargs(self, lengths, task_layout.attention_table(isolate_conditions))
+
+    def check_inputs(self, task_layout: TaskLayout, frames: FrameGeometry) -> None:
+        """Raise before any compute if ``task_layout`` at ``frames`` does not fit this model."""
+        self.patch_embed.check_sequence(
+            task_layout.num_prompts, frames.latent_frames, frames.latent_height, frames.latent_width
         )
+        if self.patch_embed.position_mode == "per_clip" and len(set(frames.clip_latent_frames)) > 1:
+            raise ValueError(
+                f"per_clip positions need equal clips, got latent frames {frames.clip_latent_frames}"
+            )
 
     def forward(
         self,

@@ -12,12 +12,11 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_ddim_cogvideox import CogVideoXDDIMScheduler
 from diffusers.schedulers.scheduling_dpm_cogvideox import CogVideoXDPMScheduler
@@ -25,11 +24,18 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from layer_embeddings import LayerPromptEncoder
+from layerflow.codec import ClipCodec, check_joint_vae
+from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
 from layerflow.layout import LayerLayout, TaskLayout
 from layerflow.media.output import OutputLayer, write_output_dir
+<<<<<<< HEAD
 
 from . import representation as rep
 from .input_checks import check_input_values
+=======
+from layerflow.models.adapters import merged_for_inference
+from layerflow.variants import OFFICIAL_SAMPLING
+>>>>>>> main
 
 OutputType = Literal["pt", "np", "latent"]
 Unconditional = Literal["zeros", "encoded"]
@@ -44,10 +50,12 @@ class LayerFlowOutput(BaseOutput):
         layers: layer name -> frames. ``"pt"``: ``[B, T, C, H, W]`` float in [0, 1]; ``"np"``:
             ``[B, T, H, W, C]``. Transparent layers are straight-alpha RGBA (C = 4) whenever the layout
             carries alpha, opaque layers RGB. Empty for ``output_type="latent"``.
-        latents: ``[B, F, C, h, w]``, every clip in layout order (condition clips included).
+        latents: ``[B, F, C, h, w]``, the full latent sequence in layout (official) frame order,
+            condition latents included (17 frames for the RGBA fg2bg / bg2fg variants).
         task: the task that produced them.
         roles: layer name -> role (``"foreground"``, ``"background"``, ``"composite"``).
         prompts: layer name -> the prompt it was generated with (prompted layers only).
+        settings: the sampling settings used (steps, guidance scale, dynamic CFG, unconditional text).
     """
 
     layers: dict[str, Any]
@@ -55,6 +63,7 @@ class LayerFlowOutput(BaseOutput):
     task: str
     roles: dict[str, str]
     prompts: dict[str, str]
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def save(
         self,
@@ -86,42 +95,42 @@ class LayerFlowOutput(BaseOutput):
         )
 
 
+#: Sampling settings of the project's own layouts; official variants use
+#: :data:`layerflow.variants.OFFICIAL_SAMPLING` (dynamic CFG on). Every one is a ``__call__`` argument.
+SAMPLING_DEFAULTS: Mapping[str, Any] = {
+    "num_inference_steps": 50,
+    "guidance_scale": 6.0,
+    "use_dynamic_cfg": False,
+    "unconditional": "zeros",
+}
+
+
 @dataclass(frozen=True)
-class _Geometry:
-    """Frame/size facts checked once, before any compute."""
+class CallPlan:
+    """Everything ``check_inputs`` established about one call, before any model ran.
 
-    num_frames: int
-    height: int
-    width: int
-    latent_frames: int
-    latent_height: int
-    latent_width: int
-
-
-def check_geometry(
-    num_frames: int, height: int, width: int, *, spatial: int, temporal: int, patch: int
-) -> _Geometry:
-    """Check frames per clip and frame size against the VAE's compression factors and the patch size.
-
-    The causal 3D VAE maps ``n`` frames to ``ceil(n / temporal)`` latents and decodes ``k`` latents to
-    ``temporal * k`` frames (``k`` even) or ``temporal * (k - 1) + 1`` (``k`` odd), so a clip survives
-    the round trip only with ``n % (2 * temporal)`` in ``{0, 1}`` (official clips: 16 frames).
+    Attributes:
+        task_layout: the layout resolved for the task.
+        frames: frame count, sizes and latent frames of every clip.
+        conditions: condition layer -> frames ``[B, T, C, H, W]`` (already expanded to the batch).
+        batch_size: videos generated (prompt batch x ``num_videos_per_prompt``).
+        condition_frames, generated_frames: indices into the full latent sequence.
+        settings: resolved sampling settings (steps, guidance, dynamic CFG, unconditional text).
+        attention_kwargs: what the transformer gets on every call (segment layout included).
     """
-    if num_frames < 1 or num_frames % (2 * temporal) not in (0, 1):
-        good = [n for n in range(1, 6 * temporal) if n % (2 * temporal) in (0, 1)]
-        raise ValueError(
-            f"num_frames={num_frames} per clip does not survive the VAE's temporal compression x{temporal}: "
-            f"use a multiple of {2 * temporal} or a multiple plus one (e.g. {good}; official clips are 16)"
-        )
-    multiple = spatial * patch
-    for name, size in (("height", height), ("width", width)):
-        if size < multiple or size % multiple:
-            raise ValueError(
-                f"{name}={size} must be a positive multiple of {multiple} "
-                f"(VAE spatial factor {spatial} x transformer patch size {patch})"
-            )
-    latent_frames = (num_frames + temporal - 1) // temporal
-    return _Geometry(num_frames, height, width, latent_frames, height // spatial, width // spatial)
+
+    task_layout: TaskLayout
+    frames: FrameGeometry
+    conditions: dict[str, torch.Tensor]
+    batch_size: int
+    condition_frames: tuple[int, ...]
+    generated_frames: tuple[int, ...]
+    settings: dict[str, Any]
+    attention_kwargs: dict[str, Any]
+
+    @property
+    def guided(self) -> bool:
+        return float(self.settings["guidance_scale"]) > 1.0
 
 
 def dynamic_guidance_scale(guidance_scale: float, timestep: float, num_inference_steps: int) -> float:
@@ -145,7 +154,8 @@ class LayerFlowPipeline(DiffusionPipeline):
         transparent_vae: a :class:`~layerflow.models.LayerFlowTransparentVAE` carrying alpha in the
             foreground latent (``latent_offset`` layouts only).
         layout: the layer layout as :meth:`LayerLayout.to_dict` (stored in ``model_index.json``);
-            defaults to the official foreground/background/composite with an alpha clip.
+            defaults to the official foreground/background/composite with an alpha clip. An official
+            variant's layout (``layerflow convert`` writes it) makes the pipeline run that variant.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae->transparent_vae"  # type: ignore[assignment]  # None in the base
@@ -173,47 +183,150 @@ class LayerFlowPipeline(DiffusionPipeline):
         )
         self.layer_layout = LayerLayout.from_dict(layout) if layout is not None else LayerLayout.official()
         self.register_to_config(layout=self.layer_layout.to_dict())
-        self.vae_scale_factor_spatial = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.vae_scale_factor_temporal = int(self.vae.config.temporal_compression_ratio)
-        self.vae_scaling_factor = float(self.vae.config.scaling_factor)
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        """Sizes fixed by the current VAE and transformer configs."""
+        return ModelGeometry.from_models(self.vae, self.transformer)
+
+    @property
+    def codec(self) -> ClipCodec:
+        """The layout's clip codec over the current VAE (and transparent VAE)."""
+        return ClipCodec(self.layer_layout, self.geometry, self.vae, self.transparent_vae)
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """Sampling settings used where ``__call__`` gets ``None``: official ones for official variants."""
+        official = OFFICIAL_SAMPLING if self.layer_layout.variant is not None else {}
+        return {**SAMPLING_DEFAULTS, **official}
 
     # ------------------------------------------------------------------ memory helpers (real GPUs)
     def enable_vae_slicing(self) -> None:
         self.vae.enable_slicing()
 
     def enable_vae_tiling(self) -> None:
+        if self.layer_layout.vae_pass == "joint":
+            raise ValueError("this layout runs the VAE jointly over the whole video: tiling is not possible")
         self.vae.enable_tiling()
 
     # ------------------------------------------------------------------ validation
-    def _check_geometry(self, num_frames: int, height: int, width: int) -> _Geometry:
-        geometry = check_geometry(
-            num_frames,
-            height,
-            width,
-            spatial=self.vae_scale_factor_spatial,
-            temporal=self.vae_scale_factor_temporal,
-            patch=int(self.transformer.config.patch_size),
+    def check_inputs(
+        self,
+        task: str,
+        prompts: Mapping[str, str] | Sequence[str] | None,
+        negative_prompts: Mapping[str, str] | Sequence[str] | None,
+        conditions: ConditionFrames | None,
+        num_frames: int | None,
+        height: int | None,
+        width: int | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        latents: torch.Tensor | None,
+        settings: dict[str, Any],
+        *,
+        output_type: str,
+        isolate_conditions: bool,
+        num_videos_per_prompt: int,
+        max_sequence_length: int,
+        attention_kwargs: dict[str, Any] | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> CallPlan:
+        """Validate every argument against the layout and the models, before any model runs.
+
+        Raises ``ValueError``/``TypeError`` naming the argument, layer or size at fault.
+        """
+        task_layout = self.layer_layout.for_task(task)
+        if output_type not in ("pt", "np", "latent"):
+            raise ValueError(f"output_type must be 'pt', 'np' or 'latent', got {output_type!r}")
+        self._check_settings(settings, num_videos_per_prompt, callback_on_step_end_tensor_inputs)
+        self._check_components(task_layout, decoding=output_type != "latent")
+        if max_sequence_length != self.geometry.text_tokens_per_prompt:
+            raise ValueError(
+                f"max_sequence_length={max_sequence_length}, but the transformer takes "
+                f"{self.geometry.text_tokens_per_prompt}-token layer prompts"
+            )
+        self._check_texts(
+            task_layout, prompts, negative_prompts, prompt_embeds, negative_prompt_embeds, settings
         )
+        condition_frames, num_frames, height, width = self._check_conditions(
+            task_layout, conditions, num_frames, height, width
+        )
+        frames = self._check_frames(task_layout, num_frames, height, width)
+        self.transformer.check_inputs(task_layout, frames)
+        batch_size = (1 if prompt_embeds is None else prompt_embeds.shape[0]) * num_videos_per_prompt
+        condition_frames = self._batch_conditions(condition_frames, batch_size)
+        condition_latents = task_layout.condition_latent_frames(frames.clip_latent_frames)
+        generated = task_layout.generated_latent_frames(frames.clip_latent_frames)
+        state_shape = (
+            batch_size,
+            len(generated),
+            self.geometry.latent_channels,
+            frames.latent_height,
+            frames.latent_width,
+        )
+        if latents is not None and tuple(latents.shape) != state_shape:
+            raise ValueError(
+                f"latents must have shape {state_shape} (generated latent frames only), got {tuple(latents.shape)}"
+            )
+        return CallPlan(
+            task_layout=task_layout,
+            frames=frames,
+            conditions=condition_frames,
+            batch_size=batch_size,
+            condition_frames=condition_latents,
+            generated_frames=generated,
+            settings=settings,
+            attention_kwargs={
+                **self.transformer.attention_kwargs_for(task_layout, frames, isolate_conditions),
+                **(attention_kwargs or {}),
+            },
+        )
+
+    def _check_settings(
+        self, settings: Mapping[str, Any], num_videos_per_prompt: int, callback_inputs: Sequence[str]
+    ) -> None:
+        if settings["unconditional"] not in ("zeros", "encoded"):
+            raise ValueError(f"unconditional must be 'zeros' or 'encoded', got {settings['unconditional']!r}")
+        if settings["num_inference_steps"] < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {settings['num_inference_steps']}")
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+        bad_inputs = sorted(set(callback_inputs) - set(self._callback_tensor_inputs))
+        if bad_inputs:
+            raise ValueError(f"callback tensor inputs {bad_inputs} are not in {self._callback_tensor_inputs}")
+
+    def _check_frames(
+        self, task_layout: TaskLayout, num_frames: int | None, height: int | None, width: int | None
+    ) -> FrameGeometry:
+        geometry = self.geometry
+        frames = check_geometry(
+            geometry,
+            DEFAULT_CLIP_FRAMES if num_frames is None else num_frames,
+            height or geometry.default_height,
+            width or geometry.default_width,
+            self.layer_layout,
+        )
+        if self.layer_layout.vae_pass == "joint":
+            check_joint_vae(self.vae)
         if self.layer_layout.alpha == "latent_offset" and self.transparent_vae is not None:
-            offset_frames = self.transparent_vae.num_latent_frames(num_frames)
-            if offset_frames != geometry.latent_frames:
+            offset_frames = self.transparent_vae.num_latent_frames(frames.num_frames)
+            if offset_frames != frames.clip_latent_frames[0]:
                 raise ValueError(
-                    f"num_frames={num_frames}: the transparent VAE's offset encoder makes {offset_frames} latent "
-                    f"frames, the VAE {geometry.latent_frames}"
+                    f"num_frames={frames.num_frames}: the transparent VAE's offset encoder makes {offset_frames} "
+                    f"latent frames, the VAE {frames.clip_latent_frames[0]}"
                 )
-        return geometry
+        return frames
 
     def _check_components(self, task_layout: TaskLayout, decoding: bool) -> None:
-        config = self.transformer.config
-        if self.vae.config.latent_channels != config.in_channels:
+        geometry = self.geometry
+        if geometry.latent_channels != self.transformer.config.in_channels:
             raise ValueError(
-                f"the VAE makes {self.vae.config.latent_channels}-channel latents, the transformer takes "
-                f"{config.in_channels}"
+                f"the VAE makes {geometry.latent_channels}-channel latents, the transformer takes "
+                f"{self.transformer.config.in_channels}"
             )
-        if task_layout.num_prompts > config.num_layer_prompts:
+        if task_layout.num_prompts > geometry.prompt_slots:
             raise ValueError(
                 f"task {task_layout.task!r} uses {task_layout.num_prompts} layer prompts, the transformer has "
-                f"{config.num_layer_prompts} prompt slots"
+                f"{geometry.prompt_slots} prompt slots"
             )
         # The transparent VAE is needed to encode a transparent condition or to decode a transparent layer.
         transparent_condition = any(layer.role == "foreground" for layer in task_layout.condition_layers)
@@ -224,6 +337,45 @@ class LayerFlowPipeline(DiffusionPipeline):
         ):
             raise ValueError(
                 "the layout carries alpha as a latent offset, but the pipeline has no transparent_vae"
+            )
+
+    def _check_texts(
+        self,
+        task_layout: TaskLayout,
+        prompts: Mapping[str, str] | Sequence[str] | None,
+        negative_prompts: Mapping[str, str] | Sequence[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        settings: Mapping[str, Any],
+    ) -> None:
+        """Prompts (or embeddings) and negative prompts against the task, before T5 runs."""
+        expected_length = task_layout.num_prompts * self.geometry.text_tokens_per_prompt
+        if prompt_embeds is None:
+            if prompts is None:
+                raise ValueError("pass per-layer prompts (or prompt_embeds)")
+            task_layout.resolve_prompts(prompts)
+            if self.text_encoder is None or self.tokenizer is None:
+                raise ValueError("this pipeline has no text encoder/tokenizer; pass prompt_embeds instead")
+        elif prompt_embeds.dim() != 3 or prompt_embeds.shape[1] != expected_length:
+            raise ValueError(
+                f"prompt_embeds must be [B, {expected_length}, D] ({task_layout.num_prompts} prompts x "
+                f"{self.geometry.text_tokens_per_prompt} tokens), got {tuple(prompt_embeds.shape)}"
+            )
+        guided = float(settings["guidance_scale"]) > 1.0
+        if not guided and (negative_prompts is not None or negative_prompt_embeds is not None):
+            raise ValueError("negative prompts act through guidance: they need guidance_scale > 1")
+        if negative_prompt_embeds is None and negative_prompts is not None:
+            if settings["unconditional"] == "zeros":
+                raise ValueError("negative prompts need unconditional='encoded' (official CFG uses zeros)")
+            _negative_texts([layer.name for layer in task_layout.prompt_layers], negative_prompts)
+        reference = tuple(prompt_embeds.shape) if prompt_embeds is not None else (1, expected_length)
+        if (
+            negative_prompt_embeds is not None
+            and tuple(negative_prompt_embeds.shape)[: len(reference)] != reference
+        ):
+            raise ValueError(
+                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must match prompt_embeds "
+                f"{reference}"
             )
 
     def _check_conditions(
@@ -270,14 +422,16 @@ class LayerFlowPipeline(DiffusionPipeline):
             batched[layer.name] = frames.float()
         return batched, num_frames, height, width
 
-    # ------------------------------------------------------------------ text
-    def _prompt_encoder(
-        self, max_sequence_length: int, unconditional: Literal["zeros", "empty_string"]
-    ) -> LayerPromptEncoder:
-        return LayerPromptEncoder(
-            self.text_encoder, self.tokenizer, max_length=max_sequence_length, unconditional=unconditional
-        )
+    @staticmethod
+    def _batch_conditions(conditions: dict[str, torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
+        for name, frames in conditions.items():
+            if frames.shape[0] not in (1, batch_size):
+                raise ValueError(
+                    f"condition {name!r} has batch {frames.shape[0]}, expected 1 or {batch_size}"
+                )
+        return {name: frames.expand(batch_size, *frames.shape[1:]) for name, frames in conditions.items()}
 
+    # ------------------------------------------------------------------ text
     def encode_prompts(
         self,
         prompts: Sequence[str | None],
@@ -290,118 +444,99 @@ class LayerFlowPipeline(DiffusionPipeline):
         """Layer prompts in prompt order (``None``: unconditional layer) -> ``[1, L * max_len, D]``."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline has no text encoder/tokenizer; pass prompt_embeds instead")
-        encoder = self._prompt_encoder(max_sequence_length, unconditional)
+        encoder = LayerPromptEncoder(
+            self.text_encoder, self.tokenizer, max_length=max_sequence_length, unconditional=unconditional
+        )
         with torch.no_grad():
             return encoder(list(prompts), device=device, dtype=dtype).embeddings
 
-    # ------------------------------------------------------------------ latents
-    def _vae_encode(self, frames: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Model-range clip ``[B, T, 3, H, W]`` -> scaled posterior sample ``[B, t, C, h, w]`` (official)."""
-        video = frames.permute(0, 2, 1, 3, 4).to(device=self.vae.device, dtype=self.vae.dtype)
-        posterior: DiagonalGaussianDistribution = self.vae.encode(video).latent_dist
-        return (posterior.sample(generator) * self.vae_scaling_factor).permute(0, 2, 1, 3, 4)
-
-    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``[B, t, C, h, w]`` -> frames ``[B, T, 3, H, W]`` in [0, 1]."""
-        video = latents.permute(0, 2, 1, 3, 4).to(dtype=self.vae.dtype) / self.vae_scaling_factor
-        decoded = self.vae.decode(video).sample
-        return rep.from_model_range(decoded.permute(0, 2, 1, 3, 4).float())
-
-    def encode_condition_clips(
+    def prepare_text(
         self,
-        task_layout: TaskLayout,
-        conditions: Mapping[str, torch.Tensor],
-        generator: torch.Generator | None,
-    ) -> dict[int, torch.Tensor]:
-        """Condition frames (by layer) -> clean latents per clip index."""
-        latents: dict[int, torch.Tensor] = {}
-        alpha = self.layer_layout.alpha
-        for layer in task_layout.condition_layers:
-            frames = conditions[layer.name]
-            if layer.has_alpha and alpha == "latent_offset":
-                (index,) = layer.clip_indices
-                latents[index] = self.transparent_vae.encode_rgba(self.vae, frames)
-                continue
-            color = frames[:, :, :3]
-            if layer.role == "foreground" and frames.shape[2] == 4:
-                color = rep.premultiply_onto_grey(color, frames[:, :, 3:])
-            for index in layer.clip_indices:
-                content = task_layout.clips[index].content
-                clip = color if content == "color" else rep.alpha_to_clip(frames[:, :, 3:])
-                latents[index] = self._vae_encode(rep.to_model_range(clip), generator)
-        return latents
-
-    def decode_layers(self, task_layout: TaskLayout, clips: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Latent clips in layout order -> per-layer frames (foregrounds straight-alpha RGBA)."""
-        layers: dict[str, torch.Tensor] = {}
-        alpha = self.layer_layout.alpha
-        for layer in task_layout.layers:
-            by_content = {task_layout.clips[i].content: clips[i] for i in layer.clip_indices}
-            if layer.has_alpha and alpha == "latent_offset":
-                rgba = self.transparent_vae.decode_rgba(self.vae, by_content["color"])
-                layers[layer.name] = rgba.float().clamp(0, 1)
-                continue
-            color = self._vae_decode(by_content["color"])
-            if layer.has_alpha:
-                matte = rep.alpha_from_clip(self._vae_decode(by_content["alpha"]))
-                color = torch.cat([rep.unpremultiply_from_grey(color, matte), matte], dim=2)
-            layers[layer.name] = color
-        return layers
-
-    # ------------------------------------------------------------------ sampling
-    def _prepare_embeddings(
-        self,
-        task_layout: TaskLayout,
+        plan: CallPlan,
         prompts: Mapping[str, str] | Sequence[str] | None,
         negative_prompts: Mapping[str, str] | Sequence[str] | None,
         prompt_embeds: torch.Tensor | None,
         negative_prompt_embeds: torch.Tensor | None,
-        unconditional: Unconditional,
-        guided: bool,
-        max_sequence_length: int,
+        num_videos_per_prompt: int,
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conditional and (when guided) unconditional text, repeated per video: ``[B, L * S, D]``."""
         dtype = self.transformer.dtype
-        expected_length = task_layout.num_prompts * max_sequence_length
+        length = self.geometry.text_tokens_per_prompt
         if prompt_embeds is None:
-            if prompts is None:
-                raise ValueError("pass per-layer prompts (or prompt_embeds)")
-            texts = task_layout.resolve_prompts(prompts)
-            prompt_embeds = self.encode_prompts(
-                texts, max_sequence_length=max_sequence_length, device=device, dtype=dtype
-            )
-        if prompt_embeds.dim() != 3 or prompt_embeds.shape[1] != expected_length:
-            raise ValueError(
-                f"prompt_embeds must be [B, {expected_length}, D] ({task_layout.num_prompts} prompts x "
-                f"{max_sequence_length} tokens), got {tuple(prompt_embeds.shape)}"
-            )
+            texts = plan.task_layout.resolve_prompts(prompts)  # type: ignore[arg-type]  # checked
+            prompt_embeds = self.encode_prompts(texts, max_sequence_length=length, device=device, dtype=dtype)
         prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
-        if not guided:
-            if negative_prompts is not None or negative_prompt_embeds is not None:
-                raise ValueError("negative prompts act through guidance: they need guidance_scale > 1")
-            return prompt_embeds, None
-        if negative_prompt_embeds is None:
-            if unconditional == "zeros":
-                if negative_prompts is not None:
-                    raise ValueError(
-                        "negative prompts need unconditional='encoded' (official CFG uses zeros)"
-                    )
+        if plan.guided and negative_prompt_embeds is None:
+            if plan.settings["unconditional"] == "zeros":
                 negative_prompt_embeds = torch.zeros_like(prompt_embeds)
             else:
-                names = [layer.name for layer in task_layout.prompt_layers]
+                names = [layer.name for layer in plan.task_layout.prompt_layers]
                 negative_prompt_embeds = self.encode_prompts(
                     _negative_texts(names, negative_prompts),
-                    max_sequence_length=max_sequence_length,
+                    max_sequence_length=length,
                     device=device,
                     dtype=dtype,
                 )
-        if negative_prompt_embeds.shape != prompt_embeds.shape:
-            raise ValueError(
-                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} != prompt_embeds "
-                f"{tuple(prompt_embeds.shape)}"
-            )
-        return prompt_embeds, negative_prompt_embeds.to(device=device, dtype=dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+        return prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0), negative_prompt_embeds
 
+    # ------------------------------------------------------------------ latents
+    def prepare_condition_latents(
+        self, plan: CallPlan, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """Clean latents ``[B, F, C, h, w]`` of the full sequence (valid at ``plan.condition_frames``).
+
+        ``per_clip``: each condition clip on its own; ``joint``: the whole video in one pass, the
+        generated layers as mid-grey placeholders (see :mod:`layerflow.codec`). ``None`` without conditions.
+        """
+        if not plan.conditions:
+            return None
+        frames = {name: value.to(device) for name, value in plan.conditions.items()}
+        posterior = self.codec.encode(frames, plan.frames, plan.task_layout.condition_clips)
+        return posterior.sample(generator).to(dtype=dtype)
+
+    def prepare_latents(
+        self,
+        plan: CallPlan,
+        latents: torch.Tensor | None,
+        generator: torch.Generator | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Initial sampler state: noise (or ``latents``) for the generated latent frames only."""
+        frames = plan.frames
+        shape = (
+            plan.batch_size,
+            len(plan.generated_frames),
+            self.geometry.latent_channels,
+            frames.latent_height,
+            frames.latent_width,
+        )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = latents * self.scheduler.init_noise_sigma
+        return latents.to(device=device, dtype=dtype)
+
+    @staticmethod
+    def assemble(state: torch.Tensor, condition: torch.Tensor | None, plan: CallPlan) -> torch.Tensor:
+        """Generated latents (the sampler state) + clean condition latents -> the full sequence."""
+        if condition is None:
+            return state
+        full = condition.to(state.dtype).clone()
+        full[:, list(plan.generated_frames)] = state
+        return full
+
+    @staticmethod
+    def _select(full: torch.Tensor, plan: CallPlan) -> torch.Tensor:
+        """The generated latent frames of a full sequence (drops the condition outputs)."""
+        if len(plan.generated_frames) == full.shape[1]:
+            return full
+        return full[:, list(plan.generated_frames)]
+
+    # ------------------------------------------------------------------ sampling
     def _scheduler_step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         kwargs: dict[str, Any] = {}
@@ -411,23 +546,96 @@ class LayerFlowPipeline(DiffusionPipeline):
             kwargs["generator"] = generator
         return kwargs
 
-    def attention_kwargs_for(
+    def _velocity(
         self,
-        task_layout: TaskLayout,
-        max_sequence_length: int,
-        latent_frames: int,
-        latent_hw: tuple[int, int],
-        isolate_conditions: bool = False,
-    ) -> dict[str, Any]:
-        """Attention kwargs for the installed processor: the segment layout when it is layer-aware."""
-        from layerflow.models.attention import segment_attention_kwargs
+        plan: CallPlan,
+        state: torch.Tensor,
+        condition: torch.Tensor | None,
+        text: torch.Tensor,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
+        """Guided velocity of the generated latents at timestep ``t`` (conditions spliced in, CFG)."""
+        full = self.assemble(self.scheduler.scale_model_input(state, t), condition, plan)
+        guided = text.shape[0] != full.shape[0]
+        model_input = torch.cat([full, full]) if guided else full
+        velocity = self.transformer(
+            model_input,
+            text,
+            t.expand(model_input.shape[0]),
+            num_clips=len(plan.task_layout.clips),
+            attention_kwargs=plan.attention_kwargs,
+            return_dict=False,
+        )[0].float()
+        velocity = self._select(velocity, plan)
+        if not guided:
+            return velocity
+        settings = plan.settings
+        scale = float(settings["guidance_scale"])
+        if settings["use_dynamic_cfg"]:
+            scale = dynamic_guidance_scale(scale, float(t.item()), int(settings["num_inference_steps"]))
+        uncond, cond = velocity.chunk(2)
+        return uncond + scale * (cond - uncond)
 
-        patch = int(self.transformer.config.patch_size)
-        tokens_per_clip = latent_frames * (latent_hw[0] // patch) * (latent_hw[1] // patch)
-        lengths = task_layout.segment_lengths(max_sequence_length, tokens_per_clip)
-        return segment_attention_kwargs(
-            self.transformer, lengths, task_layout.attention_table(isolate_conditions)
+    def denoise(
+        self,
+        plan: CallPlan,
+        latents: torch.Tensor,
+        condition: torch.Tensor | None,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        generator: torch.Generator | None,
+        eta: float,
+        callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> torch.Tensor:
+        """The sampling loop; the state holds only the generated latents, conditions are spliced in per call."""
+        self.scheduler.set_timesteps(int(plan.settings["num_inference_steps"]), device=latents.device)
+        timesteps = self.scheduler.timesteps
+        text = (
+            prompt_embeds
+            if negative_prompt_embeds is None
+            else torch.cat([negative_prompt_embeds, prompt_embeds])
         )
+        step_kwargs = self._scheduler_step_kwargs(generator, eta)
+        dtype = prompt_embeds.dtype
+        old_pred_original_sample = None
+        with self.progress_bar(total=len(timesteps)) as progress_bar, merged_for_inference(self.transformer):
+            for i, t in enumerate(timesteps):
+                velocity = self._velocity(plan, latents, condition, text, t)
+                if isinstance(self.scheduler, CogVideoXDPMScheduler):
+                    latents, old_pred_original_sample = self.scheduler.step(
+                        velocity,
+                        old_pred_original_sample,
+                        t,
+                        timesteps[i - 1] if i > 0 else None,
+                        latents,
+                        **step_kwargs,
+                        return_dict=False,
+                    )
+                else:
+                    latents = self.scheduler.step(velocity, t, latents, **step_kwargs, return_dict=False)[0]
+                latents = latents.to(dtype)
+                if callback_on_step_end is not None:
+                    tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
+                    returned = callback_on_step_end(
+                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    )
+                    latents = returned.pop("latents", latents)
+                progress_bar.update()
+        return latents
+
+    def decode_layers(self, plan: CallPlan, full: torch.Tensor, output_type: OutputType) -> dict[str, Any]:
+        """The full latent sequence -> per-layer frames (``"pt"`` / ``"np"``), nothing for ``"latent"``."""
+        if output_type == "latent":
+            return {}
+        decoded = self.codec.decode(full, plan.frames)
+        if output_type == "pt":
+            return decoded
+        return {k: v.permute(0, 1, 3, 4, 2).cpu().numpy() for k, v in decoded.items()}
 
     @torch.no_grad()
     def __call__(
@@ -440,10 +648,10 @@ class LayerFlowPipeline(DiffusionPipeline):
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 6.0,
-        use_dynamic_cfg: bool = False,
-        unconditional: Unconditional = "zeros",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        use_dynamic_cfg: bool | None = None,
+        unconditional: Unconditional | None = None,
         isolate_conditions: bool = False,
         num_videos_per_prompt: int = 1,
         eta: float = 0.0,
@@ -468,15 +676,17 @@ class LayerFlowPipeline(DiffusionPipeline):
                 condition layers; foregrounds straight-alpha RGBA.
             num_frames, height, width: pixel frames per clip and frame size; taken from the
                 conditions when given, else 16 frames at the transformer's sample size.
-            guidance_scale, use_dynamic_cfg: CFG scale; constant, or the CogVideoX/SAT dynamic schedule.
-            unconditional: ``"zeros"``: all-zero unconditional text (official); ``"encoded"``: encode
-                ``negative_prompts`` (default empty) per layer.
+            num_inference_steps, guidance_scale, use_dynamic_cfg, unconditional: sampling settings;
+                ``None`` takes :meth:`sampling_defaults` (50 steps, CFG 6, all-zero unconditional
+                text; dynamic CFG, the CogVideoX/SAT schedule, on for official variants only).
+                ``unconditional="encoded"`` encodes ``negative_prompts`` (default empty) per layer.
             isolate_conditions: condition clips attend only to the text and to themselves (needs the
                 layer-attention processor); default full joint attention, as the official model.
             output_type: ``"pt"`` tensors, ``"np"`` arrays, ``"latent"`` (no decoding).
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after every step;
-                ``tensors`` holds ``callback_on_step_end_tensor_inputs`` (``latents`` = generated clips).
+                ``tensors`` holds ``callback_on_step_end_tensor_inputs`` (``latents`` = generated frames).
         """
+<<<<<<< HEAD
         # 1. Everything is validated before any model runs.
         task_layout = self.layer_layout.for_task(task)
         if output_type not in ("pt", "np", "latent"):
@@ -496,184 +706,88 @@ class LayerFlowPipeline(DiffusionPipeline):
         )
         condition_frames, num_frames, height, width = self._check_conditions(
             task_layout, conditions, num_frames, height, width
+=======
+        given = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "use_dynamic_cfg": use_dynamic_cfg,
+            "unconditional": unconditional,
+        }
+        settings = {k: v if given.get(k) is None else given[k] for k, v in self.sampling_defaults().items()}
+        # 1. Check inputs: everything is validated before any model runs.
+        plan = self.check_inputs(
+            task,
+            prompts,
+            negative_prompts,
+            conditions,
+            num_frames,
+            height,
+            width,
+            prompt_embeds,
+            negative_prompt_embeds,
+            latents,
+            settings,
+            output_type=output_type,
+            isolate_conditions=isolate_conditions,
+            num_videos_per_prompt=num_videos_per_prompt,
+            max_sequence_length=max_sequence_length or self.geometry.text_tokens_per_prompt,
+            attention_kwargs=attention_kwargs,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+>>>>>>> main
         )
-        config = self.transformer.config
-        geometry = self._check_geometry(
-            16 if num_frames is None else num_frames,
-            height or config.sample_height * self.vae_scale_factor_spatial,
-            width or config.sample_width * self.vae_scale_factor_spatial,
-        )
-        max_sequence_length = max_sequence_length or int(config.max_text_seq_length)
-        if max_sequence_length != config.max_text_seq_length:
-            raise ValueError(
-                f"max_sequence_length={max_sequence_length}, but the transformer takes "
-                f"{config.max_text_seq_length}-token layer prompts"
-            )
         device = self._execution_device
-        guided = guidance_scale > 1.0
-        prompt_embeds, negative_prompt_embeds = self._prepare_embeddings(
-            task_layout,
+        # 2. Layer prompts -> text embeddings (and the unconditional text when guided).
+        prompt_embeds, negative_prompt_embeds = self.prepare_text(
+            plan,
             prompts,
             negative_prompts,
             prompt_embeds,
             negative_prompt_embeds,
-            unconditional,
-            guided,
-            max_sequence_length,
+            num_videos_per_prompt,
             device,
         )
-        batch_size = prompt_embeds.shape[0] * num_videos_per_prompt
-        for name, frames in condition_frames.items():
-            if frames.shape[0] not in (1, batch_size):
-                raise ValueError(
-                    f"condition {name!r} has batch {frames.shape[0]}, expected 1 or {batch_size}"
-                )
-            condition_frames[name] = frames.expand(batch_size, *frames.shape[1:]).to(device)
-        prompt_embeds = prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
-
-        # 2. Clean condition latents (one per condition clip) and the initial noise for the rest.
-        clip_shape = (
-            geometry.latent_frames,
-            config.in_channels,
-            geometry.latent_height,
-            geometry.latent_width,
+        # 3. Clean condition latents through the layout's clip codec.
+        condition = self.prepare_condition_latents(plan, generator, device, prompt_embeds.dtype)
+        # 4. Initial noise for the generated latent frames.
+        latents = self.prepare_latents(plan, latents, generator, device, prompt_embeds.dtype)
+        # 5. Denoising.
+        latents = self.denoise(
+            plan,
+            latents,
+            condition,
+            prompt_embeds,
+            negative_prompt_embeds,
+            generator,
+            eta,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
-        condition = {
-            index: clip.to(dtype=prompt_embeds.dtype)
-            for index, clip in self.encode_condition_clips(task_layout, condition_frames, generator).items()
-        }
-        for index, clip in condition.items():
-            if tuple(clip.shape[1:]) != clip_shape:
-                raise ValueError(
-                    f"condition clip {index} encoded to {tuple(clip.shape)}, expected [B, *{clip_shape}]"
-                )
-        generated = task_layout.generated_clips
-        state_shape = (batch_size, len(generated) * geometry.latent_frames, *clip_shape[1:])
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        if latents is None:
-            latents = randn_tensor(state_shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
-            latents = latents * self.scheduler.init_noise_sigma
-        elif tuple(latents.shape) != state_shape:
-            raise ValueError(
-                f"latents must have shape {state_shape} (generated clips only), got {tuple(latents.shape)}"
-            )
-        latents = latents.to(device=device, dtype=prompt_embeds.dtype)
-
-        text = (
-            prompt_embeds
-            if negative_prompt_embeds is None
-            else torch.cat([negative_prompt_embeds, prompt_embeds])
-        )
-        attention_kwargs = {
-            **self.attention_kwargs_for(
-                task_layout,
-                max_sequence_length,
-                geometry.latent_frames,
-                (geometry.latent_height, geometry.latent_width),
-                isolate_conditions,
-            ),
-            **(attention_kwargs or {}),
-        }
-        step_kwargs = self._scheduler_step_kwargs(generator, eta)
-        num_clips = len(task_layout.clips)
-
-        # 3. Denoising: the state holds only the generated clips; conditions are spliced in per call.
-        old_pred_original_sample = None
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                model_state = self.scheduler.scale_model_input(latents, t)
-                full = self._assemble(model_state, condition, generated, num_clips, geometry.latent_frames)
-                model_input = full if negative_prompt_embeds is None else torch.cat([full, full])
-                velocity = self.transformer(
-                    model_input,
-                    text,
-                    t.expand(model_input.shape[0]),
-                    num_clips=num_clips,
-                    attention_kwargs=attention_kwargs,
-                    return_dict=False,
-                )[0].float()
-                velocity = self._select(velocity, generated, geometry.latent_frames)
-                if negative_prompt_embeds is not None:
-                    scale = (
-                        dynamic_guidance_scale(guidance_scale, float(t.item()), num_inference_steps)
-                        if use_dynamic_cfg
-                        else guidance_scale
-                    )
-                    uncond, cond = velocity.chunk(2)
-                    velocity = uncond + scale * (cond - uncond)
-                if isinstance(self.scheduler, CogVideoXDPMScheduler):
-                    latents, old_pred_original_sample = self.scheduler.step(
-                        velocity,
-                        old_pred_original_sample,
-                        t,
-                        timesteps[i - 1] if i > 0 else None,
-                        latents,
-                        **step_kwargs,
-                        return_dict=False,
-                    )
-                else:
-                    latents = self.scheduler.step(velocity, t, latents, **step_kwargs, return_dict=False)[0]
-                latents = latents.to(prompt_embeds.dtype)
-                if callback_on_step_end is not None:
-                    tensors = {
-                        "latents": latents,
-                        "prompt_embeds": prompt_embeds,
-                        "negative_prompt_embeds": negative_prompt_embeds,
-                    }
-                    returned = callback_on_step_end(
-                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    )
-                    latents = returned.pop("latents", latents)
-                progress_bar.update()
-
-        # 4. Conditions go back in untouched; decode every clip.
-        full = self._assemble(latents, condition, generated, num_clips, geometry.latent_frames)
-        layers: dict[str, Any] = {}
-        if output_type != "latent":
-            clips = list(full.split(geometry.latent_frames, dim=1))
-            decoded = self.decode_layers(task_layout, clips)
-            layers = (
-                decoded
-                if output_type == "pt"
-                else {k: v.permute(0, 1, 3, 4, 2).cpu().numpy() for k, v in decoded.items()}
-            )
+        # 6. Conditions go back in untouched; the full sequence is decoded into layers.
+        full = self.assemble(latents, condition, plan)
+        layers = self.decode_layers(plan, full, output_type)
         self.maybe_free_model_hooks()
+        # 7. Output.
         if not return_dict:
             return layers, full
+        return self._output(plan, prompts, layers, full)
+
+    @staticmethod
+    def _output(
+        plan: CallPlan,
+        prompts: Mapping[str, str] | Sequence[str] | None,
+        layers: dict[str, Any],
+        full: torch.Tensor,
+    ) -> LayerFlowOutput:
+        task_layout = plan.task_layout
         texts = task_layout.resolve_prompts(prompts) if prompts is not None else []
         return LayerFlowOutput(
             layers=layers,
             latents=full,
-            task=task,
+            task=task_layout.task,
             roles={layer.name: layer.role for layer in task_layout.layers},
             prompts=dict(zip([layer.name for layer in task_layout.prompt_layers], texts, strict=False)),
+            settings=dict(plan.settings),
         )
-
-    @staticmethod
-    def _assemble(
-        state: torch.Tensor,
-        condition: Mapping[int, torch.Tensor],
-        generated: Sequence[int],
-        num_clips: int,
-        clip_frames: int,
-    ) -> torch.Tensor:
-        """Generated clips (the sampler state) + clean condition clips -> the full clip sequence."""
-        if not condition:
-            return state
-        pieces = dict(zip(generated, state.split(clip_frames, dim=1), strict=True))
-        pieces.update(condition)
-        return torch.cat([pieces[i].to(state.dtype) for i in range(num_clips)], dim=1)
-
-    @staticmethod
-    def _select(full: torch.Tensor, generated: Sequence[int], clip_frames: int) -> torch.Tensor:
-        """The generated clips of a full clip sequence (drops the condition outputs)."""
-        clips = full.split(clip_frames, dim=1)
-        if len(generated) == len(clips):
-            return full
-        return torch.cat([clips[i] for i in generated], dim=1)
 
 
 def _negative_texts(

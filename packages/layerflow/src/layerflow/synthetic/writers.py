@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +104,6 @@ class OfficialLayoutWriter:
             write_json_atomic(self.davis / name, {"videos": self._davis_meta})
         write_json_atomic(self.youtube / "meta_test.json", {"videos": self._youtube_meta})
         return self.root
-
-
-def write_official_split(samples: Iterable[SyntheticSample], root: str | Path) -> Path:
-    """Write samples in the official LayerFlow layout (DAVIS and YoutubeVOS trees) under ``root``."""
-    writer = OfficialLayoutWriter(root)
-    for sample in samples:
-        writer.write(sample)
-    return writer.finish()
 
 
 def generate_dataset(

@@ -19,17 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from layerflow.layout import TASKS
+from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, Role, VaePass
 from layerflow.models.adapters import ATTENTION_PROJECTIONS
 
 Stage = Literal[1, 2, 3]
 STAGES: tuple[int, ...] = (1, 2, 3)
 MixedPrecision = Literal["no", "fp16", "bf16"]
 TaskMixing = Literal["per_batch", "per_sample"]
-SourceKind = Literal["synthetic", "simple", "official", "static_images", "copy_paste"]
 InitFrom = Literal["previous_stage", "base"]
 Tracker = Literal["auto", "tensorboard", "none"]
-EncodeMode = Literal["joint", "per_clip"]
 
 #: The paper's learning rates: layer-aware model, motion LoRA, content LoRA.
 STAGE_LEARNING_RATES: dict[int, float] = {1: 1e-4, 2: 1e-3, 3: 5e-3}
@@ -42,11 +40,43 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LayerEntry:
+    """One layer of ``model.layout``: ``{ name = "fg1", role = "foreground" }``."""
+
+    name: str
+    role: Role
+
+
+@dataclass
+class LayoutConfig:
+    """``model.layout``, in the form of ``model_index.json``'s ``layout`` entry.
+
+    Example: ``layout = { alpha = "alpha_clip", layers = [{ name = "fg1", role = "foreground" },
+    { name = "fg2", role = "foreground" }, { name = "bg", role = "background" },
+    { name = "blend", role = "composite" }] }`` (foregrounds front to back, as data samples list them).
+    ``vae_pass`` is how clips go through the VAE (``"per_clip"``, or ``"joint"`` as the official
+    code); the precompute cache and the on-the-fly encoder follow it, as the pipeline does.
+    """
+
+    layers: list[LayerEntry]
+    alpha: AlphaRepresentation = "alpha_clip"
+    vae_pass: VaePass = "per_clip"
+
+    def to_layout(self, prefix: str) -> LayerLayout:
+        """The :class:`LayerLayout`; an invalid one raises :class:`ConfigError` naming ``prefix``."""
+        try:
+            layers = tuple(LayerSpec(e.name, e.role) for e in self.layers)
+            return LayerLayout(layers, self.alpha, vae_pass=self.vae_pass)
+        except ValueError as error:
+            raise ConfigError(f"{prefix}: {error}") from None
+
+
+@dataclass
 class ModelConfig:
     """Which model is trained and what of it trains.
 
     Args:
-        base: ``"tiny"`` (the download-free tiny pipeline of :mod:`layerflow.testing`), a saved
+        base: ``"tiny"`` (the download-free tiny pipeline of :mod:`layerflow.tiny`), a saved
             ``LayerFlowPipeline`` folder, or a stock CogVideoX-2B diffusers folder.
         init_from: stages 2 and 3 start from the previous stage's output (``"previous_stage"``) or
             from ``base`` (``"base"``, an explicit choice: the motion LoRA is then absent in stage 3).
@@ -59,9 +89,16 @@ class ModelConfig:
         lora_targets: Linear modules of each chosen block that get LoRAs (official: q, k, v, out).
         gradient_checkpointing: recompute block activations in backward.
         tiny_seed, tiny_num_layers: seed and depth of the ``"tiny"`` base model.
+        layout: the layer layout trained (:class:`LayoutConfig`); default: the base model's own
+            (a saved pipeline's, else :meth:`LayerLayout.official`). A saved pipeline whose layout
+            differs is an error, never silently overridden.
+        transparent_vae: a saved ``LayerFlowTransparentVAE`` folder (``save_pretrained``), for a
+            ``latent_offset`` layout on a base that has none (the tiny base builds a tiny one).
     """
 
     base: str = "tiny"
+    layout: LayoutConfig | None = None
+    transparent_vae: str | None = None
     init_from: InitFrom = "previous_stage"
     previous_stage_dir: str | None = None
     block_interval: int = 6
@@ -83,11 +120,14 @@ class ModelConfig:
             raise ConfigError(f"{prefix}.lora_alpha must be > 0, got {self.lora_alpha}")
         if not self.lora_targets:
             raise ConfigError(f"{prefix}.lora_targets must name at least one Linear module")
+        if self.layout is not None:
+            self.layout.to_layout(f"{prefix}.layout")
 
 
 @dataclass
 class SourceConfig:
-    """One dataset of the mix.
+    """One dataset of the mix; the kinds and their required keys are declared once, in
+    :data:`~layerflow.training.sources.SOURCE_KINDS`.
 
     Args:
         kind: ``"synthetic"`` (embedded procedural data, generated once into ``data.synthetic_dir``),
@@ -96,35 +136,37 @@ class SourceConfig:
             pasted on background clips).
         root: dataset folder (``simple``, ``official``, ``static_images``).
         meta_file: official layout meta JSON (default: found in ``root``).
-        foregrounds, backgrounds: ``copy_paste`` clip folders.
+        foreground_clips, background_clips: ``copy_paste`` clip folders.
+        foregrounds: ``synthetic``, ``copy_paste``: foreground layers per sample (composited front to
+            back with exact alphas, one prompt each).
         num_samples: ``synthetic``: clips generated; ``copy_paste``: samples per epoch.
         freeze: freeze every clip to one random frame repeated (source ``"static"``, motion gate 1):
             LayerFlow's static videos for the motion LoRA.
         repeat: how many times the source appears per epoch (integer mixing weight).
     """
 
-    kind: SourceKind = "synthetic"
+    kind: str = "synthetic"
     root: str | None = None
     meta_file: str | None = None
-    foregrounds: str | None = None
-    backgrounds: str | None = None
+    foreground_clips: str | None = None
+    background_clips: str | None = None
+    foregrounds: int = 1
     num_samples: int | None = None
     freeze: bool = False
     repeat: int = 1
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.kind", self.kind, get_args(SourceKind))
+        from .sources import SOURCE_KINDS
+
+        _choice(f"{prefix}.kind", self.kind, tuple(SOURCE_KINDS))
         _positive(f"{prefix}.repeat", self.repeat)
-        needs = {
-            "simple": ("root",),
-            "official": ("root",),
-            "static_images": ("root",),
-            "copy_paste": ("foregrounds", "backgrounds"),
-            "synthetic": (),
-        }[self.kind]
-        for key in needs:
+        _positive(f"{prefix}.foregrounds", self.foregrounds)
+        kind = SOURCE_KINDS[self.kind]
+        for key in kind.required:
             if not getattr(self, key):
                 raise ConfigError(f"{prefix}.{key} is required for kind={self.kind!r}")
+        if self.foregrounds > 1 and not kind.multi_foreground:
+            raise ConfigError(f"{prefix}.foregrounds: kind={self.kind!r} holds one foreground per sample")
         if self.num_samples is not None:
             _positive(f"{prefix}.num_samples", self.num_samples)
 
@@ -140,8 +182,6 @@ class DataConfig:
         precompute: encode latents and text once into ``cache_dir`` and train from the cache;
             ``False`` encodes with the VAE and text encoder every step.
         cache_dir: cache folder (default ``<output_dir>/cache``), one sub-folder per source.
-        encode_mode: ``"per_clip"`` (each clip alone, as ``LayerFlowPipeline`` encodes conditions)
-            or ``"joint"`` (the clips in one VAE call, as the official code).
         synthetic_dir: where ``synthetic`` sources are generated (default ``<output_root>/embedded-data``).
         num_workers: DataLoader worker processes.
     """
@@ -154,7 +194,6 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"
     precompute: bool = False
     cache_dir: str | None = None
-    encode_mode: EncodeMode = "per_clip"
     synthetic_dir: str | None = None
     synthetic_seed: int = 0
     num_workers: int = 0
@@ -167,7 +206,6 @@ class DataConfig:
         for key in ("height", "width", "num_frames", "stride"):
             _positive(f"{prefix}.{key}", getattr(self, key))
         _choice(f"{prefix}.on_error", self.on_error, ("raise", "skip"))
-        _choice(f"{prefix}.encode_mode", self.encode_mode, get_args(EncodeMode))
         if self.num_workers < 0:
             raise ConfigError(f"{prefix}.num_workers must be >= 0, got {self.num_workers}")
 
@@ -250,8 +288,8 @@ class ObjectiveConfig:
             drawn = [t for t, w in self.tasks.items() if w > 0]
             if "decompose" in drawn and len(drawn) > 1:
                 raise ConfigError(
-                    f"{prefix}.task_mixing='per_sample' cannot mix 'decompose' (2 layer prompts) with "
-                    f"{[t for t in drawn if t != 'decompose']} (3 layer prompts) in one batch; use 'per_batch'"
+                    f"{prefix}.task_mixing='per_sample' cannot mix 'decompose' (no composite prompt) with "
+                    f"{[t for t in drawn if t != 'decompose']} (a prompt per layer) in one batch; use 'per_batch'"
                 )
         if not 0.0 <= self.text_dropout < 1.0:
             raise ConfigError(f"{prefix}.text_dropout must be in [0, 1), got {self.text_dropout}")
@@ -451,6 +489,14 @@ def build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(
             f"unknown key(s) {', '.join(_dotted(prefix, k) for k in unknown)}{where}; known: {sorted(names)}"
         )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ConfigError(f"{', '.join(_dotted(prefix, k) for k in missing)} is required")
     values = {key: _convert(hints[key], value, _dotted(prefix, key)) for key, value in data.items()}
     return cls(**values)
 

@@ -11,29 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
+from layerflow.codec import ClipCodec
 from layerflow.data import (
     CachedLayerDataset,
     CacheSettings,
-    CopyPasteDataset,
     FrameSampler,
     LayeredDataset,
     LayeredSample,
-    OfficialLayoutDataset,
     Preprocess,
-    SimpleLayoutDataset,
-    StaticImageDataset,
     precompute_cache,
     to_static,
 )
 
 from .config import SourceConfig, TrainConfig
+from .sources import SOURCE_KINDS
 
 
 class FrozenFrames(LayeredDataset[int]):
@@ -73,44 +70,10 @@ def preprocess_for(config: TrainConfig) -> Preprocess:
     )
 
 
-def synthetic_root(config: TrainConfig, source: SourceConfig, progress: bool) -> Path:
-    """Generate (once, deterministically by seed) the embedded synthetic clips; returns the train split."""
-    from layerflow.synthetic import SyntheticConfig
-    from layerflow.synthetic.writers import generate_dataset
-
-    data = config.data
-    count = source.num_samples or 16
-    frames = data.num_frames * data.stride
-    name = f"n{count}-{data.height}x{data.width}x{frames}-seed{data.synthetic_seed}"
-    folder = config.synthetic_dir / name
-    synthetic = SyntheticConfig(num_frames=frames, height=max(16, data.height), width=max(16, data.width))
-    generate_dataset(
-        folder, count, 0, synthetic, seed=data.synthetic_seed, layouts=("simple",), progress=progress
-    )
-    return folder / "train"
-
-
 def build_source(config: TrainConfig, source: SourceConfig, *, progress: bool = False) -> LayeredDataset[Any]:
     """One configured source as a dataset yielding :class:`~layerflow.data.LayeredSample`."""
-    preprocess = preprocess_for(config)
     options: dict[str, Any] = {"on_error": config.data.on_error, "seed": config.run.seed}
-    dataset: LayeredDataset[Any]
-    if source.kind == "synthetic":
-        dataset = SimpleLayoutDataset(synthetic_root(config, source, progress), preprocess, **options)
-    elif source.kind == "simple":
-        dataset = SimpleLayoutDataset(str(source.root), preprocess, **options)
-    elif source.kind == "official":
-        dataset = OfficialLayoutDataset(str(source.root), preprocess, meta_file=source.meta_file, **options)
-    elif source.kind == "static_images":
-        dataset = StaticImageDataset(str(source.root), preprocess, **options)
-    else:
-        dataset = CopyPasteDataset(
-            str(source.foregrounds),
-            str(source.backgrounds),
-            preprocess,
-            num_samples=source.num_samples,
-            **options,
-        )
+    dataset = SOURCE_KINDS[source.kind].build(config, source, preprocess_for(config), options, progress)
     return FrozenFrames(dataset) if source.freeze else dataset
 
 
@@ -134,15 +97,15 @@ def build_layered_mix(
 
 
 def build_cached_mix(
-    config: TrainConfig, vae: torch.nn.Module, text_encoder: torch.nn.Module, *, progress: bool = False
+    config: TrainConfig, codec: ClipCodec, text_encoder: torch.nn.Module, *, progress: bool = False
 ) -> RepeatedMix:
-    """Precompute (or reuse, when up to date) one cache per source and read the mix from them."""
+    """Precompute (or reuse, when up to date) one cache per source, encoded by ``codec``, and read the mix."""
     _, datasets = build_layered_mix(config, progress=progress)
-    settings = CacheSettings(encode_mode=config.data.encode_mode)
+    settings = CacheSettings()
     cached = []
     for index, (source, dataset) in enumerate(zip(config.data.sources, datasets, strict=True)):
         directory = config.cache_dir / f"source{index}-{source.kind}{'-frozen' if source.freeze else ''}"
-        manifest = precompute_cache(dataset, vae, text_encoder, directory, settings, progress=progress)
+        manifest = precompute_cache(dataset, codec, text_encoder, directory, settings, progress=progress)
         cached.append(
             CachedLayerDataset(directory, expected_fingerprints=manifest.fingerprints, seed=config.run.seed)
         )

@@ -1,22 +1,21 @@
 """Batches to latents + text embeddings: from the precompute cache, or encoded on the fly each step.
 
-Both paths give the same thing: scaled VAE posterior samples of every clip in layout order and the
-plain layer-prompt embeddings (no layer embedding; the transformer adds it) in
-:data:`~layerflow.data.PROMPT_ROLES` order.
+Both paths give the same thing: scaled VAE posterior samples of every clip of the model's layout in
+layout order, and the plain layer-prompt embeddings (no layer embedding; the transformer adds it),
+one prompt per layout layer in layout order. Both encode through the pipeline's
+:class:`~layerflow.codec.ClipCodec` (:func:`~layerflow.data.encode_sample`), so a sample's latents are
+what the pipeline encodes for the same frames as conditions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
 
 import torch
-from torch import nn
 
 from layer_embeddings import LayerPromptEncoder
-from layerflow.data import CachedBatch, LayeredBatch, encode_latents
-from layerflow.data.precompute import EncodeMode
-from layerflow.data.sample import CLIP_ORDER
+from layerflow.codec import ClipCodec
+from layerflow.data import CachedBatch, LayeredBatch, encode_sample
 
 from .objective import STREAM_POSTERIOR, ModelBatch, sample_generator
 
@@ -35,70 +34,60 @@ class BatchEncoder:
     """Turns a :class:`LayeredBatch` (pixels, prompts) or :class:`CachedBatch` into a :class:`ModelBatch`.
 
     Args:
-        clip_names: the data clip of each layout clip (:func:`.objective.layout_clip_names`).
-        vae, text_encoder: used on the fly only (frozen, eval mode).
-        encode_mode: ``"per_clip"`` or ``"joint"`` VAE encoding (as the cache's setting).
-        seed: posterior draws use the per-sample stream of ``(seed, step, micro_step, position)``.
+        codec: the pipeline's clip codec (``pipeline.codec``: layout, VAE pass mode, VAE, transparent VAE), used on the
+            fly only; on-the-fly batches are named by its layout (``collate_for_layout``).
+        text_encoder: used on the fly only (frozen, eval mode).
+        seed: posterior draws use the per-sample generator of ``(seed, step, micro_step, position)``,
+            drawn as the pipeline draws a condition's posterior (:meth:`LatentPosterior.sample`).
     """
 
     def __init__(
         self,
-        clip_names: Sequence[str],
+        codec: ClipCodec,
         *,
-        vae: nn.Module,
         text_encoder: LayerPromptEncoder,
-        encode_mode: EncodeMode,
         seed: int,
         device: torch.device,
         dtype: torch.dtype,
     ):
-        self.clip_indices = [CLIP_ORDER.index(name) for name in clip_names]
-        self.vae = vae
+        self.codec = codec
+        self.layout = codec.layout
         self.text_encoder = text_encoder
-        self.encode_mode: EncodeMode = encode_mode
         self.seed = seed
         self.device = device
         self.dtype = dtype
-        self.scaling_factor = float(cast(Any, vae).config.scaling_factor)
-
-    def _layout_clips(self, latents: torch.Tensor, frames_per_clip: int) -> torch.Tensor:
-        """``[B, C, 4 * t, h, w]`` in CLIP_ORDER -> ``[B, F, C, h, w]`` in layout order."""
-        clips = latents.split(frames_per_clip, dim=2)
-        return torch.cat([clips[i] for i in self.clip_indices], dim=2).permute(0, 2, 1, 3, 4)
 
     def __call__(
         self, batch: LayeredBatch | CachedBatch, step: int, micro_step: int, positions: Sequence[int]
     ) -> ModelBatch:
         if isinstance(batch, CachedBatch):
-            latents = self._layout_clips(batch.latents, batch.latent_frames_per_clip)
-            embeds, frames = batch.prompt_embeds, batch.latent_frames_per_clip
+            latents, embeds, frames = batch.latents, batch.prompt_embeds, batch.clip_frames
         else:
-            latents, frames = self._encode_latents(batch, step, micro_step, positions)
+            latents, frames = self.encode_latents(batch, step, micro_step, positions)
+            prompts = [
+                [batch.prompts[spec.name][b] for spec in self.layout.layers] for b in range(len(batch))
+            ]
             with torch.no_grad():
-                embeds = self.text_encoder(
-                    batch.layer_prompts(), device=self.device, dtype=self.dtype
-                ).embeddings
+                embeds = self.text_encoder(prompts, device=self.device, dtype=self.dtype).embeddings
         return ModelBatch(
             latents=latents.to(self.device, torch.float32),
             prompt_embeds=embeds.to(self.device, torch.float32),  # autocast casts per op
             is_static=batch.is_static.to(self.device),
-            clip_frames=frames,
+            clip_frames=tuple(frames),
             sample_ids=list(batch.sample_ids),
         )
 
     @torch.no_grad()
-    def _encode_latents(
+    def encode_latents(
         self, batch: LayeredBatch, step: int, micro_step: int, positions: Sequence[int]
-    ) -> tuple[torch.Tensor, int]:
-        inputs = batch.to_model_inputs()
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Scaled posterior samples ``[B, F, C, h, w]`` of every sample's layout clips, and clip frames."""
         samples = []
-        frames = 0
+        frames: tuple[int, ...] = ()
         for b, position in enumerate(positions):
-            one = type(inputs)(**{name: getattr(inputs, name)[b] for name in CLIP_ORDER})
-            mean, std, frames = encode_latents(self.vae, one, self.encode_mode)
-            noise = torch.randn(
-                mean.shape,
-                generator=sample_generator(self.seed, step, micro_step, position, STREAM_POSTERIOR),
-            )
-            samples.append((mean + std * noise) * self.scaling_factor)
-        return self._layout_clips(torch.stack(samples), frames), frames
+            layers = {name: layer.map(lambda t, b=b: t[b]) for name, layer in batch.layers.items()}
+            posterior, geometry = encode_sample(self.codec, layers)
+            generator = sample_generator(self.seed, step, micro_step, position, STREAM_POSTERIOR)
+            samples.append(posterior.sample(generator)[0].float().cpu())
+            frames = geometry.clip_latent_frames
+        return torch.stack(samples), frames

@@ -28,79 +28,74 @@ from torch import nn
 import multi_lora
 from layerflow.atomic import atomic_directory
 from layerflow.layout import LayerLayout
-from layerflow.models import LayerFlowTransformer3DModel
+from layerflow.models import LayerFlowTransformer3DModel, LayerFlowTransparentVAE
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
+from layerflow.tiny import build_tiny_training_pipeline
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .stages import MOTION
 
 FINAL = "final"
-#: Tokens per layer prompt of the tiny training model: the synthetic captions need up to 14.
-TINY_PROMPT_TOKENS = 16
 
 
 class MissingStageError(FileNotFoundError):
     """Stage N was asked to start from stage N-1's output, which does not exist."""
 
 
-def tiny_words() -> list[str]:
-    """Vocabulary of the tiny word tokenizer: the synthetic captions' words (so prompts are not UNK)."""
-    from layerflow.synthetic import vocabulary
-    from layerflow.testing import TINY_WORDS
+def config_layout(config: TrainConfig) -> LayerLayout | None:
+    """``model.layout`` as a :class:`LayerLayout` (``None``: the base model's own)."""
+    layout = config.model.layout
+    return layout.to_layout("model.layout") if layout is not None else None
 
-    words = set(TINY_WORDS.split())
-    for name in dir(vocabulary):
-        value = getattr(vocabulary, name)
-        if name.isupper() and isinstance(value, (dict, tuple)):
-            words |= {w for item in value for w in str(item).split()}
-    words |= set(
-        [
-            "a",
-            "an",
-            "the",
-            "on",
-            "over",
-            "in",
-            "front",
-            "of",
-            "with",
-            "and",
-            "moving",
-            "still",
-            "background",
-            "foreground",
-            "is",
-        ]
-    )
-    return sorted(words)
+
+def check_layout(config: TrainConfig, pipeline: LayerFlowPipeline, where: str) -> LayerFlowPipeline:
+    """A loaded pipeline's layout must be ``model.layout`` when that is set (never silently replaced)."""
+    wanted = config_layout(config)
+    if wanted is not None and wanted != pipeline.layer_layout:
+        raise ConfigError(
+            f"model.layout is {wanted.to_dict()}, but {where} was saved with {pipeline.layer_layout.to_dict()}: "
+            "remove model.layout or start from a base of that layout"
+        )
+    return pipeline
+
+
+def attach_transparent_vae(config: TrainConfig, pipeline: LayerFlowPipeline) -> LayerFlowPipeline:
+    """Load ``model.transparent_vae`` into a ``latent_offset`` pipeline that has none."""
+    path = config.model.transparent_vae
+    if path is not None:
+        if pipeline.transparent_vae is not None:
+            raise ConfigError(
+                "model.transparent_vae is set, but the base model already has a transparent VAE"
+            )
+        if pipeline.layer_layout.alpha != "latent_offset":
+            raise ConfigError("model.transparent_vae is set, but the layout's alpha is not 'latent_offset'")
+        pipeline.register_modules(transparent_vae=LayerFlowTransparentVAE.from_pretrained(path))
+    if pipeline.layer_layout.alpha == "latent_offset" and pipeline.transparent_vae is None:
+        raise ConfigError(
+            "the layout carries alpha as a latent offset: set model.transparent_vae to a saved "
+            "LayerFlowTransparentVAE folder (trained with transparent-vae)"
+        )
+    return pipeline
 
 
 def load_base(config: TrainConfig) -> LayerFlowPipeline:
     """``model.base``: the tiny pipeline, a saved LayerFlowPipeline folder or a stock CogVideoX folder."""
     base = config.model.base
+    layout = config_layout(config)
     if base == "tiny":
-        from layerflow.testing import build_tiny_pipeline
-
-        pipeline = build_tiny_pipeline(
-            words=tiny_words(),
-            seed=config.model.tiny_seed,
-            num_layers=config.model.tiny_num_layers,
-            max_text_seq_length=TINY_PROMPT_TOKENS,
-        )
-        pipeline.tokenizer.model_max_length = TINY_PROMPT_TOKENS
-        return pipeline
+        return build_tiny_training_pipeline(config.model.tiny_seed, config.model.tiny_num_layers, layout)
     path = Path(base)
     if path.exists():
         index_file = path / "model_index.json"
         if not index_file.is_file():
             raise FileNotFoundError(f"model.base={base!r}: no model_index.json in {path}")
         if json.loads(index_file.read_text()).get("_class_name") == LayerFlowPipeline.__name__:
-            return LayerFlowPipeline.from_pretrained(path)
-    return load_stock_cogvideox(base)
+            return check_layout(config, LayerFlowPipeline.from_pretrained(path), f"model.base {path}")
+    return load_stock_cogvideox(base, layout or LayerLayout.official())
 
 
-def load_stock_cogvideox(path: str | Path) -> LayerFlowPipeline:
+def load_stock_cogvideox(path: str | Path, layout: LayerLayout) -> LayerFlowPipeline:
     """A LayerFlow pipeline around stock CogVideoX-2B weights, a local folder or a hub id the user's
     diffusers may download (the layer embedder starts at zero)."""
     from diffusers import AutoencoderKLCogVideoX
@@ -112,14 +107,14 @@ def load_stock_cogvideox(path: str | Path) -> LayerFlowPipeline:
         vae=AutoencoderKLCogVideoX.from_pretrained(path, subfolder="vae"),
         transformer=LayerFlowTransformer3DModel.from_pretrained(path, subfolder="transformer"),
         scheduler=make_scheduler("dpm"),
-        layout=LayerLayout.official().to_dict(),
+        layout=layout.to_dict(),
     )
 
 
 def load_starting_point(config: TrainConfig) -> LayerFlowPipeline:
     """The pipeline stage ``config.stage`` trains, with the adapters of earlier stages attached."""
     if config.stage == 1 or config.model.init_from == "base":
-        return load_base(config)
+        return attach_transparent_vae(config, load_base(config))
     previous = config.previous_stage_dir / FINAL
     if not (previous / "pipeline" / "model_index.json").is_file():
         raise MissingStageError(
@@ -127,7 +122,7 @@ def load_starting_point(config: TrainConfig) -> LayerFlowPipeline:
             f"finished stage: run `python -m layerflow.training --stage {config.stage - 1}` first (same "
             f"run.output_root), set model.previous_stage_dir, or pass --from-base to start from model.base"
         )
-    pipeline = LayerFlowPipeline.from_pretrained(previous / "pipeline")
+    pipeline = check_layout(config, LayerFlowPipeline.from_pretrained(previous / "pipeline"), str(previous))
     if config.stage == 3 and MOTION not in multi_lora.list_adapters(pipeline.transformer):
         raise MissingStageError(f"stage 3 needs stage 2's motion LoRA, but {previous / 'pipeline'} has none")
     return pipeline
@@ -152,6 +147,7 @@ def export_final(
             vae=start.vae,
             transformer=transformer,
             scheduler=start.scheduler,
+            transparent_vae=start.transparent_vae,
             layout=start.layer_layout.to_dict(),
         ).save_pretrained(tmp / "pipeline", safe_serialization=True)
         trained_cpu = {k: v.detach().float().cpu().contiguous() for k, v in trained.items()}

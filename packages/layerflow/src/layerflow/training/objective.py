@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layerflow.data.sample import PROMPT_ROLES
 from layerflow.layout import LayerLayout, TaskLayout
 
 #: Independent random streams per sample.
@@ -29,29 +28,6 @@ def sample_generator(seed: int, step: int, micro_step: int, position: int, strea
     """A CPU generator for one random stream of the sample at global ``position`` of a micro-batch."""
     state = np.random.SeedSequence([seed, step, micro_step, position, stream]).generate_state(1)
     return torch.Generator().manual_seed(int(state[0]))
-
-
-def layout_clip_names(layout: LayerLayout) -> list[str]:
-    """The data clip (:data:`CLIP_ORDER` name) behind each clip of ``layout``.
-
-    Training data carries one foreground, its alpha, a background and a composite, so only layouts
-    of those layers with the ``alpha_clip`` or ``rgb`` representation can be trained from it.
-    """
-    roles = sorted(spec.role for spec in layout.layers)
-    if roles != sorted(PROMPT_ROLES):
-        raise ValueError(
-            f"training data has one foreground, one background and one composite; the layout has "
-            f"{[(s.name, s.role) for s in layout.layers]}"
-        )
-    if layout.alpha == "latent_offset":
-        raise ValueError(
-            "the 'latent_offset' alpha representation needs a transparent VAE; train with 'alpha_clip'"
-        )
-    names: list[str] = []
-    for clip in layout.clips:
-        role = layout.layer(clip.layer).role
-        names.append("alpha" if clip.content == "alpha" else role)
-    return names
 
 
 class TaskSampler:
@@ -78,15 +54,15 @@ class ModelBatch:
 
     Attributes:
         latents: ``[B, F, C, h, w]`` clean latents of every clip in layout order.
-        prompt_embeds: ``[B, 3 * S, D]`` text embeddings in :data:`PROMPT_ROLES` order.
+        prompt_embeds: ``[B, L * S, D]`` text embeddings, one prompt per layout layer in layout order.
         is_static: ``[B]`` float, the per-sample motion gate.
-        clip_frames: latent frames per clip.
+        clip_frames: latent frames of each clip in layout order.
     """
 
     latents: torch.Tensor
     prompt_embeds: torch.Tensor
     is_static: torch.Tensor
-    clip_frames: int
+    clip_frames: tuple[int, ...]
     sample_ids: list[str]
 
 
@@ -104,21 +80,19 @@ class NoisedBatch:
     num_clips: int
 
 
-def condition_frame_mask(
-    task_layouts: Sequence[TaskLayout], num_clips: int, clip_frames: int
-) -> torch.Tensor:
-    """``[B, F]`` float: 0 on the latent frames of each sample's condition clips, 1 elsewhere."""
-    mask = torch.ones(len(task_layouts), num_clips, clip_frames)
+def condition_frame_mask(task_layouts: Sequence[TaskLayout], clip_frames: Sequence[int]) -> torch.Tensor:
+    """``[B, F]`` float: 0 on each sample's clean condition latents (as the pipeline keeps them), 1 elsewhere."""
+    mask = torch.ones(len(task_layouts), sum(clip_frames))
     for b, task_layout in enumerate(task_layouts):
-        for clip in task_layout.condition_clips:
-            mask[b, clip] = 0.0
-    return mask.flatten(1)
+        mask[b, list(task_layout.condition_latent_frames(clip_frames))] = 0.0
+    return mask
 
 
 def prompt_tokens(embeds: torch.Tensor, task_layout: TaskLayout, tokens_per_prompt: int) -> torch.Tensor:
-    """The task's prompts (prompt order) out of ``[B, 3 * S, D]`` embeddings in :data:`PROMPT_ROLES` order."""
-    rows = embeds.unflatten(1, (len(PROMPT_ROLES), tokens_per_prompt))
-    picked = [PROMPT_ROLES.index(layer.role) for layer in task_layout.prompt_layers]
+    """The task's prompts (prompt order) out of ``[B, L * S, D]`` embeddings of every layout layer."""
+    names = [spec.name for spec in task_layout.layout.layers]
+    rows = embeds.unflatten(1, (len(names), tokens_per_prompt))
+    picked = [names.index(layer.name) for layer in task_layout.prompt_layers]
     return rows[:, picked].flatten(1, 2)
 
 
@@ -159,7 +133,6 @@ class Objective:
         self.tokens_per_prompt = tokens_per_prompt
         self.seed = seed
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)  # type: ignore[attr-defined]
-        self.clip_names = layout_clip_names(layout)
 
     def generator(self, step: int, micro_step: int, position: int, stream: int) -> torch.Generator:
         return sample_generator(self.seed, step, micro_step, position, stream)
@@ -174,10 +147,11 @@ class Objective:
     def noise(self, batch: ModelBatch, step: int, micro_step: int, positions: Sequence[int]) -> NoisedBatch:
         """Noise the generated clips of every sample and build the model input, targets and loss mask."""
         latents = batch.latents
-        device, num_clips = latents.device, len(self.clip_names)
-        if latents.shape[1] != num_clips * batch.clip_frames:
+        device, num_clips = latents.device, len(self.layout.clips)
+        if len(batch.clip_frames) != num_clips or latents.shape[1] != sum(batch.clip_frames):
             raise ValueError(
-                f"latents have {latents.shape[1]} frames, expected {num_clips} clips x {batch.clip_frames}"
+                f"latents have {latents.shape[1]} frames in clips of {list(batch.clip_frames)}, the layout "
+                f"has {num_clips} clips"
             )
         tasks = self.draw_tasks(step, micro_step, positions)
         task_layouts = [self.sampler.layouts[task] for task in tasks]
@@ -203,7 +177,7 @@ class Objective:
         ).to(device=device, dtype=latents.dtype)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)  # type: ignore[attr-defined]
         target = self.scheduler.get_velocity(latents, noise, timesteps)  # type: ignore[attr-defined]
-        loss_mask = condition_frame_mask(task_layouts, num_clips, batch.clip_frames).to(device)
+        loss_mask = condition_frame_mask(task_layouts, batch.clip_frames).to(device)
         model_input = torch.where(loss_mask[:, :, None, None, None].bool(), noisy.to(latents.dtype), latents)
 
         text = prompt_tokens(batch.prompt_embeds, task_layouts[0], self.tokens_per_prompt)

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from layerflow.data import collate_cached, collate_layered
+from layerflow.data import collate_cached, collate_for_layout
 
 from . import checkpointing as ckpt
 from .config import ConfigError, TrainConfig, config_json
@@ -34,7 +35,7 @@ from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_la
 from .ema import ParameterEMA
 from .encoding import BatchEncoder, prompt_encoder
 from .export import export_final, load_starting_point
-from .objective import Objective, layout_clip_names, masked_v_loss
+from .objective import Objective, masked_v_loss
 from .stages import StagePlan, apply_stage, count_parameters, set_motion_gate
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,12 @@ class LayerFlowTrainer:
             torch.set_num_threads(run.num_threads)
 
     # ------------------------------------------------------------------------------ setup
+    @property
+    def frozen_encoders(self) -> list[torch.nn.Module]:
+        """The VAE, the text encoder and (``latent_offset`` layouts) the transparent VAE."""
+        encoders = [self.pipeline.vae, self.pipeline.text_encoder, self.pipeline.transparent_vae]
+        return [module for module in encoders if module is not None]
+
     def _setup_model(self) -> None:
         config, accelerator = self.config, self.accelerator
         self.pipeline = load_starting_point(config)
@@ -114,17 +121,23 @@ class LayerFlowTrainer:
         # The frozen encoders run in the compute dtype (as diffusers' trainers do); the transformer
         # keeps its loaded precision (float32) and computes under accelerate's autocast, so the
         # frozen base weights it exports are never rounded.
-        for module in (self.pipeline.vae, self.pipeline.text_encoder):
+        for module in self.frozen_encoders:
             module.requires_grad_(False).eval()
             place(module, device, self.weight_dtype)
         place(transformer, device, torch.float32)
+        self.codec = self.pipeline.codec
+        data = config.data
+        try:  # the clip size must survive the VAE and the patch size: say so before any data is read
+            self.codec.geometry.check(data.num_frames, data.height, data.width, self.codec.layout)
+        except ValueError as error:
+            raise ConfigError(f"data.num_frames / data.height / data.width: {error}") from None
         self.objective = Objective(
             self.pipeline.scheduler,
             self.pipeline.layer_layout,
             config.objective.tasks,
             task_mixing=config.objective.task_mixing,
             text_dropout=config.objective.text_dropout,
-            tokens_per_prompt=int(transformer.config.max_text_seq_length),
+            tokens_per_prompt=self.codec.geometry.text_tokens_per_prompt,
             seed=config.run.seed,
         )
         optim = config.optim
@@ -149,22 +162,25 @@ class LayerFlowTrainer:
 
     def _setup_data(self) -> None:
         config, accelerator = self.config, self.accelerator
-        tokens = int(self.transformer.config.max_text_seq_length)
+        tokens = self.codec.geometry.text_tokens_per_prompt
         text_encoder = prompt_encoder(self.pipeline, tokens)
         progress = config.run.progress and accelerator.is_main_process
+        layout = self.pipeline.layer_layout
         with accelerator.main_process_first():
             if config.data.precompute:
                 self.dataset: RepeatedMix = build_cached_mix(
-                    config, self.pipeline.vae, text_encoder, progress=progress
+                    config, self.codec, text_encoder, progress=progress
                 )
             else:
                 self.dataset = build_layered_mix(config, progress=progress)[0]
         if config.data.precompute:  # encoders are not needed any more: free the accelerator for training
-            self.pipeline.vae.to("cpu")
-            self.pipeline.text_encoder.to("cpu")
+            for module in self.frozen_encoders:
+                module.to("cpu")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        self.collate = collate_cached if config.data.precompute else collate_layered
+        self.collate = (
+            collate_cached if config.data.precompute else partial(collate_for_layout, layout=layout)
+        )
         self.sampler = EpochBatchSampler(
             len(self.dataset),
             config.optim.batch_size,
@@ -173,10 +189,8 @@ class LayerFlowTrainer:
             seed=config.run.seed,
         )
         self.encoder = BatchEncoder(
-            layout_clip_names(self.pipeline.layer_layout),
-            vae=self.pipeline.vae,
+            self.codec,
             text_encoder=text_encoder,
-            encode_mode=config.data.encode_mode,
             seed=config.run.seed,
             device=accelerator.device,
             dtype=self.weight_dtype,
