@@ -28,7 +28,6 @@ import torch
 
 from .cli_checks import CliError, check_device, check_model_dir, check_numbers, check_output
 from .layout import LayerLayout
-<<<<<<< HEAD
 from .media import (
     IMAGE_SUFFIXES,
     MANIFEST_NAME,
@@ -38,10 +37,7 @@ from .media import (
     read_png_sequence,
     read_video,
 )
-=======
-from .media import IMAGE_SUFFIXES, frames_to_tensor, read_images, read_manifest, read_png_sequence, read_video
 from .variants import OFFICIAL_VARIANTS
->>>>>>> main
 
 TASK_COMMANDS = {
     "generate": "generate",
@@ -109,49 +105,6 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
 
 
 # ------------------------------------------------------------------------------------------ model
-<<<<<<< HEAD
-def check_sizes(args: argparse.Namespace, conditions: dict[str, torch.Tensor]) -> None:
-    """Frames and size (from the inputs or the flags) against the model's compression factors, before loading it."""
-    from .json_files import read_json_object
-    from .pipelines.pipeline_layerflow import check_geometry
-
-    model = Path(args.model)
-    vae = read_json_object(model / "vae" / "config.json")
-    transformer = read_json_object(model / "transformer" / "config.json")
-    spatial = 2 ** (len(vae.get("block_out_channels", (128, 256, 256, 512))) - 1)
-    first = next(iter(conditions.values()), None)
-    frames = args.frames if args.frames is not None else (first.shape[0] if first is not None else 16)
-    height = (
-        args.height
-        if args.height is not None
-        else (first.shape[-2] if first is not None else transformer.get("sample_height", 60) * spatial)
-    )
-    width = (
-        args.width
-        if args.width is not None
-        else (first.shape[-1] if first is not None else transformer.get("sample_width", 90) * spatial)
-    )
-    if first is not None and (frames, height, width) != (first.shape[0], *first.shape[-2:]):
-=======
-def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
-    """The model folder's ``model_index.json``, after checking that every component folder exists."""
-    from .pipelines.folders import read_model_index
-
-    try:
-        index = read_model_index(model_dir, REQUIRED_COMPONENTS)
-    except FileNotFoundError as error:
-        raise CliError(str(error)) from error
-    if (
-        index.get("transparent_vae")
-        and index["transparent_vae"][0]
-        and not (Path(model_dir) / "transparent_vae").is_dir()
-    ):
-        raise CliError(
-            f"model folder {model_dir} declares a transparent_vae but has no transparent_vae/ folder"
-        )
-    return index
-
-
 def check_sizes(args: argparse.Namespace, layout: LayerLayout, conditions: dict[str, torch.Tensor]) -> None:
     """Frames and size (from the inputs or the flags) against the model's geometry, before loading it."""
     from .geometry import DEFAULT_CLIP_FRAMES, ModelGeometry, check_geometry
@@ -166,7 +119,6 @@ def check_sizes(args: argparse.Namespace, layout: LayerLayout, conditions: dict[
     height = args.height or (found[1] if found else geometry.default_height)
     width = args.width or (found[2] if found else geometry.default_width)
     if found is not None and (frames, height, width) != found:
->>>>>>> main
         raise CliError(
             f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
             f"but --frames/--height/--width ask for {frames} frames of {height}x{width}"

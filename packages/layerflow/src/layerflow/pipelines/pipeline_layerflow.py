@@ -28,14 +28,10 @@ from layerflow.codec import ClipCodec, check_joint_vae
 from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
 from layerflow.layout import LayerLayout, TaskLayout
 from layerflow.media.output import OutputLayer, write_output_dir
-<<<<<<< HEAD
-
-from . import representation as rep
-from .input_checks import check_input_values
-=======
 from layerflow.models.adapters import merged_for_inference
 from layerflow.variants import OFFICIAL_SAMPLING
->>>>>>> main
+
+from .input_checks import check_input_values
 
 OutputType = Literal["pt", "np", "latent"]
 Unconditional = Literal["zeros", "encoded"]
@@ -238,6 +234,7 @@ class LayerFlowPipeline(DiffusionPipeline):
         if output_type not in ("pt", "np", "latent"):
             raise ValueError(f"output_type must be 'pt', 'np' or 'latent', got {output_type!r}")
         self._check_settings(settings, num_videos_per_prompt, callback_on_step_end_tensor_inputs)
+        check_input_values(conditions, settings["guidance_scale"], num_frames, height, width)
         self._check_components(task_layout, decoding=output_type != "latent")
         if max_sequence_length != self.geometry.text_tokens_per_prompt:
             raise ValueError(
@@ -686,27 +683,6 @@ class LayerFlowPipeline(DiffusionPipeline):
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after every step;
                 ``tensors`` holds ``callback_on_step_end_tensor_inputs`` (``latents`` = generated frames).
         """
-<<<<<<< HEAD
-        # 1. Everything is validated before any model runs.
-        task_layout = self.layer_layout.for_task(task)
-        if output_type not in ("pt", "np", "latent"):
-            raise ValueError(f"output_type must be 'pt', 'np' or 'latent', got {output_type!r}")
-        self._check_components(task_layout, decoding=output_type != "latent")
-        if unconditional not in ("zeros", "encoded"):
-            raise ValueError(f"unconditional must be 'zeros' or 'encoded', got {unconditional!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if num_videos_per_prompt < 1:
-            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
-        bad_inputs = sorted(set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs))
-        if bad_inputs:
-            raise ValueError(f"callback tensor inputs {bad_inputs} are not in {self._callback_tensor_inputs}")
-        check_input_values(
-            conditions, guidance_scale=guidance_scale, num_frames=num_frames, height=height, width=width
-        )
-        condition_frames, num_frames, height, width = self._check_conditions(
-            task_layout, conditions, num_frames, height, width
-=======
         given = {
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
@@ -733,7 +709,6 @@ class LayerFlowPipeline(DiffusionPipeline):
             max_sequence_length=max_sequence_length or self.geometry.text_tokens_per_prompt,
             attention_kwargs=attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
->>>>>>> main
         )
         device = self._execution_device
         # 2. Layer prompts -> text embeddings (and the unconditional text when guided).
