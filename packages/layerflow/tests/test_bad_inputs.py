@@ -38,7 +38,7 @@ from layerflow.training import main as train_main
 
 PROMPTS = ["-p", "foreground=a red circle", "-p", "background=blue stripes", "-p", "composite=a red circle"]
 FAST = ["--steps", "1", "--no-video", "--frames", "8", "--height", "16", "--width", "16", "--device", "cpu"]
-CONVERT_TINY = ["--text-length", "12", "--latent-size", "4", "4", "--prompts", "3"]
+CONVERT_TINY = ["--text-length", "12", "--latent-size", "4", "6"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -312,7 +312,7 @@ def test_unwritable_output_is_found_before_generating(saved, capsys) -> None:
 
 
 def _tiny_official(tmp_path: Path, **edit) -> Path:
-    model = build_tiny_transformer(num_layer_prompts=3)
+    model = build_tiny_transformer(num_layer_prompts=3, sample_width=6)
     lora = random_lora_factors(model, 2, 0)
     return write_official_checkpoint(tmp_path, official_state_dict(model, lora, lora) | edit)
 

@@ -44,7 +44,6 @@ def check_condition_values(name: str, frames: torch.Tensor) -> None:
 
 def check_input_values(
     conditions: Mapping[str, Any] | None,
-    *,
     guidance_scale: float,
     num_frames: int | None,
     height: int | None,
