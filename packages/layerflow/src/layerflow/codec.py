@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from .geometry import FrameGeometry, ModelGeometry
 from .layout import ClipSpec, LayerLayout, LayerSpec
@@ -131,6 +130,10 @@ class LatentPosterior:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled posterior sample ``[B, F, C, h, w]`` (the official latent)."""
+        # Imported here: importing diffusers registers LayerFlow's pipeline (layerflow.registration),
+        # whose module imports this one, so this module must not import diffusers while it loads.
+        from diffusers.utils.torch_utils import randn_tensor
+
         parts = []
         for piece in self.pieces:
             if piece.std is None:
