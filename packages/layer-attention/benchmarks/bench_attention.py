@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from layer_attention import SegmentLayout, conditional_layout, layer_attention, layerflow_layout
+from layer_attention import SegmentLayout, layer_attention
 from layer_attention.dispatch import backend_reasons
+from layer_attention.testing import conditional_layout, layerflow_layout
 
 BENCH = "layer-attention"
 

@@ -12,8 +12,9 @@ pytest.importorskip("diffusers")
 from diffusers import CogVideoXTransformer3DModel
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
-from layer_attention import SegmentLayout, conditional_layout
+from layer_attention import SegmentLayout
 from layer_attention.diffusers import LayerAttentionProcessor
+from layer_attention.testing import conditional_layout
 
 FRAMES, SIDE, TEXT = 2, 8, 8  # 2 latent frames of 8x8 latents, patch 2: 2 x 16 video tokens
 VIDEO_TOKENS = FRAMES * (SIDE // 2) ** 2

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layer_attention import SegmentLayout, cogvideox_clip_tokens, conditional_layout, layerflow_layout
+from layer_attention import SegmentLayout
 from layer_attention.layout import FULL, PARTIAL, SKIP
+from layer_attention.testing import cogvideox_clip_tokens, conditional_layout, layerflow_layout
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ Scripts import it as a sibling module (the script's folder is on ``sys.path`` wh
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -26,3 +27,13 @@ def emitter(benchmark: str) -> Emit:
                 handle.write(json.dumps(row) + "\n")
 
     return emit
+
+
+def bench_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: ``--quick`` (smaller sizes) and ``--json PATH`` (rows)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
+    parser.add_argument("--json", type=Path, default=None, help="append one JSON row per figure here")
+    return parser

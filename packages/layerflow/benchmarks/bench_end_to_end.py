@@ -12,14 +12,13 @@ Usage: ``python bench_end_to_end.py [--quick] [--json PATH]`` (see ``benchmarks/
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from _rows import emitter
+from _rows import bench_parser, emitter
 
 from layerflow.demo.assets import load_or_build_assets
 from layerflow.demo.run import TASKS, DemoSettings, make_data, run_task, save_base, stage_overrides
@@ -79,9 +78,7 @@ def sampling_times(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     torch.set_num_threads(1)
     settings = DemoSettings()

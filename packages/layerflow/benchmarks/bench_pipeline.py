@@ -14,12 +14,11 @@ Usage: ``python bench_pipeline.py [--quick] [--json PATH]`` (see ``benchmarks/ru
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
-from _rows import emitter
+from _rows import bench_parser, emitter
 
 from layerflow.layout import LayerLayout
 from layerflow.tiny import build_tiny_pipeline
@@ -100,11 +99,7 @@ def real_2b_figures(sink: Path | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     torch.set_num_threads(1)
     latent_size, frames, steps, repeats = (16, 16, 2, 2) if args.quick else (16, 16, 4, 7)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _rows import emitter
+from _rows import bench_parser, emitter
 
 BENCH = "layerflow"
 CASES = {
@@ -95,11 +95,7 @@ def run_case(name: str, root: Path, steps: int, device: str) -> dict[str, float]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer timed steps")
-    parser.add_argument("--json", type=Path, default=None, help="append one JSON row per figure here")
+    parser = bench_parser(__doc__)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--case", choices=sorted(CASES), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)

@@ -70,6 +70,11 @@ def before(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     root = _repo_root()
     if root is None:
         pytest.skip("not a git checkout: the pre-redesign sources are not available")
+    present = subprocess.run(
+        ["git", "cat-file", "-e", f"{BASE_COMMIT}^{{commit}}"], cwd=root, capture_output=True
+    )
+    if present.returncode != 0:
+        pytest.skip(f"commit {BASE_COMMIT} is not in this clone's history (shallow clone?)")
     folder = tmp_path_factory.mktemp("base")
     archive = folder / "base.tar"
     subprocess.run(

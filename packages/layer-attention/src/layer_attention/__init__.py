@@ -6,7 +6,6 @@ from .backends import AUTO_ORDER, BACKENDS, AttentionBackend
 from .dispatch import BackendNotSupportedError, backend_reasons, select_backend
 from .functional import layer_attention
 from .layout import SegmentLayout, TileLists
-from .presets import TEXT_TOKENS, cogvideox_clip_tokens, conditional_layout, layerflow_layout
 from .reference import reference_attention
 
 __version__ = _version("layer-attention")
@@ -14,16 +13,12 @@ __version__ = _version("layer-attention")
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
-    "TEXT_TOKENS",
     "AttentionBackend",
     "BackendNotSupportedError",
     "SegmentLayout",
     "TileLists",
     "backend_reasons",
-    "cogvideox_clip_tokens",
-    "conditional_layout",
     "layer_attention",
-    "layerflow_layout",
     "reference_attention",
     "select_backend",
 ]

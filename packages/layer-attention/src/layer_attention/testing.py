@@ -1,10 +1,16 @@
-"""Test helpers: random and LayerFlow-shaped layouts, seeded q/k/v (used by the tests and the benchmark)."""
+"""Test helpers: random and LayerFlow-shaped layouts, seeded q/k/v (used by the tests and the benchmark).
+
+The LayerFlow-shaped layouts here are test and benchmark shapes only: the ``layerflow`` package
+builds the layouts it runs from its ``TaskLayout`` (prompt and clip token counts from the model).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from layer_attention import SegmentLayout, conditional_layout, layerflow_layout
+from layer_attention import SegmentLayout
 
 
 def random_layout(generator: torch.Generator, max_segments: int = 6, max_len: int = 60) -> SegmentLayout:
@@ -47,3 +53,64 @@ def qkv(
         x = x.transpose(1, 2) if strided else x
         out.append(x.requires_grad_())
     return out[0], out[1], out[2]
+
+
+#: T5 tokens per CogVideoX prompt.
+TEXT_TOKENS = 226
+
+
+def cogvideox_clip_tokens(
+    latent_frames: int, latent_height: int, latent_width: int, patch_size: int = 2
+) -> int:
+    """Video tokens of one clip: latent frames x (H / p) x (W / p). CogVideoX-2B, 4 latent frames: 5400."""
+    for name, value in (
+        ("latent_frames", latent_frames),
+        ("latent_height", latent_height),
+        ("latent_width", latent_width),
+    ):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if latent_height % patch_size or latent_width % patch_size:
+        raise ValueError(
+            f"latent size {latent_height}x{latent_width} is not divisible by patch_size {patch_size}"
+        )
+    return latent_frames * (latent_height // patch_size) * (latent_width // patch_size)
+
+
+def layerflow_layout(
+    num_prompts: int, num_clips: int, tokens_per_clip: int, text_tokens: int = TEXT_TOKENS
+) -> SegmentLayout:
+    """Full joint attention over ``num_prompts`` prompts then ``num_clips`` clips (one segment each)."""
+    _check_counts(num_prompts, num_clips)
+    return SegmentLayout([text_tokens] * num_prompts + [tokens_per_clip] * num_clips)
+
+
+def conditional_layout(
+    num_prompts: int,
+    num_clips: int,
+    tokens_per_clip: int,
+    condition_clips: Sequence[int] = (0,),
+    text_tokens: int = TEXT_TOKENS,
+) -> SegmentLayout:
+    """Layout where clean condition clips attend only to themselves and the text.
+
+    Used by the conditional LayerFlow tasks (generate a background for a given foreground, ...):
+    the condition clip must not read the noisy clips, while text and noisy clips read everything.
+    ``condition_clips`` are clip indices (0-based among the clips).
+    """
+    _check_counts(num_prompts, num_clips)
+    bad = [c for c in condition_clips if not 0 <= c < num_clips]
+    if bad:
+        raise ValueError(f"condition_clips {bad} are out of range for {num_clips} clips")
+    count = num_prompts + num_clips
+    allowed = torch.ones(count, count, dtype=torch.bool)
+    for clip in condition_clips:
+        row = num_prompts + clip
+        allowed[row, num_prompts:] = False
+        allowed[row, row] = True
+    return SegmentLayout([text_tokens] * num_prompts + [tokens_per_clip] * num_clips, allowed)
+
+
+def _check_counts(num_prompts: int, num_clips: int) -> None:
+    if num_prompts < 0 or num_clips < 1 or num_prompts + num_clips < 1:
+        raise ValueError(f"need num_prompts >= 0 and num_clips >= 1, got {num_prompts} and {num_clips}")

@@ -161,10 +161,7 @@ def load_pipeline(args: argparse.Namespace) -> Any:
     else:
         pipe.to(device)
     if args.vae_tiling:
-        try:
-            pipe.enable_vae_tiling()
-        except ValueError as error:
-            raise CliError(str(error)) from error
+        pipe.enable_vae_tiling()
     pipe.enable_vae_slicing()
     return pipe
 
@@ -189,6 +186,10 @@ def run_task(args: argparse.Namespace) -> Path:
         raise CliError(f"task {task!r} needs --input for {needed}, got {sorted(inputs) or 'none'}")
     conditions = load_inputs(inputs, _pairs(args.alpha, "--alpha"))
     check_sizes(args, layout, conditions)
+    if args.vae_tiling and layout.vae_pass == "joint":
+        raise CliError(
+            "--vae-tiling: this model runs the VAE jointly over the whole video (official), without tiling"
+        )
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise CliError(f"output {output} already exists (use --overwrite)")

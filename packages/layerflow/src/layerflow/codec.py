@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .geometry import FrameGeometry, ModelGeometry
-from .layout import ClipSpec, LayerLayout, LayerSpec
+from .layout import ClipContent, ClipSpec, LayerLayout, LayerSpec
 
 GREY = 0.5
 #: Below this alpha the colour of a decoded foreground is undefined; it is set to grey there.
@@ -82,7 +82,7 @@ def clip_pixels(layer: LayerSpec, clip: ClipSpec, frames: torch.Tensor) -> torch
     return to_model_range(color)
 
 
-def layer_frames(layer: LayerSpec, has_alpha: bool, clips: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def layer_frames(has_alpha: bool, clips: Mapping[ClipContent, torch.Tensor]) -> torch.Tensor:
     """A layer's [0, 1] frames from its decoded model-range clips (``{"color": ..., "alpha": ...}``)."""
     color = from_model_range(clips["color"])
     if not has_alpha:
@@ -331,5 +331,5 @@ class ClipCodec:
                 continue
             by_content = {self.layout.clips[i].content: decoded[i] for i in indices}
             has_alpha = layer.transparent and self.layout.alpha != "rgb"
-            layers[layer.name] = layer_frames(layer, has_alpha, by_content)
+            layers[layer.name] = layer_frames(has_alpha, by_content)
         return layers

@@ -26,7 +26,7 @@ def _with_defaults(model_class: type, config: Mapping[str, Any]) -> dict[str, An
     """``config`` completed with ``model_class.__init__``'s defaults (what ``from_config`` would build)."""
     defaults = {
         name: param.default
-        for name, param in inspect.signature(model_class.__init__).parameters.items()
+        for name, param in inspect.signature(model_class).parameters.items()
         if param.default is not inspect.Parameter.empty
     }
     return {**defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}

@@ -213,7 +213,7 @@ class LayerLayout:
         if task not in self.tasks:
             owner = f"official variant {self.variant!r}" if self.variant else "this layout"
             raise ValueError(f"{owner} runs only {list(self.tasks)}, not {task!r}")
-        return TaskLayout(self, task)  # type: ignore[arg-type]
+        return TaskLayout(self, task)
 
 
 #: Serialised only when they differ from these defaults (older ``model_index.json`` files stay valid).

@@ -88,14 +88,10 @@ class LayerFlowOutput(BaseOutput):
         )
 
 
-#: Sampling settings of the project's own layouts; official variants use
-#: :data:`layerflow.variants.OFFICIAL_SAMPLING` (dynamic CFG on). Every one is a ``__call__`` argument.
-SAMPLING_DEFAULTS: Mapping[str, Any] = {
-    "num_inference_steps": 50,
-    "guidance_scale": 6.0,
-    "use_dynamic_cfg": False,
-    "unconditional": "zeros",
-}
+#: Sampling settings of the project's own layouts: the official sampler's, but a constant guidance
+#: scale instead of the SAT dynamic-CFG quirk. Official variants use :data:`OFFICIAL_SAMPLING`.
+#: Every one is a ``__call__`` argument.
+SAMPLING_DEFAULTS: Mapping[str, Any] = {**OFFICIAL_SAMPLING, "use_dynamic_cfg": False}
 
 
 @dataclass(frozen=True)
