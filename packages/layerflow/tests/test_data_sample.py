@@ -176,7 +176,7 @@ def test_raw_layer_checks_name_the_problem(alpha_value, message):
     alpha = np.zeros((2, 4, 4, 1), np.float32)
     alpha[0, 1, 1] = alpha_value
     with pytest.raises(SampleError, match=message) as raised:
-        check_raw_layers("clip7", RawLayers(frames, alpha, frames))
+        check_raw_layers("clip7", RawLayers.single(frames, alpha, frames))
     assert raised.value.sample_id == "clip7"
     with pytest.raises(SampleError, match="background has 2 frames of 4x3"):
-        check_raw_layers("clip7", RawLayers(frames, np.ones_like(alpha), frames[:, :, :3]))
+        check_raw_layers("clip7", RawLayers.single(frames, np.ones_like(alpha), frames[:, :, :3]))

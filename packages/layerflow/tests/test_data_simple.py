@@ -155,3 +155,32 @@ def test_dataloader_workers_give_the_same_batches(tmp_path):
     for single, parallel in zip(batches[0], batches[2]):
         assert single.sample_ids == parallel.sample_ids
         torch.testing.assert_close(single.layers["composite"].rgb, parallel.layers["composite"].rgb)
+
+
+def test_reads_several_foregrounds_in_depth_order(tmp_path):
+    from layerflow.data.testing import write_layered_sample
+
+    stored = write_layered_sample(tmp_path, "two", 6)
+    sample = SimpleLayoutDataset(tmp_path, NATIVE)[0]
+    assert [(n, layer.role) for n, layer in sample.layers.items()] == [
+        ("near", "foreground"), ("far", "foreground"), ("bg", "background"), ("blend", "composite")
+    ]  # fmt: skip
+    assert sample.prompts["far"] == "the far layer"
+
+    def unit(array):
+        tensor = torch.from_numpy(np.ascontiguousarray(array[:4])).float() / 255
+        return tensor[:, None] if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
+
+    near_a, far_a, bg = unit(stored["near_alpha"]), unit(stored["far_alpha"]), unit(stored["bg"])
+    torch.testing.assert_close(sample.layers["near"].alpha, near_a)
+    torch.testing.assert_close(sample.layers["far"].alpha, far_a)
+    near, far = unit(stored["near"]), unit(stored["far"])
+    # Oracle: "over" by hand, near over far over the background.
+    expected = near_a * near + (1 - near_a) * (far_a * far + (1 - far_a) * bg)
+    torch.testing.assert_close(sample.layers["blend"].rgb, expected, atol=1e-6, rtol=0)
+
+
+def test_bad_layer_list_in_meta_names_the_sample(tmp_path):
+    write_simple_sample(tmp_path, "a", 4, layers=[{"name": "fg", "role": "sky"}])
+    with pytest.raises(SampleError, match=r"'a'.*meta.json: layers: .*role must be one of"):
+        SimpleLayoutDataset(tmp_path, NATIVE)

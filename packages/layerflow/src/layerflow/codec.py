@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from .geometry import FrameGeometry, ModelGeometry
 from .layout import ClipContent, ClipSpec, LayerLayout, LayerSpec
@@ -130,10 +131,6 @@ class LatentPosterior:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled posterior sample ``[B, F, C, h, w]`` (the official latent)."""
-        # Imported here: a module-level diffusers import would run layerflow's diffusers hook (which
-        # imports layerflow.pipelines, which imports this module) while this module is half-imported.
-        from diffusers.utils.torch_utils import randn_tensor
-
         parts = []
         for piece in self.pieces:
             if piece.std is None:

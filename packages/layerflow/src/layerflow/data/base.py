@@ -14,9 +14,10 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from layerflow.layout import Role
 from layerflow.media import FrameError, frames_to_tensor
 
-from .checks import RawLayers, check_lengths, check_raw_layers
+from .checks import RawLayer, RawLayers, check_lengths, check_raw_layers
 from .errors import OnError, SampleError, SkipReport, check_on_error
 from .frames import FrameSequence
 from .sample import Layer, LayeredSample, Source, composite_layers
@@ -42,52 +43,59 @@ def build_sample(
     source: Source,
     fps: float,
 ) -> LayeredSample:
-    """Check decoded one-foreground layers, resize + crop them and compute a missing composite.
-
-    The common last step of the file readers; the layers are named as :meth:`LayerLayout.official`.
-    """
+    """Check decoded layers, resize + crop them and compute a missing composite: the readers' last step."""
     check_raw_layers(sample_id, layers)
     h, w, mode = preprocess.height, preprocess.width, preprocess.resample
-    foreground = Layer(
-        "foreground",
-        *resize_foreground(frames_to_tensor(layers.foreground), frames_to_tensor(layers.alpha), h, w, mode),
-    )
-    background = resize_opaque(frames_to_tensor(layers.background), h, w, mode)
-    if layers.composite is None:
-        composite = composite_layers([foreground], background)
-    else:
+    resized: dict[str, Layer] = {}
+    for name, raw in layers.layers.items():
+        color = frames_to_tensor(raw.color)
+        if raw.alpha is None:
+            resized[name] = Layer(raw.role, resize_opaque(color, h, w, mode))
+        else:
+            resized[name] = Layer(
+                raw.role, *resize_foreground(color, frames_to_tensor(raw.alpha), h, w, mode)
+            )
+    if layers.composite is not None:
         composite = resize_opaque(frames_to_tensor(layers.composite), h, w, mode)
-    return LayeredSample(
-        sample_id=sample_id,
-        layers={
-            "foreground": foreground,
-            "background": Layer("background", background),
-            "composite": Layer("composite", composite),
-        },
-        prompts=prompts,
-        source=source,
-        fps=fps,
-    )
+    else:
+        backgrounds = [layer.rgb for layer in resized.values() if layer.role == "background"]
+        if len(backgrounds) != 1:
+            raise SampleError(
+                sample_id, "the composite can be computed only over exactly one background layer"
+            )
+        composite = composite_layers(
+            [layer for layer in resized.values() if layer.alpha is not None], backgrounds[0]
+        )
+    resized[layers.composite_name] = Layer("composite", composite)
+    return LayeredSample(sample_id=sample_id, layers=resized, prompts=prompts, source=source, fps=fps)
+
+
+@dataclass
+class LayerFile:
+    """One stored layer: its role, colour frames (RGBA when a transparent layer has no separate
+    ``alpha``) and, for transparent layers with a separate matte, the alpha frames."""
+
+    role: Role
+    color: FrameSequence
+    alpha: FrameSequence | None = None
 
 
 @dataclass
 class LayerFiles:
-    """The stored layers of one clip sample, before anything is decoded.
+    """The stored layers of one clip sample in depth order, before anything is decoded."""
 
-    ``foreground`` is RGBA when ``alpha`` is ``None``, otherwise RGB with a separate matte.
-    """
-
-    foreground: FrameSequence
-    alpha: FrameSequence | None
-    background: FrameSequence
+    layers: dict[str, LayerFile]
     composite: FrameSequence | None
+    composite_name: str
     prompts: dict[str, str]
     source: Source
     fps: float
 
     def sequences(self) -> dict[str, FrameSequence]:
-        named = {"foreground": self.foreground, "alpha": self.alpha}
-        named |= {"background": self.background, "composite": self.composite}
+        named: dict[str, FrameSequence | None] = {}
+        for name, layer in self.layers.items():
+            named |= {name: layer.color, f"{name} alpha": layer.alpha}
+        named[self.composite_name] = self.composite
         return {name: seq for name, seq in named.items() if seq is not None}
 
     def paths(self) -> list[Path]:
@@ -110,13 +118,17 @@ def read_clip(
     """Pick frame indices once for all layers (which must agree in length) and decode only those."""
     length = check_lengths(sample_id, {name: len(seq) for name, seq in files.sequences().items()})
     indices = pick_frames(sample_id, preprocess, length, files.fps, rng)
-    foreground = files.foreground.read(indices)
-    if files.alpha is None:
-        foreground, alpha = foreground[..., :3], foreground[..., 3:]
-    else:
-        alpha = files.alpha.read(indices)
+    layers: dict[str, RawLayer] = {}
+    for name, layer in files.layers.items():
+        color = layer.color.read(indices)
+        if layer.role != "foreground":
+            layers[name] = RawLayer(layer.role, color)
+        elif layer.alpha is None:
+            layers[name] = RawLayer(layer.role, color[..., :3], color[..., 3:])
+        else:
+            layers[name] = RawLayer(layer.role, color, layer.alpha.read(indices))
     composite = files.composite.read(indices) if files.composite is not None else None
-    return RawLayers(foreground, alpha, files.background.read(indices), composite)
+    return RawLayers(layers, composite, files.composite_name)
 
 
 def file_stats(paths: Iterable[Path], root: Path) -> list[tuple[str, int, int]]:

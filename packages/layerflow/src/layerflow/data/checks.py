@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from layerflow.layout import Role
+
 from .errors import SampleError
 
 LABEL_MASK_MAX_STEPS = 16
@@ -13,20 +15,49 @@ LABEL_MASK_MAX_STEPS = 16
 
 
 @dataclass
-class RawLayers:
-    """Decoded layers at their stored size: float32 ``[T, H, W, C]`` arrays in [0, 1] (straight alpha).
+class RawLayer:
+    """One decoded layer at its stored size: ``color`` ``[T, H, W, 3]``, ``alpha`` ``[T, H, W, 1]``
+    (transparent layers) or ``None``, float32 in [0, 1], straight alpha."""
 
-    ``composite`` may be ``None``: it is then computed exactly, ``alpha * fg + (1 - alpha) * bg``.
+    role: Role
+    color: np.ndarray
+    alpha: np.ndarray | None = None
+
+
+@dataclass
+class RawLayers:
+    """A clip's decoded layers in depth order (front to back), without the composite.
+
+    ``composite`` may be ``None``: it is then computed exactly, each foreground "over" the layers
+    behind it. :meth:`single` builds the one-foreground layers of the official layout.
     """
 
-    foreground: np.ndarray
-    alpha: np.ndarray
-    background: np.ndarray
+    layers: dict[str, RawLayer]
     composite: np.ndarray | None = None
+    composite_name: str = "composite"
+
+    @classmethod
+    def single(
+        cls,
+        foreground: np.ndarray,
+        alpha: np.ndarray,
+        background: np.ndarray,
+        composite: np.ndarray | None = None,
+    ) -> RawLayers:
+        layers = {
+            "foreground": RawLayer("foreground", foreground, alpha),
+            "background": RawLayer("background", background),
+        }
+        return cls(layers, composite)
 
     def items(self) -> list[tuple[str, np.ndarray]]:
-        layers = [("foreground", self.foreground), ("alpha", self.alpha), ("background", self.background)]
-        return layers + ([("composite", self.composite)] if self.composite is not None else [])
+        """Every array with the name errors give it: the layer's name, ``<name> alpha`` for its matte."""
+        arrays = []
+        for name, layer in self.layers.items():
+            arrays.append((name, layer.color))
+            if layer.alpha is not None:
+                arrays.append((f"{name} alpha", layer.alpha))
+        return arrays + ([(self.composite_name, self.composite)] if self.composite is not None else [])
 
 
 def check_lengths(sample_id: str, lengths: dict[str, int]) -> int:
@@ -46,28 +77,31 @@ def check_values(sample_id: str, name: str, array: np.ndarray) -> None:
         raise SampleError(sample_id, f"{name} values span [{low:.4g}, {high:.4g}], expected [0, 1]")
 
 
-def check_matte(sample_id: str, alpha: np.ndarray) -> None:
+def check_matte(sample_id: str, alpha: np.ndarray, name: str = "alpha") -> None:
     """The alpha is a real matte: not empty, not an object-id mask."""
     alpha_max = float(alpha.max())
     if alpha_max == 0.0:
-        raise SampleError(sample_id, "alpha is 0 in every sampled frame (empty foreground)")
+        raise SampleError(sample_id, f"{name} is 0 in every sampled frame (empty foreground)")
     if alpha_max * 255.0 <= LABEL_MASK_MAX_STEPS + 0.5:
         raise SampleError(
             sample_id,
-            f"alpha never exceeds {alpha_max * 255:.0f}/255: this looks like an object-id mask, not a matte "
+            f"{name} never exceeds {alpha_max * 255:.0f}/255: this looks like an object-id mask, not a matte "
             "(convert it to 0/255 or a soft matte)",
         )
 
 
 def check_raw_layers(sample_id: str, layers: RawLayers) -> None:
-    """Shapes agree across layers, values are finite and in [0, 1], and the alpha is a real matte."""
-    shape = layers.foreground.shape[:3]
-    for name, array in layers.items():
+    """Shapes agree across layers, values are finite and in [0, 1], and every alpha is a real matte."""
+    arrays = layers.items()
+    first, shape = arrays[0][0], arrays[0][1].shape[:3]
+    for name, array in arrays:
         if array.shape[:3] != shape:
             raise SampleError(
                 sample_id,
-                f"{name} has {array.shape[0]} frames of {array.shape[1]}x{array.shape[2]}, the foreground "
+                f"{name} has {array.shape[0]} frames of {array.shape[1]}x{array.shape[2]}, the {first} "
                 f"{shape[0]} frames of {shape[1]}x{shape[2]}",
             )
         check_values(sample_id, name, array)
-    check_matte(sample_id, layers.alpha)
+    for name, layer in layers.layers.items():
+        if layer.alpha is not None:
+            check_matte(sample_id, layer.alpha, f"{name} alpha")

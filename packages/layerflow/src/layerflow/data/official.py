@@ -174,7 +174,7 @@ class OfficialLayoutDataset(LayeredDataset[OfficialRecord]):
         if alpha.shape[1:3] != composite.shape[1:3]:
             alpha = _resize_matte(alpha, *composite.shape[1:3])
         background = ImageSequence(entry.background, "rgb").read(indices)
-        layers = RawLayers(foreground=composite, alpha=alpha, background=background, composite=composite)
+        layers = RawLayers.single(composite, alpha, background, composite)
         stride = self.preprocess.frames.effective_stride(OFFICIAL_FPS)
         return build_sample(
             entry.sample_id,

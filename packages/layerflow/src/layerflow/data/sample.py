@@ -185,6 +185,10 @@ class LayeredBatch:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
+    def sample_layers(self, index: int) -> dict[str, Layer]:
+        """The layers of sample ``index`` (``[T, C, H, W]``)."""
+        return {name: layer.map(lambda tensor: tensor[index]) for name, layer in self.layers.items()}
+
 
 def collate_for_layout(samples: Sequence[LayeredSample], layout: LayerLayout) -> LayeredBatch:
     """:func:`collate_layered` of the samples matched to ``layout`` (:meth:`LayeredSample.for_layout`)."""
@@ -205,17 +209,18 @@ def collate_layered(samples: Sequence[LayeredSample]) -> LayeredBatch:
                 f"(layers {signature}): use one preprocessing size and one layer layout"
             )
 
-    def stack(name: str, part: str) -> torch.Tensor | None:
-        tensors = [getattr(s.layers[name], part) for s in samples]
-        return None if tensors[0] is None else torch.stack(tensors)
+    def stack(name: str) -> Layer:
+        layers = [s.layers[name] for s in samples]
+        alphas = [layer.alpha for layer in layers if layer.alpha is not None]
+        return Layer(
+            layers[0].role,
+            torch.stack([layer.rgb for layer in layers]),
+            torch.stack(alphas) if alphas else None,
+        )
 
-    layers = {
-        name: Layer(layer.role, stack(name, "rgb"), stack(name, "alpha"))
-        for name, layer in first.layers.items()
-    }  # type: ignore[arg-type]
     return LayeredBatch(
         sample_ids=[s.sample_id for s in samples],
-        layers=layers,
+        layers={name: stack(name) for name in first.layers},
         prompts={name: [s.prompts[name] for s in samples] for name in first.layers},
         sources=[s.source for s in samples],
         is_static=torch.tensor([float(s.is_static) for s in samples]),

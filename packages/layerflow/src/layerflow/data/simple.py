@@ -10,6 +10,12 @@ ROOT/<sample_id>/
 ```
 Any layer may instead be a video file beside the folders (``foreground.webm`` VP9 with alpha,
 ``background.mp4``, ``alpha.mp4``, ``composite.mp4``).
+
+Several foregrounds: ``meta.json`` lists the layers in depth order (front to back) in the form of
+``model_index.json``'s layout, ``"layers": [{"name": "near", "role": "foreground"}, ...]``; each
+layer is a folder (or video) of its name, a transparent layer RGBA or RGB with ``<name>_alpha/``,
+``prompts.json`` has one prompt per layer name, and a missing composite is computed exactly, each
+foreground over the layers behind it.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from layerflow.layout import LayerLayout
+from layerflow.layout import LayerLayout, LayerSpec
 from layerflow.media import VIDEO_SUFFIXES, FrameMode, find_file, video_fps
 
-from .base import LayeredDataset, LayerFiles, build_sample, file_stats, read_clip, sample_folders
+from .base import LayeredDataset, LayerFile, LayerFiles, build_sample, file_stats, read_clip, sample_folders
 from .errors import OnError, SampleError
 from .frames import ImageSequence, VideoSequence, open_layer, read_every_frame
 from .sample import SOURCES, LayeredSample, Source
@@ -73,14 +79,30 @@ def open_required(folder: Path, name: str, mode: FrameMode, sample_id: str) -> I
     return open_layer(path, mode)
 
 
+def matte_name(layer: str) -> str:
+    """The separate matte of a transparent layer: ``alpha`` for ``foreground``, else ``<layer>_alpha``."""
+    return "alpha" if layer == "foreground" else f"{layer}_alpha"
+
+
 def open_foreground(
-    folder: Path, sample_id: str
+    folder: Path, sample_id: str, name: str = "foreground"
 ) -> tuple[ImageSequence | VideoSequence, ImageSequence | VideoSequence | None]:
-    """RGBA foreground, or RGB foreground plus a separate ``alpha`` layer when one exists."""
-    alpha_path = find_layer(folder, "alpha")
+    """RGBA layer ``name``, or RGB plus its separate matte (:func:`matte_name`) when one exists."""
+    alpha_path = find_layer(folder, matte_name(name))
     if alpha_path is None:
-        return open_required(folder, "foreground", "rgba", sample_id), None
-    return open_required(folder, "foreground", "rgb", sample_id), open_layer(alpha_path, "alpha")
+        return open_required(folder, name, "rgba", sample_id), None
+    return open_required(folder, name, "rgb", sample_id), open_layer(alpha_path, "alpha")
+
+
+def read_layer_specs(meta: dict[str, Any], sample_id: str) -> tuple[LayerSpec, ...]:
+    """``meta.json``'s ``layers`` (the form of ``model_index.json``'s layout layers), default :data:`LAYER_NAMES`."""
+    entries = meta.get("layers")
+    if entries is None:
+        return LayerLayout.official().layers
+    try:
+        return LayerLayout.from_dict({"layers": entries}).layers
+    except ValueError as error:
+        raise SampleError(sample_id, f"meta.json: layers: {error}") from None
 
 
 class SimpleLayoutDataset(LayeredDataset[Path]):
@@ -112,19 +134,28 @@ class SimpleLayoutDataset(LayeredDataset[Path]):
         source = meta.get("source", "video")
         if source not in SOURCES:
             raise SampleError(sample_id, f"meta.json: source must be one of {SOURCES}, got {source!r}")
-        foreground, alpha = open_foreground(folder, sample_id)
-        composite_path = find_layer(folder, "composite")
+        specs = read_layer_specs(meta, sample_id)
+        layers: dict[str, LayerFile] = {}
+        for spec in specs:
+            if spec.role == "foreground":
+                layers[spec.name] = LayerFile(spec.role, *open_foreground(folder, sample_id, spec.name))
+            elif spec.role == "background":
+                layers[spec.name] = LayerFile(spec.role, open_required(folder, spec.name, "rgb", sample_id))
+        composites = [spec.name for spec in specs if spec.role == "composite"]
+        if len(composites) != 1:
+            raise SampleError(sample_id, f"meta.json: layers need exactly one composite, got {composites}")
+        composite_path = find_layer(folder, composites[0])
+        first = next(iter(layers.values())).color
         fps = meta.get("fps")
         if fps is None:
-            fps = video_fps(foreground.path) if isinstance(foreground, VideoSequence) else DEFAULT_FPS
+            fps = video_fps(first.path) if isinstance(first, VideoSequence) else DEFAULT_FPS
         if not isinstance(fps, (int, float)) or fps <= 0:
             raise SampleError(sample_id, f"meta.json: fps must be a positive number, got {fps!r}")
         return LayerFiles(
-            foreground=foreground,
-            alpha=alpha,
-            background=open_required(folder, "background", "rgb", sample_id),
+            layers=layers,
             composite=open_layer(composite_path, "rgb") if composite_path is not None else None,
-            prompts=read_prompts(folder / "prompts.json", sample_id),
+            composite_name=composites[0],
+            prompts=read_prompts(folder / "prompts.json", sample_id, tuple(spec.name for spec in specs)),
             source=cast(Source, source),
             fps=float(fps),
         )

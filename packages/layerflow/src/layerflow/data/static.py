@@ -80,11 +80,11 @@ class StaticImageDataset(LayeredDataset[Path]):
             foreground, alpha = rgba[..., :3], rgba[..., 3:]
         composite = read_image(files["composite"], "rgb") if "composite" in files else None
         background = read_image(files["background"], "rgb")
-        layers = RawLayers(
-            foreground=foreground[None],
-            alpha=alpha[None],
-            background=background[None],
-            composite=composite[None] if composite is not None else None,
+        layers = RawLayers.single(
+            foreground[None],
+            alpha[None],
+            background[None],
+            composite[None] if composite is not None else None,
         )
         # Check and resize one frame, then repeat: identical to repeating first, num_frames times cheaper.
         image = build_sample(

@@ -66,6 +66,31 @@ def write_simple_sample(
     return layers
 
 
+def write_layered_sample(
+    root: Path, sample_id: str, num_frames: int = 6, *, size: tuple[int, int] = (24, 32)
+) -> dict:
+    """A two-foreground simple-layout sample (``near`` RGBA in front of ``far`` RGB + ``far_alpha/``,
+    background ``bg``, composite ``blend`` left out); returns the uint8 layers."""
+    folder = root / sample_id
+    near, far = layer_frames(num_frames, *size, seed=1), layer_frames(num_frames, *size, seed=2)
+    far["alpha"] = np.ascontiguousarray(far["alpha"][:, ::-1, ::-1])  # another place than the near object
+    write_frames(folder / "near", np.concatenate([near["foreground"], near["alpha"][..., None]], -1), "RGBA")
+    write_frames(folder / "far", far["foreground"], "RGB")
+    write_frames(folder / "far_alpha", far["alpha"], "L")
+    write_frames(folder / "bg", near["background"], "RGB")
+    names = (("near", "foreground"), ("far", "foreground"), ("bg", "background"), ("blend", "composite"))
+    meta = {"layers": [{"name": name, "role": role} for name, role in names]}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "prompts.json").write_text(json.dumps({name: f"the {name} layer" for name, _ in names}))
+    return {
+        "near": near["foreground"],
+        "near_alpha": near["alpha"],
+        "far": far["foreground"],
+        "far_alpha": far["alpha"],
+        "bg": near["background"],
+    }
+
+
 def write_video(path: Path, frames: np.ndarray, *, alpha: np.ndarray | None = None, fps: int = 8) -> None:
     """Lossless VP9 with alpha (``.webm``) when ``alpha`` is given, else lossless H.264 4:4:4 (``.mp4``)."""
     import av

@@ -85,8 +85,7 @@ class BatchEncoder:
         samples = []
         frames: tuple[int, ...] = ()
         for b, position in enumerate(positions):
-            layers = {name: layer.map(lambda t, b=b: t[b]) for name, layer in batch.layers.items()}
-            posterior, geometry = encode_sample(self.codec, layers)
+            posterior, geometry = encode_sample(self.codec, batch.sample_layers(b))
             generator = sample_generator(self.seed, step, micro_step, position, STREAM_POSTERIOR)
             samples.append(posterior.sample(generator)[0].float().cpu())
             frames = geometry.clip_latent_frames
