@@ -397,7 +397,7 @@ def test_written_files_follow_the_umask(tmp_path, mask, file_mode, dir_mode) -> 
 @pytest.mark.parametrize("frames", ["../elsewhere", "/etc", "composite/../.."])
 def test_eval_refuses_frames_outside_the_output(output, capsys, frames) -> None:
     manifest = json.loads((output / "manifest.json").read_text())
-    manifest["layers"][2]["frames"] = frames
+    manifest["layers"][2]["files"]["png"] = frames
     (output / "manifest.json").write_text(json.dumps(manifest))
     fails(capsys, ["eval", output], f"{frames!r} points outside the output folder")
     assert not (output / "metrics.json").exists()

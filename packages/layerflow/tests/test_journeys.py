@@ -56,7 +56,7 @@ def assert_output(folder: Path, task: str) -> None:
     manifest = read_manifest(folder)
     assert manifest["task"] == task and manifest["num_frames"] == 8
     for layer in manifest["layers"]:
-        frames = read_png_sequence(folder / layer["frames"], layer["kind"])
+        frames = read_png_sequence(folder / layer["files"]["png"], layer["kind"])
         assert frames.shape == (8, 4 if layer["kind"] == "rgba" else 3, 16, 16)
 
 

@@ -212,7 +212,9 @@ def write_output_dir(
 def _upgrade_v1(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
     """A version-1 manifest (``frames`` + ``video`` per layer, straight alpha) in the version-2 shape."""
     suffixes = {spec.suffix: fmt for fmt, spec in VIDEO_FORMATS.items()}
-    for index, layer in enumerate(manifest.get("layers", [])):
+    for index, layer in enumerate(manifest["layers"]):
+        if not isinstance(layer, dict):
+            continue  # reported by read_manifest's per-layer check
         if "frames" not in layer:
             raise ValueError(f"{path}: layer {index} misses keys ['frames']")
         files = {"png": layer.pop("frames")}
@@ -239,8 +241,6 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: expected format {MANIFEST_FORMAT!r} version 1 or {MANIFEST_VERSION}, got "
             f"{manifest.get('format')!r} version {manifest.get('version')!r}"
         )
-    if manifest["version"] == 1:
-        manifest = _upgrade_v1(manifest, path)
     missing = [k for k in ("task", "num_frames", "height", "width", "layers") if k not in manifest]
     if missing:
         raise ValueError(f"{path}: missing keys {missing}")
@@ -254,6 +254,8 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path}: alpha must be one of {ALPHA_MODES}, got {manifest['alpha']!r}")
     if not isinstance(manifest["layers"], list) or not manifest["layers"]:
         raise ValueError(f"{path}: 'layers' must be a non-empty list, got {manifest['layers']!r}")
+    if manifest["version"] == 1:
+        manifest = _upgrade_v1(manifest, path)
     for index, layer in enumerate(manifest["layers"]):
         if not isinstance(layer, dict):
             raise ValueError(f"{path}: layer {index} must be an object, got {layer!r}")
