@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
-from layerflow.demo import DemoSettings, main
+from layerflow.demo import DemoSettings, main, run_demo
+from layerflow.demo.assets import VaeCeilingError, _clip_pool, measure_ceiling
 from layerflow.demo.diagnostics import encode_heldout, x0_errors
 from layerflow.demo.report import PREVIEW_FILE, PREVIEW_SCALE, TARGET_TASKS
 from layerflow.demo.run import TASKS
@@ -108,6 +111,11 @@ def test_report_ceiling_and_diagnostics_are_recomputed(demo_run: tuple[Path, Pat
     assert set(ceiling["checks"]) == {"alpha_iou", "composite_mae"}
     assert ceiling["checks"]["composite_mae"]["measured"] == ceiling["mae"]["composite"]
     assert len(report["vae_losses"]) == DemoSettings.quick().assets.vae_steps
+    config = DemoSettings.quick().assets
+    vae = AutoencoderKLCogVideoX.from_pretrained(Path(report["assets"]["directory"]) / "vae")
+    again = measure_ceiling(vae, _clip_pool(config, config.vae_eval_samples, stream=1))
+    assert again["alpha_iou"] == pytest.approx(ceiling["alpha_iou"], rel=1e-5)
+    assert again["mae"] == pytest.approx(ceiling["mae"], rel=1e-5)
     samples = sorted(p for p in (out / "data" / "heldout").iterdir() if p.is_dir())
     pipelines = {
         "untrained": LayerFlowPipeline.from_pretrained(out / "train" / "base"),
@@ -118,3 +126,13 @@ def test_report_ceiling_and_diagnostics_are_recomputed(demo_run: tuple[Path, Pat
         stored = report["diagnostics"][label]
         for prompts in ("correct", "shuffled"):
             assert stored[prompts] == pytest.approx(again[prompts], rel=1e-5), (label, prompts)
+
+
+def test_a_strict_ceiling_stops_an_untrained_vae_before_training(
+    demo_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, cache = demo_run  # the quick run's cached VAE: 3 training steps, far below its ceiling
+    settings = replace(DemoSettings.quick(), check_vae_ceiling=True)
+    with pytest.raises(VaeCeilingError, match=r"alpha_iou = .*goal >= 0\.95"):
+        run_demo(settings, tmp_path / "out", cache, progress=False)
+    assert not (tmp_path / "out" / "train").exists()
