@@ -72,10 +72,14 @@ class DemoAssetConfig:
         vae_train_samples, vae_eval_samples: synthetic samples (4 clips each) to train / measure on,
             drawn from a seed stream of their own (disjoint from the demo's train and held-out splits).
         text_width, text_layers: T5 ``d_model`` and depth.
-        textures, patterns, sizes: the demo's synthetic world, a subset of the generator's vocabulary:
-            plain objects of medium/large size over smooth backgrounds, which a 32x32 VAE trained for
-            a minute reconstructs well (fine stripes and checkers it blurs to their mean colour).
-        prompt_tokens: tokens per layer prompt (the tokenizer's ``model_max_length``).
+        colours, shapes, sizes, textures, motions, patterns, static_probability: the demo's synthetic
+            world, a subset of the generator's vocabulary chosen to be learnable in minutes: 4 colours
+            far apart in hue, 3 distinct shapes, large plain objects that stand still or translate,
+            smooth gradient backgrounds (the tiny VAE blurs fine stripes and checkers).
+        prompt_tokens: tokens per layer prompt (the tokenizer's ``model_max_length``): 12 holds the
+            longest caption of the demo's world with its end token; fewer padding tokens and a
+            one-layer T5 made text conditioning emerge within 400 steps in a measured probe, where
+            16 tokens and two layers showed none after 200.
         seed: seeds the weights, the clips and the batches.
     """
 
@@ -91,8 +95,8 @@ class DemoAssetConfig:
     vae_train_samples: int = 48
     vae_eval_samples: int = 8
     text_width: int = 32
-    text_layers: int = 2
-    prompt_tokens: int = 16
+    text_layers: int = 1
+    prompt_tokens: int = 12
     colours: tuple[str, ...] = ("red", "yellow", "green", "blue")
     shapes: tuple[str, ...] = ("circle", "square", "triangle")
     sizes: tuple[str, ...] = ("large",)
@@ -263,9 +267,10 @@ def pin_posterior(vae: AutoencoderKLCogVideoX) -> None:
     the VAE's sampling noise instead of the clips.
     """
     conv = vae.encoder.conv_out.conv
-    channels = int(vae.config.latent_channels)
+    channels = int(vae.config["latent_channels"])
     conv.weight[channels:].zero_()
-    conv.bias[channels:].fill_(-30.0)
+    if conv.bias is not None:
+        conv.bias[channels:].fill_(-30.0)
 
 
 def train_vae(
@@ -291,7 +296,8 @@ def _vae_threads(device: str) -> Iterator[None]:
 def _train_vae(
     config: DemoAssetConfig, progress: bool, device: str
 ) -> tuple[AutoencoderKLCogVideoX, dict[str, Any], list[float]]:
-    vae = build_vae(config).to(device)
+    vae = build_vae(config)
+    torch.nn.Module.to(vae, device)  # diffusers' ``to`` wrapper confuses type checkers
     train = torch.cat(list(_clip_pool(config, config.vae_train_samples, stream=0).values())).to(device)
     held_out = {k: v.to(device) for k, v in _clip_pool(config, config.vae_eval_samples, stream=1).items()}
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.vae_learning_rate)
