@@ -20,11 +20,9 @@ transformer learns to read its embeddings, which only need to tell the caption w
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -277,25 +275,6 @@ def train_vae(
     config: DemoAssetConfig, *, progress: bool = True, device: str = "cpu"
 ) -> tuple[AutoencoderKLCogVideoX, dict[str, Any], list[float]]:
     """Train the tiny VAE; returns it (eval mode, unit-variance scaling), its held-out ceiling and the losses."""
-    with _vae_threads(device):
-        return _train_vae(config, progress, device)
-
-
-@contextlib.contextmanager
-def _vae_threads(device: str) -> Iterator[None]:
-    """Two CPU threads for the VAE's convolutions (they scale; the demo's tiny transformer does not)."""
-    previous = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _train_vae(
-    config: DemoAssetConfig, progress: bool, device: str
-) -> tuple[AutoencoderKLCogVideoX, dict[str, Any], list[float]]:
     vae = build_vae(config)
     torch.nn.Module.to(vae, device)  # diffusers' ``to`` wrapper confuses type checkers
     train = torch.cat(list(_clip_pool(config, config.vae_train_samples, stream=0).values())).to(device)

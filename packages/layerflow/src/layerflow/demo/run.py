@@ -62,7 +62,7 @@ class DemoSettings:
     """Everything the demo's size and budget depend on.
 
     The default is sized for about 10 minutes on an idle 2-core CPU (estimated from per-step CPU
-    times: VAE about 0.5 s per step, 1 to 2 threads; not yet timed end to end); :meth:`quick` runs
+    times on one thread: VAE about 0.5 s per step; not yet timed end to end); :meth:`quick` runs
     every stage with a handful of steps for CI; :meth:`cuda` is a larger model trained longer on more
     data of the same world, for a GPU.
 
