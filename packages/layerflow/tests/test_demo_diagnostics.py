@@ -26,7 +26,7 @@ ASSETS = DemoAssetConfig(
     vae_eval_samples=2,
     text_width=16,
     text_layers=1,
-    prompt_tokens=12,
+    prompt_tokens=14,
 )
 SETTINGS = replace(
     DemoSettings(),
