@@ -86,7 +86,7 @@ class DemoAssetConfig:
     num_frames: int = 8
     vae_channels: tuple[int, ...] = (16, 32, 32)
     latent_channels: int = 16
-    vae_steps: int = 500
+    vae_steps: int = 400
     vae_batch_size: int = 4
     vae_learning_rate: float = 3e-3
     kl_weight: float = 1e-4

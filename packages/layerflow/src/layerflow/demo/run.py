@@ -61,8 +61,9 @@ logger = logging.getLogger(__name__)
 class DemoSettings:
     """Everything the demo's size and budget depend on.
 
-    The default is sized for about 10 minutes on an idle 2-core CPU (estimated from per-step CPU
-    times on one thread: VAE about 0.5 s per step; not yet timed end to end); :meth:`quick` runs
+    The default is sized for about 10 minutes on an idle 2-core CPU, estimated from a reduced run
+    timed on one thread (VAE 0.5 s per step, stage 1 about 0.2 s per step, 3 s per sampled task
+    at 12 steps; not yet timed end to end at these settings); :meth:`quick` runs
     every stage with a handful of steps for CI; :meth:`cuda` is a larger model trained longer on more
     data of the same world, for a GPU.
 
@@ -77,11 +78,11 @@ class DemoSettings:
 
     num_train: int = 128
     num_heldout: int = 8
-    stage_steps: tuple[int, int, int] = (1500, 100, 150)
+    stage_steps: tuple[int, int, int] = (1200, 50, 50)
     #: From scratch, not fine-tuning a pretrained video model: larger than the paper's 1e-4/1e-3/5e-3.
     stage_learning_rates: tuple[float, float, float] = (2e-3, 1e-3, 1e-3)
     batch_size: int = 8
-    inference_steps: int = 25
+    inference_steps: int = 20
     guidance_scale: float = 3.0
     snr_shift_scale: float = 1.0
     transformer: dict[str, Any] = field(
