@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,12 +13,15 @@ import torch
 from layerflow.demo.assets import (
     ASSETS_FILE,
     DemoAssetConfig,
+    VaeCeilingError,
     _clip_pool,
     build_vae,
+    check_ceiling,
     load_or_build_assets,
-    reconstruction_error,
+    measure_ceiling,
     train_vae,
 )
+from layerflow.metrics import alpha_iou
 
 TINY = DemoAssetConfig(
     height=16,
@@ -40,7 +44,7 @@ def test_cache_is_reused_and_rebuilt_on_a_config_change(tmp_path: Path) -> None:
     assert again.reused and again.directory == first.directory
     for (name, a), (_, b) in zip(first.vae.state_dict().items(), again.vae.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert again.reconstruction == first.reconstruction
+    assert again.ceiling == first.ceiling and again.losses == first.losses
     assert again.tokenizer.model_max_length == TINY.prompt_tokens
 
     changed = load_or_build_assets(replace(TINY, vae_learning_rate=1e-3), tmp_path, progress=False)
@@ -56,15 +60,49 @@ def test_a_stale_record_is_rebuilt(tmp_path: Path) -> None:
     assert not load_or_build_assets(TINY, tmp_path, progress=False).reused
 
 
+def _mean_mae(ceiling: dict[str, Any]) -> float:
+    return sum(ceiling["mae"].values()) / len(ceiling["mae"])
+
+
+def _to_alpha(clips: torch.Tensor) -> torch.Tensor:
+    """[N, 3, T, H, W] in [-1, 1] -> [N, T, 1, H, W] in [0, 1]."""
+    return ((clips + 1) / 2).mean(1, keepdim=True).transpose(1, 2)
+
+
 def test_vae_training_lowers_the_reconstruction_error() -> None:
     config = replace(
         TINY, vae_steps=60, vae_learning_rate=2e-3, vae_train_samples=4, vae_eval_samples=2, vae_batch_size=4
     )
     held_out = _clip_pool(config, config.vae_eval_samples, stream=1)
-    before = reconstruction_error(build_vae(config), held_out)  # same seed: the weights training starts from
-    _, after, losses = train_vae(config, progress=False)
+    before = measure_ceiling(build_vae(config), held_out)  # same seed: the weights training starts from
+    vae, after, losses = train_vae(config, progress=False)
     assert len(losses) == config.vae_steps
-    assert after["mean"] < 0.95 * before["mean"], (before, after)
+    assert _mean_mae(after) < 0.95 * _mean_mae(before), (before, after)
+    # The scaling factor makes the training latents unit-variance (what the noise schedule assumes).
+    train = torch.cat(list(_clip_pool(config, config.vae_train_samples, stream=0).values()))
+    with torch.no_grad():
+        latents = vae.encode(train).latent_dist.mode() * vae.config.scaling_factor
+    assert float(latents.std()) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_the_ceiling_is_the_round_trip_and_an_untrained_vae_fails_it_loudly() -> None:
+    held_out = _clip_pool(TINY, 2, stream=1)
+    vae = build_vae(TINY)
+    ceiling = measure_ceiling(vae, held_out)
+    with torch.no_grad():  # oracle: the metric's own IoU on the decoded alpha clip, by hand
+        decoded = vae.decode(vae.encode(held_out["alpha"]).latent_dist.mode()).sample.clamp(-1, 1)
+    pairs = zip(_to_alpha(decoded), _to_alpha(held_out["alpha"]), strict=True)
+    expected = [alpha_iou(p, g) for p, g in pairs]
+    assert ceiling["alpha_iou"] == pytest.approx(sum(expected) / len(expected))
+    assert ceiling["checks"]["composite_mae"]["measured"] == ceiling["mae"]["composite"]
+    assert not ceiling["checks"]["alpha_iou"]["met"]
+    with pytest.raises(VaeCeilingError, match=r"alpha_iou = 0\.\d+ \(goal >= 0\.95\).*composite_mae"):
+        check_ceiling(ceiling)
+
+
+def test_a_met_ceiling_passes() -> None:
+    perfect = {"checks": {"alpha_iou": {"measured": 0.97, "target": ">= 0.95", "met": True}}}
+    check_ceiling(perfect)
 
 
 def test_bad_geometry_is_named() -> None:

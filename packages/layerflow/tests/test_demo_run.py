@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import AutoencoderKLCogVideoX
+from PIL import Image
 
-from layerflow.demo import DemoSettings, main
-from layerflow.demo.run import TARGET_TASKS, TASKS
+from layerflow.demo import DemoSettings, main, run_demo
+from layerflow.demo.assets import VaeCeilingError, _clip_pool, measure_ceiling
+from layerflow.demo.diagnostics import encode_heldout, x0_errors
+from layerflow.demo.report import PREVIEW_FILE, PREVIEW_SCALE, TARGET_TASKS
+from layerflow.demo.run import TASKS
 from layerflow.media import read_png_sequence
-from layerflow.metrics import evaluate_output_dir, recomposition_error, summarize
+from layerflow.metrics import TARGETS, evaluate_output_dir, recomposition_error, summarize
+from layerflow.pipelines import LayerFlowPipeline
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,9 @@ def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
             assert set(names) == {"foreground", "background", "composite"}
             assert (folder / "foreground.webm").stat().st_size > 0
             assert (folder / "preview.png").stat().st_size > 0
+            for root in (out, out / "untrained"):  # enlarged previews, trained and untrained
+                with Image.open(root / task / sample / PREVIEW_FILE) as preview:
+                    assert preview.width > 4 * PREVIEW_SCALE * DemoSettings.quick().assets.width
             for name, layer in names.items():
                 pngs = sorted((folder / layer["files"]["png"]).glob("*.png"))
                 assert len(pngs) == frames, (task, sample, name)
@@ -49,7 +59,13 @@ def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
         assert (out / "train" / f"stage{stage}" / "final" / "pipeline" / "model_index.json").is_file()
     markdown = (out / "report.md").read_text()
     for task in TASKS:
-        assert f"({task}/{heldout[0]}/preview.png)" in markdown
+        assert f"({task}/{heldout[0]}/{PREVIEW_FILE})" in markdown
+        assert f"(untrained/{task}/{heldout[0]}/{PREVIEW_FILE})" in markdown
+    with Image.open(out / "loss_curves.png") as plot:
+        assert plot.width >= 4 * 300  # VAE and three stages
+    assert "![loss curves](loss_curves.png)" in markdown
+    for section in ("## The VAE ceiling", "## Teacher-forced diagnostics"):
+        assert section in markdown
 
 
 def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Path, Path]) -> None:
@@ -75,6 +91,7 @@ def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Pat
         read_png_sequence(folder / "background"),
     )
     assert report["tasks"]["generate"]["samples"][0]["metrics"]["recomposition.mae"] == pytest.approx(direct)
+    assert [row["metric"] for row in report["targets"]] == list(TARGETS)
     for row in report["targets"]:
         expected = summarize([r for t in TARGET_TASKS[row["metric"]] for r in recomputed[t]]).value(
             row["metric"]
@@ -85,3 +102,37 @@ def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Pat
         entry = report["training"][stage]
         assert entry["steps"] == DemoSettings.quick().stage_steps[int(stage) - 1]
         assert all(math.isfinite(v) for v in entry["losses"])
+
+
+def test_report_ceiling_and_diagnostics_are_recomputed(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    ceiling = report["vae_ceiling"]
+    assert set(ceiling["checks"]) == {"alpha_iou", "composite_mae"}
+    assert ceiling["checks"]["composite_mae"]["measured"] == ceiling["mae"]["composite"]
+    assert len(report["vae_losses"]) == DemoSettings.quick().assets.vae_steps
+    config = DemoSettings.quick().assets
+    vae = AutoencoderKLCogVideoX.from_pretrained(Path(report["assets"]["directory"]) / "vae")
+    again = measure_ceiling(vae, _clip_pool(config, config.vae_eval_samples, stream=1))
+    assert again["alpha_iou"] == pytest.approx(ceiling["alpha_iou"], rel=1e-5)
+    assert again["mae"] == pytest.approx(ceiling["mae"], rel=1e-5)
+    samples = sorted(p for p in (out / "data" / "heldout").iterdir() if p.is_dir())
+    pipelines = {
+        "untrained": LayerFlowPipeline.from_pretrained(out / "train" / "base"),
+        "trained": LayerFlowPipeline.from_pretrained(out / "train" / "stage3" / "final" / "pipeline"),
+    }
+    for label, pipeline in pipelines.items():
+        again = x0_errors(pipeline, encode_heldout(pipeline, samples), seed=DemoSettings.quick().seed)
+        stored = report["diagnostics"][label]
+        for prompts in ("correct", "shuffled"):
+            assert stored[prompts] == pytest.approx(again[prompts], rel=1e-5), (label, prompts)
+
+
+def test_a_strict_ceiling_stops_an_untrained_vae_before_training(
+    demo_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, cache = demo_run  # the quick run's cached VAE: 3 training steps, far below its ceiling
+    settings = replace(DemoSettings.quick(), check_vae_ceiling=True)
+    with pytest.raises(VaeCeilingError, match=r"alpha_iou = .*goal >= 0\.95"):
+        run_demo(settings, tmp_path / "out", cache, progress=False)
+    assert not (tmp_path / "out" / "train").exists()

@@ -1,10 +1,42 @@
-"""The demo's Markdown report, rendered from the ``report.json`` dict (one source of truth)."""
+"""The demo's report: one dict (``report.json``, the single source of truth), its Markdown, its pictures.
+
+* :func:`build_report` assembles the dict from what the run measured;
+* :func:`render_markdown` renders it (targets, VAE ceiling, teacher-forced diagnostics, training,
+  per-task tables, previews);
+* :func:`write_loss_plot` draws the loss curves and :func:`write_task_preview` one task's input,
+  generated layers and recomposition, enlarged so that a person sees the shapes.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from layerflow.atomic import atomic_file
+from layerflow.layout import TASKS
+from layerflow.media.frames import to_uint8
+from layerflow.media.preview import over_checkerboard
+from layerflow.metrics import METRICS, TARGETS, EvaluationReport, summarize
+
+if TYPE_CHECKING:
+    from .assets import DemoAssets
+    from .run import DemoSettings
+
+#: Which task's outputs each target is measured on (the issue's wording).
+TARGET_TASKS: dict[str, tuple[str, ...]] = {
+    "recomposition.mae": ("generate",),  # every layer generated
+    "alpha.iou": ("decompose",),  # alpha recovered from the composite
+    "adherence.foreground_colour": ("generate", "background_to_foreground"),  # foreground generated
+    "adherence.foreground_shape": ("generate", "background_to_foreground"),
+}
 #: Metrics shown per task in the trained-vs-untrained table (when the task has them).
 TASK_METRICS: tuple[str, ...] = (
     "recomposition.mae",
@@ -15,38 +47,159 @@ TASK_METRICS: tuple[str, ...] = (
     "flicker.composite",
 )
 ADHERENCE: tuple[str, ...] = ("foreground_colour", "foreground_shape", "background_colour")
+#: Preview enlargement (nearest neighbour): 32-pixel frames are too small to judge.
+PREVIEW_SCALE = 4
+PREVIEW_FRAMES = 4
 
 
+# ------------------------------------------------------------------------------------------ assembly
+def loss_summary(losses: list[float]) -> dict[str, float]:
+    """Mean loss of the first and the last tenth of a stage (a single-step loss is too noisy)."""
+    span = max(1, len(losses) // 10)
+    return {"steps": len(losses), "first": sum(losses[:span]) / span, "last": sum(losses[-span:]) / span}
+
+
+def _better(name: str, trained: float | None, untrained: float | None) -> bool | None:
+    """Whether the trained value beats the untrained one (higher for IoU and adherence rates)."""
+    if trained is None or untrained is None:
+        return None
+    higher = name.startswith("adherence") or METRICS.get(name, ("", "lower"))[1] == "higher"
+    return trained > untrained if higher else trained < untrained
+
+
+def target_rows(
+    trained: dict[str, list[EvaluationReport]], untrained: dict[str, list[EvaluationReport]]
+) -> list[dict[str, Any]]:
+    rows = []
+    for name, (op, bound) in TARGETS.items():
+        tasks = TARGET_TASKS[name]
+        measured = summarize([r for t in tasks for r in trained[t]]).value(name)
+        baseline = summarize([r for t in tasks for r in untrained[t]]).value(name)
+        met = None if measured is None else (measured <= bound if op == "<=" else measured >= bound)
+        rows.append(
+            {
+                "metric": name,
+                "tasks": list(tasks),
+                "target": f"{op} {bound}",
+                "measured": measured,
+                "untrained": baseline,
+                "met": met,
+                "better_than_untrained": _better(name, measured, baseline),
+            }
+        )
+    return rows
+
+
+def build_report(
+    settings: DemoSettings,
+    assets: DemoAssets,
+    losses: dict[int, list[float]],
+    diagnostics: dict[str, Any],
+    trained: dict[str, list[EvaluationReport]],
+    untrained: dict[str, list[EvaluationReport]],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Everything the run measured, as one JSON-ready dict."""
+    return {
+        "format": "layerflow-demo-report",
+        "version": 2,
+        "layout": "official alpha_clip",
+        "settings": asdict(settings),
+        "assets": {
+            "directory": str(assets.directory),
+            "fingerprint": assets.fingerprint,
+            "reused": assets.reused,
+        },
+        "vae_ceiling": assets.ceiling,
+        "vae_losses": assets.losses,
+        "diagnostics": diagnostics,
+        "training": {
+            str(stage): {**loss_summary(values), "losses": values} for stage, values in losses.items()
+        },
+        "targets": target_rows(trained, untrained),
+        "tasks": {
+            task: {
+                "trained": summarize(trained[task]).to_dict(),
+                "untrained": summarize(untrained[task]).to_dict(),
+                "samples": [r.to_dict() for r in trained[task]],
+            }
+            for task in TASKS
+        },
+        "metric_descriptions": {name: description for name, (description, _) in METRICS.items()},
+        "timings_s": timings,
+    }
+
+
+def is_finite(tree: Any) -> bool:
+    """Whether every float in a nested dict/list is finite."""
+    if isinstance(tree, float):
+        return math.isfinite(tree)
+    if isinstance(tree, dict):
+        return all(is_finite(v) for v in tree.values())
+    if isinstance(tree, list):
+        return all(is_finite(v) for v in tree)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ markdown
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("yes" if flag else "no")
 
 
 def targets_table(report: dict[str, Any]) -> str:
     """The issue's targets beside the measured values (trained and untrained), met or not."""
     lines = [
-        "| target metric | measured on | trained | untrained | goal | met |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| target metric | measured on | trained | untrained | goal | met | trained better |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["targets"]:
-        met = "n/a" if row["met"] is None else ("yes" if row["met"] else "no")
         lines.append(
             f"| `{row['metric']}` | {', '.join(row['tasks'])} | {_fmt(row['measured'])} | "
-            f"{_fmt(row['untrained'])} | {row['target']} | {met} |"
+            f"{_fmt(row['untrained'])} | {row['target']} | {_yes_no(row['met'])} | "
+            f"{_yes_no(row['better_than_untrained'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def ceiling_table(ceiling: dict[str, Any]) -> str:
+    """The frozen VAE's held-out round trip beside its goals."""
+    lines = ["| VAE round trip (held out) | measured | goal | met |", "| --- | --- | --- | --- |"]
+    for name, row in ceiling["checks"].items():
+        lines.append(f"| `{name}` | {_fmt(row['measured'])} | {row['target']} | {_yes_no(row['met'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def diagnostics_table(diagnostics: dict[str, Any]) -> str:
+    """x0 error per timestep, correct and shuffled prompts, untrained and trained."""
+    untrained, trained = diagnostics["untrained"], diagnostics["trained"]
+    lines = [
+        "| t | untrained, correct | untrained, shuffled | trained, correct | trained, shuffled |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for t in trained["correct"]:
+        values = (
+            untrained["correct"][t],
+            untrained["shuffled"][t],
+            trained["correct"][t],
+            trained["shuffled"][t],
+        )
+        lines.append(f"| {t} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _task_value(summary: dict[str, Any], name: str) -> float | None:
-    if name in ADHERENCE:
-        value = summary["adherence"].get(name)
-    else:
-        value = summary["means"].get(name)
+    value = summary["adherence"].get(name) if name in ADHERENCE else summary["means"].get(name)
     return None if value is None else float(value)
 
 
 def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
     settings = report["settings"]
     frames, height, width = (settings["assets"][k] for k in ("num_frames", "height", "width"))
+    diagnostics = report["diagnostics"]
     lines = [
         "# LayerFlow embedded demo report",
         "",
@@ -58,7 +211,23 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
         "## Targets",
         "",
         targets_table(report),
+        "## The VAE ceiling",
+        "",
+        "No layer can be better than the frozen VAE's round trip `decode(encode(x))` of the held-out clips "
+        "(alpha IoU at 0.5 of the alpha clip; MAE on the 0-1 scale).",
+        "",
+        ceiling_table(report["vae_ceiling"]),
+        "## Teacher-forced diagnostics (task `generate`, held-out samples)",
+        "",
+        "The true latents noised at timestep t; the transformer's v turned into x0; mean squared error "
+        "against the true latents over the generated clips. *Shuffled*: the same inputs with another "
+        "sample's prompts: a model that reads its text is worse with them. Predicting x0 = 0 scores the "
+        f"latent variance, {diagnostics['trained']['latent_variance']:.4f}.",
+        "",
+        diagnostics_table(diagnostics),
         "## Training (loss: mean of the first and last tenth of each stage)",
+        "",
+        "![loss curves](loss_curves.png)",
         "",
         "| stage | trains | steps | first | last |",
         "| --- | --- | --- | --- | --- |",
@@ -68,27 +237,114 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
         lines.append(
             f"| {stage} | {what[stage]} | {entry['steps']} | {entry['first']:.4f} | {entry['last']:.4f} |"
         )
-    recon = report["vae_reconstruction_mae"]
     lines += [
         "",
-        "## Tiny VAE reconstruction (held-out clips, mean |decode(encode(x)) - x|, 0-1 scale)",
-        "",
-        "| " + " | ".join(recon) + " |",
-        "| " + " | ".join("---" for _ in recon) + " |",
-        "| " + " | ".join(f"{v:.4f}" for v in recon.values()) + " |",
-        "",
         "## Per task: trained vs untrained (means over held-out samples)",
+        "",
+        f"Previews: {PREVIEW_SCALE}x nearest-neighbour, {PREVIEW_FRAMES} frames per row; the task's input, "
+        "then the generated layers (foreground over a checkerboard) and the recomposition "
+        "`alpha * foreground + (1 - alpha) * background`, then the held-out truth.",
         "",
     ]
     for task, entry in report["tasks"].items():
         trained, untrained = entry["trained"], entry["untrained"]
-        lines += [f"### `{task}`", "", "| metric | trained | untrained |", "| --- | --- | --- |"]
+        lines += [
+            f"### `{task}`",
+            "",
+            "| metric | trained | untrained | trained better |",
+            "| --- | --- | --- | --- |",
+        ]
         for name in (*TASK_METRICS, *ADHERENCE):
             value, baseline = _task_value(trained, name), _task_value(untrained, name)
             if value is not None or baseline is not None:
-                lines.append(f"| `{name}` | {_fmt(value)} | {_fmt(baseline)} |")
-        first = sorted((output_dir / task).iterdir())[0].name
-        lines += ["", f"![{task}]({task}/{first}/preview.png)", ""]
+                key = f"adherence.{name}" if name in ADHERENCE else name
+                lines.append(
+                    f"| `{name}` | {_fmt(value)} | {_fmt(baseline)} | {_yes_no(_better(key, value, baseline))} |"
+                )
+        first = sorted(p.name for p in (output_dir / task).iterdir())[0]
+        lines += [
+            "",
+            f"Trained: ![{task}]({task}/{first}/{PREVIEW_FILE}) untrained: "
+            f"![{task} untrained](untrained/{task}/{first}/{PREVIEW_FILE})",
+            "",
+        ]
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
     lines += [f"Timings: {timings}.", ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ pictures
+PREVIEW_FILE = "layers_4x.png"
+_LABEL_WIDTH = 84
+_INK = (30, 30, 30)
+
+
+def _save_png(path: str | os.PathLike[str], image: Image.Image) -> Path:
+    with atomic_file(path) as temporary:
+        image.save(temporary, format="PNG")
+    return Path(path)
+
+
+def write_task_preview(
+    path: str | os.PathLike[str], rows: Sequence[tuple[str, torch.Tensor]], scale: int = PREVIEW_SCALE
+) -> Path:
+    """Labelled rows of ``[T, C, H, W]`` clips (RGBA over a checkerboard), ``PREVIEW_FRAMES`` frames each,
+    enlarged ``scale`` times with nearest-neighbour so single pixels stay visible."""
+    if not rows:
+        raise ValueError("a preview needs at least one row")
+    frames, _, height, width = rows[0][1].shape
+    count = min(PREVIEW_FRAMES, frames)
+    picks = [round(i * (frames - 1) / max(count - 1, 1)) for i in range(count)]
+    cell_h, cell_w, gap = height * scale, width * scale, 4
+    image = Image.new(
+        "RGB", (_LABEL_WIDTH + count * (cell_w + gap), len(rows) * (cell_h + gap) - gap), (255, 255, 255)
+    )
+    draw = ImageDraw.Draw(image)
+    for row, (label, clip) in enumerate(rows):
+        shown = over_checkerboard(clip[picks], cell=4)
+        big = F.interpolate(shown, scale_factor=scale, mode="nearest")
+        top = row * (cell_h + gap)
+        draw.text((4, top + cell_h // 2 - 6), label, fill=_INK)
+        for column, frame in enumerate(to_uint8(big)):
+            image.paste(Image.fromarray(frame, mode="RGB"), (_LABEL_WIDTH + column * (cell_w + gap), top))
+    return _save_png(path, image)
+
+
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _draw_curve(
+    draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, values: list[float]
+) -> None:
+    """One panel: the raw loss in grey, a moving average in blue, y from 0 to the maximum."""
+    left, top, right, bottom = box
+    x0, x1, y0, y1 = left + 36, right - 8, top + 20, bottom - 24
+    peak = max(max(values, default=1.0), 1e-8)
+    draw.rectangle((x0, y0, x1, y1), outline=_INK)
+    draw.text((x0, top + 4), f"{title} ({len(values)} steps)", fill=_INK)
+    draw.text((left + 2, y0 - 4), f"{peak:.2g}", fill=_INK)
+    draw.text((left + 2, y1 - 8), "0", fill=_INK)
+    draw.text((x1 - 30, y1 + 6), "step", fill=_INK)
+    span = max(len(values) - 1, 1)
+    smooth = _moving_average(values, max(1, len(values) // 25))
+    for series, colour, width in ((values, (190, 190, 190), 1), (smooth, (40, 90, 200), 2)):
+        points = [(x0 + (x1 - x0) * i / span, y1 - (y1 - y0) * v / peak) for i, v in enumerate(series)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=width)
+
+
+def write_loss_plot(
+    path: str | os.PathLike[str], curves: dict[str, list[float]], size: tuple[int, int] = (320, 200)
+) -> Path:
+    """The loss curves side by side, one panel each (PNG)."""
+    width, height = size
+    image = Image.new("RGB", (width * len(curves), height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for index, (title, values) in enumerate(curves.items()):
+        _draw_curve(draw, (index * width, 0, (index + 1) * width, height), title, values)
+    return _save_png(path, image)

@@ -39,6 +39,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "recomposition.mae": ("<=", 0.05),
     "alpha.iou": (">=", 0.8),
     "adherence.foreground_colour": (">=", 0.9),
+    "adherence.foreground_shape": (">=", 0.8),
 }
 
 
