@@ -108,3 +108,5 @@ def test_a_met_ceiling_passes() -> None:
 def test_bad_geometry_is_named() -> None:
     with pytest.raises(ValueError, match="30x32 must be a multiple of 8"):
         DemoAssetConfig(height=30)
+    with pytest.raises(ValueError, match="temporal_compression=8: a VAE of 3 blocks compresses time"):
+        DemoAssetConfig(temporal_compression=8)

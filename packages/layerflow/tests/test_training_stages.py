@@ -58,6 +58,25 @@ def test_stage1_trains_the_chosen_blocks_and_the_layer_embedder() -> None:
     assert not transformer.proj_out.weight.requires_grad
 
 
+def test_stage1_trains_everything_for_a_base_from_random_weights() -> None:
+    transformer = build_tiny_transformer(num_layers=3)
+    config = stage_config(1, block_interval=2, stage1_trains="all")
+    trained = apply_stage(transformer, config, StagePlan.from_config(config, transformer))
+    assert set(trained) == {name for name, _ in transformer.named_parameters()}
+    assert transformer.proj_out.weight.requires_grad and transformer.patch_embed.proj.weight.requires_grad
+    # The LoRA stages still place their adapters on the block_interval blocks only.
+    stage2 = stage_config(2, block_interval=2, stage1_trains="all")
+    trained = apply_stage(transformer, stage2, StagePlan.from_config(stage2, transformer))
+    assert {int(n.split(".")[1]) for n in trained} == {0, 2}
+
+
+def test_stage1_trains_names_its_choices() -> None:
+    from layerflow.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.stage1_trains.*'blocks', 'all'"):
+        stage_config(1, stage1_trains="everything")
+
+
 def test_stage2_trains_only_the_motion_lora_on_one_sixth_of_the_blocks() -> None:
     transformer = build_tiny_transformer(num_layers=30)  # the 2B block count, tiny widths
     config = stage_config(2, block_interval=6)

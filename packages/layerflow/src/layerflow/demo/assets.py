@@ -64,6 +64,7 @@ class DemoAssetConfig:
     Args:
         height, width, num_frames: the clip size the VAE is trained on (the demo's clip size).
         vae_channels: ``block_out_channels`` of the VAE (3 blocks: 4x spatial compression).
+        temporal_compression: the VAE's ``temporal_compression_ratio`` (2 or 4 with 3 blocks).
         latent_channels: VAE latent channels (the transformer's ``in_channels``).
         vae_steps, vae_batch_size, vae_learning_rate: VAE training length, clips per step, Adam LR.
         kl_weight: weight of the KL term (small: reconstruction matters, the latent stays near N(0, 1)).
@@ -85,6 +86,7 @@ class DemoAssetConfig:
     width: int = 32
     num_frames: int = 8
     vae_channels: tuple[int, ...] = (16, 32, 32)
+    temporal_compression: int = 4
     latent_channels: int = 16
     vae_steps: int = 400
     vae_batch_size: int = 4
@@ -111,6 +113,11 @@ class DemoAssetConfig:
         if len(self.vae_channels) < 2:
             raise ValueError(f"DemoAssetConfig.vae_channels needs >= 2 blocks, got {self.vae_channels}")
         spatial = 2 ** (len(self.vae_channels) - 1)
+        if self.temporal_compression not in {2**i for i in range(len(self.vae_channels))}:
+            raise ValueError(
+                f"DemoAssetConfig.temporal_compression={self.temporal_compression}: a VAE of "
+                f"{len(self.vae_channels)} blocks compresses time by a power of two up to {spatial}"
+            )
         if self.height % (2 * spatial) or self.width % (2 * spatial):
             raise ValueError(
                 f"DemoAssetConfig: {self.height}x{self.width} must be a multiple of {2 * spatial} "
@@ -173,7 +180,7 @@ def build_vae(config: DemoAssetConfig) -> AutoencoderKLCogVideoX:
         latent_channels=config.latent_channels,
         layers_per_block=1,
         norm_num_groups=min(8, *config.vae_channels),
-        temporal_compression_ratio=4,
+        temporal_compression_ratio=config.temporal_compression,
     )
 
 

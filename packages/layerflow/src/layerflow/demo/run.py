@@ -223,7 +223,8 @@ def stage_overrides(
     return {
         "model": {
             "base": str(base),
-            "block_interval": 1,  # a from-scratch base: stage 1 trains every block
+            "stage1_trains": "all",  # a from-scratch base: its patch, time and output layers train too
+            "block_interval": 1,  # the LoRAs of stages 2 and 3 go on every block
             "motion_rank": settings.motion_rank,
             "content_rank": settings.content_rank,
             "gradient_checkpointing": False,

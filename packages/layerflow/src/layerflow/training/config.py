@@ -84,6 +84,10 @@ class ModelConfig:
         previous_stage_dir: the previous stage's output folder; default ``<output_root>/stage{N-1}``.
         block_interval: LoRAs and stage-1 training use every ``block_interval``-th block counted back
             from the last (30 blocks, 6: blocks 5, 11, 17, 23, 29 as in the official filters).
+        stage1_trains: ``"blocks"``: stage 1 trains the ``block_interval`` blocks and the layer
+            embedder, the paper's recipe on a pretrained CogVideoX; ``"all"``: the whole transformer,
+            for a base that starts from random weights (``base = "tiny"``, the demo), whose patch,
+            time and output layers would otherwise stay random.
         train_layer_embedder: also train the layer embedder (stage 1 default; the official ``_txt``
             variants train it in the LoRA stages too).
         motion_rank, content_rank, lora_alpha: LoRA ranks and alpha (scaling ``alpha / rank``).
@@ -103,6 +107,7 @@ class ModelConfig:
     init_from: InitFrom = "previous_stage"
     previous_stage_dir: str | None = None
     block_interval: int = 6
+    stage1_trains: Literal["blocks", "all"] = "blocks"
     train_layer_embedder: bool | None = None
     motion_rank: int = 8
     content_rank: int = 256
@@ -114,6 +119,7 @@ class ModelConfig:
 
     def validate(self, prefix: str) -> None:
         _positive(f"{prefix}.block_interval", self.block_interval)
+        _choice(f"{prefix}.stage1_trains", self.stage1_trains, ("blocks", "all"))
         _positive(f"{prefix}.tiny_num_layers", self.tiny_num_layers)
         _positive(f"{prefix}.motion_rank", self.motion_rank)
         _positive(f"{prefix}.content_rank", self.content_rank)

@@ -39,6 +39,8 @@ class StagePlan:
     stage: int
     blocks: tuple[int, ...]
     train_layer_embedder: bool
+    #: Stage 1 trains every parameter (a base from random weights), not only ``blocks``.
+    train_all: bool = False
 
     @classmethod
     def from_config(cls, config: TrainConfig, transformer: nn.Module) -> StagePlan:
@@ -47,6 +49,7 @@ class StagePlan:
             stage=config.stage,
             blocks=tuple(chosen_blocks(num_blocks, config.model.block_interval)),
             train_layer_embedder=config.train_layer_embedder,
+            train_all=config.model.stage1_trains == "all",
         )
 
     @property
@@ -74,7 +77,9 @@ def apply_stage(transformer: nn.Module, config: TrainConfig, plan: StagePlan) ->
     A motion LoRA already on the model (stage 3, loaded from stage 2) stays frozen.
     """
     transformer.requires_grad_(False)
-    if plan.stage == 1:
+    if plan.stage == 1 and plan.train_all:
+        transformer.requires_grad_(True)
+    elif plan.stage == 1:
         blocks = getattr(transformer, BLOCKS)
         for index in plan.blocks:
             blocks[index].requires_grad_(True)
