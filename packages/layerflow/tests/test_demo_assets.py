@@ -28,6 +28,7 @@ TINY = DemoAssetConfig(
     width=16,
     num_frames=4,
     vae_channels=(8, 8),
+    temporal_compression=2,
     vae_steps=2,
     vae_batch_size=2,
     vae_train_samples=2,
