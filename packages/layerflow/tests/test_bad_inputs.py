@@ -384,9 +384,14 @@ def test_written_files_follow_the_umask(tmp_path, mask, file_mode, dir_mode) -> 
         model = torch.nn.Sequential(torch.nn.Linear(4, 4))
         multi_lora.add_adapter(model, "a", rank=2, alpha=1.0, target_modules=["0"])
         multi_lora.save_adapter(model, "a", tmp_path / "lora")
+        build_tiny_pipeline().save_pretrained(
+            tmp_path / "pipe", safe_serialization=True
+        )  # diffusers writes 0600
     finally:
         os.umask(previous)
-    files = [p for p in [*out.rglob("*"), *(tmp_path / "tvae").rglob("*"), *(tmp_path / "lora").rglob("*")]]
+    files = [p for name in ("tvae", "lora", "pipe") for p in (tmp_path / name).rglob("*")]
+    files += list(out.rglob("*"))
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / "pipe").rglob("*"))
     files += [tmp_path / "note.txt"]
     folders = [out, tmp_path / "tvae", *(p for p in files if p.is_dir())]
     assert {stat.S_IMODE(p.stat().st_mode) for p in files if p.is_file()} == {file_mode}

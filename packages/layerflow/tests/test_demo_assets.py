@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,13 +14,17 @@ import torch
 
 from layerflow.demo.assets import (
     ASSETS_FILE,
+    PRETRAINED_RECORD,
+    PRETRAINED_VAE_DIR,
     DemoAssetConfig,
     VaeCeilingError,
     _clip_pool,
     build_vae,
     check_ceiling,
     load_or_build_assets,
+    load_pretrained_vae,
     measure_ceiling,
+    save_pretrained_vae,
     train_vae,
 )
 from layerflow.metrics import alpha_iou
@@ -47,6 +53,7 @@ def test_cache_is_reused_and_rebuilt_on_a_config_change(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
     assert again.ceiling == first.ceiling and again.losses == first.losses
     assert again.tokenizer.model_max_length == TINY.prompt_tokens
+    assert first.vae_source == again.vae_source == "trained"  # not the shipped VAE's recipe
 
     changed = load_or_build_assets(replace(TINY, vae_learning_rate=1e-3), tmp_path, progress=False)
     assert not changed.reused and changed.directory != first.directory
@@ -111,3 +118,69 @@ def test_bad_geometry_is_named() -> None:
         DemoAssetConfig(height=30)
     with pytest.raises(ValueError, match="temporal_compression=8: a VAE of 3 blocks compresses time"):
         DemoAssetConfig(temporal_compression=8)
+
+
+def test_the_shipped_vae_is_the_default_recipe_s() -> None:
+    """The default demo loads the shipped VAE instead of training one (its recipe fingerprint matches)."""
+    record = json.loads((PRETRAINED_VAE_DIR / PRETRAINED_RECORD).read_text())
+    assert record["vae_fingerprint"] == DemoAssetConfig().vae_fingerprint()
+    assert load_pretrained_vae(DemoAssetConfig()) is not None
+    # Text-only fields do not decide the VAE; anything else does.
+    assert load_pretrained_vae(replace(DemoAssetConfig(), text_width=16)) is not None
+    assert load_pretrained_vae(replace(DemoAssetConfig(), vae_steps=7)) is None
+    assert len(record["losses"]) == DemoAssetConfig().vae_steps
+
+
+def test_the_shipped_vae_reproduces_its_recorded_ceiling_in_a_fresh_process() -> None:
+    code = (
+        "import json, layerflow.demo.assets as a\n"
+        "from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX\n"
+        "vae = AutoencoderKLCogVideoX.from_pretrained(a.PRETRAINED_VAE_DIR)\n"
+        "c = a.measure_ceiling(vae, a.held_out_clips(a.DemoAssetConfig()))\n"
+        "print(json.dumps({'alpha_iou': c['alpha_iou'], 'mae': c['mae']}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    recorded = json.loads((PRETRAINED_VAE_DIR / PRETRAINED_RECORD).read_text())["ceiling"]
+    assert measured["alpha_iou"] == pytest.approx(recorded["alpha_iou"], abs=1e-4)
+    for kind, value in recorded["mae"].items():
+        assert measured["mae"][kind] == pytest.approx(value, abs=1e-4), kind
+
+
+def test_saving_a_pretrained_vae_never_replaces_a_foreign_folder(tmp_path: Path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    vae = build_vae(TINY)
+    with pytest.raises(FileExistsError, match="no recipe.json"):
+        save_pretrained_vae(foreign, TINY, vae, {}, [])
+    assert (foreign / "notes.txt").read_text() == "keep"
+    shipped = tmp_path / "shipped"
+    save_pretrained_vae(shipped, TINY, vae, {"alpha_iou": 1.0}, [0.5])
+    loaded = load_pretrained_vae(TINY, shipped)
+    assert loaded is not None and loaded[1] == [0.5]
+    for (name, a), (_, b) in zip(vae.state_dict().items(), loaded[0].state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_pretrain_command_writes_a_vae_the_demo_finds(tmp_path: Path) -> None:
+    """``python -m layerflow.demo.pretrain`` in a fresh process; its folder serves its own recipe only."""
+    out = tmp_path / "vae"
+    command = [
+        sys.executable,
+        "-m",
+        "layerflow.demo.pretrain",
+        "--steps",
+        "2",
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert f"wrote {out}" in result.stdout
+    recipe = replace(DemoAssetConfig(), vae_steps=2)
+    loaded = load_pretrained_vae(recipe, out)
+    assert loaded is not None and len(loaded[1]) == 2
+    assert load_pretrained_vae(DemoAssetConfig(), out) is None
+    bad = subprocess.run([*command[:3], "--steps", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--steps must be >= 1, got 0" in bad.stderr

@@ -43,6 +43,17 @@ def apply_umask(path: str | os.PathLike[str], *, directory: bool = False) -> Non
     os.chmod(path, (0o777 if directory else 0o666) & ~umask())
 
 
+def apply_umask_tree(root: str | os.PathLike[str]) -> None:
+    """:func:`apply_umask` on ``root`` and everything under it (some writers, e.g. the safetensors
+    files of diffusers' ``save_pretrained``, create files ``0600`` whatever the umask)."""
+    apply_umask(root, directory=True)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            apply_umask(os.path.join(folder, name), directory=True)
+        for name in files:
+            apply_umask(os.path.join(folder, name))
+
+
 def _backup(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
@@ -131,7 +142,7 @@ def atomic_directory(
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield temporary
-        apply_umask(temporary, directory=True)
+        apply_umask_tree(temporary)
         if target.exists():
             _replace_directory(temporary, target)
         else:

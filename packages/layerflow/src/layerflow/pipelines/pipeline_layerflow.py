@@ -24,6 +24,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from layer_embeddings import LayerPromptEncoder
+from layerflow.atomic import apply_umask, apply_umask_tree
 from layerflow.codec import ClipCodec, check_joint_vae
 from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
 from layerflow.layout import LayerLayout, TaskLayout
@@ -193,6 +194,16 @@ class LayerFlowPipeline(DiffusionPipeline):
         """Sampling settings used where ``__call__`` gets ``None``: official ones for official variants."""
         official = OFFICIAL_SAMPLING if self.layer_layout.variant is not None else {}
         return {**SAMPLING_DEFAULTS, **official}
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``, with file modes that follow the umask (its safetensors are ``0600``)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        written = [Path(save_directory) / name for name in (*self.components, "model_index.json")]
+        for path in written:  # only what it wrote: other files in the folder keep their modes
+            if path.is_dir():
+                apply_umask_tree(path)
+            elif path.is_file():
+                apply_umask(path)
 
     # ------------------------------------------------------------------ memory helpers (real GPUs)
     def enable_vae_slicing(self) -> None:
