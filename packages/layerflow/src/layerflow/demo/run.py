@@ -80,7 +80,7 @@ class DemoSettings:
 
     num_train: int = 256
     num_heldout: int = 8
-    stage_steps: tuple[int, int, int] = (2400, 50, 50)
+    stage_steps: tuple[int, int, int] = (3000, 50, 50)
     #: From scratch, not fine-tuning a pretrained video model: larger than the paper's 1e-4/1e-3/5e-3.
     stage_learning_rates: tuple[float, float, float] = (2e-3, 1e-3, 1e-3)
     batch_size: int = 8
