@@ -47,6 +47,23 @@ TASK_METRICS: tuple[str, ...] = (
     "flicker.composite",
 )
 ADHERENCE: tuple[str, ...] = ("foreground_colour", "foreground_shape", "background_colour")
+#: The layer each per-task metric measures; a task's condition layers are its input, copied through.
+METRIC_LAYERS: dict[str, str] = {
+    "alpha.iou": "foreground",
+    "alpha.sad": "foreground",
+    "foreground.mae": "foreground",
+    "foreground_colour": "foreground",
+    "foreground_shape": "foreground",
+    "background.mae": "background",
+    "background_colour": "background",
+    "flicker.composite": "composite",
+}
+CONDITION_LAYERS: dict[str, tuple[str, ...]] = {
+    "generate": (),
+    "foreground_to_background": ("foreground",),
+    "background_to_foreground": ("background",),
+    "decompose": ("composite",),
+}
 #: Where the frozen VAE came from, as the report says it.
 VAE_SOURCES: dict[str, str] = {
     "shipped": "The VAE is the one shipped with layerflow, pretrained by the same recipe "
@@ -266,9 +283,13 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
             value, baseline = _task_value(trained, name), _task_value(untrained, name)
             if value is not None or baseline is not None:
                 key = f"adherence.{name}" if name in ADHERENCE else name
-                lines.append(
-                    f"| `{name}` | {_fmt(value)} | {_fmt(baseline)} | {_yes_no(_better(key, value, baseline))} |"
-                )
+                if METRIC_LAYERS.get(name) in CONDITION_LAYERS[task]:
+                    verdict = "input layer"  # the task's condition, the same for both models
+                elif value == baseline:
+                    verdict = "tie"
+                else:
+                    verdict = _yes_no(_better(key, value, baseline))
+                lines.append(f"| `{name}` | {_fmt(value)} | {_fmt(baseline)} | {verdict} |")
         first = sorted(p.name for p in (output_dir / task).iterdir())[0]
         lines += [
             "",

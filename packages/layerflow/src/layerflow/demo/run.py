@@ -438,7 +438,7 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     untrained = sample_tasks(base, settings, heldout, out / "untrained", "untrained", progress)
     lap("sampling_and_metrics")
     curves = {
-        f"VAE ({assets.vae_source})": assets.losses,
+        f"VAE, {assets.vae_source}": assets.losses,
         **{f"stage {stage}": values for stage, values in losses.items()},
     }
     write_loss_plot(out / "loss_curves.png", curves)
