@@ -120,7 +120,7 @@ def test_bad_geometry_is_named() -> None:
         DemoAssetConfig(temporal_compression=8)
 
 
-def test_the_shipped_vae_is_the_default_recipe_s() -> None:
+def test_the_shipped_vae_matches_the_default_recipe() -> None:
     """The default demo loads the shipped VAE instead of training one (its recipe fingerprint matches)."""
     record = json.loads((PRETRAINED_VAE_DIR / PRETRAINED_RECORD).read_text())
     assert record["vae_fingerprint"] == DemoAssetConfig().vae_fingerprint()

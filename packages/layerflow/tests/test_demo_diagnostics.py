@@ -42,7 +42,7 @@ SETTINGS = replace(
 def briefly_trained(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[LayerFlowPipeline, LayerFlowPipeline, Path]:
-    """The demo's model before and after 120 stage-1 steps on its 4 training samples (generate only)."""
+    """The demo's model before and after 400 stage-1 steps on its 4 training samples (generate only)."""
     from layerflow.training import load_config, train
 
     root = tmp_path_factory.mktemp("diagnostics")
@@ -51,7 +51,7 @@ def briefly_trained(
     base = save_base(SETTINGS, assets, root / "base")
     overrides = stage_overrides(SETTINGS, 1, root / "base", train_root, root / "train", progress=False)
     overrides["optim"].update(learning_rate=3e-3, lr_warmup_steps=0, lr_scheduler="constant")
-    overrides["run"].update(max_steps=120, checkpoint_every=120, ema_decay=None)
+    overrides["run"].update(max_steps=400, checkpoint_every=400, ema_decay=None)
     overrides["objective"] = {"tasks": {"generate": 1.0}, "text_dropout": 0.0}
     with torch.random.fork_rng():
         train(load_config(None, 1, overrides))

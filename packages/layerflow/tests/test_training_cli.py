@@ -79,10 +79,7 @@ def test_three_stage_chain_exports_loadable_pipelines(tmp_path: Path) -> None:
             assert base.keys() == base1.keys()
             assert all(torch.equal(base[k], base1[k]) for k in base1)
     trained1 = load_file(str(tmp_path / "stage1" / "final" / "trained.safetensors"))
-    assert all(
-        k.startswith(("transformer_blocks.0.", "transformer_blocks.2.", "patch_embed.layer_embedder."))
-        for k in trained1
-    )
+    assert trained1.keys() == base1.keys()  # tiny.toml: the random base trains whole (stage1_trains = "all")
     for key, value in trained1.items():
         assert torch.equal(base1[key], value)
 

@@ -42,7 +42,7 @@ def stage_config(stage: int, **model: object):
 
 def test_stage1_trains_the_chosen_blocks_and_the_layer_embedder() -> None:
     transformer = build_tiny_transformer(num_layers=3)
-    config = stage_config(1, block_interval=2)
+    config = stage_config(1, block_interval=2, stage1_trains="blocks")  # the paper's recipe
     plan = StagePlan.from_config(config, transformer)
     trained = apply_stage(transformer, config, plan)
     assert plan.blocks == (0, 2)
