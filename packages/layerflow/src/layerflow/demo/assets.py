@@ -16,8 +16,8 @@ CogVideoX-2B's VAE for real LayerFlow, it is frozen and pretrained: training it 
 longer than the whole demo's CPU budget, so layerflow ships the weights that :func:`train_vae`
 produces for the default :class:`DemoAssetConfig` (``pretrained_vae/``, rebuilt with
 ``python -m layerflow.demo.pretrain``) and uses them whenever a config's VAE recipe
-(:meth:`DemoAssetConfig.vae_fingerprint`) matches; any other config trains its VAE here, as before. Its held-out
-round trip is the *ceiling* of every layer metric; it is measured, recorded and checked against
+(:meth:`DemoAssetConfig.vae_fingerprint`) matches; any other config trains its VAE here, as
+before. Its held-out round trip is the *ceiling* of every layer metric; it is measured, recorded and checked against
 :data:`CEILING_TARGETS` (:func:`check_ceiling`). Its ``scaling_factor`` is set so that latents have
 unit variance, which the diffusion schedule assumes. The T5 is random (a fixed seed): the
 transformer learns to read its embeddings, which only need to tell the caption words apart.

@@ -69,8 +69,9 @@ class DemoSettings:
 
     Args:
         stage_steps, stage_learning_rates: per stage. Stage 1 trains the whole transformer from
-            random weights (``model.stage1_trains = "all"``), hence the larger learning rate.
-        stage1_ema: EMA decay of the stage-1 weights (the export uses the EMA); ``None``: off.
+            random weights (``model.stage1_trains = "all"``).
+        stage1_ema: EMA decay of the stage-1 weights (the export uses the EMA; from-scratch weights
+            move fast at stage 1's learning rate); ``None``: off.
         snr_shift_scale: the noise schedule's SNR shift: CogVideoX-2B's 3.0 (measured against 1.0 on
             the demo: text read more at mid noise, alpha IoU and adherence slightly higher).
         check_vae_ceiling: stop before training when the VAE misses its ceiling goals; when off, a
@@ -95,7 +96,6 @@ class DemoSettings:
             "num_layers": 4,
         }
     )
-    #: EMA of the stage-1 weights (the export uses it): from-scratch weights move fast at this LR.
     stage1_ema: float | None = 0.995
     motion_rank: int = 4
     content_rank: int = 16
