@@ -164,12 +164,13 @@ def test_saving_a_pretrained_vae_never_replaces_a_foreign_folder(tmp_path: Path)
 
 
 def test_pretrain_command_writes_a_vae_the_demo_finds(tmp_path: Path) -> None:
-    """``python -m layerflow.demo.pretrain`` in a fresh process; its folder serves its own recipe only."""
+    """``python -m layerflow.demo.pretrain vae`` in a fresh process; its folder serves its own recipe only."""
     out = tmp_path / "vae"
     command = [
         sys.executable,
         "-m",
         "layerflow.demo.pretrain",
+        "vae",
         "--steps",
         "2",
         "--output",
@@ -182,5 +183,7 @@ def test_pretrain_command_writes_a_vae_the_demo_finds(tmp_path: Path) -> None:
     loaded = load_pretrained_vae(recipe, out)
     assert loaded is not None and len(loaded[1]) == 2
     assert load_pretrained_vae(DemoAssetConfig(), out) is None
-    bad = subprocess.run([*command[:3], "--steps", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--steps must be >= 1, got 0" in bad.stderr
+    bad = subprocess.run([*command[:4], "--steps", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--steps: must be >= 1, got 0" in bad.stderr
+    missing = subprocess.run(command[:3], capture_output=True, text=True)
+    assert missing.returncode == 2 and "{vae,base}" in missing.stderr

@@ -48,7 +48,7 @@ def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
             assert set(names) == {"foreground", "background", "composite"}
             assert (folder / "foreground.webm").stat().st_size > 0
             assert (folder / "preview.png").stat().st_size > 0
-            for root in (out, out / "untrained"):  # enlarged previews, trained and untrained
+            for root in (out, out / "base"):  # enlarged previews, trained and base
                 with Image.open(root / task / sample / PREVIEW_FILE) as preview:
                     assert preview.width > 4 * PREVIEW_SCALE * DemoSettings.quick().assets.width
             for name, layer in names.items():
@@ -60,11 +60,11 @@ def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
     markdown = (out / "report.md").read_text()
     for task in TASKS:
         assert f"({task}/{heldout[0]}/{PREVIEW_FILE})" in markdown
-        assert f"(untrained/{task}/{heldout[0]}/{PREVIEW_FILE})" in markdown
+        assert f"(base/{task}/{heldout[0]}/{PREVIEW_FILE})" in markdown
     with Image.open(out / "loss_curves.png") as plot:
         assert plot.width >= 4 * 300  # VAE and three stages
     assert "![loss curves](loss_curves.png)" in markdown
-    for section in ("## The VAE ceiling", "## Teacher-forced diagnostics"):
+    for section in ("## The VAE ceiling", "## The pretrained video base", "## Teacher-forced diagnostics"):
         assert section in markdown
 
 
@@ -97,7 +97,9 @@ def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Pat
             row["metric"]
         )
         assert row["measured"] == pytest.approx(expected)
-        assert math.isfinite(row["measured"]) and math.isfinite(row["untrained"])
+        assert math.isfinite(row["measured"]) and math.isfinite(row["base"])
+    cross = [row for row in report["targets"] if row["metric"] == "consistency.cross_layer"][0]
+    assert cross["tasks"] == list(TASKS) and 0.5 < cross["truth"] <= 1.0  # the held-out layers agree
     for stage in ("1", "2", "3"):
         entry = report["training"][stage]
         assert entry["steps"] == DemoSettings.quick().stage_steps[int(stage) - 1]
@@ -118,7 +120,7 @@ def test_report_ceiling_and_diagnostics_are_recomputed(demo_run: tuple[Path, Pat
     assert again["mae"] == pytest.approx(ceiling["mae"], rel=1e-5)
     samples = sorted(p for p in (out / "data" / "heldout").iterdir() if p.is_dir())
     pipelines = {
-        "untrained": LayerFlowPipeline.from_pretrained(out / "train" / "base"),
+        "base": LayerFlowPipeline.from_pretrained(out / "train" / "base"),
         "trained": LayerFlowPipeline.from_pretrained(out / "train" / "stage3" / "final" / "pipeline"),
     }
     for label, pipeline in pipelines.items():

@@ -1,9 +1,14 @@
-"""``python -m layerflow.demo.pretrain``: train the demo's VAE and write it where the demo finds it.
+"""``python -m layerflow.demo.pretrain {vae,base}``: train the demo's frozen parts, write them where the demo finds them.
 
-This is how ``pretrained_vae/`` (shipped with layerflow) was made: :func:`~.assets.train_vae` on the
-default :class:`~.assets.DemoAssetConfig`, then :func:`~.assets.save_pretrained_vae`. Run it after
-changing the default recipe (the demo then finds the new fingerprint); on one CPU thread it takes
-about ``vae_steps`` x 0.4 s.
+This is how the folders shipped with layerflow were made:
+
+- ``vae``: :func:`~.assets.train_vae` on the default :class:`~.assets.DemoAssetConfig`, written to
+  ``pretrained_vae/`` (about ``vae_steps`` x 0.4 s on one CPU thread);
+- ``base``: :func:`~.base.train_base` on the default :class:`~.base.BaseRecipe`, the tiny
+  text-to-video model LayerFlow fine-tunes, written to ``pretrained_base/`` with its measured quality
+  (about ``steps`` x 0.1 s on one thread). ``--checkpoint-dir`` makes a long run resumable.
+
+Run them after changing a default recipe: the demo then finds the new fingerprint.
 """
 
 from __future__ import annotations
@@ -15,38 +20,90 @@ from pathlib import Path
 
 from layerflow.tiny import single_thread
 
-from .assets import PRETRAINED_VAE_DIR, DemoAssetConfig, ceiling_misses, save_pretrained_vae, train_vae
+from .assets import (
+    PRETRAINED_VAE_DIR,
+    DemoAssetConfig,
+    ceiling_misses,
+    load_or_build_assets,
+    save_pretrained_vae,
+    train_vae,
+)
+from .base import PRETRAINED_BASE_DIR, BaseRecipe, measure_base, save_pretrained_base, train_base
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _steps(value: str) -> int:
+    steps = int(value)
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {steps}")
+    return steps
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m layerflow.demo.pretrain", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=PRETRAINED_VAE_DIR,
-        help=f"where to write it (default: {PRETRAINED_VAE_DIR})",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
+    commands = parser.add_subparsers(dest="what", required=True, metavar="{vae,base}")
+    for name, default, about in (
+        ("vae", PRETRAINED_VAE_DIR, "the demo's VAE (DemoAssetConfig)"),
+        ("base", PRETRAINED_BASE_DIR, "the tiny base video model (BaseRecipe)"),
+    ):
+        command = commands.add_parser(name, help=f"train {about}")
+        command.add_argument(
+            "--output", type=Path, default=default, help=f"where to write it (default: {default})"
+        )
+        command.add_argument(
+            "--steps",
+            type=_steps,
+            default=None,
+            help="training steps (default: the recipe's; part of the recipe)",
+        )
+        command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    base = commands.choices["base"]
+    base.add_argument(
+        "--train-samples",
+        type=_steps,
         default=None,
-        help="training steps (default: the recipe's vae_steps; part of the recipe)",
+        help="synthetic samples to train on (default: the recipe's)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    config = DemoAssetConfig() if args.steps is None else replace(DemoAssetConfig(), vae_steps=args.steps)
+    base.add_argument("--checkpoint-dir", type=Path, default=None, help="checkpoint here and resume from it")
+    base.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="the demo's VAE/T5 cache (default: ~/.cache/layerflow/demo)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = not args.no_progress
+    if args.what == "vae":
+        config = DemoAssetConfig() if args.steps is None else replace(DemoAssetConfig(), vae_steps=args.steps)
+        with single_thread():
+            vae, ceiling, losses = train_vae(config, progress=progress)
+        save_pretrained_vae(args.output, config, vae, ceiling, losses)
+        missed = ceiling_misses(ceiling)
+        print(
+            f"wrote {args.output} (recipe {config.vae_fingerprint()}); ceiling "
+            + ("met" if not missed else "missed: " + "; ".join(missed))
+        )
+        return 0
+    recipe = BaseRecipe()
+    if args.steps is not None:
+        recipe = replace(recipe, steps=args.steps, warmup_steps=min(recipe.warmup_steps, args.steps))
+    if args.train_samples is not None:
+        recipe = replace(recipe, train_samples=args.train_samples)
+    assets_config = DemoAssetConfig()
     with single_thread():
-        vae, ceiling, losses = train_vae(config, progress=not args.no_progress)
-    save_pretrained_vae(args.output, config, vae, ceiling, losses)
-    missed = ceiling_misses(ceiling)
-    print(
-        f"wrote {args.output} (recipe {config.vae_fingerprint()}); ceiling "
-        + ("met" if not missed else "missed: " + "; ".join(missed))
-    )
+        assets = load_or_build_assets(assets_config, args.cache_dir, progress=progress)
+        transformer, losses = train_base(
+            recipe, assets, assets_config, progress=progress, checkpoint_dir=args.checkpoint_dir
+        )
+        quality = measure_base(recipe, assets, assets_config, transformer, progress=progress)
+    save_pretrained_base(args.output, recipe, assets_config, transformer, quality, losses)
+    measured = ", ".join(f"{name} {value:.3f}" for name, value in quality.items())
+    print(f"wrote {args.output} (recipe {recipe.fingerprint(assets_config)}); {measured}")
     return 0
 
 

@@ -4,12 +4,15 @@
 2. assets: the tiny VAE (shipped pretrained; trained here only for a non-default config) and T5
    (built), cached by fingerprint; the VAE's held-out round trip, measured in every run, is the
    ceiling of every layer metric and is checked before any training (:mod:`.assets`);
-3. base: an untrained tiny ``LayerFlowPipeline`` around them, saved as the trainer's ``model.base``;
-4. training: stages 1-3 through the real trainer (``layerflow.training.train``);
-5. diagnostics: teacher-forced x0 error by timestep, correct vs shuffled prompts, untrained vs
+3. base: the pretrained tiny text-to-video CogVideoX (shipped; trained and cached here only for a
+   non-default recipe, :mod:`.base`), loaded into a ``LayerFlowPipeline`` exactly as CogVideoX-2B is
+   (stock weights, zero layer embedding) and saved as the trainer's ``model.base``;
+4. training: stages 1-3 through the real trainer (``layerflow.training.train``), fine-tuning the base;
+5. diagnostics: teacher-forced x0 error by timestep, correct vs shuffled prompts, base vs
    trained (:mod:`.diagnostics`);
 6. sampling: all four tasks on held-out captions and held-out layers, with the trained pipeline and,
-   for comparison, the untrained base, written by the pipeline's own writers, with enlarged previews;
+   for comparison, the base with no LayerFlow training, written by the pipeline's own writers, with
+   enlarged previews;
 7. metrics: ``layerflow.metrics`` on every output against its held-out sample, then ``report.json``,
    ``report.md`` and ``loss_curves.png`` with the targets beside the measured values (:mod:`.report`).
 
@@ -38,12 +41,21 @@ from tqdm.auto import tqdm
 from layerflow.atomic import write_text_atomic
 from layerflow.layout import TASKS, LayerLayout
 from layerflow.metrics import EvaluationReport, evaluate_output_dir, read_output_dir, read_reference_sample
+from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowOutput, LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
 from layerflow.synthetic.writers import generate_dataset
-from layerflow.tiny import build_tiny_transformer, single_thread
+from layerflow.tiny import single_thread
 
-from .assets import DemoAssetConfig, DemoAssets, ceiling_misses, check_ceiling, load_or_build_assets
+from .assets import (
+    DemoAssetConfig,
+    DemoAssets,
+    ceiling_misses,
+    check_ceiling,
+    default_cache_dir,
+    load_or_build_assets,
+)
+from .base import BaseRecipe, load_or_train_base, read_base_record
 from .diagnostics import encode_heldout, x0_errors
 from .report import (
     PREVIEW_FILE,
@@ -62,16 +74,18 @@ logger = logging.getLogger(__name__)
 class DemoSettings:
     """Everything the demo's size and budget depend on.
 
-    The default is sized for about 10 minutes on an idle 2-core CPU with the shipped VAE (see
-    :mod:`.assets`): stage 1 is most of it (about 0.18 s per step on one thread); :meth:`quick`
-    runs every stage with a handful of steps for CI; :meth:`cuda` is a larger model trained longer
-    on more data of the same world, for a GPU.
+    The default is sized for about 10 minutes on an idle 2-core CPU with the shipped VAE and base
+    (see :mod:`.assets` and :mod:`.base`): stage 1 is most of it; :meth:`quick` runs every stage
+    with a handful of steps for CI (its base is trained in the run); :meth:`cuda` is a larger model
+    trained longer on more data of the same world, for a GPU.
 
     Args:
-        stage_steps, stage_learning_rates: per stage. Stage 1 trains the whole transformer from
-            random weights (``model.stage1_trains = "all"``).
-        stage1_ema: EMA decay of the stage-1 weights (the export uses the EMA; from-scratch weights
-            move fast at stage 1's learning rate); ``None``: off.
+        base: the recipe of the pretrained text-to-video base the stages fine-tune (its transformer
+            size is the recipe's).
+        stage_steps, stage_learning_rates: per stage.
+        stage1_trains: ``model.stage1_trains``: ``"blocks"`` (the paper's recipe on a pretrained
+            base) or ``"all"``.
+        stage1_ema: EMA decay of the stage-1 weights (the export uses the EMA); ``None``: off.
         snr_shift_scale: the noise schedule's SNR shift: CogVideoX-2B's 3.0 (measured against 1.0 on
             the demo: text read more at mid noise, alpha IoU and adherence slightly higher).
         check_vae_ceiling: stop before training when the VAE misses its ceiling goals; when off, a
@@ -82,20 +96,13 @@ class DemoSettings:
     num_train: int = 256
     num_heldout: int = 8
     stage_steps: tuple[int, int, int] = (3000, 50, 50)
-    #: From scratch, not fine-tuning a pretrained video model: larger than the paper's 1e-4/1e-3/5e-3.
     stage_learning_rates: tuple[float, float, float] = (2e-3, 1e-3, 1e-3)
+    stage1_trains: str = "all"
     batch_size: int = 8
     inference_steps: int = 20
     guidance_scale: float = 3.0
     snr_shift_scale: float = 3.0
-    transformer: dict[str, Any] = field(
-        default_factory=lambda: {
-            "num_attention_heads": 4,
-            "attention_head_dim": 16,
-            "time_embed_dim": 64,
-            "num_layers": 4,
-        }
-    )
+    base: BaseRecipe = field(default_factory=BaseRecipe)
     stage1_ema: float | None = 0.995
     motion_rank: int = 4
     content_rank: int = 16
@@ -113,12 +120,16 @@ class DemoSettings:
             stage_steps=(4, 2, 2),
             batch_size=4,
             inference_steps=2,
-            transformer={
-                "num_attention_heads": 2,
-                "attention_head_dim": 8,
-                "time_embed_dim": 16,
-                "num_layers": 2,
-            },
+            base=BaseRecipe(
+                num_attention_heads=2,
+                attention_head_dim=8,
+                time_embed_dim=16,
+                num_layers=2,
+                train_samples=4,
+                eval_samples=1,
+                steps=4,
+                warmup_steps=1,
+            ),
             assets=replace(
                 DemoAssetConfig(),
                 vae_steps=3,
@@ -139,12 +150,15 @@ class DemoSettings:
             stage_learning_rates=(5e-4, 1e-3, 1e-3),
             batch_size=32,
             inference_steps=50,
-            transformer={
-                "num_attention_heads": 8,
-                "attention_head_dim": 32,
-                "time_embed_dim": 128,
-                "num_layers": 8,
-            },
+            base=BaseRecipe(
+                num_attention_heads=8,
+                attention_head_dim=32,
+                time_embed_dim=128,
+                num_layers=8,
+                train_samples=8192,
+                steps=60000,
+                batch_size=32,
+            ),
             assets=replace(
                 DemoAssetConfig(), height=64, width=64, num_frames=8, vae_steps=6000, vae_batch_size=8
             ),
@@ -188,21 +202,11 @@ def scheduler_for(settings: DemoSettings) -> Any:
     return type(scheduler).from_config(scheduler.config, snr_shift_scale=settings.snr_shift_scale)
 
 
-def save_base(settings: DemoSettings, assets: DemoAssets, directory: Path) -> LayerFlowPipeline:
-    """The untrained layered model around the cached VAE/T5, saved where the trainer loads ``model.base``."""
-    frames, height, width = settings.geometry
-    vae_scale = 2 ** (len(settings.assets.vae_channels) - 1)
-    transformer = build_tiny_transformer(
-        settings.seed,
-        in_channels=settings.assets.latent_channels,
-        out_channels=settings.assets.latent_channels,
-        text_embed_dim=settings.assets.text_width,
-        max_text_seq_length=settings.assets.prompt_tokens,
-        sample_height=height // vae_scale,
-        sample_width=width // vae_scale,
-        sample_frames=frames,
-        **settings.transformer,
-    )
+def save_base(settings: DemoSettings, assets: DemoAssets, base: Path, directory: Path) -> LayerFlowPipeline:
+    """The pretrained video base as a layered model, before any LayerFlow training, saved where the
+    trainer loads ``model.base``: the stock weights of ``base`` loaded into the LayerFlow transformer as
+    CogVideoX-2B's are (the layer embedder starts at zero), around the cached VAE/T5."""
+    transformer = LayerFlowTransformer3DModel.from_pretrained(base)
     pipeline = LayerFlowPipeline(
         tokenizer=assets.tokenizer,
         text_encoder=assets.text_encoder,
@@ -229,7 +233,7 @@ def stage_overrides(
     return {
         "model": {
             "base": str(base),
-            "stage1_trains": "all",  # a from-scratch base: its patch, time and output layers train too
+            "stage1_trains": settings.stage1_trains,
             "block_interval": 1,  # the LoRAs of stages 2 and 3 go on every block
             "motion_rank": settings.motion_rank,
             "content_rank": settings.content_rank,
@@ -420,8 +424,17 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
             "the demo VAE misses its ceiling (%s): layer metrics are capped by it", "; ".join(missed)
         )
     lap("assets")
+    video_base, base_source = load_or_train_base(
+        settings.base, assets, settings.assets, Path(cache_dir or default_cache_dir()), progress=progress
+    )
+    base_record = {
+        **(read_base_record(video_base) or {}),
+        "source": base_source,
+        "directory": str(video_base),
+    }
+    lap("base")
     base_dir = out / "train" / "base"
-    base = save_base(settings, assets, base_dir)
+    base = save_base(settings, assets, video_base, base_dir)
     losses = train_stages(settings, base_dir, train_root, out / "train", progress)
     lap("training")
     trained_pipeline = LayerFlowPipeline.from_pretrained(out / "train" / "stage3" / "final" / "pipeline")
@@ -430,19 +443,19 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     samples = sorted(p for p in heldout.iterdir() if p.is_dir())
     latents = encode_heldout(base, samples)
     diagnostics = {
-        "untrained": x0_errors(base, latents, seed=settings.seed),
+        "base": x0_errors(base, latents, seed=settings.seed),
         "trained": x0_errors(trained_pipeline, latents, seed=settings.seed),
     }
     lap("diagnostics")
     trained = sample_tasks(trained_pipeline, settings, heldout, out, "trained", progress)
-    untrained = sample_tasks(base, settings, heldout, out / "untrained", "untrained", progress)
+    untrained = sample_tasks(base, settings, heldout, out / "base", "base", progress)
     lap("sampling_and_metrics")
     curves = {
         f"VAE, {assets.vae_source}": assets.losses,
         **{f"stage {stage}": values for stage, values in losses.items()},
     }
     write_loss_plot(out / "loss_curves.png", curves)
-    report = build_report(settings, assets, losses, diagnostics, trained, untrained, timings)
+    report = build_report(settings, assets, base_record, losses, diagnostics, trained, untrained, timings)
     if not is_finite(report):
         raise FloatingPointError("the demo report holds a non-finite number; see report.json")
     write_text_atomic(out / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")

@@ -6,7 +6,7 @@ from .evaluate import evaluate_output_dir
 from .io import LayeredClip, read_output_dir, read_reference_sample
 from .matting import alpha_iou, connectivity_error, dtssd, gradient_error, mse, sad
 from .report import METRICS, TARGETS, EvaluationReport, EvaluationSummary, summarize
-from .video import mean_absolute_error, recomposition_error, temporal_flicker
+from .video import cross_layer_iou, mean_absolute_error, recomposition_error, temporal_flicker
 
 __all__ = [
     "METRICS",
@@ -18,6 +18,7 @@ __all__ = [
     "alpha_iou",
     "check_adherence",
     "connectivity_error",
+    "cross_layer_iou",
     "dtssd",
     "evaluate_output_dir",
     "gradient_error",

@@ -18,7 +18,7 @@ from . import matting
 from .adherence import check_adherence
 from .io import LayeredClip, read_output_dir, read_reference_sample
 from .report import EvaluationReport
-from .video import mean_absolute_error, temporal_flicker
+from .video import cross_layer_iou, mean_absolute_error, temporal_flicker
 
 # Layers of the output that have a ground truth in the reference, per task.
 REFERENCE_LAYERS: dict[str, tuple[str, ...]] = {
@@ -51,7 +51,8 @@ def evaluate_output_dir(output_dir: str | Path, reference: str | Path | None = N
     """Evaluate one output directory of the pipeline, optionally against a simple-layout sample.
 
     Always: recomposition error, per frame and its mean and worst frame (when foreground, background
-    and composite are present: :func:`layerflow.editing.recomposition_check`), temporal
+    and composite are present: :func:`layerflow.editing.recomposition_check`), cross-layer IoU (do
+    the matte and the composite show the object at the same place; the reference's beside it), temporal
     flicker of every layer, and prompt adherence when the prompts are synthetic captions. With
     ``reference`` (one sample folder, same frames and size): alpha SAD/MSE/gradient/connectivity/IoU/
     dtSSD and layer MAE for the layers the task recovers or is conditioned on, and the reference's
@@ -80,8 +81,13 @@ def evaluate_output_dir(output_dir: str | Path, reference: str | Path | None = N
         report.per_frame["recomposition.mae"] = per_frame
         metrics["recomposition.mae"] = sum(per_frame) / len(per_frame)
         metrics["recomposition.max_frame"] = max(per_frame)
+        metrics["consistency.cross_layer"] = cross_layer_iou(clip.alpha, clip.composite, clip.background)
     else:
-        notes.append("recomposition: needs foreground, background and composite layers")
+        notes.append("recomposition and cross-layer IoU: need foreground, background and composite layers")
+    if ref is not None and ref.alpha is not None and ref.composite is not None and ref.background is not None:
+        metrics["consistency.cross_layer.reference"] = cross_layer_iou(
+            ref.alpha, ref.composite, ref.background
+        )
 
     # 3. Reference comparisons for the layers with a ground truth.
     if ref is not None:

@@ -18,6 +18,11 @@ from .adherence import AdherenceCheck
 METRICS: dict[str, tuple[str, str]] = {
     "recomposition.mae": ("mean |composite - (a*fg + (1-a)*bg)|, 0-1 scale", "lower"),
     "recomposition.max_frame": ("recomposition.mae of the worst frame", "lower"),
+    "consistency.cross_layer": (
+        "IoU per frame of alpha > 0.5 and |composite - background| > 0.25: the layers show one scene",
+        "higher",
+    ),
+    "consistency.cross_layer.reference": ("the same cross-layer IoU on the reference layers", "higher"),
     "alpha.sad": ("alpha SAD / 1000 per frame (DIM)", "lower"),
     "alpha.mse": ("alpha MSE per frame (DIM)", "lower"),
     "alpha.gradient": ("alpha gradient error / 1000 (DIM, sigma 1.4)", "lower"),
@@ -40,6 +45,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "alpha.iou": (">=", 0.8),
     "adherence.foreground_colour": (">=", 0.9),
     "adherence.foreground_shape": (">=", 0.8),
+    "consistency.cross_layer": (">=", 0.7),
 }
 
 
