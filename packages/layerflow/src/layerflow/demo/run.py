@@ -94,10 +94,11 @@ class DemoSettings:
     """
 
     num_train: int = 256
-    num_heldout: int = 8
+    num_heldout: int = 16
     stage_steps: tuple[int, int, int] = (3000, 50, 50)
     stage_learning_rates: tuple[float, float, float] = (2e-3, 1e-3, 1e-3)
     stage1_trains: str = "all"
+    position_mode: str = "continuous"
     batch_size: int = 8
     inference_steps: int = 20
     guidance_scale: float = 3.0
@@ -206,7 +207,7 @@ def save_base(settings: DemoSettings, assets: DemoAssets, base: Path, directory:
     """The pretrained video base as a layered model, before any LayerFlow training, saved where the
     trainer loads ``model.base``: the stock weights of ``base`` loaded into the LayerFlow transformer as
     CogVideoX-2B's are (the layer embedder starts at zero), around the cached VAE/T5."""
-    transformer = LayerFlowTransformer3DModel.from_pretrained(base)
+    transformer = LayerFlowTransformer3DModel.from_pretrained(base, position_mode=settings.position_mode)
     pipeline = LayerFlowPipeline(
         tokenizer=assets.tokenizer,
         text_encoder=assets.text_encoder,
