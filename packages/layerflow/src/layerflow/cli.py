@@ -98,10 +98,11 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
 # ------------------------------------------------------------------------------------------ model
 def check_sizes(args: argparse.Namespace, layout: LayerLayout, conditions: dict[str, torch.Tensor]) -> None:
     """Frames and size (from the inputs or the flags) against the model's geometry, before loading it."""
-    from .geometry import DEFAULT_CLIP_FRAMES, ModelGeometry, check_geometry
+    from .geometry import DEFAULT_CLIP_FRAMES, check_geometry
+    from .models.configs import folder_geometry
 
     try:
-        geometry = ModelGeometry.from_folder(args.model)
+        geometry = folder_geometry(args.model)
     except (FileNotFoundError, ValueError) as error:
         raise CliError(str(error)) from error
     first = next(iter(conditions.values()), None)

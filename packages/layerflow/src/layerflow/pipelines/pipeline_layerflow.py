@@ -30,6 +30,7 @@ from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry
 from layerflow.layout import LayerLayout, TaskLayout
 from layerflow.media.output import DEFAULT_FORMATS, AlphaMode, OutputLayer, write_output_dir
 from layerflow.models.adapters import merged_for_inference
+from layerflow.models.configs import model_geometry
 from layerflow.variants import OFFICIAL_SAMPLING
 
 from .input_checks import check_input_values
@@ -183,7 +184,7 @@ class LayerFlowPipeline(DiffusionPipeline):
     @property
     def geometry(self) -> ModelGeometry:
         """Sizes fixed by the current VAE and transformer configs."""
-        return ModelGeometry.from_models(self.vae, self.transformer)
+        return model_geometry(self.vae.config, self.transformer.config)
 
     @property
     def codec(self) -> ClipCodec:
