@@ -6,8 +6,6 @@ a second instead of a whole generation, and nothing is written or deleted on the
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import shutil
 import tempfile
@@ -24,16 +22,6 @@ WEIGHTED_COMPONENTS = ("transformer", "vae", "text_encoder")
 
 class CliError(Exception):
     """A user-facing problem: printed as one line, exit status 2."""
-
-
-def check_numbers(args: argparse.Namespace) -> None:
-    """Sizes, steps and fps are positive; the guidance scale is a finite number."""
-    for flag in ("frames", "height", "width", "steps", "fps"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise CliError(f"--{flag} must be >= 1, got {value}")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise CliError(f"--guidance must be a finite number, got {args.guidance}")
 
 
 def check_device(spec: str | None) -> str:
