@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from . import tasks
-from .cli_checks import CliError, check_output
+from .cli_checks import CliError
 from .cli_options import add_output_options, add_task_options, pairs, task_options
 from .layout import LayerLayout
 from .media import MANIFEST_NAME, read_clip, read_manifest
+from .output_policy import OutputRefused, check_output
 from .tasks import DTYPES
 from .variants import OFFICIAL_VARIANTS
 
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(describe(args.path))
             except (FileNotFoundError, ValueError) as error:
                 raise CliError(str(error)) from error
-    except CliError as error:
+    except (CliError, OutputRefused) as error:
         print(f"layerflow: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from layerflow import tasks
-from layerflow.cli_checks import CliError, check_output
+from layerflow.cli_checks import CliError
 from layerflow.cli_options import add_output_options, add_task_options, pairs, task_options
 from layerflow.media import MANIFEST_NAME, FrameError, OutputLayer, quantize_8bit, read_clip, write_output_dir
+from layerflow.output_policy import check_output
 
 from .edit import EDIT_TASKS, assemble_edit, check_kept, kept_role
 from .recompose import EditError, Replacement, load_layers, recompose, replacement_placement, summarize
@@ -91,7 +92,9 @@ def run_recompose(args: argparse.Namespace) -> Path:
     stray = sorted((set(scales) | set(offsets)) - set(replace))
     if stray:
         raise EditError(f"--scale/--offset given for {stray} without a --replace for that layer")
-    _check_output(args.output, args.overwrite, [args.source, *replace.values()])
+    check_output(
+        args.output, overwrite=args.overwrite, marker=MANIFEST_NAME, inputs=[args.source, *replace.values()]
+    )
     replacements = [
         Replacement.from_path(name, path, replacement_placement(scales.get(name), offsets.get(name)))
         for name, path in replace.items()
@@ -134,14 +137,6 @@ def edit_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(output: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
-    """The CLI's output rule: ``--overwrite`` replaces only an earlier output, never an input."""
-    try:
-        check_output(output, overwrite=overwrite, marker=MANIFEST_NAME, inputs=inputs)
-    except CliError as error:
-        raise EditError(str(error)) from error
-
-
 def _kept_layers(args: argparse.Namespace, names: Sequence[str]) -> list[OutputLayer]:
     """The layers to keep: from the source folder's manifest, or the source media as the model's layer."""
     role = kept_role(args.regenerate)
@@ -176,7 +171,9 @@ def _kept_layers(args: argparse.Namespace, names: Sequence[str]) -> list[OutputL
 
 def run_edit(args: argparse.Namespace) -> Path:
     # 1. Everything about the request, before the model is loaded.
-    _check_output(args.output, args.overwrite, [args.source, args.model])
+    check_output(
+        args.output, overwrite=args.overwrite, marker=MANIFEST_NAME, inputs=[args.source, args.model]
+    )
     options = task_options(args)
     layout = tasks.model_layout(args.model)
     role = kept_role(args.regenerate)

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, Role, VaePass
 from layerflow.models.adapters import ATTENTION_PROJECTIONS
+from layerflow.stage_output import StageOutput
 
 Stage = Literal[1, 2, 3]
 STAGES: tuple[int, ...] = (1, 2, 3)
@@ -378,14 +379,14 @@ class TrainConfig:
         return (
             Path(self.run.output_dir)
             if self.run.output_dir
-            else Path(self.run.output_root) / f"stage{self.stage}"
+            else StageOutput.of(self.run.output_root, self.stage).root
         )
 
     @property
     def previous_stage_dir(self) -> Path:
         if self.model.previous_stage_dir:
             return Path(self.model.previous_stage_dir)
-        return Path(self.run.output_root) / f"stage{self.stage - 1}"
+        return StageOutput.of(self.run.output_root, self.stage - 1).root
 
     @property
     def cache_dir(self) -> Path:
