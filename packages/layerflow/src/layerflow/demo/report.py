@@ -27,8 +27,9 @@ from layerflow.media.preview import over_checkerboard
 from layerflow.metrics import METRICS, TARGETS, EvaluationReport, summarize
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from .assets import DemoAssets
-    from .run import DemoSettings
 
 #: Which task's outputs each target is measured on (the issue's wording).
 TARGET_TASKS: dict[str, tuple[str, ...]] = {
@@ -114,7 +115,7 @@ def target_rows(
 
 
 def build_report(
-    settings: DemoSettings,
+    settings: DataclassInstance,
     assets: DemoAssets,
     losses: dict[int, list[float]],
     diagnostics: dict[str, Any],
@@ -122,7 +123,8 @@ def build_report(
     untrained: dict[str, list[EvaluationReport]],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Everything the run measured, as one JSON-ready dict."""
+    """Everything the run measured, as one JSON-ready dict (``settings``: the run's ``DemoSettings``,
+    typed as any dataclass so that the report never imports the runner that imports it)."""
     return {
         "format": "layerflow-demo-report",
         "version": 2,

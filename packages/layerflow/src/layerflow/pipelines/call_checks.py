@@ -6,24 +6,37 @@ size at fault. :func:`check_call` validates only; :mod:`.call_plan` derives the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from layerflow.codec import check_joint_vae
-from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, check_geometry
-from layerflow.layout import TaskLayout
+from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
+from layerflow.layout import LayerLayout, TaskLayout
 
 from .input_checks import check_input_values
-
-if TYPE_CHECKING:
-    from .pipeline_layerflow import LayerFlowPipeline
 
 ConditionFrames = Mapping[str, torch.Tensor]
 
 
+class CheckedPipeline(Protocol):
+    """What the checks read of a :class:`~layerflow.pipelines.LayerFlowPipeline` (a protocol, so
+    that this module never imports the pipeline that imports it)."""
+
+    layer_layout: LayerLayout
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    transformer: Any
+    transparent_vae: Any
+    _callback_tensor_inputs: list[str]
+
+    @property
+    def geometry(self) -> ModelGeometry: ...
+
+
 def check_call(
-    pipe: LayerFlowPipeline,
+    pipe: CheckedPipeline,
     task: str,
     prompts: Mapping[str, str] | Sequence[str] | None,
     negative_prompts: Mapping[str, str] | Sequence[str] | None,
@@ -87,7 +100,7 @@ def call_batch_size(prompt_embeds: torch.Tensor | None, num_videos_per_prompt: i
 
 
 def check_settings(
-    pipe: LayerFlowPipeline,
+    pipe: CheckedPipeline,
     settings: Mapping[str, Any],
     num_videos_per_prompt: int,
     callback_inputs: Sequence[str],
@@ -104,7 +117,7 @@ def check_settings(
 
 
 def check_frames(
-    pipe: LayerFlowPipeline,
+    pipe: CheckedPipeline,
     task_layout: TaskLayout,
     num_frames: int | None,
     height: int | None,
@@ -130,7 +143,7 @@ def check_frames(
     return frames
 
 
-def check_components(pipe: LayerFlowPipeline, task_layout: TaskLayout, decoding: bool) -> None:
+def check_components(pipe: CheckedPipeline, task_layout: TaskLayout, decoding: bool) -> None:
     geometry = pipe.geometry
     if geometry.latent_channels != pipe.transformer.config.in_channels:
         raise ValueError(
@@ -155,7 +168,7 @@ def check_components(pipe: LayerFlowPipeline, task_layout: TaskLayout, decoding:
 
 
 def check_texts(
-    pipe: LayerFlowPipeline,
+    pipe: CheckedPipeline,
     task_layout: TaskLayout,
     prompts: Mapping[str, str] | Sequence[str] | None,
     negative_prompts: Mapping[str, str] | Sequence[str] | None,
@@ -195,7 +208,7 @@ def check_texts(
 
 
 def check_conditions(
-    pipe: LayerFlowPipeline,
+    pipe: CheckedPipeline,
     task_layout: TaskLayout,
     conditions: ConditionFrames | None,
     num_frames: int | None,

@@ -4,17 +4,21 @@ arguments, derived from checked arguments before any model runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from layerflow.geometry import FrameGeometry
 from layerflow.layout import TaskLayout
 
-from .call_checks import ConditionFrames, batch_conditions, call_batch_size, check_conditions, check_frames
-
-if TYPE_CHECKING:
-    from .pipeline_layerflow import LayerFlowPipeline
+from .call_checks import (
+    CheckedPipeline,
+    ConditionFrames,
+    batch_conditions,
+    call_batch_size,
+    check_conditions,
+    check_frames,
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class CallPlan:
 
 
 def plan_call(
-    pipe: LayerFlowPipeline,
+    pipe: CheckedPipeline,
     task: str,
     conditions: ConditionFrames | None,
     num_frames: int | None,
