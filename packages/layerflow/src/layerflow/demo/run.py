@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from layerflow import tasks
 from layerflow.atomic import atomic_directory, write_text_atomic
+from layerflow.compositing import over
 from layerflow.layout import TASKS, LayerLayout
 from layerflow.metrics import EvaluationReport, evaluate_output_dir, read_output_dir, read_reference_sample
 from layerflow.output_policy import PIPELINE_INDEX
@@ -343,7 +344,7 @@ def preview_rows(task: str, output_dir: Path, sample_dir: Path) -> list[tuple[st
         ("alpha", alpha.expand(-1, 3, -1, -1)),
         ("background", generated.background),
         ("composite", generated.composite),
-        ("recomposed", alpha * foreground + (1 - alpha) * generated.background),
+        ("recomposed", over(foreground, alpha, generated.background)),
         ("true fg", torch.cat([truth.foreground, truth.alpha], dim=1)),
     ]
     return rows

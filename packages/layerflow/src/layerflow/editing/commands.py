@@ -28,7 +28,15 @@ from layerflow.media import MANIFEST_NAME, FrameError, OutputLayer, quantize_8bi
 from layerflow.output_policy import check_output
 
 from .edit import EDIT_TASKS, assemble_edit, check_kept, kept_role
-from .recompose import EditError, Replacement, load_layers, recompose, replacement_placement, summarize
+from .recompose import (
+    EditError,
+    Replacement,
+    composite_name,
+    load_layers,
+    recompose,
+    replacement_placement,
+    summarize,
+)
 
 COMMANDS = {
     "recompose": "composite the layers of an output folder (some replaced by your frames) into a new folder",
@@ -194,7 +202,7 @@ def run_edit(args: argparse.Namespace) -> Path:
         for name, frames in output.layers.items()
         if (role := output.roles[name]) == args.regenerate
     ]
-    composite = next((name for name, role in output.roles.items() if role == "composite"), "composite")
+    composite = composite_name(output.roles)
     layers = assemble_edit(kept, generated, composite=composite, composite_prompt=prompts.get(composite))
     settings: dict[str, Any] = {
         **result.settings,
