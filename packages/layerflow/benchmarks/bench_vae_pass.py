@@ -27,8 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from layerflow.codec import ClipCodec
-from layerflow.geometry import ModelGeometry
 from layerflow.layout import LayerLayout
+from layerflow.models.configs import model_geometry
 
 emit = emitter("layerflow")
 MODES = ("per_clip", "joint")
@@ -51,7 +51,7 @@ def setup(mode: str, size: int, frames: int, device: str) -> tuple[ClipCodec, An
     base = LayerLayout.official()
     layout = LayerLayout(base.layers, base.alpha, vae_pass=mode)  # type: ignore[arg-type]
     transformer_config = {"sample_height": size // 8, "sample_width": size // 8}
-    geometry = ModelGeometry.from_configs(vae.config, transformer_config)
+    geometry = model_geometry(vae.config, transformer_config)
     codec = ClipCodec(layout, geometry, vae)
     frame_geometry = geometry.check(frames, size, size, layout)
     generator = torch.Generator().manual_seed(1)

@@ -13,7 +13,6 @@ from layerflow.convert import (
     convert_official_checkpoint,
     convert_official_state_dict,
 )
-from layerflow.layout import LayerLayout
 from layerflow.models import LayerFlowTransformer3DModel
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.testing import (
@@ -24,7 +23,7 @@ from layerflow.testing import (
     single_thread,
     write_official_checkpoint,
 )
-from layerflow.variants import OFFICIAL_VARIANTS
+from layerflow.variants import OFFICIAL_VARIANTS, official_variant
 
 TEXT = 12
 FRAMES = 16  # latent frames of the position table (gen_rgba: 64 frames -> 16 latents)
@@ -193,7 +192,7 @@ def test_with_a_base_folder_the_output_is_a_loadable_pipeline(tmp_path):
     )
     pipe = LayerFlowPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.layer_layout == LayerLayout.official_variant("gen_rgba")  # no flags needed
+    assert pipe.layer_layout == official_variant("gen_rgba").layout  # no flags needed
     result = pipe(
         {"foreground": "a fox", "background": "snow", "composite": "a fox in snow"},
         num_frames=8,

@@ -20,8 +20,8 @@ from layerflow.data import (
     precompute_cache,
 )
 from layerflow.data.testing import PROMPTS, write_simple_sample
-from layerflow.geometry import ModelGeometry
 from layerflow.layout import LayerLayout
+from layerflow.models.configs import model_geometry
 from layerflow.tiny import tiny_transformer_config
 
 OFFICIAL = LayerLayout.official()
@@ -41,7 +41,7 @@ def tiny_vae(seed: int = 0) -> AutoencoderKLCogVideoX:
 
 
 def codec_for(vae: AutoencoderKLCogVideoX, layout: LayerLayout = OFFICIAL) -> ClipCodec:
-    return ClipCodec(layout, ModelGeometry.from_configs(vae.config, tiny_transformer_config()), vae)
+    return ClipCodec(layout, model_geometry(vae.config, tiny_transformer_config()), vae)
 
 
 @pytest.fixture(scope="module")

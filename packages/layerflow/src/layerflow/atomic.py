@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .output_policy import check_replaceable
+
 logger = logging.getLogger(__name__)
 
 _AT_FDCWD = -100
@@ -125,19 +127,13 @@ def atomic_directory(
 ) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (only if ``overwrite``).
 
-    ``replaces``: a file name an existing ``path`` must contain to be replaced (``manifest.json`` for
-    output folders), so that ``overwrite`` never deletes a folder this program did not write.
+    ``replaces``: the marker file an existing ``path`` must contain to be replaced (``manifest.json``
+    for output folders; :mod:`layerflow.output_policy`), so that ``overwrite`` never deletes a folder
+    this program did not write.
     """
     target = Path(os.path.abspath(path))
     recover_directory(target)
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-        if replaces is not None and not (target / replaces).is_file():
-            raise FileExistsError(
-                f"{path} exists and is not a folder this program wrote (it has no {replaces}): "
-                "refusing to replace it"
-            )
+    check_replaceable(target, overwrite=overwrite, marker=replaces, label=str(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

@@ -24,14 +24,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .cli_checks import CliError, check_device, check_model_dir, check_numbers, check_output
-from .editing.commands import add_output_options
+from . import tasks
+from .cli_checks import CliError
+from .cli_options import add_output_options, add_task_options, pairs, task_options
 from .layout import LayerLayout
 from .media import MANIFEST_NAME, read_clip, read_manifest
+from .output_policy import OutputRefused, check_output
+from .tasks import DTYPES
 from .variants import OFFICIAL_VARIANTS
 
 TASK_COMMANDS = {
@@ -40,22 +42,9 @@ TASK_COMMANDS = {
     "bg2fg": "background_to_foreground",
     "decompose": "decompose",
 }
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for value in values or ():
-        name, sep, text = value.partition("=")
-        if not sep or not name:
-            raise CliError(f"{flag} expects LAYER=VALUE, got {value!r}")
-        if name in pairs:
-            raise CliError(f"{flag} given twice for layer {name!r}")
-        pairs[name] = text
-    return pairs
-
-
 def read_frames(path: str | Path) -> torch.Tensor:
     """A frame folder, a video file or a single image -> ``[T, C, H, W]`` in [0, 1]."""
     path = Path(path)
@@ -95,123 +84,28 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
     return frames
 
 
-# ------------------------------------------------------------------------------------------ model
-def check_sizes(args: argparse.Namespace, layout: LayerLayout, conditions: dict[str, torch.Tensor]) -> None:
-    """Frames and size (from the inputs or the flags) against the model's geometry, before loading it."""
-    from .geometry import DEFAULT_CLIP_FRAMES, ModelGeometry, check_geometry
-
-    try:
-        geometry = ModelGeometry.from_folder(args.model)
-    except (FileNotFoundError, ValueError) as error:
-        raise CliError(str(error)) from error
-    first = next(iter(conditions.values()), None)
-    found = (first.shape[0], *first.shape[-2:]) if first is not None else None
-    frames = args.frames if args.frames is not None else (found[0] if found else DEFAULT_CLIP_FRAMES)
-    height = args.height if args.height is not None else (found[1] if found else geometry.default_height)
-    width = args.width if args.width is not None else (found[2] if found else geometry.default_width)
-    if found is not None and (frames, height, width) != found:
-        raise CliError(
-            f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
-            f"but --frames/--height/--width ask for {frames} frames of {height}x{width}"
-        )
-    try:
-        check_geometry(geometry, frames, height, width, layout)
-    except ValueError as error:
-        raise CliError(str(error)) from error
-
-
-def load_pipeline(args: argparse.Namespace, device: str) -> Any:
-    from .pipelines import LayerFlowPipeline
-    from .pipelines.scheduling import switch_scheduler
-
-    dtype = (
-        DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    )
-    pipe = LayerFlowPipeline.from_pretrained(args.model, dtype=dtype)
-    if args.scheduler != "dpm":
-        pipe.scheduler = switch_scheduler(pipe.scheduler, args.scheduler)
-    if args.cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    if args.vae_tiling:
-        pipe.enable_vae_tiling()
-    pipe.enable_vae_slicing()
-    return pipe
-
-
+# ------------------------------------------------------------------------------------------ tasks
 def run_task(args: argparse.Namespace) -> Path:
-    task = TASK_COMMANDS[args.command]
-    check_numbers(args)
-    device = check_device(args.device)
-    index = check_model_dir(args.model)
-    layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
-    task_layout = layout.for_task(task)
-    prompts = _pairs(args.prompt, "--prompt")
-    negative = _pairs(args.negative, "--negative") or None
-    if negative and args.unconditional == "zeros":
-        raise CliError("--negative prompts are encoded: they cannot be used with --unconditional zeros")
-    unconditional = args.unconditional or ("encoded" if negative else None)
-    try:
-        task_layout.resolve_prompts(prompts)
-    except (ValueError, TypeError) as error:
-        raise CliError(str(error)) from error
-    needed = [layer.name for layer in task_layout.condition_layers]
-    inputs = _pairs(args.input, "--input")
-    if sorted(inputs) != sorted(needed):
-        raise CliError(f"task {task!r} needs --input for {needed}, got {sorted(inputs) or 'none'}")
-    conditions = load_inputs(inputs, _pairs(args.alpha, "--alpha"))
-    check_sizes(args, layout, conditions)
-    if args.vae_tiling and layout.vae_pass == "joint":
-        raise CliError(
-            "--vae-tiling: this model runs the VAE jointly over the whole video (official), without tiling"
-        )
+    """Check everything, read the inputs, run the task with :func:`layerflow.tasks.run`, write the folder."""
+    options = task_options(args)
+    prompts = pairs(args.prompt, "--prompt")
+    request = tasks.check_request(args.model, TASK_COMMANDS[args.command], prompts, options)
+    inputs = pairs(args.input, "--input")
+    alphas = pairs(args.alpha, "--alpha")
+    tasks.check_condition_names(request, list(inputs))
+    conditions = load_inputs(inputs, alphas)
+    tasks.check_conditions(request, conditions, options)
     output = Path(args.output)
     check_output(
         output,
         overwrite=args.overwrite,
         marker=MANIFEST_NAME,
-        inputs=[args.model, *inputs.values(), *_pairs(args.alpha, "--alpha").values()],
+        inputs=[args.model, *inputs.values(), *alphas.values()],
     )
-
-    pipe = load_pipeline(args, device)
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    try:
-        result = pipe(
-            prompts,
-            task,
-            conditions=conditions or None,
-            negative_prompts=negative,
-            num_frames=args.frames,
-            height=args.height,
-            width=args.width,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            use_dynamic_cfg=args.dynamic_cfg,
-            unconditional=unconditional,
-            isolate_conditions=args.isolate_conditions,
-            generator=generator,
-        )
-    except ValueError as error:
-        raise CliError(str(error)) from error
-    settings = {
-        "model": str(args.model),
-        "steps": result.settings["num_inference_steps"],
-        "guidance_scale": result.settings["guidance_scale"],
-        "dynamic_cfg": result.settings["use_dynamic_cfg"],
-        "scheduler": args.scheduler,
-        "unconditional": result.settings["unconditional"],
-        "negative_prompts": negative or {},
-        "isolate_conditions": args.isolate_conditions,
-        "alpha_representation": layout.alpha,
-        "vae_pass": layout.vae_pass,
-        "variant": layout.variant,
-    }
-    return result.save(
+    return tasks.run(args.model, request.task, prompts, conditions, options).save(
         output,
         fps=args.fps,
         seed=args.seed,
-        settings=settings,
         formats=args.formats,
         alpha=args.alpha_mode,
         overwrite=args.overwrite,
@@ -306,9 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument(
             "-p", "--prompt", action="append", metavar="LAYER=TEXT", help="one per prompted layer"
         )
-        task.add_argument(
-            "-n", "--negative", action="append", metavar="LAYER=TEXT", help="negative prompt for a layer"
-        )
         if name != "generate":
             task.add_argument(
                 "-i", "--input", action="append", metavar="LAYER=PATH", help="condition layer input"
@@ -316,33 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
             task.add_argument(
                 "-a", "--alpha", action="append", metavar="LAYER=PATH", help="separate alpha matte"
             )
-            task.add_argument(
-                "--isolate-conditions",
-                action="store_true",
-                help="condition clips attend only to text and themselves",
-            )
-        task.add_argument("--frames", type=int, help="frames per layer (default: the input's, else 16)")
-        task.add_argument("--height", type=int)
-        task.add_argument("--width", type=int)
-        task.add_argument("--steps", type=int, help="sampling steps (default 50)")
-        task.add_argument("--guidance", type=float, help="CFG scale (default 6)")
-        task.add_argument(
-            "--dynamic-cfg",
-            action=argparse.BooleanOptionalAction,
-            help="the official oscillating CFG schedule (default: on for official variants, else off)",
-        )
-        task.add_argument(
-            "--unconditional",
-            choices=("zeros", "encoded"),
-            help="CFG text: all-zero (official; default) or encoded negative prompts (default with --negative)",
-        )
-        task.add_argument("--scheduler", choices=("dpm", "ddim"), default="dpm")
-        task.add_argument("--seed", type=int, default=0)
-        task.add_argument("--fps", type=int, default=8)
-        task.add_argument("--device", help="default: cuda when available")
-        task.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-        task.add_argument("--cpu-offload", action="store_true", help="model CPU offload (low GPU memory)")
-        task.add_argument("--vae-tiling", action="store_true")
+        add_task_options(task, conditional=name != "generate")
         add_output_options(task)
         task.add_argument("--overwrite", action="store_true")
     convert = commands.add_parser("convert", help="convert an official LayerFlow checkpoint")
@@ -440,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.prompt:
                 raise CliError("give one --prompt LAYER=TEXT per prompted layer")
             if args.command == "generate":
-                args.input, args.alpha, args.isolate_conditions = None, None, False
+                args.input, args.alpha = None, None
             print(f"wrote {run_task(args)}")
         elif args.command == "convert":
             from .convert import CONVERSION_RECORD, ConversionError, convert_official_checkpoint
@@ -470,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(describe(args.path))
             except (FileNotFoundError, ValueError) as error:
                 raise CliError(str(error)) from error
-    except CliError as error:
+    except (CliError, OutputRefused) as error:
         print(f"layerflow: error: {error}", file=sys.stderr)
         return 2
     return 0

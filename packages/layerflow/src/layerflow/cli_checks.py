@@ -6,12 +6,6 @@ a second instead of a whole generation, and nothing is written or deleted on the
 
 from __future__ import annotations
 
-import argparse
-import math
-import os
-import shutil
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +18,6 @@ WEIGHTED_COMPONENTS = ("transformer", "vae", "text_encoder")
 
 class CliError(Exception):
     """A user-facing problem: printed as one line, exit status 2."""
-
-
-def check_numbers(args: argparse.Namespace) -> None:
-    """Sizes, steps and fps are positive; the guidance scale is a finite number."""
-    for flag in ("frames", "height", "width", "steps", "fps"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise CliError(f"--{flag} must be >= 1, got {value}")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise CliError(f"--guidance must be a finite number, got {args.guidance}")
 
 
 def check_device(spec: str | None) -> str:
@@ -79,41 +63,3 @@ def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
         except (FileNotFoundError, ValueError) as error:
             raise CliError(str(error)) from error
     return index
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_output(
-    output: str | Path, *, overwrite: bool, marker: str, inputs: Iterable[str | Path] = ()
-) -> None:
-    """``output`` may be written: new, or (``overwrite``) an earlier output holding ``marker``.
-
-    It must not be the working folder, nor contain any of ``inputs`` (the model folder, the input
-    clips), and its parent must be writable.
-    """
-    target = Path(output).resolve()
-    if Path.cwd().resolve().is_relative_to(target):
-        raise CliError(f"output {output} is the current folder or one of its parents: name a new folder")
-    for item in inputs:
-        source = Path(item).resolve()
-        if source.is_relative_to(target):
-            raise CliError(f"output {output} contains the input {item}: name a folder of its own")
-    if target.exists():
-        if not overwrite:
-            raise CliError(f"output {output} already exists (use --overwrite)")
-        if not (target / marker).is_file():
-            raise CliError(
-                f"output {output} exists and was not written by layerflow (no {marker}): "
-                "--overwrite only replaces earlier outputs"
-            )
-    parent = _nearest_existing(target.parent)
-    try:
-        shutil.rmtree(tempfile.mkdtemp(prefix=".layerflow-write-check.", dir=parent))
-    except OSError as error:
-        raise CliError(f"cannot write output {output} in {parent}: {error.strerror or error}") from error
-    if not os.access(parent, os.W_OK):
-        raise CliError(f"cannot write output {output}: {parent} is not writable")

@@ -28,10 +28,9 @@ import torch
 import multi_lora as ml
 
 from .atomic import atomic_directory
-from .geometry import ModelGeometry
-from .layout import LayerLayout
 from .models import LayerFlowTransformer3DModel
 from .models.adapters import attach_lora_factors, merge_lora_into_state_dict, official_lora_factors
+from .models.configs import model_geometry
 from .pipelines.folders import read_model_index
 from .pipelines.scheduling import make_scheduler
 from .variants import OfficialVariant, PositionTableKind, matching_variants, official_variant
@@ -249,7 +248,7 @@ def detect_variant(
         raise ConversionError("the checkpoint has no mixins.pos_embed.pos_embedding: cannot tell its variant")
     rows = int(position_table.shape[1])
     text = int(config["max_text_seq_length"])
-    tokens = ModelGeometry.from_configs({}, config).tokens_per_latent_frame()
+    tokens = model_geometry({}, config).tokens_per_latent_frame()
     splits = [
         (p, (rows - p * text) // tokens)
         for p in range(1, 9)
@@ -419,7 +418,7 @@ def convert_official_checkpoint(
         sample_width=sample_width,
         variant=variant,
     )
-    layout = LayerLayout.official_variant(converted.variant)
+    layout = official_variant(converted.variant).layout
     transformer = build_transformer(converted)
     if dtype is not None:
         torch.nn.Module.to(transformer, dtype=dtype)

@@ -1,35 +1,21 @@
 """Model geometry: the one place that knows how pixels, latents and tokens relate.
 
-Built from the VAE and transformer configs (a missing key takes the model class's own default, never
-a number written here), it answers every size question the pipeline, CLI, converter, trainer and
+Built from complete VAE and transformer configs (:mod:`layerflow.models.configs` fills a saved
+config's missing keys with the model class's own default, never a number written here), it answers every size question the pipeline, CLI, converter, trainer and
 demo ask: compression factors, latent size, patch, tokens per latent frame, text tokens per prompt,
 which frame counts and sizes a layout can run, and how many latent frames each clip gets.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .layout import LayerLayout
 
 #: Frames per clip of the official data (``max_num_frames: 16``): the default clip length.
 DEFAULT_CLIP_FRAMES = 16
-
-
-def _with_defaults(model_class: type, config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` completed with ``model_class.__init__``'s defaults (what ``from_config`` would build)."""
-    defaults = {
-        name: param.default
-        for name, param in inspect.signature(model_class).parameters.items()
-        if param.default is not inspect.Parameter.empty
-    }
-    return {**defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}
 
 
 @dataclass(frozen=True)
@@ -88,16 +74,9 @@ class ModelGeometry:
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
-    def from_configs(
-        cls, vae_config: Mapping[str, Any], transformer_config: Mapping[str, Any]
-    ) -> ModelGeometry:
-        """From ``AutoencoderKLCogVideoX`` and ``LayerFlowTransformer3DModel`` configs (dicts or FrozenDicts)."""
-        from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
-
-        from .models.transformer_layerflow import LayerFlowTransformer3DModel
-
-        vae = _with_defaults(AutoencoderKLCogVideoX, vae_config)
-        transformer = _with_defaults(LayerFlowTransformer3DModel, transformer_config)
+    def from_configs(cls, vae: Mapping[str, Any], transformer: Mapping[str, Any]) -> ModelGeometry:
+        """From complete VAE and transformer configs (:func:`layerflow.models.configs.model_geometry`
+        fills a saved config's missing keys with the model classes' defaults first)."""
         return cls(
             spatial_compression=2 ** (len(vae["block_out_channels"]) - 1),
             temporal_compression=int(vae["temporal_compression_ratio"]),
@@ -109,24 +88,6 @@ class ModelGeometry:
             text_tokens_per_prompt=int(transformer["max_text_seq_length"]),
             prompt_slots=int(transformer["num_layer_prompts"]),
         )
-
-    @classmethod
-    def from_models(cls, vae: Any, transformer: Any) -> ModelGeometry:
-        return cls.from_configs(vae.config, transformer.config)
-
-    @classmethod
-    def from_folder(cls, folder: str | os.PathLike[str]) -> ModelGeometry:
-        """From a pipeline folder's ``vae/config.json`` and ``transformer/config.json`` (no weights read)."""
-        folder = Path(folder)
-        configs = []
-        for component in ("vae", "transformer"):
-            path = folder / component / "config.json"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} is missing: {folder} is not a complete LayerFlow model folder"
-                )
-            configs.append(json.loads(path.read_text()))
-        return cls.from_configs(*configs)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property

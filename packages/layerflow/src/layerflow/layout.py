@@ -103,7 +103,7 @@ class LayerLayout:
             conditions, the rest of that clip is generated (official RGB decomposition: 2); ``None``:
             the whole clip.
         tasks: the tasks this layout runs (an official checkpoint was trained for one).
-        variant: the official variant name this layout was made from (:meth:`official_variant`).
+        variant: the official variant name this layout was made from (:func:`layerflow.variants.official_variant`).
     """
 
     layers: tuple[LayerSpec, ...]
@@ -153,16 +153,6 @@ class LayerLayout:
         names = ["foreground"] if count == 1 else [f"foreground_{i}" for i in range(count)]
         fgs = [LayerSpec(name, "foreground") for name in names]
         return cls((*fgs, LayerSpec("background", "background"), LayerSpec("composite", "composite")), alpha)
-
-    @classmethod
-    def official_variant(cls, name: str) -> LayerLayout:
-        """The layout of one of the eight released checkpoints (``gen_rgba``, ``seg_rgb``, ...).
-
-        The variants differ only in data: see :data:`layerflow.variants.OFFICIAL_VARIANTS`.
-        """
-        from .variants import official_variant
-
-        return official_variant(name).layout
 
     # -- serialisation (stored in the pipeline config) -----------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from layerflow.compositing import over
 from layerflow.layout import ROLES, LayerLayout, Role
 
 Source = Literal["video", "static"]
@@ -50,7 +51,7 @@ def composite_layers(foregrounds: Sequence[Layer], background: torch.Tensor) -> 
     result = background
     for layer in reversed(foregrounds):
         assert layer.alpha is not None
-        result = layer.alpha * layer.rgb + (1.0 - layer.alpha) * result
+        result = over(layer.rgb, layer.alpha, result)
     return result
 
 

@@ -27,8 +27,9 @@ from layerflow.media.preview import over_checkerboard
 from layerflow.metrics import METRICS, TARGETS, EvaluationReport, summarize
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from .assets import DemoAssets
-    from .run import DemoSettings
 
 #: Which task's outputs each target is measured on (the issue's wording).
 TARGET_TASKS: dict[str, tuple[str, ...]] = {
@@ -120,7 +121,7 @@ def target_rows(
 
 
 def build_report(
-    settings: DemoSettings,
+    settings: DataclassInstance,
     assets: DemoAssets,
     base_record: dict[str, Any],
     losses: dict[int, list[float]],
@@ -129,8 +130,9 @@ def build_report(
     base: dict[str, list[EvaluationReport]],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Everything the run measured, as one JSON-ready dict (``base_record``: the video base's
-    ``recipe.json`` with its ``source`` and ``directory``)."""
+    """Everything the run measured, as one JSON-ready dict (``settings``: the run's ``DemoSettings``,
+    typed as any dataclass so that the report never imports the runner that imports it;
+    ``base_record``: the video base's ``recipe.json`` with its ``source`` and ``directory``)."""
     return {
         "format": "layerflow-demo-report",
         "version": 3,

@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,12 +37,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from layerflow.atomic import write_text_atomic
+from layerflow import tasks
+from layerflow.atomic import atomic_directory, write_text_atomic
+from layerflow.compositing import over
 from layerflow.layout import TASKS, LayerLayout
 from layerflow.metrics import EvaluationReport, evaluate_output_dir, read_output_dir, read_reference_sample
 from layerflow.models import LayerFlowTransformer3DModel
+from layerflow.output_policy import PIPELINE_INDEX
 from layerflow.pipelines import LayerFlowOutput, LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
+from layerflow.stage_output import StageOutput
 from layerflow.synthetic.writers import generate_dataset
 from layerflow.tiny import single_thread
 
@@ -216,9 +219,8 @@ def save_base(settings: DemoSettings, assets: DemoAssets, base: Path, directory:
         scheduler=scheduler_for(settings),
         layout=LayerLayout.official().to_dict(),
     )
-    if directory.exists():
-        shutil.rmtree(directory)
-    pipeline.save_pretrained(directory, safe_serialization=True)
+    with atomic_directory(directory, overwrite=True, replaces=PIPELINE_INDEX) as temporary:
+        pipeline.save_pretrained(temporary, safe_serialization=True)
     return pipeline
 
 
@@ -326,20 +328,10 @@ def run_task(
     """One task on one held-out sample at the demo's geometry and guidance (``pipeline_options``: e.g. a callback)."""
     frames, height, width = settings.geometry
     prompts, conditions = task_inputs(task, sample_dir)
-    result = pipeline(
-        prompts,
-        task,
-        conditions=conditions or None,
-        num_frames=frames,
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=settings.guidance_scale,
-        generator=torch.Generator().manual_seed(seed),
-        **pipeline_options,
+    options = tasks.TaskOptions(
+        frames=frames, height=height, width=width, steps=steps, guidance=settings.guidance_scale, seed=seed
     )
-    assert isinstance(result, LayerFlowOutput)
-    return result
+    return tasks.run(pipeline, task, prompts, conditions, options, **pipeline_options).output
 
 
 def preview_rows(task: str, output_dir: Path, sample_dir: Path) -> list[tuple[str, torch.Tensor]]:
@@ -357,7 +349,7 @@ def preview_rows(task: str, output_dir: Path, sample_dir: Path) -> list[tuple[st
         ("alpha", alpha.expand(-1, 3, -1, -1)),
         ("background", generated.background),
         ("composite", generated.composite),
-        ("recomposed", alpha * foreground + (1 - alpha) * generated.background),
+        ("recomposed", over(foreground, alpha, generated.background)),
         ("true fg", torch.cat([truth.foreground, truth.alpha], dim=1)),
     ]
     return rows
@@ -438,7 +430,7 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     base = save_base(settings, assets, video_base, base_dir)
     losses = train_stages(settings, base_dir, train_root, out / "train", progress)
     lap("training")
-    trained_pipeline = LayerFlowPipeline.from_pretrained(out / "train" / "stage3" / "final" / "pipeline")
+    trained_pipeline = LayerFlowPipeline.from_pretrained(StageOutput.of(out / "train", 3).pipeline)
     trained_pipeline.to(settings.device)
     base.to(settings.device)
     samples = sorted(p for p in heldout.iterdir() if p.is_dir())
@@ -449,14 +441,14 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     }
     lap("diagnostics")
     trained = sample_tasks(trained_pipeline, settings, heldout, out, "trained", progress)
-    untrained = sample_tasks(base, settings, heldout, out / "base", "base", progress)
+    baseline = sample_tasks(base, settings, heldout, out / "base", "base", progress)
     lap("sampling_and_metrics")
     curves = {
         f"VAE, {assets.vae_source}": assets.losses,
         **{f"stage {stage}": values for stage, values in losses.items()},
     }
     write_loss_plot(out / "loss_curves.png", curves)
-    report = build_report(settings, assets, base_record, losses, diagnostics, trained, untrained, timings)
+    report = build_report(settings, assets, base_record, losses, diagnostics, trained, baseline, timings)
     if not is_finite(report):
         raise FloatingPointError("the demo report holds a non-finite number; see report.json")
     write_text_atomic(out / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")

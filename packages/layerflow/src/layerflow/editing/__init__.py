@@ -1,7 +1,9 @@
 """Layer editing: recompose an output folder's layers (some replaced by your frames) and edit one layer
 with the model (keep the foreground and regenerate the background, or the reverse), then recompose."""
 
-from .compositing import Placement, alpha_over, place
+from layerflow.compositing import alpha_over
+
+from .compositing import Placement, place
 from .edit import EDIT_TASKS, assemble_edit, edit
 from .recompose import (
     EditError,

@@ -9,34 +9,34 @@ Examples::
 
 ``edit`` takes the kept layer from an output folder (e.g. written by ``layerflow decompose``) or
 from a media file/folder of that layer, runs ``fg2bg`` (regenerate the background) or ``bg2fg``
-(regenerate the foreground) with every sampling option of those commands, and recomposes.
+(regenerate the foreground) through :func:`layerflow.tasks.run` with every sampling option of
+those commands, and recomposes.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerflow.media import (
-    ALPHA_MODES,
-    DEFAULT_FORMATS,
-    FORMATS,
-    MANIFEST_NAME,
-    FrameError,
-    OutputLayer,
-    parse_formats,
-    read_clip,
-    write_output_dir,
-    write_png_sequence,
-)
+from layerflow import tasks
+from layerflow.cli_checks import CliError
+from layerflow.cli_options import add_output_options, add_task_options, pairs, task_options
+from layerflow.media import MANIFEST_NAME, FrameError, OutputLayer, quantize_8bit, read_clip, write_output_dir
+from layerflow.output_policy import check_output
 
 from .edit import EDIT_TASKS, assemble_edit, check_kept, kept_role
-from .recompose import EditError, Replacement, load_layers, recompose, replacement_placement, summarize
+from .recompose import (
+    EditError,
+    Replacement,
+    composite_name,
+    load_layers,
+    recompose,
+    replacement_placement,
+    summarize,
+)
 
 COMMANDS = {
     "recompose": "composite the layers of an output folder (some replaced by your frames) into a new folder",
@@ -45,43 +45,9 @@ COMMANDS = {
 
 
 # ------------------------------------------------------------------------------------------ options
-def _formats(text: str) -> tuple[str, ...]:
-    try:
-        return parse_formats(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
-
-
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    """``--formats`` (with ``--no-video`` = ``--formats png``) and ``--premultiplied``, for every writer."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--formats",
-        type=_formats,
-        default=DEFAULT_FORMATS,
-        metavar=",".join(FORMATS),
-        help=f"files to write per layer (default {','.join(DEFAULT_FORMATS)}): png sequences, webm (VP9, "
-        "with alpha), prores (ProRes 4444 .mov, with alpha), mp4 (H.264, opaque layers only)",
-    )
-    group.add_argument(
-        "--no-video", dest="formats", action="store_const", const=("png",), help="same as --formats png"
-    )
-    parser.add_argument(
-        "--premultiplied",
-        dest="alpha_mode",
-        action="store_const",
-        const=ALPHA_MODES[1],
-        default=ALPHA_MODES[0],
-        help="store transparent layers' colour premultiplied by alpha (default straight; the manifest's "
-        "'alpha' says which)",
-    )
-
-
 def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
-    from layerflow.cli import CliError, _pairs
-
     try:
-        return _pairs(values, flag)
+        return pairs(values, flag)
     except CliError as error:
         raise EditError(str(error)) from error
 
@@ -134,7 +100,9 @@ def run_recompose(args: argparse.Namespace) -> Path:
     stray = sorted((set(scales) | set(offsets)) - set(replace))
     if stray:
         raise EditError(f"--scale/--offset given for {stray} without a --replace for that layer")
-    _check_output(args.output, args.overwrite, [args.source, *replace.values()])
+    check_output(
+        args.output, overwrite=args.overwrite, marker=MANIFEST_NAME, inputs=[args.source, *replace.values()]
+    )
     replacements = [
         Replacement.from_path(name, path, replacement_placement(scales.get(name), offsets.get(name)))
         for name, path in replace.items()
@@ -153,7 +121,7 @@ def run_recompose(args: argparse.Namespace) -> Path:
 def edit_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=COMMANDS["edit"] + ". Every other option goes to `layerflow fg2bg` / `bg2fg` "
+        description=COMMANDS["edit"] + ". The other options are those of `layerflow fg2bg` / `bg2fg` "
         "(--steps, --guidance, --seed, --device, ...).",
     )
     parser.add_argument("model", help="a LayerFlow model folder")
@@ -171,19 +139,10 @@ def edit_parser(prog: str) -> argparse.ArgumentParser:
         metavar="LAYER=TEXT",
         help="prompts; the kept layer's defaults to its prompt in the source folder",
     )
+    add_task_options(parser, conditional=True)
     add_output_options(parser)
     parser.add_argument("--overwrite", action="store_true")
     return parser
-
-
-def _check_output(output: str, overwrite: bool, inputs: Sequence[str | Path]) -> None:
-    """The CLI's output rule: ``--overwrite`` replaces only an earlier output, never an input."""
-    from layerflow.cli_checks import CliError, check_output
-
-    try:
-        check_output(output, overwrite=overwrite, marker=MANIFEST_NAME, inputs=inputs)
-    except CliError as error:
-        raise EditError(str(error)) from error
 
 
 def _kept_layers(args: argparse.Namespace, names: Sequence[str]) -> list[OutputLayer]:
@@ -218,63 +177,43 @@ def _kept_layers(args: argparse.Namespace, names: Sequence[str]) -> list[OutputL
     return kept
 
 
-def run_edit(args: argparse.Namespace, task_options: Sequence[str]) -> Path:
-    from layerflow.cli import TASK_COMMANDS, build_parser, check_model_dir, run_task
-    from layerflow.layout import LayerLayout
-
+def run_edit(args: argparse.Namespace) -> Path:
     # 1. Everything about the request, before the model is loaded.
-    taken = sorted(
-        {"-i", "--input", "-a", "--alpha", "-o", "--output", "--formats", "--no-video"} & set(task_options)
+    check_output(
+        args.output, overwrite=args.overwrite, marker=MANIFEST_NAME, inputs=[args.source, args.model]
     )
-    if taken:
-        raise EditError(f"edit sets {taken} itself: give the kept layer as SOURCE and the folder with -o")
-    _check_output(args.output, args.overwrite, [args.source, args.model])
-    index = check_model_dir(args.model)
-    layout = LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
+    options = task_options(args)
+    layout = tasks.model_layout(args.model)
     role = kept_role(args.regenerate)
     kept = _kept_layers(args, [spec.name for spec in layout.layers if spec.role == role])
     prompts = {layer.name: layer.prompt for layer in kept if layer.prompt} | _pairs(args.prompt, "--prompt")
     task = EDIT_TASKS[args.regenerate]
-    command = next(name for name, value in TASK_COMMANDS.items() if value == task)
+    # The model sees every layer as 8-bit PNG frames would hold it: edit used to hand the kept layers
+    # to the task, and take its layers back, through PNG folders, and its outputs keep those bytes.
+    conditions = {layer.name: quantize_8bit(layer.frames) for layer in kept}
 
-    # 2. The task itself, through the task command (its checks, options and settings), into a scratch folder.
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.edit-", dir=output.parent))
-    try:
-        argv = [command, str(args.model), "-o", str(scratch / "generated"), "--formats", "png"]
-        for layer in kept:
-            write_png_sequence(scratch / layer.name, layer.frames)
-            argv += ["-i", f"{layer.name}={scratch / layer.name}"]
-        for name, text in prompts.items():
-            argv += ["-p", f"{name}={text}"]
-        generated_dir = run_task(build_parser().parse_args([*argv, *task_options]))
-        manifest, frames = load_layers(generated_dir)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # 2. The task itself.
+    result = tasks.run(args.model, task, prompts, conditions, options)
 
     # 3. Kept + generated layers, recomposed, into the new folder.
+    output = result.output
     generated = [
-        OutputLayer(
-            layer["name"], layer["role"], frames[layer["name"]], layer.get("prompt"), f"generated by {task}"
-        )
-        for layer in manifest["layers"]
-        if layer["role"] == args.regenerate
+        OutputLayer(name, role, quantize_8bit(frames[0]), output.prompts.get(name), f"generated by {task}")
+        for name, frames in output.layers.items()
+        if (role := output.roles[name]) == args.regenerate
     ]
-    composite = next(
-        (layer["name"] for layer in manifest["layers"] if layer["role"] == "composite"), "composite"
-    )
+    composite = composite_name(output.roles)
     layers = assemble_edit(kept, generated, composite=composite, composite_prompt=prompts.get(composite))
     settings: dict[str, Any] = {
-        **manifest["settings"],
+        **result.settings,
         "edit": {"regenerate": args.regenerate, "source": str(args.source)},
     }
     return write_output_dir(
-        output,
+        args.output,
         layers,
         task=task,
-        fps=int(manifest.get("fps", 8)),
-        seed=manifest.get("seed"),
+        fps=args.fps,
+        seed=args.seed,
         settings=settings,
         formats=args.formats,
         alpha=args.alpha_mode,
@@ -286,15 +225,21 @@ def run_edit(args: argparse.Namespace, task_options: Sequence[str]) -> Path:
 # ------------------------------------------------------------------------------------------ entry
 def main(command: str, argv: Sequence[str], prog: str | None = None) -> int:
     """Run ``layerflow recompose`` or ``layerflow edit`` on ``argv`` (the options after the command)."""
-    from layerflow.cli import CliError
-
     prog = prog or f"layerflow {command}"
     try:
         if command == "recompose":
             path = run_recompose(recompose_parser(prog).parse_args(argv))
         elif command == "edit":
-            args, task_options = edit_parser(prog).parse_known_args(argv)
-            path = run_edit(args, task_options)
+            parser = edit_parser(prog)
+            args, unknown = parser.parse_known_args(argv)
+            taken = sorted({"-i", "--input", "-a", "--alpha"} & set(unknown))
+            if taken:
+                raise EditError(
+                    f"edit sets {taken} itself: give the kept layer as SOURCE and the folder with -o"
+                )
+            if unknown:
+                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            path = run_edit(args)
         else:
             raise AssertionError(f"unknown editing command {command!r}")
     except (CliError, EditError, FrameError, FileExistsError) as error:

@@ -1,8 +1,7 @@
-"""Alpha compositing of layer stacks ("over", straight alpha) and placement of user frames in a clip."""
+"""Placement of user frames in a clip (the "over" rule itself is :mod:`layerflow.compositing`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -10,29 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from layerflow.media import premultiply, unpremultiply
-
-
-def alpha_over(layers: Sequence[Tensor]) -> Tensor:
-    """Layers front to back, ``[T, C, H, W]`` in [0, 1] -> their composite ``[T, 3, H, W]``.
-
-    Every layer but the last is straight RGBA; the last (backmost) is opaque RGB. Each layer goes
-    over what lies behind it: ``out = a * rgb + (1 - a) * out``, computed in float64 and returned
-    in the backmost layer's dtype.
-    """
-    if not layers:
-        raise ValueError("nothing to composite: no layers")
-    *fronts, back = layers
-    if back.dim() != 4 or back.shape[1] != 3:
-        raise ValueError(f"the backmost layer must be opaque RGB [T, 3, H, W], got {tuple(back.shape)}")
-    out = back.double()
-    for layer in reversed(fronts):
-        if layer.shape[1] != 4:
-            raise ValueError(f"layers in front must be RGBA [T, 4, H, W], got {tuple(layer.shape)}")
-        if layer.shape[0] != back.shape[0] or layer.shape[-2:] != back.shape[-2:]:
-            raise ValueError(f"layer sizes differ: {tuple(layer.shape)} over {tuple(back.shape)}")
-        alpha = layer[:, 3:].double()
-        out = alpha * layer[:, :3].double() + (1 - alpha) * out
-    return out.to(back.dtype)
 
 
 @dataclass(frozen=True)

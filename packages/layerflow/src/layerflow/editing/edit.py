@@ -14,7 +14,7 @@ from typing import Any
 
 from layerflow.media import OutputLayer
 
-from .recompose import COMPOSITE_RULE, EditError, recompose_layers
+from .recompose import COMPOSITE_RULE, EditError, composite_name, recompose_layers
 
 #: Regenerated role -> the task that samples it for the kept layer(s).
 EDIT_TASKS: Mapping[str, str] = {
@@ -98,5 +98,5 @@ def edit(
         for name, role in result.roles.items()
         if role == regenerate
     ]
-    composite = next((name for name, role in result.roles.items() if role == "composite"), "composite")
+    composite = composite_name(result.roles)
     return assemble_edit(kept, generated, composite=composite, composite_prompt=prompts.get(composite))

@@ -1,7 +1,7 @@
 """Recomposition: the layers of an output folder, some replaced by user frames, blended back into a clip.
 
 The layers are stacked in the manifest's depth order (front to back) with straight alpha
-(:func:`~layerflow.editing.compositing.alpha_over`); the result is a new output folder whose
+(:func:`~layerflow.compositing.alpha_over`); the result is a new output folder whose
 manifest says, per layer and in a one-line summary, where each layer came from.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
+from layerflow.compositing import alpha_over
 from layerflow.media import (
     DEFAULT_FORMATS,
     AlphaMode,
@@ -27,7 +28,7 @@ from layerflow.media import (
     write_output_dir,
 )
 
-from .compositing import Placement, alpha_over, place
+from .compositing import Placement, place
 
 #: The straight-alpha "over" rule recomposition applies, as recorded in the manifest.
 COMPOSITE_RULE = "straight-alpha over, front to back"
@@ -122,9 +123,14 @@ def load_layers(source_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
         raise EditError(str(error).strip("'\"")) from error
 
 
-def composite_name(manifest: Mapping[str, Any]) -> str:
-    """The name of the folder's composite layer (``"composite"`` when it has none)."""
-    names = [layer["name"] for layer in manifest["layers"] if layer["role"] == "composite"]
+def manifest_roles(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """An output folder's layers: name -> role, in the manifest's order."""
+    return {layer["name"]: layer["role"] for layer in manifest["layers"]}
+
+
+def composite_name(roles: Mapping[str, str]) -> str:
+    """The name of the composite layer among ``roles`` (name -> role); ``"composite"`` when there is none."""
+    names = [name for name, role in roles.items() if role == "composite"]
     if len(names) > 1:
         raise EditError(f"the manifest has several composite layers {names}; recomposition writes one")
     return names[0] if names else "composite"
@@ -133,7 +139,7 @@ def composite_name(manifest: Mapping[str, Any]) -> str:
 def recomposition_check(source_dir: str | os.PathLike[str]) -> list[float]:
     """Per frame, ``mean |composite - recompose(layers)|`` (0-1 scale) of an output folder with a composite."""
     manifest, layers = load_layers(source_dir)
-    name = composite_name(manifest)
+    name = composite_name(manifest_roles(manifest))
     if name not in layers:
         raise EditError(f"{source_dir} has no composite layer to check the recomposition against")
     error = (layers[name].double() - recompose_layers(layers, manifest["depth"]).double()).abs()
@@ -157,7 +163,7 @@ def recompose(
     """
     # 1. Read the source and the replacements; check them against each other.
     manifest, layers = load_layers(source_dir)
-    composite = composite_name(manifest)
+    composite = composite_name(manifest_roles(manifest))
     depth: list[str] = list(manifest["depth"])
     if not depth:
         raise EditError(f"{source_dir}: no layers to composite (only a composite)")

@@ -135,6 +135,11 @@ def frames_to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float()
 
 
+def quantize_8bit(frames: torch.Tensor) -> torch.Tensor:
+    """``[T, C, H, W]`` frames as 8-bit PNG files of them read back (float32 multiples of 1/255)."""
+    return frames_to_tensor(to_uint8(frames).astype(np.float32) / 255.0)
+
+
 def read_png_sequence(folder: str | os.PathLike[str], mode: FrameMode | None = None) -> torch.Tensor:
     """A frame folder as ``[T, C, H, W]`` float32 in [0, 1] (``mode`` as in :func:`read_images`)."""
     return frames_to_tensor(read_images(list_frame_files(folder), mode))

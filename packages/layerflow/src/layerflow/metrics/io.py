@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from layerflow.compositing import over
 from layerflow.layout import ROLES
 from layerflow.media import read_layer, read_manifest, read_png_sequence
 
@@ -126,6 +127,6 @@ def read_reference_sample(sample_dir: str | Path) -> LayeredClip:
         and clip.alpha is not None
         and clip.background is not None
     ):
-        clip.composite = clip.alpha * clip.foreground + (1 - clip.alpha) * clip.background
+        clip.composite = over(clip.foreground, clip.alpha, clip.background)
     _check_sizes(clip, f"reference {root}")
     return clip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from layerflow.editing.compositing import alpha_over
+from layerflow.compositing import alpha_over
 
 from .matting import alpha_iou
 

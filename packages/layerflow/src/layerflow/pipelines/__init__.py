@@ -6,6 +6,7 @@ The component modules are imported with the pipeline: diffusers' loader only res
 
 from layerflow import models as _models  # noqa: F401  # component classes for model_index.json
 
-from .pipeline_layerflow import LayerFlowOutput, LayerFlowPipeline, dynamic_guidance_scale
+from .output import LayerFlowOutput
+from .pipeline_layerflow import LayerFlowPipeline, dynamic_guidance_scale
 
 __all__ = ["LayerFlowOutput", "LayerFlowPipeline", "dynamic_guidance_scale"]

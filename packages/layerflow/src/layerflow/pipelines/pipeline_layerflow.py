@@ -12,7 +12,6 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,113 +19,29 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_ddim_cogvideox import CogVideoXDDIMScheduler
 from diffusers.schedulers.scheduling_dpm_cogvideox import CogVideoXDPMScheduler
-from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from layer_embeddings import LayerPromptEncoder
 from layerflow.atomic import apply_umask, apply_umask_tree
-from layerflow.codec import ClipCodec, check_joint_vae
-from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
-from layerflow.layout import LayerLayout, TaskLayout
-from layerflow.media.output import DEFAULT_FORMATS, AlphaMode, OutputLayer, write_output_dir
+from layerflow.codec import ClipCodec
+from layerflow.geometry import ModelGeometry
+from layerflow.layout import LayerLayout
 from layerflow.models.adapters import merged_for_inference
+from layerflow.models.configs import model_geometry
 from layerflow.variants import OFFICIAL_SAMPLING
 
-from .input_checks import check_input_values
+from .call_checks import ConditionFrames, check_call, negative_texts
+from .call_plan import CallPlan, plan_call
+from .output import LayerFlowOutput
 
 OutputType = Literal["pt", "np", "latent"]
 Unconditional = Literal["zeros", "encoded"]
-ConditionFrames = Mapping[str, torch.Tensor]
-
-
-@dataclass
-class LayerFlowOutput(BaseOutput):
-    """Per-layer frames and the latents they were decoded from.
-
-    Attributes:
-        layers: layer name -> frames. ``"pt"``: ``[B, T, C, H, W]`` float in [0, 1]; ``"np"``:
-            ``[B, T, H, W, C]``. Transparent layers are straight-alpha RGBA (C = 4) whenever the layout
-            carries alpha, opaque layers RGB. Empty for ``output_type="latent"``.
-        latents: ``[B, F, C, h, w]``, the full latent sequence in layout (official) frame order,
-            condition latents included (17 frames for the RGBA fg2bg / bg2fg variants).
-        task: the task that produced them.
-        roles: layer name -> role (``"foreground"``, ``"background"``, ``"composite"``).
-        prompts: layer name -> the prompt it was generated with (prompted layers only).
-        settings: the sampling settings used (steps, guidance scale, dynamic CFG, unconditional text).
-    """
-
-    layers: dict[str, Any]
-    latents: torch.Tensor
-    task: str
-    roles: dict[str, str]
-    prompts: dict[str, str]
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def save(
-        self,
-        out_dir: str | os.PathLike[str],
-        *,
-        sample: int = 0,
-        fps: int = 8,
-        seed: int | None = None,
-        settings: Mapping[str, Any] | None = None,
-        formats: Sequence[str] = DEFAULT_FORMATS,
-        alpha: AlphaMode = "straight",
-        overwrite: bool = False,
-    ) -> Path:
-        """Write sample ``sample`` as a LayerFlow output folder (``formats``: PNG sequences and videos,
-        see :func:`layerflow.media.write_output_dir`; previews; manifest)."""
-        if not self.layers or not isinstance(next(iter(self.layers.values())), torch.Tensor):
-            raise ValueError("only output_type='pt' results can be saved")
-        layers = [
-            OutputLayer(name, self.roles[name], frames[sample], self.prompts.get(name))
-            for name, frames in self.layers.items()
-        ]
-        return write_output_dir(
-            out_dir,
-            layers,
-            task=self.task,
-            fps=fps,
-            seed=seed,
-            settings=settings,
-            formats=formats,
-            alpha=alpha,
-            overwrite=overwrite,
-        )
 
 
 #: Sampling settings of the project's own layouts: the official sampler's, but a constant guidance
 #: scale instead of the SAT dynamic-CFG quirk. Official variants use :data:`OFFICIAL_SAMPLING`.
 #: Every one is a ``__call__`` argument.
 SAMPLING_DEFAULTS: Mapping[str, Any] = {**OFFICIAL_SAMPLING, "use_dynamic_cfg": False}
-
-
-@dataclass(frozen=True)
-class CallPlan:
-    """Everything ``check_inputs`` established about one call, before any model ran.
-
-    Attributes:
-        task_layout: the layout resolved for the task.
-        frames: frame count, sizes and latent frames of every clip.
-        conditions: condition layer -> frames ``[B, T, C, H, W]`` (already expanded to the batch).
-        batch_size: videos generated (prompt batch x ``num_videos_per_prompt``).
-        condition_frames, generated_frames: indices into the full latent sequence.
-        settings: resolved sampling settings (steps, guidance, dynamic CFG, unconditional text).
-        attention_kwargs: what the transformer gets on every call (segment layout included).
-    """
-
-    task_layout: TaskLayout
-    frames: FrameGeometry
-    conditions: dict[str, torch.Tensor]
-    batch_size: int
-    condition_frames: tuple[int, ...]
-    generated_frames: tuple[int, ...]
-    settings: dict[str, Any]
-    attention_kwargs: dict[str, Any]
-
-    @property
-    def guided(self) -> bool:
-        return float(self.settings["guidance_scale"]) > 1.0
 
 
 def dynamic_guidance_scale(guidance_scale: float, timestep: float, num_inference_steps: int) -> float:
@@ -183,7 +98,7 @@ class LayerFlowPipeline(DiffusionPipeline):
     @property
     def geometry(self) -> ModelGeometry:
         """Sizes fixed by the current VAE and transformer configs."""
-        return ModelGeometry.from_models(self.vae, self.transformer)
+        return model_geometry(self.vae.config, self.transformer.config)
 
     @property
     def codec(self) -> ClipCodec:
@@ -215,234 +130,8 @@ class LayerFlowPipeline(DiffusionPipeline):
         self.vae.enable_tiling()
 
     # ------------------------------------------------------------------ validation
-    def check_inputs(
-        self,
-        task: str,
-        prompts: Mapping[str, str] | Sequence[str] | None,
-        negative_prompts: Mapping[str, str] | Sequence[str] | None,
-        conditions: ConditionFrames | None,
-        num_frames: int | None,
-        height: int | None,
-        width: int | None,
-        prompt_embeds: torch.Tensor | None,
-        negative_prompt_embeds: torch.Tensor | None,
-        latents: torch.Tensor | None,
-        settings: dict[str, Any],
-        *,
-        output_type: str,
-        isolate_conditions: bool,
-        num_videos_per_prompt: int,
-        max_sequence_length: int,
-        attention_kwargs: dict[str, Any] | None,
-        callback_on_step_end_tensor_inputs: Sequence[str],
-    ) -> CallPlan:
-        """Validate every argument against the layout and the models, before any model runs.
-
-        Raises ``ValueError``/``TypeError`` naming the argument, layer or size at fault.
-        """
-        task_layout = self.layer_layout.for_task(task)
-        if output_type not in ("pt", "np", "latent"):
-            raise ValueError(f"output_type must be 'pt', 'np' or 'latent', got {output_type!r}")
-        self._check_settings(settings, num_videos_per_prompt, callback_on_step_end_tensor_inputs)
-        self._check_components(task_layout, decoding=output_type != "latent")
-        if max_sequence_length != self.geometry.text_tokens_per_prompt:
-            raise ValueError(
-                f"max_sequence_length={max_sequence_length}, but the transformer takes "
-                f"{self.geometry.text_tokens_per_prompt}-token layer prompts"
-            )
-        self._check_texts(
-            task_layout, prompts, negative_prompts, prompt_embeds, negative_prompt_embeds, settings
-        )
-        check_input_values(
-            conditions,
-            guidance_scale=settings["guidance_scale"],
-            num_frames=num_frames,
-            height=height,
-            width=width,
-        )
-        condition_frames, num_frames, height, width = self._check_conditions(
-            task_layout, conditions, num_frames, height, width
-        )
-        frames = self._check_frames(task_layout, num_frames, height, width)
-        self.transformer.check_inputs(task_layout, frames)
-        batch_size = (1 if prompt_embeds is None else prompt_embeds.shape[0]) * num_videos_per_prompt
-        condition_frames = self._batch_conditions(condition_frames, batch_size)
-        condition_latents = task_layout.condition_latent_frames(frames.clip_latent_frames)
-        generated = task_layout.generated_latent_frames(frames.clip_latent_frames)
-        state_shape = (
-            batch_size,
-            len(generated),
-            self.geometry.latent_channels,
-            frames.latent_height,
-            frames.latent_width,
-        )
-        if latents is not None and tuple(latents.shape) != state_shape:
-            raise ValueError(
-                f"latents must have shape {state_shape} (generated latent frames only), got {tuple(latents.shape)}"
-            )
-        return CallPlan(
-            task_layout=task_layout,
-            frames=frames,
-            conditions=condition_frames,
-            batch_size=batch_size,
-            condition_frames=condition_latents,
-            generated_frames=generated,
-            settings=settings,
-            attention_kwargs={
-                **self.transformer.attention_kwargs_for(task_layout, frames, isolate_conditions),
-                **(attention_kwargs or {}),
-            },
-        )
-
-    def _check_settings(
-        self, settings: Mapping[str, Any], num_videos_per_prompt: int, callback_inputs: Sequence[str]
-    ) -> None:
-        if settings["unconditional"] not in ("zeros", "encoded"):
-            raise ValueError(f"unconditional must be 'zeros' or 'encoded', got {settings['unconditional']!r}")
-        if settings["num_inference_steps"] < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {settings['num_inference_steps']}")
-        if num_videos_per_prompt < 1:
-            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
-        bad_inputs = sorted(set(callback_inputs) - set(self._callback_tensor_inputs))
-        if bad_inputs:
-            raise ValueError(f"callback tensor inputs {bad_inputs} are not in {self._callback_tensor_inputs}")
-
-    def _check_frames(
-        self, task_layout: TaskLayout, num_frames: int | None, height: int | None, width: int | None
-    ) -> FrameGeometry:
-        geometry = self.geometry
-        frames = check_geometry(
-            geometry,
-            DEFAULT_CLIP_FRAMES if num_frames is None else num_frames,
-            height or geometry.default_height,
-            width or geometry.default_width,
-            self.layer_layout,
-        )
-        if self.layer_layout.vae_pass == "joint":
-            check_joint_vae(self.vae)
-        if self.layer_layout.alpha == "latent_offset" and self.transparent_vae is not None:
-            offset_frames = self.transparent_vae.num_latent_frames(frames.num_frames)
-            if offset_frames != frames.clip_latent_frames[0]:
-                raise ValueError(
-                    f"num_frames={frames.num_frames}: the transparent VAE's offset encoder makes {offset_frames} "
-                    f"latent frames, the VAE {frames.clip_latent_frames[0]}"
-                )
-        return frames
-
-    def _check_components(self, task_layout: TaskLayout, decoding: bool) -> None:
-        geometry = self.geometry
-        if geometry.latent_channels != self.transformer.config.in_channels:
-            raise ValueError(
-                f"the VAE makes {geometry.latent_channels}-channel latents, the transformer takes "
-                f"{self.transformer.config.in_channels}"
-            )
-        if task_layout.num_prompts > geometry.prompt_slots:
-            raise ValueError(
-                f"task {task_layout.task!r} uses {task_layout.num_prompts} layer prompts, the transformer has "
-                f"{geometry.prompt_slots} prompt slots"
-            )
-        # The transparent VAE is needed to encode a transparent condition or to decode a transparent layer.
-        transparent_condition = any(layer.role == "foreground" for layer in task_layout.condition_layers)
-        if (
-            self.layer_layout.alpha == "latent_offset"
-            and self.transparent_vae is None
-            and (decoding or transparent_condition)
-        ):
-            raise ValueError(
-                "the layout carries alpha as a latent offset, but the pipeline has no transparent_vae"
-            )
-
-    def _check_texts(
-        self,
-        task_layout: TaskLayout,
-        prompts: Mapping[str, str] | Sequence[str] | None,
-        negative_prompts: Mapping[str, str] | Sequence[str] | None,
-        prompt_embeds: torch.Tensor | None,
-        negative_prompt_embeds: torch.Tensor | None,
-        settings: Mapping[str, Any],
-    ) -> None:
-        """Prompts (or embeddings) and negative prompts against the task, before T5 runs."""
-        expected_length = task_layout.num_prompts * self.geometry.text_tokens_per_prompt
-        if prompt_embeds is None:
-            if prompts is None:
-                raise ValueError("pass per-layer prompts (or prompt_embeds)")
-            task_layout.resolve_prompts(prompts)
-            if self.text_encoder is None or self.tokenizer is None:
-                raise ValueError("this pipeline has no text encoder/tokenizer; pass prompt_embeds instead")
-        elif prompt_embeds.dim() != 3 or prompt_embeds.shape[1] != expected_length:
-            raise ValueError(
-                f"prompt_embeds must be [B, {expected_length}, D] ({task_layout.num_prompts} prompts x "
-                f"{self.geometry.text_tokens_per_prompt} tokens), got {tuple(prompt_embeds.shape)}"
-            )
-        guided = float(settings["guidance_scale"]) > 1.0
-        if not guided and (negative_prompts is not None or negative_prompt_embeds is not None):
-            raise ValueError("negative prompts act through guidance: they need guidance_scale > 1")
-        if negative_prompt_embeds is None and negative_prompts is not None:
-            if settings["unconditional"] == "zeros":
-                raise ValueError("negative prompts need unconditional='encoded' (official CFG uses zeros)")
-            _negative_texts([layer.name for layer in task_layout.prompt_layers], negative_prompts)
-        reference = tuple(prompt_embeds.shape) if prompt_embeds is not None else (1, expected_length)
-        if (
-            negative_prompt_embeds is not None
-            and tuple(negative_prompt_embeds.shape)[: len(reference)] != reference
-        ):
-            raise ValueError(
-                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must match prompt_embeds "
-                f"{reference}"
-            )
-
-    def _check_conditions(
-        self,
-        task_layout: TaskLayout,
-        conditions: ConditionFrames | None,
-        num_frames: int | None,
-        height: int | None,
-        width: int | None,
-    ) -> tuple[dict[str, torch.Tensor], int | None, int | None, int | None]:
-        """Validate condition frames (names, channels, frame counts, sizes) and return them batched."""
-        conditions = dict(conditions or {})
-        needed = [layer.name for layer in task_layout.condition_layers]
-        unknown = sorted(set(conditions) - set(needed))
-        if unknown:
-            raise ValueError(
-                f"conditions given for {unknown}, but task {task_layout.task!r} conditions on {needed}"
-            )
-        missing = [name for name in needed if name not in conditions]
-        if missing:
-            raise ValueError(f"task {task_layout.task!r} needs condition frames for layer(s) {missing}")
-        batched: dict[str, torch.Tensor] = {}
-        for layer in task_layout.condition_layers:
-            frames = conditions[layer.name]
-            if not isinstance(frames, torch.Tensor) or frames.dim() not in (4, 5):
-                raise ValueError(f"condition {layer.name!r} must be a [T, C, H, W] or [B, T, C, H, W] tensor")
-            frames = frames if frames.dim() == 5 else frames.unsqueeze(0)
-            channels = frames.shape[2]
-            allowed = (4,) if layer.has_alpha else ((3, 4) if layer.role == "foreground" else (3,))
-            if channels not in allowed:
-                kind = "RGBA" if allowed == (4,) else "RGB"
-                raise ValueError(
-                    f"condition {layer.name!r} must be {kind} (C in {allowed}), got C={channels}"
-                )
-            t, h, w = frames.shape[1], frames.shape[3], frames.shape[4]
-            for label, value, expected in (
-                ("frames", t, num_frames),
-                ("height", h, height),
-                ("width", w, width),
-            ):
-                if expected is not None and value != expected:
-                    raise ValueError(f"condition {layer.name!r} has {label}={value}, expected {expected}")
-            num_frames, height, width = t, h, w
-            batched[layer.name] = frames.float()
-        return batched, num_frames, height, width
-
-    @staticmethod
-    def _batch_conditions(conditions: dict[str, torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
-        for name, frames in conditions.items():
-            if frames.shape[0] not in (1, batch_size):
-                raise ValueError(
-                    f"condition {name!r} has batch {frames.shape[0]}, expected 1 or {batch_size}"
-                )
-        return {name: frames.expand(batch_size, *frames.shape[1:]) for name, frames in conditions.items()}
+    #: Validate a call's arguments before any model runs (:func:`.call_checks.check_call`).
+    check_inputs = check_call
 
     # ------------------------------------------------------------------ text
     def encode_prompts(
@@ -486,7 +175,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             else:
                 names = [layer.name for layer in plan.task_layout.prompt_layers]
                 negative_prompt_embeds = self.encode_prompts(
-                    _negative_texts(names, negative_prompts),
+                    negative_texts(names, negative_prompts),
                     max_sequence_length=length,
                     device=device,
                     dtype=dtype,
@@ -706,8 +395,8 @@ class LayerFlowPipeline(DiffusionPipeline):
             "unconditional": unconditional,
         }
         settings = {k: v if given.get(k) is None else given[k] for k, v in self.sampling_defaults().items()}
-        # 1. Check inputs: everything is validated before any model runs.
-        plan = self.check_inputs(
+        # 1. Check inputs: everything is validated before any model runs; then the call's plan.
+        self.check_inputs(
             task,
             prompts,
             negative_prompts,
@@ -720,11 +409,22 @@ class LayerFlowPipeline(DiffusionPipeline):
             latents,
             settings,
             output_type=output_type,
-            isolate_conditions=isolate_conditions,
             num_videos_per_prompt=num_videos_per_prompt,
             max_sequence_length=max_sequence_length or self.geometry.text_tokens_per_prompt,
-            attention_kwargs=attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        plan = plan_call(
+            self,
+            task,
+            conditions,
+            num_frames,
+            height,
+            width,
+            prompt_embeds,
+            settings,
+            isolate_conditions=isolate_conditions,
+            num_videos_per_prompt=num_videos_per_prompt,
+            attention_kwargs=attention_kwargs,
         )
         device = self._execution_device
         # 2. Layer prompts -> text embeddings (and the unconditional text when guided).
@@ -779,22 +479,3 @@ class LayerFlowPipeline(DiffusionPipeline):
             prompts=dict(zip([layer.name for layer in task_layout.prompt_layers], texts, strict=False)),
             settings=dict(plan.settings),
         )
-
-
-def _negative_texts(
-    names: Sequence[str], negative_prompts: Mapping[str, str] | Sequence[str] | None
-) -> list[str]:
-    """Negative prompts in prompt order; layers without one get the empty prompt."""
-    if negative_prompts is None:
-        return [""] * len(names)
-    if isinstance(negative_prompts, str):
-        raise TypeError("negative_prompts must be a mapping layer name -> text or a list, got a single str")
-    if isinstance(negative_prompts, Mapping):
-        unknown = sorted(set(negative_prompts) - set(names))
-        if unknown:
-            raise ValueError(f"negative prompts given for {unknown}; the prompted layers are {list(names)}")
-        return [negative_prompts.get(name, "") for name in names]
-    texts = list(negative_prompts)
-    if len(texts) != len(names):
-        raise ValueError(f"{len(texts)} negative prompts for {len(names)} prompted layers {list(names)}")
-    return texts

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from layerflow.compositing import over
+
 from .attributes import BackgroundAttributes, ForegroundAttributes, SampleAttributes
 from .backgrounds import render_background
 from .shapes import SHAPE_SDFS, coverage, local_coordinates
@@ -292,7 +294,7 @@ class SyntheticGenerator:
                 x[:1].expand_as(x).contiguous() for x in (foreground, alpha, background)
             )
         foreground, alpha, background = _quantise(foreground), _quantise(alpha), _quantise(background)
-        composite = alpha * foreground + (1 - alpha) * background
+        composite = over(foreground, alpha, background)
         return SyntheticSample(sample_id, attributes, foreground, alpha, background, composite, cfg.fps)
 
     def generate(self, seed: int, sample_id: str = "sample") -> SyntheticSample:

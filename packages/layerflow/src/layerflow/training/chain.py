@@ -13,8 +13,9 @@ import subprocess
 import sys
 from typing import Any
 
+from layerflow.stage_output import StageOutput
+
 from .config import ConfigError, load_config
-from .export import FINAL
 
 
 def forwarded_options(args: argparse.Namespace) -> list[str]:
@@ -35,8 +36,7 @@ def missing_earlier_stages(stage: int, overrides: dict[str, Any]) -> list[int]:
     """The earlier stages to run, in order, so that ``stage`` finds its starting point."""
     missing: list[int] = []
     for earlier in range(stage - 1, 0, -1):
-        start = load_config(None, earlier + 1, overrides).previous_stage_dir / FINAL
-        if (start / "pipeline" / "model_index.json").is_file():
+        if StageOutput(load_config(None, earlier + 1, overrides).previous_stage_dir).is_finished():
             break
         missing.insert(0, earlier)
     return missing

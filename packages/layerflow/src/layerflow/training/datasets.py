@@ -29,7 +29,7 @@ from layerflow.data import (
     to_static,
 )
 
-from .config import SourceConfig, TrainConfig
+from .schema import SourceConfig, TrainConfig
 from .sources import SOURCE_KINDS
 
 

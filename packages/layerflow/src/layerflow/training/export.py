@@ -31,12 +31,11 @@ from layerflow.layout import LayerLayout
 from layerflow.models import LayerFlowTransformer3DModel, LayerFlowTransparentVAE
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
+from layerflow.stage_output import PIPELINE, RECORD, StageOutput
 from layerflow.tiny import build_tiny_training_pipeline
 
 from .config import ConfigError, TrainConfig
 from .stages import MOTION
-
-FINAL = "final"
 
 
 class MissingStageError(FileNotFoundError):
@@ -115,16 +114,16 @@ def load_starting_point(config: TrainConfig) -> LayerFlowPipeline:
     """The pipeline stage ``config.stage`` trains, with the adapters of earlier stages attached."""
     if config.stage == 1 or config.model.init_from == "base":
         return attach_transparent_vae(config, load_base(config))
-    previous = config.previous_stage_dir / FINAL
-    if not (previous / "pipeline" / "model_index.json").is_file():
+    previous = StageOutput(config.previous_stage_dir)
+    if not previous.is_finished():
         raise MissingStageError(
-            f"stage {config.stage} starts from stage {config.stage - 1}'s output, but {previous} holds no "
+            f"stage {config.stage} starts from stage {config.stage - 1}'s output, but {previous.final} holds no "
             f"finished stage: run `python -m layerflow.training --stage {config.stage - 1}` first (same "
             f"run.output_root), set model.previous_stage_dir, or pass --from-base to start from model.base"
         )
-    pipeline = check_layout(config, LayerFlowPipeline.from_pretrained(previous / "pipeline"), str(previous))
+    pipeline = check_layout(config, LayerFlowPipeline.from_pretrained(previous.pipeline), str(previous.final))
     if config.stage == 3 and MOTION not in multi_lora.list_adapters(pipeline.transformer):
-        raise MissingStageError(f"stage 3 needs stage 2's motion LoRA, but {previous / 'pipeline'} has none")
+        raise MissingStageError(f"stage 3 needs stage 2's motion LoRA, but {previous.pipeline} has none")
     return pipeline
 
 
@@ -138,7 +137,7 @@ def export_final(
     """
     from safetensors.torch import save_file
 
-    final = config.output_dir / FINAL
+    final = StageOutput(config.output_dir).final
     start = load_starting_point(config)
     with atomic_directory(final, overwrite=True) as tmp:
         LayerFlowPipeline(
@@ -149,8 +148,8 @@ def export_final(
             scheduler=start.scheduler,
             transparent_vae=start.transparent_vae,
             layout=start.layer_layout.to_dict(),
-        ).save_pretrained(tmp / "pipeline", safe_serialization=True)
+        ).save_pretrained(tmp / PIPELINE, safe_serialization=True)
         trained_cpu = {k: v.detach().float().cpu().contiguous() for k, v in trained.items()}
         save_file(trained_cpu, str(tmp / "trained.safetensors"))
-        (tmp / "training.json").write_text(json.dumps(summary, indent=1))
+        (tmp / RECORD).write_text(json.dumps(summary, indent=1))
     return final

@@ -13,8 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
+from layerflow.stage_output import StageOutput
+
 from .checkpointing import PREFIX
-from .export import FINAL
 
 CONFIG = "config.json"
 LOGS = "logs"
@@ -30,8 +31,9 @@ def previous_run(output_dir: Path) -> list[Path]:
     checkpoints = output_dir / "checkpoints"
     if checkpoints.is_dir():
         found += sorted(p for p in checkpoints.iterdir() if p.name.lstrip(".").startswith(PREFIX))
-    if (output_dir / FINAL / "training.json").is_file():
-        found.append(output_dir / FINAL)
+    stage = StageOutput(output_dir)
+    if stage.is_finished():
+        found.append(stage.final)
     if found and (output_dir / LOGS).is_dir():
         found.append(output_dir / LOGS)
     return found

@@ -1,7 +1,7 @@
 """The training data source kinds, declared once: kind -> required config keys -> dataset factory.
 
-``data.sources`` entries name a kind of :data:`SOURCE_KINDS`; the config validates an entry against
-its kind's required keys, and :func:`build_source` calls the kind's factory.
+``data.sources`` entries name a kind of :data:`SOURCE_KINDS`; :func:`check_source_kinds` validates an
+entry against its kind's required keys when a config loads, and :func:`build_source` calls the kind's factory.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from layerflow.data import (
     CopyPasteDataset,
@@ -20,13 +20,10 @@ from layerflow.data import (
     StaticImageDataset,
 )
 
-if TYPE_CHECKING:
-    from .config import SourceConfig, TrainConfig
+from .schema import ConfigError, SourceConfig, TrainConfig, check_choice
 
 #: ``factory(config, source, preprocess, options, progress)``; ``options`` are ``on_error`` and ``seed``.
-SourceFactory = Callable[
-    ["TrainConfig", "SourceConfig", Preprocess, dict[str, Any], bool], LayeredDataset[Any]
-]
+SourceFactory = Callable[[TrainConfig, SourceConfig, Preprocess, dict[str, Any], bool], LayeredDataset[Any]]
 
 
 @dataclass(frozen=True)
@@ -96,3 +93,16 @@ SOURCE_KINDS: dict[str, SourceKind] = {
         multi_foreground=True,
     ),
 }
+
+
+def check_source_kinds(config: TrainConfig) -> None:
+    """Every ``data.sources`` entry names a kind of :data:`SOURCE_KINDS` and sets the keys it requires."""
+    for index, source in enumerate(config.data.sources):
+        prefix = f"data.sources[{index}]"
+        check_choice(f"{prefix}.kind", source.kind, tuple(SOURCE_KINDS))
+        kind = SOURCE_KINDS[source.kind]
+        for key in kind.required:
+            if not getattr(source, key):
+                raise ConfigError(f"{prefix}.{key} is required for kind={source.kind!r}")
+        if source.foregrounds > 1 and not kind.multi_foreground:
+            raise ConfigError(f"{prefix}.foregrounds: kind={source.kind!r} holds one foreground per sample")

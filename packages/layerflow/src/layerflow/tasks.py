@@ -1,0 +1,241 @@
+"""The task runner the CLI, ``layerflow edit`` and the demo share: one model task, checked and run.
+
+``run(model, task, prompts, conditions, options)`` takes a model folder (checked, then loaded on the
+options' device) or a loaded pipeline, and returns the pipeline's output with the settings an output
+folder's manifest records. Callers that want every problem reported before the model loads (the
+CLI) call :func:`check_request` and :func:`check_conditions` first; :func:`run` calls them too.
+Problems are :class:`~layerflow.cli_checks.CliError` one-liners naming the setting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .cli_checks import CliError, check_device, check_model_dir
+from .layout import LayerLayout, TaskLayout
+
+if TYPE_CHECKING:
+    from .pipelines import LayerFlowOutput, LayerFlowPipeline
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How a task samples and where; ``None`` takes the input's size or the model's default.
+
+    The error messages name the CLI flags: the CLI is where a user sets them.
+    """
+
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    dynamic_cfg: bool | None = None
+    unconditional: str | None = None
+    negative_prompts: Mapping[str, str] = field(default_factory=dict)
+    isolate_conditions: bool = False
+    scheduler: str = "dpm"
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+
+    def check(self) -> None:
+        """Sizes and steps are positive, the guidance scale finite, negative prompts are encoded."""
+        for flag in ("frames", "height", "width", "steps"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise CliError(f"--{flag} must be >= 1, got {value}")
+        if self.guidance is not None and not math.isfinite(self.guidance):
+            raise CliError(f"--guidance must be a finite number, got {self.guidance}")
+        if self.negative_prompts and self.unconditional == "zeros":
+            raise CliError("--negative prompts are encoded: they cannot be used with --unconditional zeros")
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """A request checked against a model folder (``model``, as given) or a loaded pipeline (``None``)."""
+
+    model: str | os.PathLike[str] | None
+    task: str
+    layout: LayerLayout
+    device: str
+
+    @property
+    def task_layout(self) -> TaskLayout:
+        return self.layout.for_task(self.task)
+
+    @property
+    def condition_names(self) -> list[str]:
+        return [layer.name for layer in self.task_layout.condition_layers]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The pipeline's output and the settings an output folder of it records."""
+
+    output: LayerFlowOutput
+    settings: dict[str, Any]
+
+    def save(self, out_dir: str | os.PathLike[str], **options: Any) -> Path:
+        """Write the first sample as an output folder (``options`` as :meth:`LayerFlowOutput.save`)."""
+        return self.output.save(out_dir, settings=self.settings, **options)
+
+
+def _layout_of(index: Mapping[str, Any]) -> LayerLayout:
+    return LayerLayout.from_dict(index["layout"]) if "layout" in index else LayerLayout.official()
+
+
+def model_layout(model_dir: str | os.PathLike[str]) -> LayerLayout:
+    """The layout of a model folder, after checking every component's config and weights."""
+    return _layout_of(check_model_dir(model_dir))
+
+
+def check_request(
+    model: str | os.PathLike[str] | LayerFlowPipeline,
+    task: str,
+    prompts: Mapping[str, str],
+    options: TaskOptions,
+) -> TaskRequest:
+    """Options, device, model folder and prompts, before any input is read or model loaded."""
+    options.check()
+    device = check_device(options.device)
+    if isinstance(model, str | os.PathLike):  # a folder, else a loaded pipeline
+        request = TaskRequest(model, task, model_layout(model), device)
+    else:
+        request = TaskRequest(None, task, model.layer_layout, device)
+    try:
+        request.task_layout.resolve_prompts(prompts)
+    except (ValueError, TypeError) as error:
+        raise CliError(str(error)) from error
+    return request
+
+
+def check_condition_names(request: TaskRequest, names: list[str]) -> None:
+    """The condition layers given are exactly the task's."""
+    needed = request.condition_names
+    if sorted(names) != sorted(needed):
+        raise CliError(f"task {request.task!r} needs --input for {needed}, got {sorted(names) or 'none'}")
+
+
+def check_conditions(
+    request: TaskRequest, conditions: Mapping[str, torch.Tensor], options: TaskOptions
+) -> None:
+    """Condition layers, frames and size (from the inputs or the options) against the model's geometry."""
+    from .geometry import DEFAULT_CLIP_FRAMES, check_geometry
+    from .models.configs import folder_geometry
+
+    check_condition_names(request, list(conditions))
+    if request.model is not None:
+        try:
+            geometry = folder_geometry(request.model)
+        except (FileNotFoundError, ValueError) as error:
+            raise CliError(str(error)) from error
+        first = next(iter(conditions.values()), None)
+        found = (first.shape[0], *first.shape[-2:]) if first is not None else None
+        frames = (
+            options.frames if options.frames is not None else (found[0] if found else DEFAULT_CLIP_FRAMES)
+        )
+        height = (
+            options.height if options.height is not None else (found[1] if found else geometry.default_height)
+        )
+        width = (
+            options.width if options.width is not None else (found[2] if found else geometry.default_width)
+        )
+        if found is not None and (frames, height, width) != found:
+            raise CliError(
+                f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
+                f"but --frames/--height/--width ask for {frames} frames of {height}x{width}"
+            )
+        try:
+            check_geometry(geometry, frames, height, width, request.layout)
+        except ValueError as error:
+            raise CliError(str(error)) from error
+    if options.vae_tiling and request.layout.vae_pass == "joint":
+        raise CliError(
+            "--vae-tiling: this model runs the VAE jointly over the whole video (official), without tiling"
+        )
+
+
+def load_pipeline(model: str | os.PathLike[str], device: str, options: TaskOptions) -> LayerFlowPipeline:
+    """The model folder as a pipeline on ``device``, with the options' dtype, scheduler and VAE modes."""
+    from .pipelines import LayerFlowPipeline
+    from .pipelines.scheduling import switch_scheduler
+
+    if options.dtype:
+        dtype = DTYPES[options.dtype]
+    else:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    pipe = LayerFlowPipeline.from_pretrained(model, dtype=dtype)
+    if options.scheduler != "dpm":
+        pipe.scheduler = switch_scheduler(pipe.scheduler, options.scheduler)
+    if options.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if options.vae_tiling:
+        pipe.enable_vae_tiling()
+    pipe.enable_vae_slicing()
+    return pipe
+
+
+def run(
+    model: str | os.PathLike[str] | LayerFlowPipeline,
+    task: str,
+    prompts: Mapping[str, str],
+    conditions: Mapping[str, torch.Tensor] | None = None,
+    options: TaskOptions | None = None,
+    **pipeline_options: Any,
+) -> TaskResult:
+    """Check the request, load the model (a folder) and sample ``task``; ``pipeline_options`` go to
+    the pipeline call (e.g. a step callback). The generator is a CPU one seeded with ``options.seed``,
+    so a seed gives the same output on every device."""
+    options = options or TaskOptions()
+    conditions = dict(conditions or {})
+    request = check_request(model, task, prompts, options)
+    check_conditions(request, conditions, options)
+    pipe = model if request.model is None else load_pipeline(request.model, request.device, options)
+    unconditional = options.unconditional or ("encoded" if options.negative_prompts else None)
+    try:
+        output = pipe(
+            dict(prompts),
+            task,
+            conditions=conditions or None,
+            negative_prompts=dict(options.negative_prompts) or None,
+            num_frames=options.frames,
+            height=options.height,
+            width=options.width,
+            num_inference_steps=options.steps,
+            guidance_scale=options.guidance,
+            use_dynamic_cfg=options.dynamic_cfg,
+            unconditional=unconditional,
+            isolate_conditions=options.isolate_conditions,
+            generator=torch.Generator(device="cpu").manual_seed(options.seed),
+            **pipeline_options,
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    settings = {
+        "model": str(request.model) if request.model is not None else None,
+        "steps": output.settings["num_inference_steps"],
+        "guidance_scale": output.settings["guidance_scale"],
+        "dynamic_cfg": output.settings["use_dynamic_cfg"],
+        "scheduler": options.scheduler,
+        "unconditional": output.settings["unconditional"],
+        "negative_prompts": dict(options.negative_prompts),
+        "isolate_conditions": options.isolate_conditions,
+        "alpha_representation": request.layout.alpha,
+        "vae_pass": request.layout.vae_pass,
+        "variant": request.layout.variant,
+    }
+    return TaskResult(output, settings)
