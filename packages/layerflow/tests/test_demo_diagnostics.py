@@ -10,6 +10,7 @@ import torch
 
 from layerflow.demo import DemoSettings
 from layerflow.demo.assets import DemoAssetConfig, load_or_build_assets
+from layerflow.demo.base import BaseRecipe, build_base_transformer
 from layerflow.demo.diagnostics import HeldOutLatents, encode_heldout, x0_errors
 from layerflow.demo.run import make_data, save_base, stage_overrides
 from layerflow.pipelines import LayerFlowPipeline
@@ -33,7 +34,7 @@ SETTINGS = replace(
     num_train=4,
     num_heldout=2,
     batch_size=4,
-    transformer={"num_attention_heads": 2, "attention_head_dim": 16, "time_embed_dim": 32, "num_layers": 2},
+    base=BaseRecipe(num_attention_heads=2, attention_head_dim=16, time_embed_dim=32, num_layers=2),
     assets=ASSETS,
 )
 
@@ -48,7 +49,8 @@ def briefly_trained(
     root = tmp_path_factory.mktemp("diagnostics")
     train_root, _ = make_data(SETTINGS, root / "data", progress=False)
     assets = load_or_build_assets(ASSETS, root / "cache", progress=False)
-    base = save_base(SETTINGS, assets, root / "base")
+    build_base_transformer(SETTINGS.base, ASSETS).save_pretrained(root / "video-base")  # random weights
+    base = save_base(SETTINGS, assets, root / "video-base", root / "base")
     overrides = stage_overrides(SETTINGS, 1, root / "base", train_root, root / "train", progress=False)
     overrides["optim"].update(learning_rate=3e-3, lr_warmup_steps=0, lr_scheduler="constant")
     overrides["run"].update(max_steps=400, checkpoint_every=400, ema_decay=None)
