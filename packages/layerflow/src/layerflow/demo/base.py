@@ -64,8 +64,10 @@ class BaseRecipe:
     """How the tiny base video model looks and is trained.
 
     Args:
-        num_attention_heads, attention_head_dim, time_embed_dim, num_layers: the transformer
-            (4 x 16 = 64 wide, 6 blocks: about 0.1 s per batch-8 step on one CPU thread).
+        num_attention_heads, attention_head_dim, time_embed_dim, num_layers: the transformer,
+            8 x 16 = 128 wide and 4 blocks (1.7 M parameters, about 0.15 s per batch-8 step on one CPU
+            thread). Wider than a patch: a token carries a 2 x 2 patch of 16 latent channels (64
+            values); at 64 wide and 6 blocks the loss after 4000 steps was 0.16, at 128 wide 0.094.
         clips_per_video: demo clips per base video; 4 = the demo layout's foreground, alpha,
             background and composite clips, so the base has seen every temporal position.
         train_samples, eval_samples: synthetic samples (three single clips each) to train on and to
@@ -77,14 +79,14 @@ class BaseRecipe:
         seed: weights, clips, batches, noise.
     """
 
-    num_attention_heads: int = 4
+    num_attention_heads: int = 8
     attention_head_dim: int = 16
-    time_embed_dim: int = 64
-    num_layers: int = 6
+    time_embed_dim: int = 128
+    num_layers: int = 4
     clips_per_video: int = 4
     train_samples: int = 2048
     eval_samples: int = 16
-    steps: int = 30000
+    steps: int = 20000
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup_steps: int = 500
