@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerflow.demo.assets import DemoAssetConfig
+from layerflow.demo.assets import DemoAssetConfig, load_or_build_assets
 from layerflow.demo.base import (
     BASE_RECORD,
     PRETRAINED_BASE_DIR,
@@ -24,6 +24,7 @@ from layerflow.demo.base import (
     latent_frames_per_clip,
     read_base_record,
     save_pretrained_base,
+    train_base,
 )
 
 
@@ -81,6 +82,54 @@ def test_base_videos_round_trip_one_demo_clip_at_a_time() -> None:
     assert decoded.shape == (6, 12, 3, 16, 16)
 
 
+def test_a_resumed_base_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    """The second call resumes from the first call's mid-run checkpoint and ends where it ended."""
+    assets_config = replace(
+        DemoAssetConfig(),
+        height=16,
+        width=16,
+        vae_channels=(8, 8),
+        latent_channels=4,
+        vae_steps=2,
+        vae_train_samples=2,
+        vae_eval_samples=1,
+        text_width=16,
+    )
+    recipe = replace(
+        BaseRecipe(),
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        time_embed_dim=8,
+        train_samples=2,
+        steps=6,
+        warmup_steps=2,
+        clips_per_video=2,
+    )
+    assets = load_or_build_assets(assets_config, tmp_path / "cache", progress=False)
+    with torch.random.fork_rng():
+        whole, losses = train_base(recipe, assets, assets_config, progress=False)
+        train_base(
+            recipe,
+            assets,
+            assets_config,
+            progress=False,
+            checkpoint_dir=tmp_path / "ckpt",
+            checkpoint_every=3,
+        )
+        resumed, resumed_losses = train_base(
+            recipe,
+            assets,
+            assets_config,
+            progress=False,
+            checkpoint_dir=tmp_path / "ckpt",
+            checkpoint_every=3,
+        )
+    assert resumed_losses == losses
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_saving_a_base_never_replaces_a_foreign_folder(tmp_path: Path) -> None:
     assets = replace(DemoAssetConfig(), height=16, width=16, vae_channels=(8, 8), latent_channels=4)
     recipe = replace(
@@ -108,7 +157,7 @@ def test_pretrain_base_writes_a_base_the_demo_finds_for_its_own_recipe(tmp_path:
     options += ["--cache-dir", str(tmp_path / "cache")]
     result = subprocess.run([*command, *options], capture_output=True, text=True, check=True)
     assert f"wrote {out}" in result.stdout
-    recipe = replace(BaseRecipe(), steps=2, train_samples=2, warmup_steps=2)
+    recipe = replace(BaseRecipe(), steps=2, schedule_steps=None, train_samples=2, warmup_steps=2)
     record = read_base_record(out)
     assert record is not None and record["base_fingerprint"] == recipe.fingerprint(DemoAssetConfig())
     assert set(record["quality"]) >= {"foreground_colour", "foreground_shape", "temporal_consistency"}

@@ -91,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     recipe = BaseRecipe()
     if args.steps is not None:
-        recipe = replace(recipe, steps=args.steps, warmup_steps=min(recipe.warmup_steps, args.steps))
+        recipe = replace(
+            recipe, steps=args.steps, schedule_steps=None, warmup_steps=min(recipe.warmup_steps, args.steps)
+        )
     if args.train_samples is not None:
         recipe = replace(recipe, train_samples=args.train_samples)
     assets_config = DemoAssetConfig()
