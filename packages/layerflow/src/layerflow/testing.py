@@ -25,6 +25,7 @@ from .tiny import (
 )
 
 __all__ = [
+    "TINY_CACHE_SETTINGS",
     "TINY_PROMPT_TOKENS",
     "TINY_TEXT_LENGTH",
     "TINY_TEXT_WIDTH",
@@ -50,6 +51,18 @@ def random_layer_frames(
         channels = 4 if spec.transparent else 3
         frames[spec.name] = torch.rand(num_frames, channels, height, width, generator=generator)
     return frames
+
+
+#: Cache settings that skip work on a tiny random pipeline (tests, ``bench_caches.py``): its
+#: first-block residual changes by 40-80 % per step, so FirstBlockCache needs a high threshold.
+#: MagCache also needs ``mag_ratios`` and ``num_inference_steps`` per call.
+TINY_CACHE_SETTINGS: dict[str, dict[str, Any]] = {
+    "first_block": {"threshold": 0.6},
+    "pyramid_broadcast": {"spatial_attention_block_skip_range": 2},
+    "faster": {"attention_weight_callback": lambda _: 0.3},
+    "taylorseer": {"cache_interval": 2, "disable_cache_before_step": 2},
+    "mag": {"threshold": 0.06},
+}
 
 
 # ------------------------------------------------------------------ official (SAT) checkpoints

@@ -1,0 +1,228 @@
+"""diffusers' cache methods, offloading, layerwise casting and regional compilation on every task.
+
+Tiny random pipelines (3 blocks, so FirstBlockCache has a head, a middle and a tail block). Exact
+modes must reproduce the plain output; cache methods must run fewer block rows (counted below
+every diffusers hook) and stay within a bound measured on this tiny model, 8 steps (about twice the
+largest change seen over the four tasks); the clean conditions stay spliced in every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from layerflow.layout import LayerLayout
+from layerflow.pipelines import LayerFlowPipeline
+from layerflow.pipelines.acceleration import (
+    CACHE_METHODS,
+    Preset,
+    cache_config,
+    calibrate_mag_ratios,
+    count_block_calls,
+)
+from layerflow.testing import TINY_CACHE_SETTINGS, build_tiny_pipeline, random_layer_frames, single_thread
+
+TASKS = ["generate", "foreground_to_background", "background_to_foreground", "decompose"]
+STEPS = 8
+PROMPTS = {
+    "foreground": "a red circle",
+    "background": "blue stripes",
+    "composite": "a red circle over blue stripes",
+}
+#: Bound on the relative change of the latents: about twice the largest over the four tasks measured
+#: here (first_block 0.054, pyramid_broadcast 0.017, faster 0.048, taylorseer 0.028, mag 0.061).
+BOUNDS = {"first_block": 0.11, "pyramid_broadcast": 0.035, "faster": 0.1, "taylorseer": 0.06, "mag": 0.12}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _pipe() -> LayerFlowPipeline:
+    pipe = build_tiny_pipeline(LayerLayout.official(), num_layers=3)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _call(pipe: LayerFlowPipeline, task: str, **kwargs: Any) -> dict[str, Any]:
+    task_layout = pipe.layer_layout.for_task(task)
+    frames = random_layer_frames(pipe.layer_layout, seed=3)
+    return {
+        "prompts": {layer.name: PROMPTS[layer.name] for layer in task_layout.prompt_layers},
+        "task": task,
+        "conditions": {layer.name: frames[layer.name] for layer in task_layout.condition_layers} or None,
+        "num_frames": 8,
+        "num_inference_steps": STEPS,
+        "guidance_scale": 6.0,
+        "generator": torch.Generator().manual_seed(0),
+        "output_type": "latent",
+        **kwargs,
+    }
+
+
+@pytest.fixture(scope="module")
+def pipe() -> LayerFlowPipeline:
+    return _pipe()
+
+
+@pytest.fixture(scope="module")
+def plain(pipe) -> dict[str, tuple[torch.Tensor, int]]:
+    """Latents and block rows of the plain pipeline per task."""
+    found = {}
+    for task in TASKS:
+        with count_block_calls(pipe.transformer) as calls:
+            latents = pipe(**_call(pipe, task)).latents
+        found[task] = (latents, calls.run)
+    return found
+
+
+def _relative_change(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm()).item()
+
+
+class ConditionWatch:
+    """Step callback: the pipeline's loop state and the condition latents, unchanged, every step."""
+
+    def __init__(self) -> None:
+        self.conditions: list[torch.Tensor | None] = []
+
+    def __call__(self, pipe: LayerFlowPipeline, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
+        assert pipe.current_timestep is timestep
+        condition = tensors["condition_latents"]
+        self.conditions.append(None if condition is None else condition.clone())
+        return {}
+
+    def check(self) -> None:
+        assert len(self.conditions) == STEPS
+        first = self.conditions[0]
+        for seen in self.conditions:
+            assert (seen is None and first is None) or torch.equal(seen, first)
+
+
+def _watched(pipe: LayerFlowPipeline, task: str) -> tuple[torch.Tensor, ConditionWatch]:
+    watch = ConditionWatch()
+    call = _call(
+        pipe,
+        task,
+        callback_on_step_end=watch,
+        callback_on_step_end_tensor_inputs=["latents", "condition_latents"],
+    )
+    return pipe(**call).latents, watch
+
+
+def _assert_conditions_equal(
+    pipe: LayerFlowPipeline, task: str, got: torch.Tensor, want: torch.Tensor
+) -> None:
+    clips = pipe.geometry.check(8, 16, 16, pipe.layer_layout).clip_latent_frames
+    frames = list(pipe.layer_layout.for_task(task).condition_latent_frames(clips))
+    assert torch.equal(got[:, frames], want[:, frames])
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("method", CACHE_METHODS)
+def test_cache_method_skips_work_within_its_bound_and_keeps_conditions(pipe, plain, method, task):
+    settings, bound = TINY_CACHE_SETTINGS[method], BOUNDS[method]
+    if method == "mag":
+        settings = {
+            **settings,
+            "num_inference_steps": STEPS,
+            "mag_ratios": calibrate_mag_ratios(pipe, **_call(pipe, task)),
+        }
+    reference, reference_rows = plain[task]
+    pipe.transformer.enable_cache(cache_config(pipe, method, **settings))
+    try:
+        with count_block_calls(pipe.transformer) as calls:
+            latents, watch = _watched(pipe, task)
+    finally:
+        pipe.transformer.disable_cache()
+    assert calls.run < reference_rows
+    change = _relative_change(latents, reference)
+    assert 0 < change < bound, f"{method}/{task}: relative change {change:.4f}"
+    watch.check()
+    _assert_conditions_equal(pipe, task, latents, reference)
+    assert pipe.current_timestep is None
+
+
+def test_interrupt_skips_the_remaining_steps(pipe):
+    def stop(p, step, timestep, tensors):
+        p._interrupt = True
+        return {}
+
+    with count_block_calls(pipe.transformer) as calls:
+        pipe(**_call(pipe, "generate", callback_on_step_end=stop))
+    assert calls.run == 2 * 2 * 3  # one step: CFG batch of 2, attention + feed-forward, 3 blocks
+    assert pipe.interrupt
+    with count_block_calls(pipe.transformer) as calls:
+        pipe(**_call(pipe, "generate"))
+    assert calls.run == STEPS * 2 * 2 * 3  # the next call starts uninterrupted
+
+
+EXACT: dict[str, Callable[[LayerFlowPipeline], None]] = {
+    "group_offload_block": lambda p: p.transformer.enable_group_offload(
+        torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1
+    ),
+    "group_offload_leaf": lambda p: p.enable_group_offload(torch.device("cpu"), offload_type="leaf_level"),
+    "model_cpu_offload": lambda p: p.enable_model_cpu_offload(device="cpu"),
+    "compile_repeated_blocks": lambda p: p.transformer.compile_repeated_blocks(backend="aot_eager"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(EXACT))
+def test_exact_modes_reproduce_the_plain_output_on_every_task(plain, mode):
+    torch._dynamo.reset()
+    pipe = _pipe()
+    EXACT[mode](pipe)
+    for task in TASKS:
+        latents, watch = _watched(pipe, task)
+        assert torch.equal(latents, plain[task][0]), f"{mode}/{task}"
+        watch.check()
+    torch._dynamo.reset()
+
+
+def test_regional_compilation_compiles_every_block():
+    pipe = _pipe()
+    pipe.transformer.compile_repeated_blocks(backend="aot_eager")
+    assert all(hasattr(block, "_compiled_call_impl") for block in pipe.transformer.transformer_blocks)
+    torch._dynamo.reset()
+
+
+def test_layerwise_casting_keeps_layer_modules_and_stays_close(plain):
+    storage = torch.float8_e4m3fn
+    pipe = _pipe()
+    pipe.transformer.enable_layerwise_casting(storage_dtype=storage, compute_dtype=torch.float32)
+    transformer = pipe.transformer
+    assert transformer.transformer_blocks[0].attn1.to_q.weight.dtype == storage
+    kept = [transformer.patch_embed.layer_embedder, transformer.norm_final, transformer.patch_embed.proj]
+    assert all(p.dtype == torch.float32 for module in kept for p in module.parameters())
+    for task in TASKS:
+        latents, watch = _watched(pipe, task)
+        reference = plain[task][0]
+        # float8 e4m3 keeps 3 mantissa bits: a 2**-4 relative weight error, measured 0.02 here
+        assert _relative_change(latents, reference) < 0.1
+        watch.check()
+        _assert_conditions_equal(pipe, task, latents, reference)
+
+
+@pytest.mark.parametrize(("speed", "method"), [("exact", None), ("fast", "Pyramid"), ("fastest", "Faster")])
+def test_presets_set_the_cache_and_are_recorded(speed, method):
+    pipe = _pipe()
+    pipe.enable_preset(Preset(speed=speed, memory="default"), "cpu")
+    config = pipe.transformer._cache_config
+    assert (config is None) if method is None else type(config).__name__.startswith(method)
+    out = pipe(**_call(pipe, "decompose"))
+    assert out.settings["speed"] == speed and out.settings["memory"] == "default"
+    pipe.enable_preset(Preset(), "cpu")
+    assert not pipe.transformer.is_cache_enabled
+
+
+def test_preset_rejects_unknown_names():
+    with pytest.raises(ValueError, match="speed must be one of"):
+        Preset(speed="turbo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="memory must be one of"):
+        Preset(memory="tiny")  # type: ignore[arg-type]
