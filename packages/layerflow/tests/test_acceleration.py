@@ -18,11 +18,11 @@ from layerflow.layout import LayerLayout
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.acceleration import (
     CACHE_METHODS,
-    Preset,
     cache_config,
     calibrate_mag_ratios,
     count_block_calls,
 )
+from layerflow.presets import Preset
 from layerflow.testing import TINY_CACHE_SETTINGS, build_tiny_pipeline, random_layer_frames, single_thread
 
 TASKS = ["generate", "foreground_to_background", "background_to_foreground", "decompose"]
@@ -226,3 +226,52 @@ def test_preset_rejects_unknown_names():
         Preset(speed="turbo")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="memory must be one of"):
         Preset(memory="tiny")  # type: ignore[arg-type]
+
+
+JOURNEY = """
+import sys
+from layerflow.cli import main
+
+model, root, inputs = sys.argv[1:4]
+common = ["-p", "foreground=a red circle", "-p", "background=blue stripes", "--steps", "3", "--no-video"]
+composite = ["-p", "composite=a red circle over blue stripes"]
+runs = {
+    "generate": ["--speed", "fastest", "--memory", "offload", *composite],
+    "fg2bg": ["--speed", "fast", "--memory", "low", "-i", f"foreground={inputs}/foreground", *composite],
+    "bg2fg": ["--memory", "offload", "-i", f"background={inputs}/background", *composite],
+    "decompose": ["--speed", "fast", "-i", f"composite={inputs}/composite"],
+}
+for command, extra in runs.items():
+    code = main([command, model, "-o", f"{root}/{command}", *common, *extra])
+    assert code == 0, (command, code)
+"""
+
+
+@pytest.mark.slow
+def test_cli_presets_run_every_task_in_a_fresh_process_and_are_recorded(tmp_path):
+    import subprocess
+    import sys
+
+    from layerflow.media import read_manifest, write_png_sequence
+
+    model = tmp_path / "tiny"
+    _pipe().save_pretrained(model)
+    frames = random_layer_frames(LayerLayout.official())
+    for name, clip in frames.items():
+        write_png_sequence(tmp_path / "inputs" / name, clip)
+    result = subprocess.run(
+        [sys.executable, "-c", JOURNEY, str(model), str(tmp_path / "out"), str(tmp_path / "inputs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = {
+        "generate": ("fastest", "offload"),
+        "fg2bg": ("fast", "low"),
+        "bg2fg": ("exact", "offload"),
+        "decompose": ("fast", "default"),
+    }
+    for command, (speed, memory) in expected.items():
+        settings = read_manifest(tmp_path / "out" / command)["settings"]
+        assert (settings["speed"], settings["memory"]) == (speed, memory)

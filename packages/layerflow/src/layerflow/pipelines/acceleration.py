@@ -7,9 +7,8 @@ TaylorSeer and the calibrated magnitude ratios for MagCache. The pipeline splice
 conditions into every transformer call and drops the condition outputs, so whatever a cache reuses
 only changes the generated latents.
 
-``Preset(speed, memory)`` is the one user-facing option (pipeline, ``TaskOptions``, CLI
-``--speed``/``--memory``); :data:`SPEED_METHODS` holds the settings measured by
-``benchmarks/bench_caches.py``.
+:class:`~layerflow.presets.Preset` is the one user-facing option (pipeline, ``TaskOptions``, CLI
+``--speed``/``--memory``); :func:`preset_cache` and :func:`place` carry it out.
 """
 
 from __future__ import annotations
@@ -28,15 +27,13 @@ from diffusers.hooks import (
     TaylorSeerCacheConfig,
 )
 
+from layerflow.presets import Preset, Speed
+
 if TYPE_CHECKING:
     from .pipeline_layerflow import LayerFlowPipeline
 
 CacheMethod = Literal["first_block", "pyramid_broadcast", "faster", "taylorseer", "mag"]
 CACHE_METHODS: tuple[CacheMethod, ...] = get_args(CacheMethod)
-Speed = Literal["exact", "fast", "fastest"]
-Memory = Literal["default", "offload", "low"]
-SPEEDS: tuple[Speed, ...] = get_args(Speed)
-MEMORIES: tuple[Memory, ...] = get_args(Memory)
 
 #: The cache method and its settings behind each speed preset (``exact``: none): the two methods
 #: measured on CogVideoX in diffusers (huggingface/diffusers#10163: 245.9 s -> 184.0 s with
@@ -148,51 +145,28 @@ def count_block_calls(transformer: torch.nn.Module) -> Iterator[BlockCalls]:
             handle.remove()
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Speed and memory of inference, by name.
+def preset_cache(pipe: LayerFlowPipeline, preset: Preset) -> Any:
+    """The cache config of ``preset.speed`` for ``pipe`` (``None``: exact)."""
+    chosen = SPEED_METHODS[preset.speed]
+    if chosen is None:
+        return None
+    method, settings = chosen
+    return cache_config(pipe, method, **settings)
 
-    Attributes:
-        speed: ``"exact"`` (every block every step), ``"fast"`` / ``"fastest"``: the cache method of
-            :data:`SPEED_METHODS` (an approximation; ``benchmarks/bench_caches.py`` measures it).
-        memory: ``"default"`` (everything on the device), ``"offload"`` (model CPU offload: one
-            component on the device at a time), ``"low"`` (leaf-level group offload of every model,
-            VAE slicing and tiling).
-    """
 
-    speed: Speed = "exact"
-    memory: Memory = "default"
-
-    def __post_init__(self) -> None:
-        if self.speed not in SPEEDS:
-            raise ValueError(f"speed must be one of {SPEEDS}, got {self.speed!r}")
-        if self.memory not in MEMORIES:
-            raise ValueError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
-
-    def cache(self, pipe: LayerFlowPipeline) -> Any:
-        """The cache config of this speed for ``pipe`` (``None``: exact)."""
-        chosen = SPEED_METHODS[self.speed]
-        if chosen is None:
-            return None
-        method, settings = chosen
-        return cache_config(pipe, method, **settings)
-
-    def place(self, pipe: LayerFlowPipeline, device: str | torch.device) -> None:
-        """Put ``pipe``'s models on ``device`` the way this memory mode says."""
-        device = torch.device(device)
-        if self.memory == "default":
-            pipe.to(device)
-        elif self.memory == "offload":
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.enable_group_offload(
-                onload_device=device,
-                offload_device=torch.device("cpu"),
-                offload_type="leaf_level",
-                use_stream=device.type == "cuda",
-            )
-            pipe.enable_vae_tiling()
-        pipe.enable_vae_slicing()
-
-    def to_dict(self) -> dict[str, str]:
-        return {"speed": self.speed, "memory": self.memory}
+def place(pipe: LayerFlowPipeline, preset: Preset, device: str | torch.device) -> None:
+    """Put ``pipe``'s models on ``device`` the way ``preset.memory`` says."""
+    device = torch.device(device)
+    if preset.memory == "default":
+        pipe.to(device)
+    elif preset.memory == "offload":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_group_offload(
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="leaf_level",
+            use_stream=device.type == "cuda",
+        )
+        pipe.enable_vae_tiling()
+    pipe.enable_vae_slicing()

@@ -28,9 +28,10 @@ from layerflow.geometry import ModelGeometry
 from layerflow.layout import LayerLayout
 from layerflow.models.adapters import merged_for_inference
 from layerflow.models.configs import model_geometry
+from layerflow.presets import Preset
 from layerflow.variants import OFFICIAL_SAMPLING
 
-from .acceleration import Preset
+from .acceleration import place, preset_cache
 from .call_checks import ConditionFrames, check_call, negative_texts
 from .call_plan import CallPlan, plan_call
 from .output import LayerFlowOutput
@@ -151,10 +152,10 @@ class LayerFlowPipeline(DiffusionPipeline):
         device = device if device is not None else self._execution_device
         if self.transformer.is_cache_enabled:
             self.transformer.disable_cache()
-        config = preset.cache(self)
+        config = preset_cache(self, preset)
         if config is not None:
             self.transformer.enable_cache(config)
-        preset.place(self, device)
+        place(self, preset, device)
         self.preset = preset
 
     def enable_vae_slicing(self) -> None:
