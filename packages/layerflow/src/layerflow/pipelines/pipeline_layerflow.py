@@ -161,10 +161,10 @@ class LayerFlowPipeline(DiffusionPipeline):
     def enable_vae_slicing(self) -> None:
         self.vae.enable_slicing()
 
-    def enable_vae_tiling(self) -> None:
-        if self.layer_layout.vae_pass == "joint":
-            raise ValueError("this layout runs the VAE jointly over the whole video: tiling is not possible")
-        self.vae.enable_tiling()
+    def enable_vae_tiling(self, **tiles: Any) -> None:
+        """Spatial VAE tiles (``tiles``: ``AutoencoderKLCogVideoX.enable_tiling``'s sizes); joint layouts
+        also switch to frame batches (see :mod:`layerflow.codec`)."""
+        self.vae.enable_tiling(**tiles)
 
     # ------------------------------------------------------------------ validation
     #: Validate a call's arguments before any model runs (:func:`.call_checks.check_call`).
