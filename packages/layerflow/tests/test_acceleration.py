@@ -221,6 +221,16 @@ def test_presets_set_the_cache_and_are_recorded(speed, method):
     assert not pipe.transformer.is_cache_enabled
 
 
+def test_presets_switch_memory_modes():
+    pipe = _pipe()
+    reference = pipe(**_call(pipe, "generate")).latents
+    for memory in ("offload", "default", "low", "low"):
+        pipe.enable_preset(Preset(speed="exact", memory=memory), "cpu")
+        assert torch.equal(pipe(**_call(pipe, "generate")).latents, reference), memory
+    with pytest.raises(ValueError, match="cannot be switched off"):
+        pipe.enable_preset(Preset(), "cpu")
+
+
 def test_preset_rejects_unknown_names():
     with pytest.raises(ValueError, match="speed must be one of"):
         Preset(speed="turbo")  # type: ignore[arg-type]

@@ -148,14 +148,22 @@ class LayerFlowPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ speed and memory
     def enable_preset(self, preset: Preset, device: str | torch.device | None = None) -> None:
         """Switch to ``preset``: its cache method on the transformer (any earlier one removed) and
-        its memory mode for ``device`` (default: the execution device)."""
+        its memory mode for ``device`` (default: the execution device).
+
+        Model CPU offload is undone when the memory mode changes; group offload (``"low"``) cannot be.
+        """
+        if self.preset.memory == "low" and preset.memory != "low":
+            raise ValueError("memory 'low' (group offload) cannot be switched off: load the pipeline again")
         device = device if device is not None else self._execution_device
         if self.transformer.is_cache_enabled:
             self.transformer.disable_cache()
         config = preset_cache(self, preset)
         if config is not None:
             self.transformer.enable_cache(config)
-        place(self, preset, device)
+        if self.preset.memory == "offload":
+            self.remove_all_hooks()
+        if self.preset.memory != "low":
+            place(self, preset, device)
         self.preset = preset
 
     def enable_vae_slicing(self) -> None:
