@@ -232,7 +232,11 @@ def run(
         "alpha_representation": request.layout.alpha,
         "vae_pass": request.layout.vae_pass,
         "variant": request.layout.variant,
-        "speed": output.settings["speed"],
-        "memory": output.settings["memory"],
     }
-    return TaskResult(output, settings)
+    # The preset, when not the default: manifests of exact, on-device runs read as they always have.
+    preset = {
+        key: output.settings[key]
+        for key, value in Preset().to_dict().items()
+        if output.settings[key] != value
+    }
+    return TaskResult(output, {**settings, **preset})
