@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from layerflow.layout import LayerLayout
+from layerflow.models.adapters import add_layerflow_adapters
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.acceleration import (
     CACHE_METHODS,
@@ -207,6 +208,44 @@ def test_layerwise_casting_keeps_layer_modules_and_stays_close(plain):
         assert _relative_change(latents, reference) < 0.1
         watch.check()
         _assert_conditions_equal(pipe, task, latents, reference)
+
+
+def _with_adapters(pipe: LayerFlowPipeline) -> LayerFlowPipeline:
+    """Motion and content LoRAs with random up-projections (content on, motion gated off)."""
+    import multi_lora as ml
+
+    with torch.random.fork_rng():  # the same adapters on every pipeline
+        torch.manual_seed(5)
+        add_layerflow_adapters(pipe.transformer, motion_rank=2, content_rank=4)
+    generator = torch.Generator().manual_seed(5)
+    for name in ml.list_adapters(pipe.transformer):
+        for layer in ml.adapter_layers(pipe.transformer, name).values():
+            up = layer.lora_pair(name)[1].weight
+            up.data = torch.randn(up.shape, generator=generator) * 0.2
+    pipe.transformer.eval()
+    return pipe
+
+
+@pytest.mark.parametrize("mode", ["group_offload_block", "layerwise_casting"])
+def test_adapters_run_as_branches_where_the_base_weights_are_held_elsewhere(mode):
+    plain = _with_adapters(_pipe())
+    reference = plain(**_call(plain, "decompose")).latents
+    pipe = _with_adapters(_pipe())
+    weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    if mode == "group_offload_block":
+        EXACT[mode](pipe)
+    else:
+        pipe.transformer.enable_layerwise_casting(
+            storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32
+        )
+        weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    latents = pipe(**_call(pipe, "decompose")).latents
+    if mode == "group_offload_block":  # branches instead of merged weights: float rounding apart
+        torch.testing.assert_close(latents, reference, rtol=1e-4, atol=1e-4)
+    else:
+        assert _relative_change(latents, reference) < 0.1
+    for key, value in pipe.transformer.state_dict().items():  # nothing merged into them
+        assert torch.equal(value.float(), weights[key].float()), key
 
 
 @pytest.mark.parametrize(("speed", "method"), [("exact", None), ("fast", "Pyramid"), ("fastest", "Faster")])

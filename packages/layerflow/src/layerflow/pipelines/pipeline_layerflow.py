@@ -170,8 +170,8 @@ class LayerFlowPipeline(DiffusionPipeline):
         self.vae.enable_slicing()
 
     def enable_vae_tiling(self, **tiles: Any) -> None:
-        """Spatial VAE tiles (``tiles``: ``AutoencoderKLCogVideoX.enable_tiling``'s sizes); joint layouts
-        also switch to frame batches (see :mod:`layerflow.codec`)."""
+        """Spatial VAE tiles (``tiles``: ``AutoencoderKLCogVideoX.enable_tiling``'s sizes), for every
+        layout: a joint pass runs each tile over the whole video (see :mod:`layerflow.codec`)."""
         self.vae.enable_tiling(**tiles)
 
     # ------------------------------------------------------------------ validation
