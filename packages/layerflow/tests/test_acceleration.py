@@ -270,6 +270,21 @@ def test_presets_switch_memory_modes():
         pipe.enable_preset(Preset(), "cpu")
 
 
+def test_calls_a_cache_cannot_serve_are_refused_before_any_model_runs(pipe):
+    pipe.transformer.enable_cache(cache_config(pipe, "faster"))
+    try:
+        with pytest.raises(ValueError, match="FasterCache splits the guidance batch"):
+            pipe(**_call(pipe, "generate", guidance_scale=1.0))
+    finally:
+        pipe.transformer.disable_cache()
+    pipe.transformer.enable_cache(cache_config(pipe, "mag", mag_ratios=[1.0] * 4, num_inference_steps=4))
+    try:
+        with pytest.raises(ValueError, match="MagCache is set up for 4 steps, the call runs 8"):
+            pipe(**_call(pipe, "generate"))
+    finally:
+        pipe.transformer.disable_cache()
+
+
 def test_preset_rejects_unknown_names():
     with pytest.raises(ValueError, match="speed must be one of"):
         Preset(speed="turbo")  # type: ignore[arg-type]
