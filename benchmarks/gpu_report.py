@@ -10,6 +10,9 @@
    seconds, ratio to stock, tokens/s, model TFLOP/s and share of the bf16 peak.
 3. Training step (B=1, LoRAs on the five trained blocks): seconds and peak memory with and without
    gradient checkpointing.
+4. Presets: one sampling call of the pipeline (``generate``, CFG, latents only) per speed preset
+   and per memory preset (``layerflow.presets.Preset``): seconds, ratio to exact/default, peak
+   memory, transformer block rows run.
 
 Weights are random (nothing is downloaded). FLOPs count allowed attention pairs and the per-token
 matmuls of the blocks. ``--write-crossovers PATH`` adds this device's measured attention points to
@@ -21,7 +24,8 @@ Without CUDA the script stops with an error; ``--dry-run`` runs every section at
 CPU (Triton in its interpreter, FlexAttention uncompiled) so the script itself stays tested.
 
 Usage: ``python benchmarks/gpu_report.py [--dry-run] [--json ROWS.jsonl] [--budget 300]
-[--write-crossovers TABLE.json] [--autotune]`` (also ``nox -s bench_gpu``).
+[--write-crossovers TABLE.json] [--autotune] [--sections attention,model,training,presets]``
+(also ``nox -s bench_gpu``).
 """
 
 from __future__ import annotations
@@ -631,6 +635,82 @@ def section_training(report: Report, sizes: Sizes, layerflow: Any) -> None:
     table("Training step (B=1, LoRAs on the trained blocks, AdamW)", ["checkpointing", "s", "peak GiB"], rows)
 
 
+# ------------------------------------------------------------------------------------- 4. presets
+PRESET_RUNS = (
+    ("exact", "default"),
+    ("fast", "default"),
+    ("fastest", "default"),
+    ("exact", "offload"),
+    ("exact", "low"),  # last: group offload leaves the models on the CPU between calls
+)
+
+
+def section_presets(report: Report, sizes: Sizes, layerflow: Any, steps: int) -> None:
+    """Table 4: one sampling call per preset, on the LayerFlow transformer of the sections above."""
+    import torch
+    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
+
+    from layerflow.pipelines import LayerFlowPipeline
+    from layerflow.pipelines.acceleration import count_block_calls
+    from layerflow.pipelines.scheduling import make_scheduler
+    from layerflow.presets import Preset
+
+    channels = layerflow.config["in_channels"]
+    vae = AutoencoderKLCogVideoX(  # 8x spatial, 4x temporal like CogVideoX's; small: never run here
+        block_out_channels=(8,) * 4,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        latent_channels=channels,
+        layers_per_block=1,
+        norm_num_groups=4,
+    ).to(sizes.dtype)
+    pipe = LayerFlowPipeline(None, None, vae, layerflow.eval(), make_scheduler("dpm"))
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    embeds = torch.randn(1, 3 * sizes.text_tokens, sizes.text_embed_dim, generator=generator).to(sizes.dtype)
+    rows = []
+    baseline: float | None = None
+    for speed, memory in PRESET_RUNS:
+        if not report.allow(f"preset {speed}/{memory}", 30):
+            continue
+        pipe.enable_preset(Preset(speed, memory), sizes.device)  # type: ignore[arg-type]
+
+        def call() -> object:
+            return pipe(
+                prompt_embeds=embeds,
+                num_frames=4 * sizes.clip_frames,  # clip_frames latent frames per clip
+                height=8 * sizes.latent_hw[0],
+                width=8 * sizes.latent_hw[1],
+                num_inference_steps=steps,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            )
+
+        with torch.no_grad(), count_block_calls(pipe.transformer) as calls, peak_memory(sizes.device) as used:
+            seconds = first_call_seconds(call, sizes.device)
+        baseline = seconds if baseline is None else baseline
+        per_call = 2 * 2 * len(pipe.transformer.transformer_blocks) * steps  # CFG rows x (attn, ff)
+        rows.append(
+            [
+                speed,
+                memory,
+                f"{seconds:.3f}",
+                fmt(seconds / baseline),
+                fmt(used["GiB"]),
+                fmt(calls.run / per_call),
+            ]
+        )
+        report.row(f"preset {speed}/{memory}: call of {steps} steps", seconds, "s")
+        report.row(f"preset {speed}/{memory}: / exact default", seconds / baseline, "x")
+        report.row(f"preset {speed}/{memory}: peak memory", used["GiB"], "GiB")
+        report.row(f"preset {speed}/{memory}: block rows run / all", calls.run / per_call, "x")
+    table(
+        f"Presets: one sampling call ({steps} steps, CFG, latents only)",
+        ["speed", "memory", "s", "/ exact default", "peak GiB", "block rows run"],
+        rows,
+    )
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -647,7 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autotune", action="store_true", help="autotune the Triton kernels (slow)")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile can be slow)")
     parser.add_argument(
-        "--sections", default="attention,model,training", help="comma-separated: attention, model, training"
+        "--sections",
+        default="attention,model,training,presets",
+        help="comma-separated: attention, model, training, presets",
     )
     args = parser.parse_args(argv)
     if not args.autotune:
@@ -671,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.set_verbosity_error()  # random-weight models in the report dtype: no casting advice
     sizes = DRY if args.dry_run else GPU
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - {"attention", "model", "training"}
+    unknown = sections - {"attention", "model", "training", "presets"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     report = Report(args.json, args.budget)
@@ -683,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         points = section_attention(report, sizes, attention)
         if args.write_crossovers is not None:
             write_crossovers(args.write_crossovers, points, sizes)
-    if sections & {"model", "training"} and report.allow("model construction", 30):
+    if sections & {"model", "training", "presets"} and report.allow("model construction", 30):
         stock, layerflow = build_models(sizes)
         if "model" in sections:
             section_model(report, sizes, stock, layerflow)
@@ -692,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
         del stock
         if "training" in sections:
             section_training(report, sizes, layerflow)
+        if "presets" in sections:
+            section_presets(report, sizes, layerflow, steps=2 if args.dry_run else 5)
     if "attention" in sections and not args.no_flex:
         section_flex(report, sizes, attention)  # last: its compile time is the least predictable
     elapsed = time.perf_counter() - report.started

@@ -8,6 +8,10 @@ alpha, background, composite) through the one clip codec, with a small CogVideoX
   on CPU the peak of the bytes held by tensors the work creates (every op output is tracked by
   its storage until its last tensor dies; weights and inputs excluded), the CPU stand-in for it.
 
+``joint_tiled``: the joint pass with VAE tiling (half-size spatial tiles, each over the whole
+video), the bounded-memory joint pass; its decoded frames are compared with the untiled joint
+pass (a random VAE: the change is far larger than a trained VAE's, see ``tests/test_vae_tiling.py``).
+
 The joint pass keeps the whole video's activations alive in one call (frame batches cover all
 frames), where per-clip passes free each clip's; it is what the official checkpoints were trained on.
 
@@ -17,21 +21,19 @@ Usage: ``python bench_vae_pass.py [--quick] [--json PATH]`` (see ``benchmarks/ru
 from __future__ import annotations
 
 import time
-import weakref
 from typing import Any
 
 import torch
 from _rows import bench_parser, emitter
 from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from layerflow.codec import ClipCodec
 from layerflow.layout import LayerLayout
 from layerflow.models.configs import model_geometry
+from layerflow.testing import PeakTensorBytes
 
 emit = emitter("layerflow")
-MODES = ("per_clip", "joint")
+MODES = ("per_clip", "joint", "joint_tiled")
 
 
 def setup(mode: str, size: int, frames: int, device: str) -> tuple[ClipCodec, Any, dict[str, torch.Tensor]]:
@@ -49,7 +51,9 @@ def setup(mode: str, size: int, frames: int, device: str) -> tuple[ClipCodec, An
         .to(device)
     )
     base = LayerLayout.official()
-    layout = LayerLayout(base.layers, base.alpha, vae_pass=mode)  # type: ignore[arg-type]
+    layout = LayerLayout(base.layers, base.alpha, vae_pass=mode.removesuffix("_tiled"))  # type: ignore[arg-type]
+    if mode.endswith("_tiled"):  # half-size tiles every quarter size: a whole number of latents
+        vae.enable_tiling(size // 2, size // 2, 0.5, 0.5)
     transformer_config = {"sample_height": size // 8, "sample_width": size // 8}
     geometry = model_geometry(vae.config, transformer_config)
     codec = ClipCodec(layout, geometry, vae)
@@ -65,50 +69,17 @@ def setup(mode: str, size: int, frames: int, device: str) -> tuple[ClipCodec, An
 
 
 @torch.no_grad()
-def round_trip(codec: ClipCodec, frame_geometry: Any, pixels: dict[str, torch.Tensor]) -> None:
+def round_trip(
+    codec: ClipCodec, frame_geometry: Any, pixels: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     latents = codec.encode(pixels, frame_geometry).sample(
         torch.Generator(device=latents_device(pixels)).manual_seed(0)
     )
-    codec.decode(latents, frame_geometry)
+    return codec.decode(latents, frame_geometry)
 
 
 def latents_device(pixels: dict[str, torch.Tensor]) -> str:
     return str(next(iter(pixels.values())).device.type)
-
-
-class PeakTensorBytes(TorchDispatchMode):
-    """Peak bytes of the storages created by ops run inside the mode (pre-existing ones excluded)."""
-
-    def __init__(self, existing: set[int]):
-        super().__init__()
-        self.existing = existing
-        self.live = 0
-        self.peak = 0
-        self.refs: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
-
-    def _release(self, pointer: int) -> None:
-        entry = self.refs[pointer]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.live -= entry[0]
-            del self.refs[pointer]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        for value in tree_leaves(out):
-            if not isinstance(value, torch.Tensor):
-                continue
-            storage = value.untyped_storage()
-            pointer = storage.data_ptr()
-            if pointer in self.existing or storage.nbytes() == 0:
-                continue
-            if pointer not in self.refs:
-                self.refs[pointer] = [storage.nbytes(), 0]
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-            self.refs[pointer][1] += 1
-            weakref.finalize(value, self._release, pointer)
-        return out
 
 
 def cpu_peak_mib(codec: ClipCodec, frame_geometry: Any, pixels: dict[str, torch.Tensor]) -> float:
@@ -173,6 +144,15 @@ def main() -> None:
         emit(args.json, f"VAE {mode}: encode + decode peak memory above inputs", peaks[mode], "MiB")
     emit(args.json, "VAE joint / per_clip encode + decode time", seconds["joint"] / seconds["per_clip"], "x")
     emit(args.json, "VAE joint / per_clip peak memory", peaks["joint"] / max(peaks["per_clip"], 1e-9), "x")
+    emit(
+        args.json,
+        "VAE joint_tiled / joint peak memory",
+        peaks["joint_tiled"] / max(peaks["joint"], 1e-9),
+        "x",
+    )
+    joint, tiled = (round_trip(*cases[mode]) for mode in ("joint", "joint_tiled"))
+    change = max((tiled[name] - frames).abs().mean().item() for name, frames in joint.items())
+    emit(args.json, "VAE joint_tiled vs joint: decoded mean abs change (random VAE)", change, "")
 
 
 if __name__ == "__main__":

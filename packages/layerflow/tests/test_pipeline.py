@@ -44,7 +44,7 @@ class CallRecorder:
         self.handle = pipe.transformer.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
-        self.inputs.append(args[0].clone())
+        self.inputs.append(kwargs["hidden_states"].clone())
 
     def close(self) -> None:
         self.handle.remove()

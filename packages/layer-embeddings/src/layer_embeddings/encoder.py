@@ -165,7 +165,8 @@ class LayerPromptEncoder(nn.Module):
         texts = [self._text_for(layer, batch[b][layer]) for b, layer in where]
 
         input_ids, token_mask = self._tokenize(texts, where)
-        hidden = self.text_encoder(input_ids.to(param.device))[0]
+        # Weights on the meta device are offloaded (sequential CPU offload): its hooks move the inputs.
+        hidden = self.text_encoder(input_ids.to(device if param.is_meta else param.device))[0]
         width = hidden.shape[-1]
         hidden = hidden.to(device=device, dtype=dtype or hidden.dtype)
         token_mask = token_mask.to(device)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .cli_checks import CliError
 from .media import ALPHA_MODES, DEFAULT_FORMATS, FORMATS, parse_formats
+from .presets import MEMORIES, SPEEDS
 from .tasks import DTYPES, TaskOptions
 
 
@@ -92,8 +93,18 @@ def add_task_options(parser: argparse.ArgumentParser, *, conditional: bool) -> N
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--cpu-offload", action="store_true", help="model CPU offload (low GPU memory)")
-    parser.add_argument("--vae-tiling", action="store_true")
+    parser.add_argument(
+        "--speed",
+        choices=SPEEDS,
+        default="exact",
+        help="exact (default), fast (PyramidAttentionBroadcast) or fastest (FasterCache): approximate caches",
+    )
+    parser.add_argument(
+        "--memory",
+        choices=MEMORIES,
+        default="default",
+        help="default (all on the device), offload (model CPU offload) or low (group offload, VAE tiling)",
+    )
 
 
 def task_options(args: argparse.Namespace) -> TaskOptions:
@@ -114,6 +125,6 @@ def task_options(args: argparse.Namespace) -> TaskOptions:
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
-        cpu_offload=args.cpu_offload,
-        vae_tiling=args.vae_tiling,
+        speed=args.speed,
+        memory=args.memory,
     )

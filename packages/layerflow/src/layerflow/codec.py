@@ -11,8 +11,12 @@ Two VAE pass modes (:attr:`LayerLayout.vae_pass`):
 * ``joint`` (official): the clips, concatenated along time in layout order (after a copy of frame 0
   with ``duplicate_first_frame``), are ONE causal video: one encode, one decode of the whole latent
   sequence, then split. The VAE's frame batches cover the whole video (its causal convolutions and
-  GroupNorm statistics see every clip); tiling must be off. Layers whose frames are unknown (the
-  ones a task generates) are filled with zeros in model range, i.e. mid-grey, for the joint encode.
+  GroupNorm statistics see every clip). With VAE tiling on, memory is bounded by the tile size:
+  every spatial tile goes through the whole video in one pass, so only the GroupNorm statistics
+  (per tile) and the blended tile seams differ from the untiled pass; ``bench_vae_pass.py`` and the
+  tests measure it. The VAE's own frame batches (8 frames) would bound memory further but change
+  the latents about twice as much (GroupNorm statistics per batch). Layers whose frames are unknown
+  (the ones a task generates) are filled with zeros in model range, i.e. mid-grey, for the joint encode.
 
 Pipeline, precompute cache and trainer all encode through :class:`ClipCodec`, so what the trainer
 encodes for a sample is what the pipeline encodes for the same frames.
@@ -156,21 +160,20 @@ class LatentPosterior:
 
 
 def check_joint_vae(vae: Any) -> None:
-    """The joint pass needs a CogVideoX-style VAE (frame batch sizes) with tiling off; raises otherwise."""
+    """The joint pass needs a CogVideoX-style VAE (frame batch sizes, tiling switch); raises otherwise."""
     for name in ("num_sample_frames_batch_size", "num_latent_frames_batch_size", "use_tiling"):
         if not hasattr(vae, name):
             raise TypeError(
                 f"the joint VAE pass needs a CogVideoX-style VAE with {name!r}; got {type(vae).__name__}"
             )
-    if vae.use_tiling:
-        raise ValueError("the joint VAE pass encodes the whole video at once: disable VAE tiling")
 
 
 @contextlib.contextmanager
 def whole_video_batches(
     vae: Any, frames: int | None = None, latent_frames: int | None = None
 ) -> Iterator[None]:
-    """Let a CogVideoX VAE encode ``frames`` pixel / decode ``latent_frames`` latent frames in one batch."""
+    """Let a CogVideoX VAE encode ``frames`` pixel / decode ``latent_frames`` latent frames in one batch
+    (with tiling on: every spatial tile over the whole video)."""
     check_joint_vae(vae)
     saved = (vae.num_sample_frames_batch_size, vae.num_latent_frames_batch_size)
     vae.num_sample_frames_batch_size = frames or saved[0]

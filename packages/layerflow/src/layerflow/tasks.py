@@ -20,6 +20,7 @@ import torch
 
 from .cli_checks import CliError, check_device, check_model_dir
 from .layout import LayerLayout, TaskLayout
+from .presets import MEMORIES, SPEEDS, Preset
 
 if TYPE_CHECKING:
     from .pipelines import LayerFlowOutput, LayerFlowPipeline
@@ -47,8 +48,8 @@ class TaskOptions:
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
-    cpu_offload: bool = False
-    vae_tiling: bool = False
+    speed: str = "exact"
+    memory: str = "default"
 
     def check(self) -> None:
         """Sizes and steps are positive, the guidance scale finite, negative prompts are encoded."""
@@ -58,6 +59,10 @@ class TaskOptions:
                 raise CliError(f"--{flag} must be >= 1, got {value}")
         if self.guidance is not None and not math.isfinite(self.guidance):
             raise CliError(f"--guidance must be a finite number, got {self.guidance}")
+        if self.speed not in SPEEDS:
+            raise CliError(f"--speed must be one of {', '.join(SPEEDS)}, got {self.speed!r}")
+        if self.memory not in MEMORIES:
+            raise CliError(f"--memory must be one of {', '.join(MEMORIES)}, got {self.memory!r}")
         if self.negative_prompts and self.unconditional == "zeros":
             raise CliError("--negative prompts are encoded: they cannot be used with --unconditional zeros")
 
@@ -161,14 +166,10 @@ def check_conditions(
             check_geometry(geometry, frames, height, width, request.layout)
         except ValueError as error:
             raise CliError(str(error)) from error
-    if options.vae_tiling and request.layout.vae_pass == "joint":
-        raise CliError(
-            "--vae-tiling: this model runs the VAE jointly over the whole video (official), without tiling"
-        )
 
 
 def load_pipeline(model: str | os.PathLike[str], device: str, options: TaskOptions) -> LayerFlowPipeline:
-    """The model folder as a pipeline on ``device``, with the options' dtype, scheduler and VAE modes."""
+    """The model folder as a pipeline on ``device``, with the options' dtype, scheduler and preset."""
     from .pipelines import LayerFlowPipeline
     from .pipelines.scheduling import switch_scheduler
 
@@ -179,13 +180,7 @@ def load_pipeline(model: str | os.PathLike[str], device: str, options: TaskOptio
     pipe = LayerFlowPipeline.from_pretrained(model, dtype=dtype)
     if options.scheduler != "dpm":
         pipe.scheduler = switch_scheduler(pipe.scheduler, options.scheduler)
-    if options.cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    if options.vae_tiling:
-        pipe.enable_vae_tiling()
-    pipe.enable_vae_slicing()
+    pipe.enable_preset(Preset(options.speed, options.memory), device)  # type: ignore[arg-type]  # checked
     return pipe
 
 
@@ -238,4 +233,10 @@ def run(
         "vae_pass": request.layout.vae_pass,
         "variant": request.layout.variant,
     }
-    return TaskResult(output, settings)
+    # The preset, when not the default: manifests of exact, on-device runs read as they always have.
+    preset = {
+        key: output.settings[key]
+        for key, value in Preset().to_dict().items()
+        if output.settings[key] != value
+    }
+    return TaskResult(output, {**settings, **preset})

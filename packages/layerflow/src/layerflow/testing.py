@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .layout import LayerLayout
 from .models import LayerFlowTransformer3DModel
@@ -25,6 +28,8 @@ from .tiny import (
 )
 
 __all__ = [
+    "PeakTensorBytes",
+    "TINY_CACHE_SETTINGS",
     "TINY_PROMPT_TOKENS",
     "TINY_TEXT_LENGTH",
     "TINY_TEXT_WIDTH",
@@ -50,6 +55,53 @@ def random_layer_frames(
         channels = 4 if spec.transparent else 3
         frames[spec.name] = torch.rand(num_frames, channels, height, width, generator=generator)
     return frames
+
+
+#: Cache settings that skip work on a tiny random pipeline (tests, ``bench_caches.py``): its
+#: first-block residual changes by 40-80 % per step, so FirstBlockCache needs a high threshold.
+#: MagCache also needs ``mag_ratios`` and ``num_inference_steps`` per call.
+TINY_CACHE_SETTINGS: dict[str, dict[str, Any]] = {
+    "first_block": {"threshold": 0.6},
+    "pyramid_broadcast": {"spatial_attention_block_skip_range": 2},
+    "faster": {"attention_weight_callback": lambda _: 0.3},
+    "taylorseer": {"cache_interval": 2, "disable_cache_before_step": 2},
+    "mag": {"threshold": 0.06},
+}
+
+
+class PeakTensorBytes(TorchDispatchMode):
+    """Peak bytes of the storages created by ops run inside the mode (pre-existing ones excluded)."""
+
+    def __init__(self, existing: set[int]):
+        super().__init__()
+        self.existing = existing
+        self.live = 0
+        self.peak = 0
+        self.refs: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
+
+    def _release(self, pointer: int) -> None:
+        entry = self.refs[pointer]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self.refs[pointer]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for value in tree_leaves(out):
+            if not isinstance(value, torch.Tensor):
+                continue
+            storage = value.untyped_storage()
+            pointer = storage.data_ptr()
+            if pointer in self.existing or storage.nbytes() == 0:
+                continue
+            if pointer not in self.refs:
+                self.refs[pointer] = [storage.nbytes(), 0]
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            self.refs[pointer][1] += 1
+            weakref.finalize(value, self._release, pointer)
+        return out
 
 
 # ------------------------------------------------------------------ official (SAT) checkpoints

@@ -27,6 +27,7 @@ OFFICIAL_TRAINED_BLOCKS = tuple(range(5, 30, 6))
 ADAPTERS_FOLDER = "adapters"
 #: What official inference runs: motion off, content on.
 INFERENCE_GATES = {MOTION: 0.0, CONTENT: 1.0}
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def sat_module_to_diffusers(path: str) -> str | list[str]:
@@ -87,7 +88,8 @@ def merged_for_inference(transformer: nn.Module) -> Iterator[list[str]]:
 
     Nothing changes while gradients are enabled or the model is training (a merged adapter would
     get no gradient, and training gates are per sample), nor for per-sample gates (not mergeable)
-    or weights on the meta device (sequential CPU offload).
+    and an adapter stays a branch where another mechanism owns the base weights
+    (:func:`_weights_held_elsewhere`).
     """
     if torch.is_grad_enabled() or transformer.training:
         yield []
@@ -104,12 +106,10 @@ def merged_for_inference(transformer: nn.Module) -> Iterator[list[str]]:
             gate = ml.get_scale(transformer, name)
             if isinstance(gate, torch.Tensor):
                 continue  # per-sample gate: must stay a branch
-            if any(layer.base_layer.weight.is_meta for layer in layers):
-                continue  # weights offloaded by accelerate hooks: nothing to merge into
             if gate == 0.0:
                 ml.disable_adapter(transformer, name)
                 disabled.append(name)
-            else:
+            elif not _weights_held_elsewhere(transformer, [layer.base_layer.weight for layer in layers]):
                 ml.merge_adapter(transformer, name, keep_copy=True)
                 merged.append(name)
         yield merged
@@ -118,6 +118,17 @@ def merged_for_inference(transformer: nn.Module) -> Iterator[list[str]]:
             ml.unmerge_adapter(transformer, name)
         for name in disabled:
             ml.enable_adapter(transformer, name)
+
+
+def _weights_held_elsewhere(transformer: nn.Module, weights: list[torch.Tensor]) -> bool:
+    """Base weights a merge must not touch: on the meta device (sequential CPU offload), in float8
+    storage (layerwise casting: the merge would round to 3 mantissa bits) or group offloaded (with
+    streams the onload copies pinned tensors taken when offloading was enabled, not the module's)."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    if any(weight.is_meta or weight.dtype in FLOAT8 for weight in weights):
+        return True
+    return _is_group_offload_enabled(transformer)
 
 
 def attach_lora_factors(transformer: nn.Module, factors: Mapping[str, Mapping[str, ml.ModuleLora]]) -> None:

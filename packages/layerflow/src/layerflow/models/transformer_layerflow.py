@@ -207,6 +207,18 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
     """
 
     patch_embed: LayerFlowPatchEmbed
+    #: ``compile_repeated_blocks()`` compiles one block and reuses the graph for every block.
+    _repeated_blocks = ["CogVideoXBlock"]
+    #: Kept in their dtype by ``enable_layerwise_casting``: the stock patterns (patch embedding, norms)
+    #: and, named so they stay kept wherever they live, the layer embedder (what tells the layers
+    #: apart), the learned position table and the LoRA factors (merged into the weights at inference).
+    _skip_layerwise_casting_patterns = [
+        *CogVideoXTransformer3DModel._skip_layerwise_casting_patterns,
+        "layer_embedder",
+        "position_table",
+        "lora_A",
+        "lora_B",
+    ]
 
     @register_to_config
     def __init__(

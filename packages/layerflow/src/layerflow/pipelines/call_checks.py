@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
+from diffusers.hooks import FasterCacheConfig, MagCacheConfig
 
 from layerflow.codec import check_joint_vae
 from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
@@ -114,6 +115,21 @@ def check_settings(
     bad_inputs = sorted(set(callback_inputs) - set(pipe._callback_tensor_inputs))
     if bad_inputs:
         raise ValueError(f"callback tensor inputs {bad_inputs} are not in {pipe._callback_tensor_inputs}")
+    check_cache(pipe.transformer, settings)
+
+
+def check_cache(transformer: Any, settings: Mapping[str, Any]) -> None:
+    """The transformer's diffusers cache fits the call: FasterCache splits the guidance batch in
+    halves (it needs guidance); MagCache's ratios are laid out for its ``num_inference_steps``."""
+    config = getattr(transformer, "_cache_config", None)
+    unguided = float(settings["guidance_scale"]) <= 1.0
+    if isinstance(config, FasterCacheConfig) and not config.is_guidance_distilled and unguided:
+        raise ValueError("FasterCache splits the guidance batch: it needs guidance_scale > 1")
+    if isinstance(config, MagCacheConfig) and config.num_inference_steps != settings["num_inference_steps"]:
+        raise ValueError(
+            f"MagCache is set up for {config.num_inference_steps} steps, the call runs "
+            f"{settings['num_inference_steps']}"
+        )
 
 
 def check_frames(

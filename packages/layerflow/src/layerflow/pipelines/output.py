@@ -27,7 +27,8 @@ class LayerFlowOutput(BaseOutput):
         task: the task that produced them.
         roles: layer name -> role (``"foreground"``, ``"background"``, ``"composite"``).
         prompts: layer name -> the prompt it was generated with (prompted layers only).
-        settings: the sampling settings used (steps, guidance scale, dynamic CFG, unconditional text).
+        settings: the sampling settings used (steps, guidance scale, dynamic CFG, unconditional text)
+            and the speed/memory preset (:class:`~layerflow.pipelines.acceleration.Preset`).
     """
 
     layers: dict[str, Any]

@@ -28,8 +28,10 @@ from layerflow.geometry import ModelGeometry
 from layerflow.layout import LayerLayout
 from layerflow.models.adapters import merged_for_inference
 from layerflow.models.configs import model_geometry
+from layerflow.presets import Preset
 from layerflow.variants import OFFICIAL_SAMPLING
 
+from .acceleration import place, preset_cache
 from .call_checks import ConditionFrames, check_call, negative_texts
 from .call_plan import CallPlan, plan_call
 from .output import LayerFlowOutput
@@ -71,7 +73,13 @@ class LayerFlowPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->transformer->vae->transparent_vae"  # type: ignore[assignment]  # None in the base
     _optional_components = ["transparent_vae"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "condition_latents"]
+    # diffusers' denoising-loop state, read by its cache hooks (``current_timestep_callback``) and callbacks.
+    _current_timestep: torch.Tensor | None = None
+    _interrupt: bool = False
+    _attention_kwargs: dict[str, Any] | None = None
+    #: What :meth:`enable_preset` last set (recorded in every output's settings).
+    preset: Preset = Preset()
 
     def __init__(
         self,
@@ -120,14 +128,51 @@ class LayerFlowPipeline(DiffusionPipeline):
             elif path.is_file():
                 apply_umask(path)
 
-    # ------------------------------------------------------------------ memory helpers (real GPUs)
+    # ------------------------------------------------------------------ diffusers' loop state
+    @property
+    def current_timestep(self) -> torch.Tensor | None:
+        """The timestep of the transformer call in progress (``None`` outside the loop): what
+        PyramidAttentionBroadcast and FasterCache read through ``current_timestep_callback``."""
+        return self._current_timestep
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. in a step callback) to skip the remaining steps."""
+        return self._interrupt
+
+    @property
+    def attention_kwargs(self) -> dict[str, Any] | None:
+        """What the transformer gets on every call of the running ``__call__`` (segment layout included)."""
+        return self._attention_kwargs
+
+    # ------------------------------------------------------------------ speed and memory
+    def enable_preset(self, preset: Preset, device: str | torch.device | None = None) -> None:
+        """Switch to ``preset``: its cache method on the transformer (any earlier one removed) and
+        its memory mode for ``device`` (default: the execution device).
+
+        Model CPU offload is undone when the memory mode changes; group offload (``"low"``) cannot be.
+        """
+        if self.preset.memory == "low" and preset.memory != "low":
+            raise ValueError("memory 'low' (group offload) cannot be switched off: load the pipeline again")
+        device = device if device is not None else self._execution_device
+        if self.transformer.is_cache_enabled:
+            self.transformer.disable_cache()
+        config = preset_cache(self, preset)
+        if config is not None:
+            self.transformer.enable_cache(config)
+        if self.preset.memory == "offload":
+            self.remove_all_hooks()
+        if self.preset.memory != "low":
+            place(self, preset, device)
+        self.preset = preset
+
     def enable_vae_slicing(self) -> None:
         self.vae.enable_slicing()
 
-    def enable_vae_tiling(self) -> None:
-        if self.layer_layout.vae_pass == "joint":
-            raise ValueError("this layout runs the VAE jointly over the whole video: tiling is not possible")
-        self.vae.enable_tiling()
+    def enable_vae_tiling(self, **tiles: Any) -> None:
+        """Spatial VAE tiles (``tiles``: ``AutoencoderKLCogVideoX.enable_tiling``'s sizes), for every
+        layout: a joint pass runs each tile over the whole video (see :mod:`layerflow.codec`)."""
+        self.vae.enable_tiling(**tiles)
 
     # ------------------------------------------------------------------ validation
     #: Validate a call's arguments before any model runs (:func:`.call_checks.check_call`).
@@ -260,14 +305,17 @@ class LayerFlowPipeline(DiffusionPipeline):
         full = self.assemble(self.scheduler.scale_model_input(state, t), condition, plan)
         guided = text.shape[0] != full.shape[0]
         model_input = torch.cat([full, full]) if guided else full
-        velocity = self.transformer(
-            model_input,
-            text,
-            t.expand(model_input.shape[0]),
-            num_clips=len(plan.task_layout.clips),
-            attention_kwargs=plan.attention_kwargs,
-            return_dict=False,
-        )[0].float()
+        # One batched call, unconditional half first (FasterCache's order); keyword inputs, so cache
+        # hooks can split them; the context keys the cache hooks' state, as in diffusers' pipelines.
+        with self.transformer.cache_context("cond_uncond"):
+            velocity = self.transformer(
+                hidden_states=model_input,
+                encoder_hidden_states=text,
+                timestep=t.expand(model_input.shape[0]),
+                num_clips=len(plan.task_layout.clips),
+                attention_kwargs=plan.attention_kwargs,
+                return_dict=False,
+            )[0].float()
         velocity = self._select(velocity, plan)
         if not guided:
             return velocity
@@ -303,6 +351,9 @@ class LayerFlowPipeline(DiffusionPipeline):
         old_pred_original_sample = None
         with self.progress_bar(total=len(timesteps)) as progress_bar, merged_for_inference(self.transformer):
             for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
                 velocity = self._velocity(plan, latents, condition, text, t)
                 if isinstance(self.scheduler, CogVideoXDPMScheduler):
                     latents, old_pred_original_sample = self.scheduler.step(
@@ -322,12 +373,14 @@ class LayerFlowPipeline(DiffusionPipeline):
                         "latents": latents,
                         "prompt_embeds": prompt_embeds,
                         "negative_prompt_embeds": negative_prompt_embeds,
+                        "condition_latents": condition,
                     }
                     returned = callback_on_step_end(
                         self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     )
                     latents = returned.pop("latents", latents)
                 progress_bar.update()
+        self._current_timestep = None
         return latents
 
     def decode_layers(self, plan: CallPlan, full: torch.Tensor, output_type: OutputType) -> dict[str, Any]:
@@ -386,7 +439,9 @@ class LayerFlowPipeline(DiffusionPipeline):
                 layer-attention processor); default full joint attention, as the official model.
             output_type: ``"pt"`` tensors, ``"np"`` arrays, ``"latent"`` (no decoding).
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after every step;
-                ``tensors`` holds ``callback_on_step_end_tensor_inputs`` (``latents`` = generated frames).
+                ``tensors`` holds ``callback_on_step_end_tensor_inputs`` (``latents`` = generated frames,
+                ``condition_latents`` = the clean condition latents spliced into every call, ``None``
+                without conditions).
         """
         given = {
             "num_inference_steps": num_inference_steps,
@@ -395,6 +450,8 @@ class LayerFlowPipeline(DiffusionPipeline):
             "unconditional": unconditional,
         }
         settings = {k: v if given.get(k) is None else given[k] for k, v in self.sampling_defaults().items()}
+        self._current_timestep = None
+        self._interrupt = False
         # 1. Check inputs: everything is validated before any model runs; then the call's plan.
         self.check_inputs(
             task,
@@ -426,6 +483,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             num_videos_per_prompt=num_videos_per_prompt,
             attention_kwargs=attention_kwargs,
         )
+        self._attention_kwargs = plan.attention_kwargs
         device = self._execution_device
         # 2. Layer prompts -> text embeddings (and the unconditional text when guided).
         prompt_embeds, negative_prompt_embeds = self.prepare_text(
@@ -460,7 +518,7 @@ class LayerFlowPipeline(DiffusionPipeline):
         # 7. Output.
         if not return_dict:
             return layers, full
-        return self._output(plan, prompts, layers, full)
+        return self._output(plan, prompts, layers, full, self.preset)
 
     @staticmethod
     def _output(
@@ -468,6 +526,7 @@ class LayerFlowPipeline(DiffusionPipeline):
         prompts: Mapping[str, str] | Sequence[str] | None,
         layers: dict[str, Any],
         full: torch.Tensor,
+        preset: Preset,
     ) -> LayerFlowOutput:
         task_layout = plan.task_layout
         texts = task_layout.resolve_prompts(prompts) if prompts is not None else []
@@ -477,5 +536,5 @@ class LayerFlowPipeline(DiffusionPipeline):
             task=task_layout.task,
             roles={layer.name: layer.role for layer in task_layout.layers},
             prompts=dict(zip([layer.name for layer in task_layout.prompt_layers], texts, strict=False)),
-            settings=dict(plan.settings),
+            settings={**plan.settings, **preset.to_dict()},
         )
