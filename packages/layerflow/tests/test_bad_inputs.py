@@ -28,6 +28,7 @@ from layerflow.media import OutputLayer, write_output_dir, write_png_sequence
 from layerflow.testing import (
     build_tiny_pipeline,
     build_tiny_transformer,
+    hold_lock_elsewhere,
     official_state_dict,
     random_layer_frames,
     random_lora_factors,
@@ -438,7 +439,8 @@ def test_a_crash_between_two_renames_is_recovered(tmp_path, monkeypatch) -> None
     with pytest.raises(KeyboardInterrupt), atomic.atomic_directory(target, overwrite=True) as folder:
         (folder / "weights").write_text("new")
     monkeypatch.setattr(atomic.os, "replace", real_replace)
-    assert not target.exists() and (tmp_path / ".final.old" / "weights").read_text() == "old"
+    backup = tmp_path / ".final.layerflow-backup"
+    assert not target.exists() and (backup / "content" / "weights").read_text() == "old"
     with atomic.atomic_directory(target, overwrite=True) as folder:  # the next run recovers, then replaces
         assert (target / "weights").read_text() == "old"
         (folder / "weights").write_text("new")
@@ -452,6 +454,94 @@ def test_replacing_a_folder_swaps_atomically(tmp_path) -> None:
         with atomic.atomic_directory(target, overwrite=True) as folder:
             (folder / "weights").write_text(content)
     assert (target / "weights").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["final"]
+
+
+def test_a_look_alike_manifest_is_not_ours(saved, tmp_path, capsys) -> None:
+    app = tmp_path / "webapp"
+    app.mkdir()
+    (app / "manifest.json").write_text(json.dumps({"name": "my app", "start_url": "/"}))
+    (app / "index.html").write_text("<html>")
+    before = tree(app)
+    fails(capsys, generate(saved, app, "--overwrite"), f"output {app}", "manifest.json is not layerflow's")
+    assert tree(app) == before
+
+
+def test_a_folder_that_appears_meanwhile_is_not_replaced(saved, tmp_path, capsys, monkeypatch) -> None:
+    from layerflow import cli
+
+    out, real_run = tmp_path / "out", cli.tasks.run
+
+    def run_then_someone_writes(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+        return result
+
+    monkeypatch.setattr(cli.tasks, "run", run_then_someone_writes)
+    assert main(generate(saved, out)) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the sampler's progress bars
+    assert last.startswith(f"layerflow: error: {out} already exists"), last
+    assert tree(out) == {"mine.txt": b"keep"} and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_the_decision_is_taken_at_the_end(tmp_path, overwrite) -> None:
+    target = tmp_path / "final"
+    with (
+        pytest.raises(FileExistsError, match="final"),
+        atomic.atomic_directory(target, overwrite=overwrite, replaces="manifest.json") as folder,
+    ):
+        (folder / "weights").write_text("new")
+        target.mkdir()
+        (target / "manifest.json").write_text("{}" if overwrite else "not json")
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("name", [".out.old", ".out.layerflow-backup"])
+def test_a_user_folder_named_like_a_backup_is_left_alone(saved, tmp_path, capsys, name) -> None:
+    look_alike = tmp_path / name
+    look_alike.mkdir()
+    (look_alike / "thesis.tex").write_text("mine")
+    assert main(generate(saved, tmp_path / "out")) == 0  # not moved into place as the "old" output
+    assert main(generate(saved, tmp_path / "out", "--overwrite", "--seed", "1")) == 0
+    assert (look_alike / "thesis.tex").read_text() == "mine"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["seed"] == 1
+
+
+def test_a_second_writer_of_one_output_is_refused(saved, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    holder = hold_lock_elsewhere(out)
+    try:
+        fails(capsys, generate(saved, out), f"{out} is being written by layerflow process {holder.pid}")
+    finally:
+        holder.communicate("")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_stale_lock_of_a_killed_writer_is_taken_over(saved, tmp_path) -> None:
+    out = tmp_path / "out"
+    holder = hold_lock_elsewhere(out)
+    holder.kill()
+    holder.communicate()
+    assert (tmp_path / ".out.layerflow-lock").read_text().split()[0] == str(holder.pid)
+    assert main(generate(saved, out)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_two_concurrent_generates_one_wins(saved, tmp_path) -> None:
+    """Two real processes into one -o at once: one writes, the other fails naming the folder."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "layerflow", *generate(saved, out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in "ab"
+    ]
+    done = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    assert sorted(code for code, _, _ in done) == [0, 2], done
+    (_, loser_out, loser_err) = next(d for d in done if d[0] == 2)
+    assert loser_out == "" and loser_err.count("\n") == 1, loser_err
+    assert f"output {out}" in loser_err or "being written by" in loser_err, loser_err
 
 
 # ------------------------------------------------------------------ 12. earlier stages

@@ -26,6 +26,7 @@ from layerflow.data import (
     StaleCacheError,
 )
 from layerflow.data.testing import write_official, write_simple_sample
+from layerflow.testing import hold_lock_elsewhere
 from layerflow.training import checkpointing as ckpt
 from layerflow.training.config import ConfigError, config_json, load_config
 from layerflow.training.output_dir import OutputInUseError
@@ -274,3 +275,13 @@ def test_config_json_round_trips_as_the_previous_run_marker(tmp_path: Path) -> N
     assert found(tmp_path) == []
     (tmp_path / "config.json").write_text(config_json(load_config(None, 1)))
     assert found(tmp_path) == [tmp_path / "config.json"]
+
+
+def test_a_second_training_into_one_root_is_refused(tmp_path: Path) -> None:
+    holder = hold_lock_elsewhere(tmp_path / "out")
+    try:
+        result = layerflow_train("--stage", "1", "--output-root", "out", "--max-steps", "1", cwd=tmp_path)
+    finally:
+        holder.communicate("")
+    assert_one_line_error(result, "out is being written by layerflow process", str(holder.pid))
+    assert not (tmp_path / "out").exists()

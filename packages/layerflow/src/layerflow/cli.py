@@ -31,6 +31,7 @@ from . import tasks
 from .cli_checks import CliError
 from .cli_options import add_output_options, add_task_options, pairs, task_options
 from .layout import LayerLayout
+from .locking import folder_lock
 from .media import MANIFEST_NAME, read_clip, read_manifest
 from .output_policy import OutputRefused, check_output
 from .tasks import DTYPES
@@ -96,20 +97,21 @@ def run_task(args: argparse.Namespace) -> Path:
     conditions = load_inputs(inputs, alphas)
     tasks.check_conditions(request, conditions, options)
     output = Path(args.output)
-    check_output(
-        output,
-        overwrite=args.overwrite,
-        marker=MANIFEST_NAME,
-        inputs=[args.model, *inputs.values(), *alphas.values()],
-    )
-    return tasks.run(args.model, request.task, prompts, conditions, options).save(
-        output,
-        fps=args.fps,
-        seed=args.seed,
-        formats=args.formats,
-        alpha=args.alpha_mode,
-        overwrite=args.overwrite,
-    )
+    with folder_lock(output):  # no other writer of the folder runs meanwhile
+        check_output(
+            output,
+            overwrite=args.overwrite,
+            marker=MANIFEST_NAME,
+            inputs=[args.model, *inputs.values(), *alphas.values()],
+        )
+        return tasks.run(args.model, request.task, prompts, conditions, options).save(
+            output,
+            fps=args.fps,
+            seed=args.seed,
+            formats=args.formats,
+            alpha=args.alpha_mode,
+            overwrite=args.overwrite,
+        )
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -311,22 +313,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .convert import CONVERSION_RECORD, ConversionError, convert_official_checkpoint
 
             inputs = [args.official] + ([args.base] if args.base else [])
-            check_output(args.out, overwrite=args.overwrite, marker=CONVERSION_RECORD, inputs=inputs)
-            try:
-                out = convert_official_checkpoint(
-                    args.official,
-                    args.out,
-                    base=args.base,
-                    variant=args.variant,
-                    lora=args.lora,
-                    max_text_seq_length=args.text_length,
-                    sample_height=args.latent_size[0],
-                    sample_width=args.latent_size[1],
-                    dtype=DTYPES[args.dtype] if args.dtype else None,
-                    overwrite=args.overwrite,
-                )
-            except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as error:
-                raise CliError(str(error)) from error
+            with folder_lock(args.out):
+                check_output(args.out, overwrite=args.overwrite, marker=CONVERSION_RECORD, inputs=inputs)
+                try:
+                    out = convert_official_checkpoint(
+                        args.official,
+                        args.out,
+                        base=args.base,
+                        variant=args.variant,
+                        lora=args.lora,
+                        max_text_seq_length=args.text_length,
+                        sample_height=args.latent_size[0],
+                        sample_width=args.latent_size[1],
+                        dtype=DTYPES[args.dtype] if args.dtype else None,
+                        overwrite=args.overwrite,
+                    )
+                except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as error:
+                    raise CliError(str(error)) from error
             print(f"wrote {out}")
         elif args.command == "eval":
             run_eval(args)

@@ -31,6 +31,7 @@ from .atomic import atomic_directory
 from .models import LayerFlowTransformer3DModel
 from .models.adapters import attach_lora_factors, merge_lora_into_state_dict, official_lora_factors
 from .models.configs import model_geometry
+from .output_policy import register_marker
 from .pipelines.folders import read_model_index
 from .pipelines.scheduling import make_scheduler
 from .variants import OfficialVariant, PositionTableKind, matching_variants, official_variant
@@ -41,6 +42,7 @@ SAT_PREFIX = "model.diffusion_model."
 CHECKPOINT_NAME = "mp_rank_00_model_states.pt"
 #: Written into every converted folder; ``--overwrite`` replaces only folders that have it.
 CONVERSION_RECORD = "conversion.json"
+register_marker(CONVERSION_RECORD, lambda record: {"source", "lora", "variant"} <= set(record))
 #: Non-DiT parts of the official file (T5, VAE, loss buffers): stock components, not converted.
 SKIPPED_PREFIXES = ("conditioner.", "first_stage_model.", "model_ema.", "loss_fn.")
 #: SAT keys diffusers drops too (RoPE buffers, token/position embeddings removed by ``reinit``).

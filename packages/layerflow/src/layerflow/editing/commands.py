@@ -24,6 +24,7 @@ from typing import Any
 from layerflow import tasks
 from layerflow.cli_checks import CliError
 from layerflow.cli_options import add_output_options, add_task_options, pairs, task_options
+from layerflow.locking import folder_lock
 from layerflow.media import MANIFEST_NAME, FrameError, OutputLayer, quantize_8bit, read_clip, write_output_dir
 from layerflow.output_policy import check_output
 
@@ -94,6 +95,12 @@ def recompose_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run_recompose(args: argparse.Namespace) -> Path:
+    """Recompose under the output folder's lock: no other writer of it runs meanwhile."""
+    with folder_lock(args.output):
+        return _recompose(args)
+
+
+def _recompose(args: argparse.Namespace) -> Path:
     replace = _pairs(args.replace, "--replace")
     scales = {k: _scale(v, k) for k, v in _pairs(args.scale, "--scale").items()}
     offsets = {k: _offset(v, k) for k, v in _pairs(args.offset, "--offset").items()}
@@ -178,6 +185,12 @@ def _kept_layers(args: argparse.Namespace, names: Sequence[str]) -> list[OutputL
 
 
 def run_edit(args: argparse.Namespace) -> Path:
+    """Edit under the output folder's lock: no other writer of it runs meanwhile."""
+    with folder_lock(args.output):
+        return _edit(args)
+
+
+def _edit(args: argparse.Namespace) -> Path:
     # 1. Everything about the request, before the model is loaded.
     check_output(
         args.output, overwrite=args.overwrite, marker=MANIFEST_NAME, inputs=[args.source, args.model]

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from layerflow.output_policy import OutputRefused
+
 from .chain import run_earlier_stages
 from .checkpointing import CheckpointError
 from .config import ConfigError, load_config, merge_tables, parse_override
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
     args = build_parser(prog).parse_args(argv)
     try:
         return _run(args)
-    except (ConfigError, MissingStageError, OutputInUseError, CheckpointError) as error:
+    except (ConfigError, MissingStageError, OutputInUseError, OutputRefused, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

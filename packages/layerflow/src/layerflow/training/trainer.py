@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from layerflow.data import collate_cached, collate_for_layout
+from layerflow.locking import folder_lock
 
 from . import checkpointing as ckpt
 from .config import ConfigError, TrainConfig, config_json
@@ -333,6 +334,14 @@ class LayerFlowTrainer:
         return masked_v_loss(prediction, noised.target, noised.loss_mask)
 
     def train(self) -> TrainResult:
+        """Train under the lock of the output root (``run.output_dir`` when set), taken by the main
+        process: a second training into the same root fails at once instead of mixing two runs."""
+        run = self.config.run
+        root = Path(run.output_dir or run.output_root)
+        with folder_lock(root) if self.accelerator.is_main_process else contextlib.nullcontext():
+            return self._train()
+
+    def _train(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         self._check_start()
         self._setup_model()
