@@ -14,17 +14,29 @@ import math
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from layerflow import atomic
 from layerflow.cli import main
 from layerflow.layout import LayerLayout
-from layerflow.media import OutputLayer, write_output_dir, write_png_sequence
+from layerflow.media import (
+    FrameError,
+    OutputLayer,
+    read_clip,
+    read_image,
+    write_output_dir,
+    write_png_sequence,
+    write_video,
+)
 from layerflow.testing import (
     build_tiny_pipeline,
     build_tiny_transformer,
@@ -542,6 +554,145 @@ def test_two_concurrent_generates_one_wins(saved, tmp_path) -> None:
     (_, loser_out, loser_err) = next(d for d in done if d[0] == 2)
     assert loser_out == "" and loser_err.count("\n") == 1, loser_err
     assert f"output {out}" in loser_err or "being written by" in loser_err, loser_err
+
+
+# ------------------------------------------------------------------ 13. every PNG mode, one reader
+def _write_png(path: Path, array, color_type: int, depth: int) -> Path:
+    """A PNG PIL cannot write (16-bit RGB/RGBA), encoded by hand: IHDR, one IDAT, IEND."""
+    array = np.asarray(array)
+    rows = array.astype(">u2" if depth == 16 else np.uint8).reshape(array.shape[0], -1)
+    data = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    header = struct.pack(">IIBBBBB", array.shape[1], array.shape[0], depth, color_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _pil_png(path: Path, array, mode: str | None = None, **options) -> Path:
+    image = (
+        Image.fromarray(np.asarray(array), mode)
+        if mode != "P"
+        else Image.fromarray(np.asarray(array, np.uint8), "P")
+    )
+    if mode == "P":
+        image.putpalette([255, 0, 0, 0, 0, 255])
+    image.save(path, **options)
+    return path
+
+
+_GREY = [0.0, 51 / 255, 1.0]
+# name: (writer, expected RGB [pixels][3], expected alpha per pixel or None, tolerance)
+PNG_MODES = {
+    "1-bit grey": (lambda p: _pil_png(p, np.array([[0, 1, 1]], bool)), [[0] * 3, [1] * 3, [1] * 3], None, 0),
+    "8-bit grey": (
+        lambda p: _pil_png(p, np.array([[0, 51, 255]], np.uint8)),
+        [[g] * 3 for g in _GREY],
+        None,
+        0,
+    ),
+    "16-bit grey": (
+        lambda p: _pil_png(p, np.array([[0, 1000, 65535]], np.uint16)),
+        [[v / 65535] * 3 for v in (0, 1000, 65535)],
+        None,
+        1e-6,
+    ),
+    "16-bit grey, tRNS": (
+        lambda p: _pil_png(p, np.array([[0, 1000, 65535]], np.uint16), transparency=1000),
+        [[v / 65535] * 3 for v in (0, 1000, 65535)],
+        [1, 0, 1],
+        1e-6,
+    ),
+    "8-bit grey, tRNS": (
+        lambda p: _pil_png(p, np.array([[0, 51, 255]], np.uint8), transparency=51),
+        [[g] * 3 for g in _GREY],
+        [1, 0, 1],
+        0,
+    ),
+    "grey + alpha": (
+        lambda p: _pil_png(p, np.array([[[0, 255], [51, 0], [255, 102]]], np.uint8), "LA"),
+        [[g] * 3 for g in _GREY],
+        [1, 0, 0.4],
+        1e-6,
+    ),
+    "palette, tRNS": (
+        lambda p: _pil_png(p, [[0, 1, 0]], "P", transparency=1),
+        [[1, 0, 0], [0, 0, 1], [1, 0, 0]],
+        [1, 0, 1],
+        0,
+    ),
+    "8-bit RGB": (
+        lambda p: _pil_png(p, np.array([[[255, 0, 51], [0, 255, 0], [51, 51, 51]]], np.uint8)),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        None,
+        1e-6,
+    ),
+    "8-bit RGBA": (
+        lambda p: _pil_png(p, np.array([[[255, 0, 51, 255], [0, 255, 0, 0], [51, 51, 51, 102]]], np.uint8)),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        [1, 0, 0.4],
+        1e-6,
+    ),
+    "16-bit RGB": (
+        lambda p: _write_png(p, [[[65535, 0, 13107], [0, 65535, 0], [13107, 13107, 13107]]], 2, 16),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        None,
+        1 / 255,
+    ),
+    "16-bit RGBA": (
+        lambda p: _write_png(p, [[[65535, 0, 13107, 65535], [0, 65535, 0, 0], [13107] * 3 + [26214]]], 6, 16),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        [1, 0, 0.4],
+        1 / 255,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PNG_MODES)
+def test_every_png_mode_reads_as_its_pixels(tmp_path, name) -> None:
+    write, rgb, alpha, tolerance = PNG_MODES[name]
+    path = write(tmp_path / "0000.png")
+    expected = np.array(rgb, np.float32)[None]
+    assert np.abs(read_image(path, "rgb") - expected).max() <= tolerance + 1e-7
+    if alpha is None:
+        with pytest.raises(FrameError, match="no alpha channel"):
+            read_image(path, "rgba")
+        return
+    rgba = read_image(path, "rgba")
+    assert np.abs(rgba[..., :3] - expected).max() <= tolerance + 1e-7
+    assert np.abs(rgba[..., 3] - np.array([alpha], np.float32)).max() <= tolerance + 1e-7
+    matte = read_image(path, "alpha")  # an image with alpha given as a matte: its alpha
+    assert np.abs(matte[..., 0] - np.array([alpha], np.float32)).max() <= tolerance + 1e-7
+
+
+@pytest.mark.parametrize("name", ["8-bit RGBA", "grey + alpha", "palette, tRNS", "16-bit grey"])
+def test_a_matte_given_with_a_is_read_by_the_same_rules(tmp_path, name) -> None:
+    from layerflow.cli import load_inputs
+
+    write, rgb, alpha, tolerance = PNG_MODES[name]
+    for folder in ("colour", "matte"):
+        (tmp_path / folder).mkdir()
+    _pil_png(tmp_path / "colour" / "0000.png", np.zeros((1, 3, 3), np.uint8))
+    write(tmp_path / "matte" / "0000.png")
+    frames = load_inputs({"foreground": str(tmp_path / "colour")}, {"foreground": str(tmp_path / "matte")})
+    expected = alpha if alpha is not None else [v[0] for v in rgb]
+    assert (frames["foreground"][0, 3, 0] - torch.tensor(expected)).abs().max() <= tolerance + 1e-6
+
+
+def test_a_truncated_video_is_an_error(saved, tmp_path, capsys) -> None:
+    whole = write_video(tmp_path / "whole.webm", torch.rand(8, 3, 16, 16), 8, format="webm")
+    short = tmp_path / "short.webm"
+    short.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={short}", *FAST]
+    fails(capsys, argv, f"{short}: video is truncated or damaged", "of the 8 frames")
+    assert read_clip(whole).shape[0] == 8
 
 
 # ------------------------------------------------------------------ 12. earlier stages

@@ -74,6 +74,8 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
                     f"alpha {alphas[name]} has {matte.shape[0]} frames of {tuple(matte.shape[-2:])}, "
                     f"input {path} has {color.shape[0]} frames of {tuple(color.shape[-2:])}"
                 )
+            if matte.shape[1] == 4 and bool((matte[:, 3] < 1).any()):  # an RGBA matte: its alpha
+                matte = matte[:, 3:]
             color = torch.cat(
                 [color[:, :3], matte[:, :1] if matte.shape[1] == 1 else matte[:, :3].mean(1, True)], 1
             )
