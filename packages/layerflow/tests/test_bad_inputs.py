@@ -9,6 +9,7 @@ status 2, one line on stderr, no traceback).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from layerflow import atomic
 from layerflow.cli import main
@@ -243,6 +245,13 @@ def test_pipeline_height_zero_is_refused(pipe) -> None:
         ("--frames", "0", "--frames must be >= 1, got 0"),
         ("--steps", "0", "--steps must be >= 1, got 0"),
         ("--fps", "0", "--fps must be >= 1, got 0"),
+        ("--frames", "100000", "--frames must be <= 1024, got 100000"),
+        ("--height", "100000", "--height must be <= 8192, got 100000"),
+        ("--width", "9000", "--width must be <= 8192, got 9000"),
+        ("--steps", "1000000", "--steps must be <= 1000, got 1000000"),
+        ("--guidance", "1e30", "--guidance must be between -100 and 100, got 1e+30"),
+        ("--seed", str(2**70), f"--seed must be between {-(2**63)} and {2**64 - 1}, got {2**70}"),
+        ("--fps", "100000", "--fps must be <= 1000, got 100000"),
     ],
 )
 def test_cli_numbers(saved, tmp_path, capsys, flag, value, message) -> None:
@@ -693,6 +702,66 @@ def test_a_truncated_video_is_an_error(saved, tmp_path, capsys) -> None:
     argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={short}", *FAST]
     fails(capsys, argv, f"{short}: video is truncated or damaged", "of the 8 frames")
     assert read_clip(whole).shape[0] == 8
+
+
+# ------------------------------------------------------------------ 14. malformed model folders
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def _set_index(model: Path, **changes) -> None:
+    _edit_json(model / "model_index.json", **changes)
+
+
+def _wrong_shape(model: Path) -> None:
+    file = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    weights["norm_out.linear.weight"] = torch.zeros(3, 5)
+    save_file(weights, file)
+
+
+def _pickled_object(model: Path) -> None:
+    file = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights: dict = load_file(file)
+    file.unlink()
+    torch.save({**weights, "extra": argparse.Namespace(x=1)}, file.with_suffix(".bin"))
+
+
+MODEL_DAMAGE = {
+    "unknown class": (
+        lambda m: _set_index(m, transformer=["layerflow.models.transformer_layerflow", "NoSuchModel"]),
+        "model_index.json: 'transformer': layerflow.models.transformer_layerflow has no class 'NoSuchModel'",
+    ),
+    "foreign library": (
+        lambda m: _set_index(m, transformer=["os", "system"]),
+        "model_index.json: 'transformer' names library 'os'",
+    ),
+    "wrong kind": (
+        lambda m: _set_index(m, scheduler=["diffusers", "AutoencoderKLCogVideoX"]),
+        "model_index.json: 'scheduler': diffusers.AutoencoderKLCogVideoX is not a SchedulerMixin",
+    ),
+    "malformed layout": (
+        lambda m: _set_index(m, layout={"layers": "foreground"}),
+        "model_index.json: 'layout': malformed layer layout",
+    ),
+    "config value type": (
+        lambda m: _edit_json(m / "transformer" / "config.json", num_layers="two"),
+        "transformer/config.json: 'num_layers' must be an integer, got 'two'",
+    ),
+    "tensor shape": (
+        _wrong_shape,
+        "diffusion_pytorch_model.safetensors: tensor 'norm_out.linear.weight' has shape [3, 5], the config needs",
+    ),
+    "pickle objects": (_pickled_object, "diffusion_pytorch_model.bin: holds pickled objects besides tensors"),
+}
+
+
+@pytest.mark.parametrize("damage", MODEL_DAMAGE)
+def test_a_malformed_model_folder_is_one_line(model_dir, tmp_path, capsys, damage) -> None:
+    break_it, message = MODEL_DAMAGE[damage]
+    break_it(model_dir)
+    fails(capsys, generate(model_dir, tmp_path / "out"), message)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ 12. earlier stages

@@ -37,6 +37,8 @@ from .output_policy import OutputRefused, check_output
 from .tasks import DTYPES
 from .variants import OFFICIAL_VARIANTS
 
+#: Bounds of ``convert``'s sizes: tokens per prompt and latent height/width.
+MAX_TEXT_LENGTH, MAX_LATENT_SIZE = 4096, 1024
 TASK_COMMANDS = {
     "generate": "generate",
     "fg2bg": "foreground_to_background",
@@ -99,21 +101,25 @@ def run_task(args: argparse.Namespace) -> Path:
     conditions = load_inputs(inputs, alphas)
     tasks.check_conditions(request, conditions, options)
     output = Path(args.output)
+    check_output(
+        output,
+        overwrite=args.overwrite,
+        marker=MANIFEST_NAME,
+        inputs=[args.model, *inputs.values(), *alphas.values()],
+    )
     with folder_lock(output):  # no other writer of the folder runs meanwhile
-        check_output(
-            output,
-            overwrite=args.overwrite,
-            marker=MANIFEST_NAME,
-            inputs=[args.model, *inputs.values(), *alphas.values()],
-        )
-        return tasks.run(args.model, request.task, prompts, conditions, options).save(
-            output,
-            fps=args.fps,
-            seed=args.seed,
-            formats=args.formats,
-            alpha=args.alpha_mode,
-            overwrite=args.overwrite,
-        )
+        result = tasks.run(args.model, request.task, prompts, conditions, options)
+        try:
+            return result.save(
+                output,
+                fps=args.fps,
+                seed=args.seed,
+                formats=args.formats,
+                alpha=args.alpha_mode,
+                overwrite=args.overwrite,
+            )
+        except ValueError as error:  # e.g. NaN/inf frames: nothing written
+            raise CliError(str(error)) from error
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -314,9 +320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "convert":
             from .convert import CONVERSION_RECORD, ConversionError, convert_official_checkpoint
 
+            for flag, values, limit in (
+                ("--text-length", [args.text_length], MAX_TEXT_LENGTH),
+                ("--latent-size", args.latent_size, MAX_LATENT_SIZE),
+            ):
+                if not all(1 <= value <= limit for value in values):
+                    raise CliError(f"{flag} must be between 1 and {limit}, got {values}")
             inputs = [args.official] + ([args.base] if args.base else [])
+            check_output(args.out, overwrite=args.overwrite, marker=CONVERSION_RECORD, inputs=inputs)
             with folder_lock(args.out):
-                check_output(args.out, overwrite=args.overwrite, marker=CONVERSION_RECORD, inputs=inputs)
                 try:
                     out = convert_official_checkpoint(
                         args.official,

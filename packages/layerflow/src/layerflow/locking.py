@@ -74,8 +74,13 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
     if path in _held:  # this process holds it already: the outer holder releases it
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = _acquire(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = _acquire(path)
+    except FolderLocked:
+        raise
+    except OSError as error:
+        raise OutputRefused(f"cannot write {folder}: cannot lock it ({error.strerror or error})") from None
     previous = os.pread(descriptor, 64, 0).decode(errors="replace").split()
     if previous and previous[0] != str(os.getpid()):
         logger.info("%s: taking over the stale lock of process %s (no longer running)", path, previous[0])
