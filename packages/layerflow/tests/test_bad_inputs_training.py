@@ -285,3 +285,21 @@ def test_a_second_training_into_one_root_is_refused(tmp_path: Path) -> None:
         holder.communicate("")
     assert_one_line_error(result, "out is being written by layerflow process", str(holder.pid))
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path: Path, caplog) -> None:
+    first = {"run": {"max_steps": 2, "checkpoint_every": 2}}
+    train_tiny(tmp_path, "run", first)
+    config_file = tmp_path / "run" / "config.json"
+    written = config_file.read_bytes()
+    changed = {"run": {"max_steps": 3, "checkpoint_every": 2}, "optim": {"learning_rate": 0.5}}
+    with pytest.raises(ckpt.CheckpointError, match=r"optim.learning_rate: .* -> 0.5\): pass --allow-changes"):
+        train_tiny(tmp_path, "run", changed, resume=True)
+    assert config_file.read_bytes() == written
+    train_tiny(tmp_path, "run", {"run": {"max_steps": 3, "checkpoint_every": 2}}, resume=True)  # only longer
+    with caplog.at_level(logging.WARNING):
+        result = train_tiny(
+            tmp_path, "run", changed | {"run": {"max_steps": 4}}, resume=True, allow_changes=True
+        )
+    assert len(result.losses) == 4 and "optim.learning_rate" in caplog.text
+    assert config_file.read_bytes() == written  # the first config stays

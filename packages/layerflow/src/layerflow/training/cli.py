@@ -44,6 +44,12 @@ def build_parser(prog: str = "python -m layerflow.training") -> argparse.Argumen
         "one is skipped with a warning), or from the given checkpoint",
     )
     parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue although settings that shape training (learning rate, trained blocks, "
+        "data, ...) differ from the checkpoint's (listed as a warning)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the previous run in the stage's output folder (its checkpoints, final/, logs)",
@@ -101,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.stage, overrides)
     from .trainer import train
 
-    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    result = train(config, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
     if result.final_dir is not None:
         print(
             f"stage {args.stage}: {len(result.losses)} steps, final loss {result.losses[-1]:.4f}, output {result.final_dir}"
