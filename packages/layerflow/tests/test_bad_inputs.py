@@ -764,6 +764,13 @@ def test_a_malformed_model_folder_is_one_line(model_dir, tmp_path, capsys, damag
     assert not (tmp_path / "out").exists()
 
 
+def test_convert_of_a_text_file_says_it_is_not_a_checkpoint(tmp_path, capsys) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    fails(capsys, ["convert", notes, tmp_path / "out"], f"{notes} is not a torch checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------ 12. earlier stages
 def test_earlier_stages_only_with_the_tiny_default(tmp_path, capsys) -> None:
     from layerflow.training.config import TINY_CONFIG

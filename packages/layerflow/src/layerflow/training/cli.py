@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from layerflow.data import NoSamplesError, SampleError
 from layerflow.output_policy import OutputRefused
 
 from .chain import run_earlier_stages
-from .checkpointing import CheckpointError
+from .checkpointing import CheckpointError, latest_checkpoint
 from .config import ConfigError, load_config, merge_tables, parse_override
 from .export import MissingStageError
 from .output_dir import OutputInUseError
@@ -82,7 +83,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
     args = build_parser(prog).parse_args(argv)
     try:
         return _run(args)
-    except (ConfigError, MissingStageError, OutputInUseError, OutputRefused, CheckpointError) as error:
+    except (
+        ConfigError,
+        MissingStageError,
+        OutputInUseError,
+        OutputRefused,
+        CheckpointError,
+        SampleError,
+        NoSamplesError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -107,7 +116,17 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.stage, overrides)
     from .trainer import train
 
-    result = train(config, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+    try:
+        result = train(config, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+    except KeyboardInterrupt:
+        newest = latest_checkpoint(config.output_dir)
+        resume = (
+            f"run the same command with --resume to continue from {newest}"
+            if newest is not None
+            else "no checkpoint was written yet: run the same command to start over"
+        )
+        print(f"error: interrupted: {resume}", file=sys.stderr)
+        return 130
     if result.final_dir is not None:
         print(
             f"stage {args.stage}: {len(result.losses)} steps, final loss {result.losses[-1]:.4f}, output {result.final_dir}"

@@ -88,6 +88,7 @@ class LayerFlowTrainer:
         self.resume = resume
         self.overwrite = overwrite
         self.allow_changes = allow_changes
+        self._wrote_config = False
         self.on_step_end = on_step_end
         run = config.run
         tracker = run.tracker
@@ -354,7 +355,18 @@ class LayerFlowTrainer:
         run = self.config.run
         root = Path(run.output_dir or run.output_root)
         with folder_lock(root) if self.accelerator.is_main_process else contextlib.nullcontext():
-            return self._train()
+            try:
+                return self._train()
+            except BaseException:
+                self._forget_unstarted_run()
+                raise
+
+    def _forget_unstarted_run(self) -> None:
+        """After a failure before the first checkpoint, remove the ``config.json`` this run wrote:
+        it would make the rerun refuse the folder as a previous run with nothing to resume."""
+        output_dir = self.config.output_dir
+        if self._wrote_config and not ckpt.complete_checkpoints(output_dir):
+            (output_dir / "config.json").unlink(missing_ok=True)
 
     def _train(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
@@ -374,6 +386,7 @@ class LayerFlowTrainer:
             (config.output_dir).mkdir(parents=True, exist_ok=True)
             if state.step == 0:  # a resumed run keeps the config its first steps were trained with
                 (config.output_dir / "config.json").write_text(config_json(config))
+                self._wrote_config = True
         accelerator.init_trackers(f"layerflow-stage{config.stage}", config=_flat_scalars(config.to_dict()))
         accumulation = config.optim.gradient_accumulation_steps
         samples_per_step = self.sampler.global_batch * accumulation
