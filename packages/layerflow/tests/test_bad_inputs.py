@@ -9,25 +9,40 @@ status 2, one line on stderr, no traceback).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from layerflow import atomic
 from layerflow.cli import main
 from layerflow.layout import LayerLayout
-from layerflow.media import OutputLayer, write_output_dir, write_png_sequence
+from layerflow.media import (
+    FrameError,
+    OutputLayer,
+    read_clip,
+    read_image,
+    write_output_dir,
+    write_png_sequence,
+    write_video,
+)
 from layerflow.testing import (
     build_tiny_pipeline,
     build_tiny_transformer,
+    hold_lock_elsewhere,
     official_state_dict,
     random_layer_frames,
     random_lora_factors,
@@ -230,6 +245,13 @@ def test_pipeline_height_zero_is_refused(pipe) -> None:
         ("--frames", "0", "--frames must be >= 1, got 0"),
         ("--steps", "0", "--steps must be >= 1, got 0"),
         ("--fps", "0", "--fps must be >= 1, got 0"),
+        ("--frames", "100000", "--frames must be <= 1024, got 100000"),
+        ("--height", "100000", "--height must be <= 8192, got 100000"),
+        ("--width", "9000", "--width must be <= 8192, got 9000"),
+        ("--steps", "1000000", "--steps must be <= 1000, got 1000000"),
+        ("--guidance", "1e30", "--guidance must be between -100 and 100, got 1e+30"),
+        ("--seed", str(2**70), f"--seed must be between {-(2**63)} and {2**64 - 1}, got {2**70}"),
+        ("--fps", "100000", "--fps must be <= 1000, got 100000"),
     ],
 )
 def test_cli_numbers(saved, tmp_path, capsys, flag, value, message) -> None:
@@ -438,7 +460,8 @@ def test_a_crash_between_two_renames_is_recovered(tmp_path, monkeypatch) -> None
     with pytest.raises(KeyboardInterrupt), atomic.atomic_directory(target, overwrite=True) as folder:
         (folder / "weights").write_text("new")
     monkeypatch.setattr(atomic.os, "replace", real_replace)
-    assert not target.exists() and (tmp_path / ".final.old" / "weights").read_text() == "old"
+    backup = tmp_path / ".final.layerflow-backup"
+    assert not target.exists() and (backup / "content" / "weights").read_text() == "old"
     with atomic.atomic_directory(target, overwrite=True) as folder:  # the next run recovers, then replaces
         assert (target / "weights").read_text() == "old"
         (folder / "weights").write_text("new")
@@ -452,6 +475,300 @@ def test_replacing_a_folder_swaps_atomically(tmp_path) -> None:
         with atomic.atomic_directory(target, overwrite=True) as folder:
             (folder / "weights").write_text(content)
     assert (target / "weights").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["final"]
+
+
+def test_a_look_alike_manifest_is_not_ours(saved, tmp_path, capsys) -> None:
+    app = tmp_path / "webapp"
+    app.mkdir()
+    (app / "manifest.json").write_text(json.dumps({"name": "my app", "start_url": "/"}))
+    (app / "index.html").write_text("<html>")
+    before = tree(app)
+    fails(capsys, generate(saved, app, "--overwrite"), f"output {app}", "manifest.json is not layerflow's")
+    assert tree(app) == before
+
+
+def test_a_folder_that_appears_meanwhile_is_not_replaced(saved, tmp_path, capsys, monkeypatch) -> None:
+    from layerflow import cli
+
+    out, real_run = tmp_path / "out", cli.tasks.run
+
+    def run_then_someone_writes(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+        return result
+
+    monkeypatch.setattr(cli.tasks, "run", run_then_someone_writes)
+    assert main(generate(saved, out)) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the sampler's progress bars
+    assert last.startswith(f"layerflow: error: {out} already exists"), last
+    assert tree(out) == {"mine.txt": b"keep"} and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_the_decision_is_taken_at_the_end(tmp_path, overwrite) -> None:
+    target = tmp_path / "final"
+    with (
+        pytest.raises(FileExistsError, match="final"),
+        atomic.atomic_directory(target, overwrite=overwrite, replaces="manifest.json") as folder,
+    ):
+        (folder / "weights").write_text("new")
+        target.mkdir()
+        (target / "manifest.json").write_text("{}" if overwrite else "not json")
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("name", [".out.old", ".out.layerflow-backup"])
+def test_a_user_folder_named_like_a_backup_is_left_alone(saved, tmp_path, capsys, name) -> None:
+    look_alike = tmp_path / name
+    look_alike.mkdir()
+    (look_alike / "thesis.tex").write_text("mine")
+    assert main(generate(saved, tmp_path / "out")) == 0  # not moved into place as the "old" output
+    assert main(generate(saved, tmp_path / "out", "--overwrite", "--seed", "1")) == 0
+    assert (look_alike / "thesis.tex").read_text() == "mine"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["seed"] == 1
+
+
+def test_a_second_writer_of_one_output_is_refused(saved, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    holder = hold_lock_elsewhere(out)
+    try:
+        fails(capsys, generate(saved, out), f"{out} is being written by layerflow process {holder.pid}")
+    finally:
+        holder.communicate("")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_stale_lock_of_a_killed_writer_is_taken_over(saved, tmp_path) -> None:
+    out = tmp_path / "out"
+    holder = hold_lock_elsewhere(out)
+    holder.kill()
+    holder.communicate()
+    assert (tmp_path / ".out.layerflow-lock").read_text().split()[0] == str(holder.pid)
+    assert main(generate(saved, out)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_two_concurrent_generates_one_wins(saved, tmp_path) -> None:
+    """Two real processes into one -o at once: one writes, the other fails naming the folder."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "layerflow", *generate(saved, out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in "ab"
+    ]
+    done = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    assert sorted(code for code, _, _ in done) == [0, 2], done
+    (_, loser_out, loser_err) = next(d for d in done if d[0] == 2)
+    assert loser_out == "" and loser_err.count("\n") == 1, loser_err
+    assert f"output {out}" in loser_err or "being written by" in loser_err, loser_err
+
+
+# ------------------------------------------------------------------ 13. every PNG mode, one reader
+def _write_png(path: Path, array, color_type: int, depth: int) -> Path:
+    """A PNG PIL cannot write (16-bit RGB/RGBA), encoded by hand: IHDR, one IDAT, IEND."""
+    array = np.asarray(array)
+    rows = array.astype(">u2" if depth == 16 else np.uint8).reshape(array.shape[0], -1)
+    data = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    header = struct.pack(">IIBBBBB", array.shape[1], array.shape[0], depth, color_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _pil_png(path: Path, array, mode: str | None = None, **options) -> Path:
+    image = (
+        Image.fromarray(np.asarray(array), mode)
+        if mode != "P"
+        else Image.fromarray(np.asarray(array, np.uint8), "P")
+    )
+    if mode == "P":
+        image.putpalette([255, 0, 0, 0, 0, 255])
+    image.save(path, **options)
+    return path
+
+
+_GREY = [0.0, 51 / 255, 1.0]
+# name: (writer, expected RGB [pixels][3], expected alpha per pixel or None, tolerance)
+PNG_MODES = {
+    "1-bit grey": (lambda p: _pil_png(p, np.array([[0, 1, 1]], bool)), [[0] * 3, [1] * 3, [1] * 3], None, 0),
+    "8-bit grey": (
+        lambda p: _pil_png(p, np.array([[0, 51, 255]], np.uint8)),
+        [[g] * 3 for g in _GREY],
+        None,
+        0,
+    ),
+    "16-bit grey": (
+        lambda p: _pil_png(p, np.array([[0, 1000, 65535]], np.uint16)),
+        [[v / 65535] * 3 for v in (0, 1000, 65535)],
+        None,
+        1e-6,
+    ),
+    "16-bit grey, tRNS": (
+        lambda p: _pil_png(p, np.array([[0, 1000, 65535]], np.uint16), transparency=1000),
+        [[v / 65535] * 3 for v in (0, 1000, 65535)],
+        [1, 0, 1],
+        1e-6,
+    ),
+    "8-bit grey, tRNS": (
+        lambda p: _pil_png(p, np.array([[0, 51, 255]], np.uint8), transparency=51),
+        [[g] * 3 for g in _GREY],
+        [1, 0, 1],
+        0,
+    ),
+    "grey + alpha": (
+        lambda p: _pil_png(p, np.array([[[0, 255], [51, 0], [255, 102]]], np.uint8), "LA"),
+        [[g] * 3 for g in _GREY],
+        [1, 0, 0.4],
+        1e-6,
+    ),
+    "palette, tRNS": (
+        lambda p: _pil_png(p, [[0, 1, 0]], "P", transparency=1),
+        [[1, 0, 0], [0, 0, 1], [1, 0, 0]],
+        [1, 0, 1],
+        0,
+    ),
+    "8-bit RGB": (
+        lambda p: _pil_png(p, np.array([[[255, 0, 51], [0, 255, 0], [51, 51, 51]]], np.uint8)),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        None,
+        1e-6,
+    ),
+    "8-bit RGBA": (
+        lambda p: _pil_png(p, np.array([[[255, 0, 51, 255], [0, 255, 0, 0], [51, 51, 51, 102]]], np.uint8)),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        [1, 0, 0.4],
+        1e-6,
+    ),
+    "16-bit RGB": (
+        lambda p: _write_png(p, [[[65535, 0, 13107], [0, 65535, 0], [13107, 13107, 13107]]], 2, 16),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        None,
+        1 / 255,
+    ),
+    "16-bit RGBA": (
+        lambda p: _write_png(p, [[[65535, 0, 13107, 65535], [0, 65535, 0, 0], [13107] * 3 + [26214]]], 6, 16),
+        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        [1, 0, 0.4],
+        1 / 255,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PNG_MODES)
+def test_every_png_mode_reads_as_its_pixels(tmp_path, name) -> None:
+    write, rgb, alpha, tolerance = PNG_MODES[name]
+    path = write(tmp_path / "0000.png")
+    expected = np.array(rgb, np.float32)[None]
+    assert np.abs(read_image(path, "rgb") - expected).max() <= tolerance + 1e-7
+    if alpha is None:
+        with pytest.raises(FrameError, match="no alpha channel"):
+            read_image(path, "rgba")
+        return
+    rgba = read_image(path, "rgba")
+    assert np.abs(rgba[..., :3] - expected).max() <= tolerance + 1e-7
+    assert np.abs(rgba[..., 3] - np.array([alpha], np.float32)).max() <= tolerance + 1e-7
+    matte = read_image(path, "alpha")  # an image with alpha given as a matte: its alpha
+    assert np.abs(matte[..., 0] - np.array([alpha], np.float32)).max() <= tolerance + 1e-7
+
+
+@pytest.mark.parametrize("name", ["8-bit RGBA", "grey + alpha", "palette, tRNS", "16-bit grey"])
+def test_a_matte_given_with_a_is_read_by_the_same_rules(tmp_path, name) -> None:
+    from layerflow.cli import load_inputs
+
+    write, rgb, alpha, tolerance = PNG_MODES[name]
+    for folder in ("colour", "matte"):
+        (tmp_path / folder).mkdir()
+    _pil_png(tmp_path / "colour" / "0000.png", np.zeros((1, 3, 3), np.uint8))
+    write(tmp_path / "matte" / "0000.png")
+    frames = load_inputs({"foreground": str(tmp_path / "colour")}, {"foreground": str(tmp_path / "matte")})
+    expected = alpha if alpha is not None else [v[0] for v in rgb]
+    assert (frames["foreground"][0, 3, 0] - torch.tensor(expected)).abs().max() <= tolerance + 1e-6
+
+
+def test_a_truncated_video_is_an_error(saved, tmp_path, capsys) -> None:
+    whole = write_video(tmp_path / "whole.webm", torch.rand(8, 3, 16, 16), 8, format="webm")
+    short = tmp_path / "short.webm"
+    short.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={short}", *FAST]
+    fails(capsys, argv, f"{short}: video is truncated or damaged", "of the 8 frames")
+    assert read_clip(whole).shape[0] == 8
+
+
+# ------------------------------------------------------------------ 14. malformed model folders
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def _set_index(model: Path, **changes) -> None:
+    _edit_json(model / "model_index.json", **changes)
+
+
+def _wrong_shape(model: Path) -> None:
+    file = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    weights["norm_out.linear.weight"] = torch.zeros(3, 5)
+    save_file(weights, file)
+
+
+def _pickled_object(model: Path) -> None:
+    file = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights: dict = load_file(file)
+    file.unlink()
+    torch.save({**weights, "extra": argparse.Namespace(x=1)}, file.with_suffix(".bin"))
+
+
+MODEL_DAMAGE = {
+    "unknown class": (
+        lambda m: _set_index(m, transformer=["layerflow.models.transformer_layerflow", "NoSuchModel"]),
+        "model_index.json: 'transformer': layerflow.models.transformer_layerflow has no class 'NoSuchModel'",
+    ),
+    "foreign library": (
+        lambda m: _set_index(m, transformer=["os", "system"]),
+        "model_index.json: 'transformer' names library 'os'",
+    ),
+    "wrong kind": (
+        lambda m: _set_index(m, scheduler=["diffusers", "AutoencoderKLCogVideoX"]),
+        "model_index.json: 'scheduler': diffusers.AutoencoderKLCogVideoX is not a SchedulerMixin",
+    ),
+    "malformed layout": (
+        lambda m: _set_index(m, layout={"layers": "foreground"}),
+        "model_index.json: 'layout': malformed layer layout",
+    ),
+    "config value type": (
+        lambda m: _edit_json(m / "transformer" / "config.json", num_layers="two"),
+        "transformer/config.json: 'num_layers' must be an integer, got 'two'",
+    ),
+    "tensor shape": (
+        _wrong_shape,
+        "diffusion_pytorch_model.safetensors: tensor 'norm_out.linear.weight' has shape [3, 5], the config needs",
+    ),
+    "pickle objects": (_pickled_object, "diffusion_pytorch_model.bin: holds pickled objects besides tensors"),
+}
+
+
+@pytest.mark.parametrize("damage", MODEL_DAMAGE)
+def test_a_malformed_model_folder_is_one_line(model_dir, tmp_path, capsys, damage) -> None:
+    break_it, message = MODEL_DAMAGE[damage]
+    break_it(model_dir)
+    fails(capsys, generate(model_dir, tmp_path / "out"), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_of_a_text_file_says_it_is_not_a_checkpoint(tmp_path, capsys) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    fails(capsys, ["convert", notes, tmp_path / "out"], f"{notes} is not a torch checkpoint")
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ 12. earlier stages

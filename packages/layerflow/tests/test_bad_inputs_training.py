@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from layerflow.data import (
     StaleCacheError,
 )
 from layerflow.data.testing import write_official, write_simple_sample
+from layerflow.testing import hold_lock_elsewhere
 from layerflow.training import checkpointing as ckpt
 from layerflow.training.config import ConfigError, config_json, load_config
 from layerflow.training.output_dir import OutputInUseError
@@ -274,3 +277,88 @@ def test_config_json_round_trips_as_the_previous_run_marker(tmp_path: Path) -> N
     assert found(tmp_path) == []
     (tmp_path / "config.json").write_text(config_json(load_config(None, 1)))
     assert found(tmp_path) == [tmp_path / "config.json"]
+
+
+def test_a_second_training_into_one_root_is_refused(tmp_path: Path) -> None:
+    holder = hold_lock_elsewhere(tmp_path / "out")
+    try:
+        result = layerflow_train("--stage", "1", "--output-root", "out", "--max-steps", "1", cwd=tmp_path)
+    finally:
+        holder.communicate("")
+    assert_one_line_error(result, "out is being written by layerflow process", str(holder.pid))
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path: Path, caplog) -> None:
+    first = {"run": {"max_steps": 2, "checkpoint_every": 2}}
+    train_tiny(tmp_path, "run", first)
+    config_file = tmp_path / "run" / "config.json"
+    written = config_file.read_bytes()
+    changed = {"run": {"max_steps": 3, "checkpoint_every": 2}, "optim": {"learning_rate": 0.5}}
+    with pytest.raises(ckpt.CheckpointError, match=r"optim.learning_rate: .* -> 0.5\): pass --allow-changes"):
+        train_tiny(tmp_path, "run", changed, resume=True)
+    assert config_file.read_bytes() == written
+    train_tiny(tmp_path, "run", {"run": {"max_steps": 3, "checkpoint_every": 2}}, resume=True)  # only longer
+    with caplog.at_level(logging.WARNING):
+        result = train_tiny(
+            tmp_path, "run", changed | {"run": {"max_steps": 4}}, resume=True, allow_changes=True
+        )
+    assert len(result.losses) == 4 and "optim.learning_rate" in caplog.text
+    assert config_file.read_bytes() == written  # the first config stays
+
+
+# ------------------------------------------------------------------------------------ data failures, Ctrl-C
+def _last_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit 2, no traceback, the last stderr line the error (INFO progress lines may precede it)."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(f in last for f in fragments), last
+    return last
+
+
+def test_a_corrupt_frame_mid_dataset_names_the_sample_and_blocks_no_rerun(tmp_path: Path) -> None:
+    from layerflow.training.output_dir import previous_run
+
+    for index in range(4):
+        write_simple_sample(tmp_path / "data", f"s{index}", 16, seed=index, size=(32, 48))
+    (tmp_path / "data" / "s2" / "foreground" / "0003.png").write_text("not a png")
+    sources = 'data.sources=[{kind="simple", root="data"}]'
+    result = layerflow_train(
+        "--stage", "1", "--output-root", "out", "--max-steps", "2", "--no-progress",
+        "--set", sources, "--set", "data.precompute=false", cwd=tmp_path,
+    )  # fmt: skip
+    _last_line_error(result, "sample 's2'", "s2/foreground/0003.png")
+    assert previous_run(tmp_path / "out" / "stage1") == []
+
+
+def test_an_empty_dataset_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    sources = 'data.sources=[{kind="simple", root="empty"}]'
+    result = layerflow_train("--stage", "1", "--output-root", "out", "--set", sources, cwd=tmp_path)
+    _last_line_error(result, "found no usable samples in empty")
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+    script = shutil.which("layerflow")
+    command = [script] if script else [sys.executable, "-m", "layerflow"]
+    argv = [*command, "train", "--stage", "1", "--output-root", "out", "--no-progress"]
+    argv += ["--max-steps", "100000", "--set", "run.checkpoint_every=2"]
+    run = subprocess.Popen(
+        argv, cwd=tmp_path, env=os.environ | {"OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True
+    )
+    checkpoints = tmp_path / "out" / "stage1" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints.is_dir() and ckpt.complete_checkpoints(checkpoints.parent)):
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    newest = ckpt.latest_checkpoint(checkpoints.parent)
+    assert newest is not None
+    assert (
+        last
+        == f"error: interrupted: run the same command with --resume to continue from {newest.relative_to(tmp_path)}"
+    ), last

@@ -4,11 +4,16 @@ or an error never leaves a half-written file or output folder behind.
 Files and folders get the permissions the user's umask gives (``0644``/``0755`` under umask 022),
 not the private ``0600``/``0700`` of ``mkstemp``/``mkdtemp``.
 
-Replacing a folder swaps the new one in with a single atomic ``renameat2(RENAME_EXCHANGE)`` where
-the kernel and file system offer it: at every instant ``path`` holds either the old or the new
-content. Elsewhere it falls back to two renames (old -> ``.NAME.old``, new -> ``NAME``); a crash
-between them leaves the old content in ``.NAME.old``, which the next write to ``path`` (or
-:func:`recover_directory`) puts back before anything else happens.
+Whether a folder may be replaced is decided twice: at the start (to fail before any work) and at
+the end against what is there then, so a folder that appeared meanwhile is never replaced without
+``overwrite``. A new folder goes into place with ``renameat2(RENAME_NOREPLACE)``; replacing one
+swaps the new one in with a single atomic ``renameat2(RENAME_EXCHANGE)`` where the kernel and file
+system offer it: at every instant ``path`` holds either the old or the new content. Elsewhere it
+falls back to two renames (old -> ``.NAME.layerflow-backup/content``, new -> ``NAME``); the backup
+folder carries a record saying it is ours, so a user folder that merely looks like a backup is
+never taken for one. A crash between the renames leaves the old content there, which the next write
+to ``path`` (or :func:`recover_directory`) puts back before anything else happens. Every folder
+write holds the folder's lock (:mod:`layerflow.locking`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .output_policy import check_replaceable
+from .locking import folder_lock
+from .output_policy import OutputRefused, check_replaceable, register_marker, written_by_layerflow
 
 logger = logging.getLogger(__name__)
 
 _AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+BACKUP_SUFFIX = ".layerflow-backup"
+BACKUP_RECORD = "layerflow-backup.json"
+BACKUP_FORMAT = "layerflow-backup"
+register_marker(BACKUP_RECORD, lambda record: record.get("format") == BACKUP_FORMAT)
 
 
 def umask() -> int:
@@ -57,37 +68,70 @@ def apply_umask_tree(root: str | os.PathLike[str]) -> None:
 
 
 def _backup(target: Path) -> Path:
-    return target.with_name(f".{target.name}.old")
+    return target.with_name(f".{target.name}{BACKUP_SUFFIX}")
+
+
+def _is_our_backup(backup: Path, target: Path) -> bool:
+    if not (backup.is_dir() and written_by_layerflow(backup, BACKUP_RECORD)):
+        return False
+    return json.loads((backup / BACKUP_RECORD).read_text()).get("of") == target.name
 
 
 def recover_directory(path: str | os.PathLike[str]) -> None:
     """Finish an interrupted two-rename replacement of ``path`` (see the module docstring).
 
-    ``path`` missing but ``.NAME.old`` present: the old content is put back. Both present: the
-    replacement had completed, the stale backup is deleted.
+    Only a backup folder with our record naming ``path`` counts. ``path`` missing: the old content
+    is put back. ``path`` present: the replacement had completed, the stale backup is deleted.
     """
     target = Path(path)
     backup = _backup(target)
-    if not backup.exists():
+    if not _is_our_backup(backup, target):
         return
-    if target.exists():
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        logger.warning("%s: restoring %s left by an interrupted replacement", target, backup.name)
-        os.replace(backup, target)
+    content = backup / "content"
+    if not target.exists() and content.is_dir():
+        logger.warning("%s: restoring the old content left by an interrupted replacement", target)
+        os.replace(content, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _renameat2(first: Path, second: Path, flags: int) -> int | None:
+    """``renameat2``'s errno (0 on success); ``None`` where the system or file system lacks it."""
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if rename is None:
+        return None
+    if rename(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), flags) == 0:
+        return 0
+    code = ctypes.get_errno()
+    return None if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP) else code
 
 
 def _exchange(first: Path, second: Path) -> bool:
     """Atomically swap two paths (Linux ``renameat2``); False where the system cannot."""
-    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if rename is None:
-        return False
-    if rename(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+    code = _renameat2(first, second, _RENAME_EXCHANGE)
+    if code not in (0, None):
+        raise OSError(code, os.strerror(code), str(second))
+    return code == 0
+
+
+def _rename_new(new: Path, target: Path) -> bool:
+    """Rename ``new`` to ``target`` unless something is at ``target`` (then False), atomically where
+    the system has ``RENAME_NOREPLACE``."""
+    code = _renameat2(new, target, _RENAME_NOREPLACE)
+    if code is None:
+        if target.exists():
+            return False
+        try:
+            os.rename(new, target)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise
         return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+    if code in (errno.EEXIST, errno.ENOTEMPTY):
         return False
-    raise OSError(code, os.strerror(code), str(second))
+    if code:
+        raise OSError(code, os.strerror(code), str(target))
+    return True
 
 
 def _replace_directory(new: Path, target: Path) -> None:
@@ -96,10 +140,28 @@ def _replace_directory(new: Path, target: Path) -> None:
         shutil.rmtree(new)  # now the old content
         return
     backup = _backup(target)
-    shutil.rmtree(backup, ignore_errors=True)
-    os.replace(target, backup)
+    recover_directory(target)  # an earlier backup of ours is stale: target exists
+    try:
+        backup.mkdir()
+    except FileExistsError:  # a folder of that name that is not our backup: touch nothing
+        raise OutputRefused(
+            f"{backup} exists and is not layerflow's: move it away to replace {target}"
+        ) from None
+    (backup / BACKUP_RECORD).write_text(json.dumps({"format": BACKUP_FORMAT, "of": target.name}) + "\n")
+    os.replace(target, backup / "content")
     os.replace(new, target)
     shutil.rmtree(backup)
+
+
+def _put_in_place(new: Path, target: Path, *, overwrite: bool, replaces: str | None, label: str) -> None:
+    """The end-time decision: ``new`` goes to ``target`` if nothing is there now, else replaces what
+    is there only if that may be replaced now (``overwrite``, and ``replaces`` says it is ours)."""
+    if _rename_new(new, target):
+        return
+    if not overwrite:
+        raise OutputRefused(f"{label} appeared while this ran: it was not replaced (that needs overwrite)")
+    check_replaceable(target, overwrite=overwrite, marker=replaces, label=label)
+    _replace_directory(new, target)
 
 
 @contextlib.contextmanager
@@ -127,24 +189,23 @@ def atomic_directory(
 ) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (only if ``overwrite``).
 
-    ``replaces``: the marker file an existing ``path`` must contain to be replaced (``manifest.json``
-    for output folders; :mod:`layerflow.output_policy`), so that ``overwrite`` never deletes a folder
-    this program did not write.
+    ``replaces``: the marker file an existing ``path`` must contain, as layerflow writes it, to be
+    replaced (``manifest.json`` for output folders; :mod:`layerflow.output_policy`), so that
+    ``overwrite`` never deletes a folder this program did not write. Checked again at the end,
+    under the folder's lock (:mod:`layerflow.locking`).
     """
     target = Path(os.path.abspath(path))
-    recover_directory(target)
-    check_replaceable(target, overwrite=overwrite, marker=replaces, label=str(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield temporary
-        apply_umask_tree(temporary)
-        if target.exists():
-            _replace_directory(temporary, target)
-        else:
-            os.replace(temporary, target)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    with folder_lock(target):
+        recover_directory(target)
+        check_replaceable(target, overwrite=overwrite, marker=replaces, label=str(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            yield temporary
+            apply_umask_tree(temporary)
+            _put_in_place(temporary, target, overwrite=overwrite, replaces=replaces, label=str(path))
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -31,11 +31,14 @@ from . import tasks
 from .cli_checks import CliError
 from .cli_options import add_output_options, add_task_options, pairs, task_options
 from .layout import LayerLayout
+from .locking import folder_lock
 from .media import MANIFEST_NAME, read_clip, read_manifest
 from .output_policy import OutputRefused, check_output
 from .tasks import DTYPES
 from .variants import OFFICIAL_VARIANTS
 
+#: Bounds of ``convert``'s sizes: tokens per prompt and latent height/width.
+MAX_TEXT_LENGTH, MAX_LATENT_SIZE = 4096, 1024
 TASK_COMMANDS = {
     "generate": "generate",
     "fg2bg": "foreground_to_background",
@@ -73,6 +76,8 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
                     f"alpha {alphas[name]} has {matte.shape[0]} frames of {tuple(matte.shape[-2:])}, "
                     f"input {path} has {color.shape[0]} frames of {tuple(color.shape[-2:])}"
                 )
+            if matte.shape[1] == 4 and bool((matte[:, 3] < 1).any()):  # an RGBA matte: its alpha
+                matte = matte[:, 3:]
             color = torch.cat(
                 [color[:, :3], matte[:, :1] if matte.shape[1] == 1 else matte[:, :3].mean(1, True)], 1
             )
@@ -102,14 +107,19 @@ def run_task(args: argparse.Namespace) -> Path:
         marker=MANIFEST_NAME,
         inputs=[args.model, *inputs.values(), *alphas.values()],
     )
-    return tasks.run(args.model, request.task, prompts, conditions, options).save(
-        output,
-        fps=args.fps,
-        seed=args.seed,
-        formats=args.formats,
-        alpha=args.alpha_mode,
-        overwrite=args.overwrite,
-    )
+    with folder_lock(output):  # no other writer of the folder runs meanwhile
+        result = tasks.run(args.model, request.task, prompts, conditions, options)
+        try:
+            return result.save(
+                output,
+                fps=args.fps,
+                seed=args.seed,
+                formats=args.formats,
+                alpha=args.alpha_mode,
+                overwrite=args.overwrite,
+            )
+        except ValueError as error:  # e.g. NaN/inf frames: nothing written
+            raise CliError(str(error)) from error
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -310,23 +320,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "convert":
             from .convert import CONVERSION_RECORD, ConversionError, convert_official_checkpoint
 
+            for flag, values, limit in (
+                ("--text-length", [args.text_length], MAX_TEXT_LENGTH),
+                ("--latent-size", args.latent_size, MAX_LATENT_SIZE),
+            ):
+                if not all(1 <= value <= limit for value in values):
+                    raise CliError(f"{flag} must be between 1 and {limit}, got {values}")
             inputs = [args.official] + ([args.base] if args.base else [])
             check_output(args.out, overwrite=args.overwrite, marker=CONVERSION_RECORD, inputs=inputs)
-            try:
-                out = convert_official_checkpoint(
-                    args.official,
-                    args.out,
-                    base=args.base,
-                    variant=args.variant,
-                    lora=args.lora,
-                    max_text_seq_length=args.text_length,
-                    sample_height=args.latent_size[0],
-                    sample_width=args.latent_size[1],
-                    dtype=DTYPES[args.dtype] if args.dtype else None,
-                    overwrite=args.overwrite,
-                )
-            except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as error:
-                raise CliError(str(error)) from error
+            with folder_lock(args.out):
+                try:
+                    out = convert_official_checkpoint(
+                        args.official,
+                        args.out,
+                        base=args.base,
+                        variant=args.variant,
+                        lora=args.lora,
+                        max_text_seq_length=args.text_length,
+                        sample_height=args.latent_size[0],
+                        sample_width=args.latent_size[1],
+                        dtype=DTYPES[args.dtype] if args.dtype else None,
+                        overwrite=args.overwrite,
+                    )
+                except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as error:
+                    raise CliError(str(error)) from error
             print(f"wrote {out}")
         elif args.command == "eval":
             run_eval(args)

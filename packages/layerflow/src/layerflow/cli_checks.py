@@ -43,13 +43,14 @@ def check_device(spec: str | None) -> str:
 
 def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
     """The model folder's ``model_index.json``, after checking every component's config and weights."""
-    from .pipelines.folders import check_component, read_model_index
+    from .pipelines.folders import check_component, check_component_classes, read_model_index
 
     try:
         index = read_model_index(model_dir, REQUIRED_COMPONENTS)
         for name in REQUIRED_COMPONENTS:
             if name != "tokenizer":
                 check_component(Path(model_dir) / name, weights=name in WEIGHTED_COMPONENTS)
+        check_component_classes(model_dir, index)
     except (FileNotFoundError, ValueError) as error:
         raise CliError(str(error)) from error
     if index.get("transparent_vae") and index["transparent_vae"][0]:

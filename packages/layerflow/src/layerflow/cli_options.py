@@ -15,6 +15,9 @@ from .media import ALPHA_MODES, DEFAULT_FORMATS, FORMATS, parse_formats
 from .presets import MEMORIES, SPEEDS
 from .tasks import DTYPES, TaskOptions
 
+#: Frame rates past this are typos: no player or encoder setting makes use of them.
+MAX_FPS = 1000
+
 
 def pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
     """``LAYER=VALUE`` flags as a dict; each layer at most once."""
@@ -111,6 +114,8 @@ def task_options(args: argparse.Namespace) -> TaskOptions:
     """The options :func:`add_task_options` parsed (``--fps`` checked here: it is the writer's)."""
     if args.fps < 1:
         raise CliError(f"--fps must be >= 1, got {args.fps}")
+    if args.fps > MAX_FPS:
+        raise CliError(f"--fps must be <= {MAX_FPS}, got {args.fps}")
     return TaskOptions(
         frames=args.frames,
         height=args.height,

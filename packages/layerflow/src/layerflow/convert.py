@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from .atomic import atomic_directory
 from .models import LayerFlowTransformer3DModel
 from .models.adapters import attach_lora_factors, merge_lora_into_state_dict, official_lora_factors
 from .models.configs import model_geometry
+from .output_policy import register_marker
 from .pipelines.folders import read_model_index
 from .pipelines.scheduling import make_scheduler
 from .variants import OfficialVariant, PositionTableKind, matching_variants, official_variant
@@ -41,6 +43,7 @@ SAT_PREFIX = "model.diffusion_model."
 CHECKPOINT_NAME = "mp_rank_00_model_states.pt"
 #: Written into every converted folder; ``--overwrite`` replaces only folders that have it.
 CONVERSION_RECORD = "conversion.json"
+register_marker(CONVERSION_RECORD, lambda record: {"source", "lora", "variant"} <= set(record))
 #: Non-DiT parts of the official file (T5, VAE, loss buffers): stock components, not converted.
 SKIPPED_PREFIXES = ("conditioner.", "first_stage_model.", "model_ema.", "loss_fn.")
 #: SAT keys diffusers drops too (RoPE buffers, token/position embeddings removed by ``reinit``).
@@ -96,10 +99,20 @@ def find_checkpoint_file(path: str | os.PathLike[str]) -> Path:
 def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The ``module`` weights of an official checkpoint, loaded with ``weights_only=True``."""
     file = find_checkpoint_file(path)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    zipped = zipfile.is_zipfile(file)
+    with open(file, "rb") as handle:
+        pickled = handle.read(1) == b"\x80"  # the protocol opcode of torch's legacy (pre-zip) format
+    if not (zipped or pickled):
+        raise ConversionError(
+            f"{file} is not a torch checkpoint (neither torch.save's zip archive nor a pickle)"
+        )
+    try:  # mmap needs the zip format; a legacy file is read whole
+        payload = torch.load(file, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError for bad or unsafe files
-        raise ConversionError(f"cannot read {file} as a weights-only torch checkpoint: {error}") from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(
+            f"cannot read {file} as a weights-only torch checkpoint: {first_line}"
+        ) from error
     if not isinstance(payload, Mapping) or "module" not in payload:
         keys = list(payload)[:10] if isinstance(payload, Mapping) else type(payload).__name__
         raise ConversionError(f"{file} has no 'module' entry (found {keys}); is it a SAT checkpoint?")

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from .pipelines import LayerFlowOutput, LayerFlowPipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Upper bounds checked before any model loads: past them a run only fails late (memory) or overflows.
+LIMITS = {"frames": 1024, "height": 8192, "width": 8192, "steps": 1000}
+MAX_GUIDANCE = 100.0
+#: The seeds ``torch.Generator.manual_seed`` accepts.
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,22 @@ class TaskOptions:
     memory: str = "default"
 
     def check(self) -> None:
-        """Sizes and steps are positive, the guidance scale finite, negative prompts are encoded."""
-        for flag in ("frames", "height", "width", "steps"):
+        """Sizes and steps within :data:`LIMITS`, the guidance scale finite and within
+        :data:`MAX_GUIDANCE`, the seed one torch takes, negative prompts are encoded."""
+        for flag, limit in LIMITS.items():
             value = getattr(self, flag)
             if value is not None and value < 1:
                 raise CliError(f"--{flag} must be >= 1, got {value}")
+            if value is not None and value > limit:
+                raise CliError(f"--{flag} must be <= {limit}, got {value}")
         if self.guidance is not None and not math.isfinite(self.guidance):
             raise CliError(f"--guidance must be a finite number, got {self.guidance}")
+        if self.guidance is not None and abs(self.guidance) > MAX_GUIDANCE:
+            raise CliError(
+                f"--guidance must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {self.guidance:g}"
+            )
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise CliError(f"--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {self.seed}")
         if self.speed not in SPEEDS:
             raise CliError(f"--speed must be one of {', '.join(SPEEDS)}, got {self.speed!r}")
         if self.memory not in MEMORIES:
@@ -103,7 +117,11 @@ def _layout_of(index: Mapping[str, Any]) -> LayerLayout:
 
 def model_layout(model_dir: str | os.PathLike[str]) -> LayerLayout:
     """The layout of a model folder, after checking every component's config and weights."""
-    return _layout_of(check_model_dir(model_dir))
+    index = check_model_dir(model_dir)
+    try:
+        return _layout_of(index)
+    except ValueError as error:
+        raise CliError(f"{Path(model_dir) / 'model_index.json'}: 'layout': {error}") from error
 
 
 def check_request(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "build_tiny_transformer",
     "build_tiny_transparent_vae",
     "build_tiny_vae",
+    "hold_lock_elsewhere",
     "random_layer_frames",
     "single_thread",
     "tiny_transformer_config",
@@ -192,3 +195,21 @@ def write_official_checkpoint(root: str | os.PathLike[str], module: Any, name: s
     torch.save({"module": module, "iteration": 1000}, experiment / "1000" / "mp_rank_00_model_states.pt")
     (experiment / "latest").write_text("1000\n")
     return experiment
+
+
+def hold_lock_elsewhere(folder: str | os.PathLike[str]) -> subprocess.Popen[str]:
+    """Another process holding ``folder``'s write lock (:mod:`layerflow.locking`) until its stdin
+    closes (``communicate("")``) or it is killed: the first writer of a race, made deterministic."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from layerflow.locking import folder_lock\n"
+            f"with folder_lock({str(folder)!r}):\n    print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder

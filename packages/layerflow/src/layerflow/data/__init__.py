@@ -5,7 +5,7 @@ from layerflow.media import FrameError
 from .base import LayeredDataset
 from .cached import CachedBatch, CachedLayerDataset, CachedSample, collate_cached
 from .copy_paste import CopyPasteDataset
-from .errors import OnError, SampleError, SkipReport
+from .errors import NoSamplesError, OnError, SampleError, SkipReport
 from .official import OfficialLayoutDataset
 from .precompute import (
     CacheManifest,
@@ -47,6 +47,7 @@ __all__ = [
     "OfficialLayoutDataset",
     "OnError",
     "Preprocess",
+    "NoSamplesError",
     "SampleError",
     "SimpleLayoutDataset",
     "SkipReport",

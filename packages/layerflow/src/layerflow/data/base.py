@@ -18,7 +18,7 @@ from layerflow.layout import Role
 from layerflow.media import FrameError, frames_to_tensor
 
 from .checks import RawLayer, RawLayers, check_lengths, check_raw_layers
-from .errors import OnError, SampleError, SkipReport, check_on_error
+from .errors import NoSamplesError, OnError, SampleError, SkipReport, check_on_error
 from .frames import FrameSequence
 from .sample import Layer, LayeredSample, Source, composite_layers
 from .sampling import sample_rng
@@ -201,7 +201,9 @@ class LayeredDataset(Dataset[LayeredSample], ABC, Generic[RecordT]):
                 self.skips.record(sample_error)
         self._indices = list(range(len(self.records)))
         if not self._indices:
-            raise ValueError(f"{type(self).__name__} found no usable samples")
+            where = f" in {self.root}" if hasattr(self, "root") else ""
+            skipped = f" ({len(self.skips)} skipped)" if self.skips else ""
+            raise NoSamplesError(f"{type(self).__name__} found no usable samples{where}{skipped}")
 
     def __len__(self) -> int:
         return len(self._indices)

@@ -19,6 +19,10 @@ OnError = Literal["raise", "skip"]
 ON_ERROR_CHOICES: tuple[OnError, ...] = ("raise", "skip")
 
 
+class NoSamplesError(ValueError):
+    """A dataset without one usable sample (an empty folder, or every sample skipped)."""
+
+
 class SampleError(ValueError):
     """A sample that cannot be used, with the sample id and a reason that names the file or layer."""
 

@@ -81,32 +81,67 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
 
 
-def _alpha_array(image: Image.Image, path: Path) -> np.ndarray:
-    """A one-channel matte scaled to [0, 1] by its bit depth.
+_DEEP_GREY = ("I;16", "I;16B", "I;16L", "I")
+
+
+def decode_image(image: Image.Image) -> np.ndarray:
+    """Any decoded image as float32 ``[H, W, C]`` in [0, 1] at its own bit depth: C = 1 grey,
+    2 grey + alpha, 3 RGB, 4 RGBA.
+
+    The one place that knows PNG's modes: 1-bit grey is 0/1, 16-bit grey is scaled by 65535 (PIL's
+    ``convert("RGB")`` clips it to white), a transparent colour or palette entry (``tRNS``) becomes
+    an alpha channel. PIL reads 16-bit RGB(A) and grey + alpha at 8 bits (within 1/255).
+    """
+    transparency = "transparency" in image.info
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.float32)[..., None]
+    if image.mode in _DEEP_GREY or image.mode == "F":
+        scale = 1.0 if image.mode == "F" else 65535.0
+        grey = np.asarray(image, dtype=np.float32) / scale
+        if not transparency:
+            return grey[..., None]
+        alpha = np.asarray(image) != image.info["transparency"]
+        return np.stack([grey, alpha.astype(np.float32)], -1)
+    if image.mode == "L" and not transparency:
+        return np.asarray(image, dtype=np.float32)[..., None] / 255.0
+    if image.mode in ("L", "LA"):
+        return np.asarray(image.convert("LA"), dtype=np.float32) / 255.0
+    if image.mode == "RGB" and not transparency:
+        return np.asarray(image, dtype=np.float32) / 255.0
+    return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"), dtype=np.float32) / 255.0
+
+
+def _alpha_array(image: Image.Image) -> np.ndarray:
+    """A one-channel matte ``[H, W]`` in [0, 1]: a grey image's values, an image with alpha its alpha
+    (an RGBA matte with an all-opaque alpha carries the matte in its colour), an RGB image's luma.
 
     Palette images keep their raw indices (object-id masks): scaled by 255 they show up as an alpha
     that never exceeds a few steps, which the sample checks report instead of training on it.
     """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
-    if image.mode in ("F", "1"):
-        return np.asarray(image, dtype=np.float32)
-    if image.mode == "P":
+    if image.mode == "P" and "transparency" not in image.info:
         return np.asarray(image, dtype=np.float32) / 255.0
-    if image.mode in ("RGBA", "LA"):
-        raise FrameError(f"{path}: an alpha matte must be a grey image, got mode {image.mode}")
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    decoded = decode_image(image)
+    if decoded.shape[-1] in (2, 4) and (decoded[..., -1] < 1).any():
+        return decoded[..., -1]
+    if decoded.shape[-1] in (1, 2):
+        return decoded[..., 0]
+    return np.asarray(image.convert("RGB").convert("L"), dtype=np.float32) / 255.0
 
 
 def _to_array(image: Image.Image, path: Path, mode: FrameMode) -> np.ndarray:
-    """One decoded image as float32 ``[H, W, C]`` in [0, 1]."""
+    """One decoded image as float32 ``[H, W, C]`` in [0, 1]: C = 3 (``rgb``), 4 (``rgba``) or 1."""
     if mode == "alpha":
-        return _alpha_array(image, path)[..., None]
-    if mode == "rgba" and not _has_alpha(image):
+        return _alpha_array(image)[..., None]
+    decoded = decode_image(image)
+    grey = decoded.shape[-1] <= 2
+    colour = np.repeat(decoded[..., :1], 3, -1) if grey else decoded[..., :3]
+    if mode == "rgb":
+        return colour
+    if decoded.shape[-1] not in (2, 4):
         raise FrameError(
             f"{path}: no alpha channel (mode {image.mode}); expected an RGBA image (straight alpha)"
         )
-    return np.asarray(image.convert("RGBA" if mode == "rgba" else "RGB"), dtype=np.float32) / 255.0
+    return np.concatenate([colour, decoded[..., -1:]], -1)
 
 
 def read_images(files: Sequence[Path], mode: FrameMode | None = None) -> np.ndarray:

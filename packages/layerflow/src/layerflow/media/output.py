@@ -32,6 +32,7 @@ import torch
 from layerflow.atomic import atomic_directory
 from layerflow.json_files import read_json_object
 from layerflow.layout import ROLES, TASKS
+from layerflow.output_policy import register_marker
 
 from .frames import FrameError, FrameMode, read_png_sequence, to_uint8, write_frames
 from .preview import write_contact_sheet, write_preview_gif
@@ -48,6 +49,12 @@ OUTPUT_TASKS: tuple[str, ...] = (*TASKS, "recompose")
 #: File formats of a layer, in the order they are preferred when a layer is read back.
 FORMATS: tuple[str, ...] = ("png", "prores", "webm", "mp4")
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "webm", "mp4")
+register_marker(
+    MANIFEST_NAME,
+    lambda manifest: (
+        manifest.get("format") == MANIFEST_FORMAT and manifest.get("version") in (1, MANIFEST_VERSION)
+    ),
+)
 
 
 @dataclass(frozen=True)

@@ -159,11 +159,25 @@ def video_fps(path: str | os.PathLike[str]) -> float:
         raise FrameError(f"{path}: cannot open video ({error})") from error
 
 
+def _declared_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float
+) -> tuple[int, int] | None:
+    """The frame count a video's header promises and how many fewer still decode complete: the
+    stream's count exactly, else its duration times its rate, give or take a rounded frame;
+    ``None`` when it declares neither."""
+    if stream.frames:
+        return stream.frames, 0
+    if container.duration and fps:
+        return round(container.duration / av.time_base * fps), 1
+    return None
+
+
 def decode_video(path: str | os.PathLike[str], mode: FrameMode | None = None) -> tuple[np.ndarray, float]:
     """All frames of a video as float32 ``[T, H, W, C]`` in [0, 1], and its frame rate.
 
     ``mode=None`` keeps what the stream holds: ``"rgba"`` when its frames carry alpha, else ``"rgb"``;
-    ``"rgba"`` requires alpha in every frame.
+    ``"rgba"`` requires alpha in every frame. Fewer frames than the header declares (a truncated
+    file) is an error, never a silently shorter clip.
     """
     path = Path(path)
     if not path.is_file():
@@ -179,12 +193,18 @@ def decode_video(path: str | os.PathLike[str], mode: FrameMode | None = None) ->
                 if stream.codec_context.name in ("vp9", WEBM_CODEC)
                 else stream.codec_context
             )
+            declared = _declared_frames(container, stream, fps)
             # demux() ends with an empty packet, which flushes the decoder.
             decoded = [frame for packet in container.demux(stream) for frame in decoder.decode(packet)]
     except av.error.FFmpegError as error:
         raise FrameError(f"{path}: cannot decode video ({error})") from error
     if not decoded:
         raise FrameError(f"{path}: video has no frames")
+    if declared is not None and len(decoded) < declared[0] - declared[1]:
+        raise FrameError(
+            f"{path}: video is truncated or damaged: {len(decoded)} of the {declared[0]} frames its header "
+            "declares decode"
+        )
     opaque = [frame for frame in decoded if not any(c.is_alpha for c in frame.format.components)]
     if mode is None:
         mode = "rgb" if len(opaque) == len(decoded) else "rgba"

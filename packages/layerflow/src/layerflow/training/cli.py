@@ -12,8 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from layerflow.data import NoSamplesError, SampleError
+from layerflow.output_policy import OutputRefused
+
 from .chain import run_earlier_stages
-from .checkpointing import CheckpointError
+from .checkpointing import CheckpointError, latest_checkpoint
 from .config import ConfigError, load_config, merge_tables, parse_override
 from .export import MissingStageError
 from .output_dir import OutputInUseError
@@ -40,6 +43,12 @@ def build_parser(prog: str = "python -m layerflow.training") -> argparse.Argumen
         default=None,
         help="continue from the newest checkpoint of the output folder that reads completely (a damaged newer "
         "one is skipped with a warning), or from the given checkpoint",
+    )
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue although settings that shape training (learning rate, trained blocks, "
+        "data, ...) differ from the checkpoint's (listed as a warning)",
     )
     parser.add_argument(
         "--overwrite",
@@ -74,7 +83,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
     args = build_parser(prog).parse_args(argv)
     try:
         return _run(args)
-    except (ConfigError, MissingStageError, OutputInUseError, CheckpointError) as error:
+    except (
+        ConfigError,
+        MissingStageError,
+        OutputInUseError,
+        OutputRefused,
+        CheckpointError,
+        SampleError,
+        NoSamplesError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -99,7 +116,17 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.stage, overrides)
     from .trainer import train
 
-    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        result = train(config, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+    except KeyboardInterrupt:
+        newest = latest_checkpoint(config.output_dir)
+        resume = (
+            f"run the same command with --resume to continue from {newest}"
+            if newest is not None
+            else "no checkpoint was written yet: run the same command to start over"
+        )
+        print(f"error: interrupted: {resume}", file=sys.stderr)
+        return 130
     if result.final_dir is not None:
         print(
             f"stage {args.stage}: {len(result.losses)} steps, final loss {result.losses[-1]:.4f}, output {result.final_dir}"

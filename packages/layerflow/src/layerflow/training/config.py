@@ -215,3 +215,43 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
 
 def config_json(config: TrainConfig) -> str:
     return json.dumps(config.to_dict(), indent=1, sort_keys=True)
+
+
+#: Settings a resumed run may change: how long, where and how visibly it runs, not what it trains.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "run.max_steps",
+        "run.output_root",
+        "run.output_dir",
+        "run.checkpoint_every",
+        "run.keep_checkpoints",
+        "run.log_every",
+        "run.tracker",
+        "run.progress",
+        "run.num_threads",
+        "data.num_workers",
+        "data.cache_dir",
+        "model.gradient_checkpointing",
+    }
+)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for each setting that differs between two ``to_dict()`` configs, but the
+    :data:`RESUMABLE_SETTINGS` (compared as JSON holds them: a tuple equals its list)."""
+    old, new = (_flatten(json.loads(json.dumps(tree))) for tree in (before, after))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in RESUMABLE_SETTINGS and old.get(key) != new.get(key)
+    ]

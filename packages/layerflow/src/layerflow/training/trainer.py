@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from layerflow.data import collate_cached, collate_for_layout
+from layerflow.locking import folder_lock
 
 from . import checkpointing as ckpt
-from .config import ConfigError, TrainConfig, config_json
+from .config import ConfigError, TrainConfig, config_changes, config_json
 from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_layered_mix
 from .ema import ParameterEMA
 from .encoding import BatchEncoder, prompt_encoder
@@ -69,6 +70,8 @@ class LayerFlowTrainer:
             ``config.output_dir`` that reads completely (fresh when there is none); a path: that checkpoint.
         overwrite: a fresh run may replace the previous run in ``config.output_dir`` (without it, or
             ``resume``, a used output folder is refused before anything is loaded).
+        allow_changes: resume although settings that shape training differ from the checkpoint's
+            (:func:`~layerflow.training.config.config_changes`); without it such a resume is refused.
         on_step_end: called as ``fn(step, loss)`` after every optimizer step (and its checkpoint).
     """
 
@@ -78,11 +81,14 @@ class LayerFlowTrainer:
         *,
         resume: bool | str | Path | None = None,
         overwrite: bool = False,
+        allow_changes: bool = False,
         on_step_end: StepCallback | None = None,
     ):
         self.config = config
         self.resume = resume
         self.overwrite = overwrite
+        self.allow_changes = allow_changes
+        self._wrote_config = False
         self.on_step_end = on_step_end
         run = config.run
         tracker = run.tracker
@@ -246,6 +252,7 @@ class LayerFlowTrainer:
                     "ema_updates": self.ema.num_updates if self.ema is not None else None,
                     "rng": ckpt.python_rng_state(),
                     "config": self.config.to_dict(),
+                    "dataset_size": len(self.dataset),
                 },
             )
             path = ckpt.write_checkpoint(
@@ -294,6 +301,16 @@ class LayerFlowTrainer:
             )
         if state["trained_parameters"] != self.names:
             raise ckpt.CheckpointError(f"{path} trained other parameters than this config trains")
+        changes = config_changes(state["config"], self.config.to_dict())
+        if state.get("dataset_size", len(self.dataset)) != len(self.dataset):
+            changes.append(f"dataset size: {state['dataset_size']} -> {len(self.dataset)} samples")
+        if changes and not self.allow_changes:
+            raise ckpt.CheckpointError(
+                f"{path} was trained with other settings ({'; '.join(changes)}): pass --allow-changes "
+                "to resume with these"
+            )
+        if changes:
+            logger.warning("resuming %s with changed settings: %s", path, "; ".join(changes))
         if state["world_size"] * self.config.optim.batch_size != self.sampler.global_batch:
             logger.warning(
                 "resuming with a different global batch: the data order will differ from the original run"
@@ -333,6 +350,25 @@ class LayerFlowTrainer:
         return masked_v_loss(prediction, noised.target, noised.loss_mask)
 
     def train(self) -> TrainResult:
+        """Train under the lock of the output root (``run.output_dir`` when set), taken by the main
+        process: a second training into the same root fails at once instead of mixing two runs."""
+        run = self.config.run
+        root = Path(run.output_dir or run.output_root)
+        with folder_lock(root) if self.accelerator.is_main_process else contextlib.nullcontext():
+            try:
+                return self._train()
+            except BaseException:
+                self._forget_unstarted_run()
+                raise
+
+    def _forget_unstarted_run(self) -> None:
+        """After a failure before the first checkpoint, remove the ``config.json`` this run wrote:
+        it would make the rerun refuse the folder as a previous run with nothing to resume."""
+        output_dir = self.config.output_dir
+        if self._wrote_config and not ckpt.complete_checkpoints(output_dir):
+            (output_dir / "config.json").unlink(missing_ok=True)
+
+    def _train(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         self._check_start()
         self._setup_model()
@@ -348,7 +384,9 @@ class LayerFlowTrainer:
                 len(self.dataset), self.sampler.global_batch * config.optim.gradient_accumulation_steps,
             )  # fmt: skip
             (config.output_dir).mkdir(parents=True, exist_ok=True)
-            (config.output_dir / "config.json").write_text(config_json(config))
+            if state.step == 0:  # a resumed run keeps the config its first steps were trained with
+                (config.output_dir / "config.json").write_text(config_json(config))
+                self._wrote_config = True
         accelerator.init_trackers(f"layerflow-stage{config.stage}", config=_flat_scalars(config.to_dict()))
         accumulation = config.optim.gradient_accumulation_steps
         samples_per_step = self.sampler.global_batch * accumulation
@@ -447,7 +485,10 @@ def train(
     *,
     resume: bool | str | Path | None = None,
     overwrite: bool = False,
+    allow_changes: bool = False,
     on_step_end: StepCallback | None = None,
 ) -> TrainResult:
     """Train one stage; see :class:`LayerFlowTrainer`."""
-    return LayerFlowTrainer(config, resume=resume, overwrite=overwrite, on_step_end=on_step_end).train()
+    return LayerFlowTrainer(
+        config, resume=resume, overwrite=overwrite, allow_changes=allow_changes, on_step_end=on_step_end
+    ).train()
