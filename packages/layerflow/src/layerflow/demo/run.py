@@ -86,8 +86,9 @@ class DemoSettings:
         base: the recipe of the pretrained text-to-video base the stages fine-tune (its transformer
             size is the recipe's).
         stage_steps, stage_learning_rates: per stage.
-        stage1_trains: ``model.stage1_trains``: ``"blocks"`` (the paper's recipe on a pretrained
-            base) or ``"all"``.
+        stage1_trains: ``model.stage1_trains``: ``"all"`` (measured on the shipped base, 2000 steps:
+            better than the paper's ``"blocks"`` on every target, e.g. cross-layer IoU 0.37 vs 0.33,
+            recomposition MAE 0.092 vs 0.120).
         stage1_ema: EMA decay of the stage-1 weights (the export uses the EMA); ``None``: off.
         snr_shift_scale: the noise schedule's SNR shift: CogVideoX-2B's 3.0 (measured against 1.0 on
             the demo: text read more at mid noise, alpha IoU and adherence slightly higher).
@@ -98,8 +99,8 @@ class DemoSettings:
 
     num_train: int = 256
     num_heldout: int = 16
-    stage_steps: tuple[int, int, int] = (3000, 50, 50)
-    stage_learning_rates: tuple[float, float, float] = (2e-3, 1e-3, 1e-3)
+    stage_steps: tuple[int, int, int] = (2000, 50, 50)
+    stage_learning_rates: tuple[float, float, float] = (1e-3, 1e-3, 1e-3)
     stage1_trains: str = "all"
     position_mode: str = "continuous"
     batch_size: int = 8
