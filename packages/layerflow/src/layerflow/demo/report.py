@@ -242,6 +242,57 @@ BASE_SOURCES: dict[str, str] = {
 }
 
 
+#: What bounds each target, beside the measured figure of that component (see :func:`limits_section`).
+TARGET_LIMITS: dict[str, tuple[str, ...]] = {
+    "recomposition.mae": ("budget",),
+    "alpha.iou": ("vae", "budget"),
+    "adherence.foreground_colour": ("base_colour", "budget"),
+    "adherence.foreground_shape": ("base_shape", "budget"),
+    "consistency.cross_layer": ("vae", "base_temporal", "budget"),
+}
+
+
+def _stage1_trend(losses: list[float]) -> float | None:
+    """Relative drop of the mean stage-1 loss from the second-to-last tenth to the last tenth."""
+    span = len(losses) // 10
+    if span < 1:
+        return None
+    before, last = losses[-2 * span : -span], losses[-span:]
+    return (sum(before) / span - sum(last) / span) / max(sum(before) / span, 1e-12)
+
+
+def limits_section(report: dict[str, Any]) -> str:
+    """Each missed target beside the measured figures of the components that bound it: the VAE's
+    round trip, the base's own quality and whether stage 1 was still improving when it stopped."""
+    quality = report["base"].get("quality", {})
+    trend = _stage1_trend(report["training"]["1"]["losses"])
+    evidence = {
+        "vae": f"VAE round trip alpha IoU {report['vae_ceiling']['alpha_iou']:.3f} (goal >= 0.95): "
+        "decomposed alpha cannot be better",
+        "base_colour": f"the base's own colour adherence {quality.get('foreground_colour', float('nan')):.2f}",
+        "base_shape": f"the base's own shape adherence {quality.get('foreground_shape', float('nan')):.2f}",
+        "base_temporal": f"the base's temporal consistency {quality.get('temporal_consistency', float('nan')):.2f} "
+        f"(truth {quality.get('temporal_consistency_truth', float('nan')):.2f})",
+        "budget": "fine-tuning budget: stage-1 loss "
+        + (
+            "n/a"
+            if trend is None
+            else f"still {100 * trend:.1f}% lower in its last tenth than in the tenth before"
+        ),
+    }
+    missed = [row for row in report["targets"] if row["met"] is False]
+    if not missed:
+        return "Every target is met.\n"
+    lines = [
+        "| missed target | measured | goal | what bounds it (measured in this run) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in missed:
+        bounds = "; ".join(evidence[name] for name in TARGET_LIMITS.get(row["metric"], ("budget",)))
+        lines.append(f"| `{row['metric']}` | {_fmt(row['measured'])} | {row['target']} | {bounds} |")
+    return "\n".join(lines) + "\n"
+
+
 def base_section(base: dict[str, Any]) -> str:
     """Where the base came from, what it is and how good it is on its own (single clips)."""
     recipe = base.get("recipe", {})
@@ -286,6 +337,9 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
         "## Targets",
         "",
         targets_table(report),
+        "## What limits the missed targets",
+        "",
+        limits_section(report),
         "## The pretrained video base",
         "",
         base_section(report["base"]),
