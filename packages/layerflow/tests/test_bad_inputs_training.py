@@ -344,8 +344,15 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     command = [script] if script else [sys.executable, "-m", "layerflow"]
     argv = [*command, "train", "--stage", "1", "--output-root", "out", "--no-progress"]
     argv += ["--max-steps", "100000", "--set", "run.checkpoint_every=2"]
+    # Ctrl-C reaches a terminal's foreground job with SIGINT at its default disposition; a test run
+    # launched in the background (``cmd &`` in a script) inherits SIGINT ignored, so restore it.
     run = subprocess.Popen(
-        argv, cwd=tmp_path, env=os.environ | {"OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=tmp_path,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoints = tmp_path / "out" / "stage1" / "checkpoints"
     deadline = time.monotonic() + 300

@@ -119,7 +119,14 @@ def test_recompose_bad_inputs_are_one_line_errors(
 def test_recompose_placement_flags(decomposed, sample, tmp_path, capsys):
     write_png_sequence(tmp_path / "fg", torch.cat([sample.foreground, sample.alpha], 1)[:1])
     replace = ("recompose", decomposed, "-o", tmp_path / "out", "--replace", f"foreground={tmp_path / 'fg'}")
-    assert "expects a positive factor, got '0'" in fails(capsys, *replace, "--scale", "foreground=0")
+    assert "expects a factor in (0, 16], got '0'" in fails(capsys, *replace, "--scale", "foreground=0")
+    for huge in ("1e30", "inf", "nan"):
+        assert f"expects a factor in (0, 16], got '{huge}'" in fails(
+            capsys, *replace, "--scale", f"foreground={huge}"
+        )
+    assert "must be within +-8192 pixels, got '99999,0'" in fails(
+        capsys, *replace, "--offset", "foreground=99999,0"
+    )
     assert "expects X,Y in pixels, got '3'" in fails(capsys, *replace, "--offset", "foreground=3")
     assert "without a --replace for that layer" in fails(capsys, *replace, "--scale", "background=2")
     assert main([*map(str, replace), "--scale", "foreground=0.5", "--offset", "foreground=4,-2"]) == 0

@@ -53,11 +53,19 @@ def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
         raise EditError(str(error)) from error
 
 
+#: Placement bounds, checked before any frame is read: an offset beyond the largest frame a task takes
+#: places nothing on the clip, and a huge factor would resize a replacement into gigabytes.
+MAX_OFFSET = 8192
+MAX_SCALE = 16.0
+
+
 def _offset(text: str, layer: str) -> tuple[int, int]:
     try:
         x, y = (int(part) for part in text.split(","))
     except ValueError:
         raise EditError(f"--offset for layer {layer!r} expects X,Y in pixels, got {text!r}") from None
+    if max(abs(x), abs(y)) > MAX_OFFSET:
+        raise EditError(f"--offset for layer {layer!r} must be within +-{MAX_OFFSET} pixels, got {text!r}")
     return x, y
 
 
@@ -66,8 +74,8 @@ def _scale(text: str, layer: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise EditError(f"--scale for layer {layer!r} expects a positive factor, got {text!r}")
+    if not 0 < value <= MAX_SCALE:
+        raise EditError(f"--scale for layer {layer!r} expects a factor in (0, {MAX_SCALE:g}], got {text!r}")
     return value
 
 
