@@ -267,8 +267,7 @@ def _save_checkpoint(
     """Everything a resume needs, as safetensors + JSON, written atomically."""
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.contiguous() for k, v in ema.items()}
-    names = dict(model.named_parameters())
-    order = {id(p): name for name, p in names.items()}
+    order = {id(p): name for name, p in model.named_parameters()}
     for param, state in optimizer.state.items():
         for key, value in state.items():
             tensors[f"optim.{order[id(param)]}.{key}"] = value.contiguous()

@@ -31,11 +31,11 @@ from .assets import (
 from .base import PRETRAINED_BASE_DIR, BaseRecipe, measure_base, save_pretrained_base, train_base
 
 
-def _steps(value: str) -> int:
-    steps = int(value)
-    if steps < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {steps}")
-    return steps
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--steps",
-            type=_steps,
+            type=_positive,
             default=None,
             help="training steps (default: the recipe's; part of the recipe)",
         )
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     base = commands.choices["base"]
     base.add_argument(
         "--train-samples",
-        type=_steps,
+        type=_positive,
         default=None,
         help="synthetic samples to train on (default: the recipe's)",
     )
