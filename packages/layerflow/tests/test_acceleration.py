@@ -169,6 +169,7 @@ EXACT: dict[str, Callable[[LayerFlowPipeline], None]] = {
     ),
     "group_offload_leaf": lambda p: p.enable_group_offload(torch.device("cpu"), offload_type="leaf_level"),
     "model_cpu_offload": lambda p: p.enable_model_cpu_offload(device="cpu"),
+    "sequential_cpu_offload": lambda p: p.enable_sequential_cpu_offload(device="cpu"),
     "compile_repeated_blocks": lambda p: p.transformer.compile_repeated_blocks(backend="aot_eager"),
 }
 
@@ -340,3 +341,50 @@ def test_cli_presets_run_every_task_in_a_fresh_process_and_are_recorded(tmp_path
         settings = read_manifest(tmp_path / "out" / command)["settings"]
         recorded = (settings.get("speed", "exact"), settings.get("memory", "default"))
         assert recorded == (speed, memory)  # the defaults are left out
+
+
+SEQUENTIAL = """
+import sys
+
+import torch
+
+from layerflow import tasks
+from layerflow.pipelines import LayerFlowPipeline
+from layerflow.testing import random_layer_frames
+
+model = sys.argv[1]
+prompts = {"foreground": "a red circle", "background": "blue stripes", "composite": "a red circle over blue stripes"}
+given = random_layer_frames(LayerFlowPipeline.from_pretrained(model).layer_layout, seed=3)
+runs = {
+    "generate": {},
+    "foreground_to_background": {"foreground": given["foreground"]},
+    "background_to_foreground": {"background": given["background"]},
+    "decompose": {"composite": given["composite"]},
+}
+options = tasks.TaskOptions(frames=8, steps=3, seed=0)
+plain, offloaded = LayerFlowPipeline.from_pretrained(model), LayerFlowPipeline.from_pretrained(model)
+offloaded.enable_sequential_cpu_offload(device="cpu")
+assert offloaded.transformer.patch_embed.layer_embedder.embed[0].weight.is_meta  # held by the hooks
+assert offloaded._execution_device == torch.device("cpu")
+for task, conditions in runs.items():
+    asked = {k: v for k, v in prompts.items() if not (task == "decompose" and k == "composite")}
+    want = tasks.run(plain, task, asked, conditions, options).output.layers
+    got = tasks.run(offloaded, task, asked, conditions, options).output.layers
+    assert all(torch.equal(got[name], want[name]) for name in want), task
+"""
+
+
+def test_sequential_cpu_offload_runs_every_task_exactly_in_a_fresh_process(tmp_path):
+    """diffusers' ``enable_sequential_cpu_offload(device="cpu")`` used to fail in accelerate (``cpu:0``
+    copies parameters into plain tensors) and then in the layer embedder (meta weights)."""
+    import subprocess
+    import sys
+
+    _pipe().save_pretrained(tmp_path / "tiny")
+    result = subprocess.run(
+        [sys.executable, "-c", SEQUENTIAL, str(tmp_path / "tiny")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -154,6 +154,29 @@ def preset_cache(pipe: LayerFlowPipeline, preset: Preset) -> Any:
     return cache_config(pipe, method, **settings)
 
 
+def unindex_cpu_offload_hooks(pipe: LayerFlowPipeline) -> int:
+    """Make sequential CPU offload's hooks run on ``cpu`` instead of diffusers' ``cpu:0``; returns how many.
+
+    diffusers names the execution device ``f"{type}:{index}"``. On a CPU, torch's ``.to("cpu:0")``
+    of a ``Parameter`` copies it into a plain ``Tensor``, and accelerate's offload after the first
+    module's forward then calls ``Tensor(value, requires_grad=...)``: a ``TypeError``. With ``cpu``
+    no copy is made and the offload is exact (and saves nothing: the weights live in CPU memory).
+    """
+    from accelerate.hooks import AlignDevicesHook  # diffusers' offload dependency, imported where used
+
+    moved = 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            hook = getattr(module, "_hf_hook", None)
+            device = getattr(hook, "execution_device", None) if isinstance(hook, AlignDevicesHook) else None
+            if device is not None and torch.device(device).type == "cpu":
+                hook.execution_device = torch.device("cpu")
+                moved += 1
+    return moved
+
+
 def place(pipe: LayerFlowPipeline, preset: Preset, device: str | torch.device) -> None:
     """Put ``pipe``'s models on ``device`` the way ``preset.memory`` says."""
     device = torch.device(device)

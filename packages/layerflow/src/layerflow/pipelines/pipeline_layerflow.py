@@ -31,7 +31,7 @@ from layerflow.models.configs import model_geometry
 from layerflow.presets import Preset
 from layerflow.variants import OFFICIAL_SAMPLING
 
-from .acceleration import place, preset_cache
+from .acceleration import place, preset_cache, unindex_cpu_offload_hooks
 from .call_checks import ConditionFrames, check_call, negative_texts
 from .call_plan import CallPlan, plan_call
 from .output import LayerFlowOutput
@@ -168,6 +168,14 @@ class LayerFlowPipeline(DiffusionPipeline):
 
     def enable_vae_slicing(self) -> None:
         self.vae.enable_slicing()
+
+    def enable_sequential_cpu_offload(
+        self, gpu_id: int | None = None, device: torch.device | str | None = None
+    ) -> None:
+        """diffusers' sequential CPU offload; with ``device="cpu"`` it runs (exactly, saving nothing)
+        instead of failing in accelerate (:func:`.acceleration.unindex_cpu_offload_hooks` says why)."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        unindex_cpu_offload_hooks(self)
 
     def enable_vae_tiling(self, **tiles: Any) -> None:
         """Spatial VAE tiles (``tiles``: ``AutoencoderKLCogVideoX.enable_tiling``'s sizes), for every
