@@ -271,6 +271,22 @@ def test_presets_switch_memory_modes():
         pipe.enable_preset(Preset(), "cpu")
 
 
+def test_a_cache_switched_on_under_model_offload_keeps_its_transformer_hook(plain):
+    """Switching ``fast`` -> ``fastest`` with memory ``offload`` used to lose FasterCache's hook on the
+    transformer (accelerate restored the forward it had wrapped): every block ran."""
+    fresh = _pipe()
+    fresh.enable_preset(Preset(speed="fastest"), "cpu")
+    with count_block_calls(fresh.transformer) as calls:
+        want = fresh(**_call(fresh, "generate")).latents
+    pipe = _pipe()
+    pipe.enable_preset(Preset(speed="fast", memory="offload"), "cpu")
+    pipe.enable_preset(Preset(speed="fastest", memory="offload"), "cpu")
+    with count_block_calls(pipe.transformer) as switched:
+        got = pipe(**_call(pipe, "generate")).latents
+    assert switched.run == calls.run < plain["generate"][1]
+    assert torch.equal(got, want)
+
+
 def test_calls_a_cache_cannot_serve_are_refused_before_any_model_runs(pipe):
     pipe.transformer.enable_cache(cache_config(pipe, "faster"))
     try:

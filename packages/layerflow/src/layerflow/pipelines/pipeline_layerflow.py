@@ -155,13 +155,15 @@ class LayerFlowPipeline(DiffusionPipeline):
         if self.preset.memory == "low" and preset.memory != "low":
             raise ValueError("memory 'low' (group offload) cannot be switched off: load the pipeline again")
         device = device if device is not None else self._execution_device
+        # Offload hooks first: accelerate restores the forward it wrapped, which would drop a cache
+        # hook enabled after it (FasterCache's, on the transformer itself, was lost that way).
+        if self.preset.memory == "offload":
+            self.remove_all_hooks()
         if self.transformer.is_cache_enabled:
             self.transformer.disable_cache()
         config = preset_cache(self, preset)
         if config is not None:
             self.transformer.enable_cache(config)
-        if self.preset.memory == "offload":
-            self.remove_all_hooks()
         if self.preset.memory != "low":
             place(self, preset, device)
         self.preset = preset
