@@ -20,6 +20,7 @@ Usage: ``python bench_caches.py [--quick] [--json PATH]`` (see ``benchmarks/run_
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from typing import Any
 
 import torch
 from _rows import bench_parser, emitter
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from layerflow.demo.assets import load_or_build_assets
 from layerflow.demo.base import PRETRAINED_BASE_DIR
@@ -119,6 +122,9 @@ def build_pipeline(root: Path) -> LayerFlowPipeline:
 def main() -> None:
     args = bench_parser(__doc__).parse_args()
     sink: Path | None = args.json
+    diffusers_logging.set_verbosity_error()  # FasterCache's "experimental" warning at every enable
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     samples, steps, repeats = (1, 6, 1) if args.quick else (4, DemoSettings().inference_steps, 2)
     tasks = TASKS[-2:] if args.quick else TASKS
     settings = DemoSettings(num_train=0, num_heldout=samples)
@@ -133,7 +139,8 @@ def main() -> None:
         print(
             f"trained tiny base (demo), {len(pipe.transformer.transformer_blocks)} blocks, "
             f"{len(sample_dirs)} held-out samples x {len(tasks)} tasks, {frames} frames of "
-            f"{height}x{width} per layer, {steps} steps, CFG {settings.guidance_scale}, 1 thread"
+            f"{height}x{width} per layer, {steps} steps, CFG {settings.guidance_scale}, 1 thread; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
         for task in tasks:
             ratios: list[float] = []
