@@ -1,18 +1,22 @@
-"""layerflow benchmark: the speed presets and diffusers' cache methods on the trained tiny model.
+"""layerflow benchmark: the speed and memory presets and diffusers' cache methods on the trained tiny model.
 
 The model is the demo's "base" column: the shipped pretrained text-to-video base
 (``layerflow/demo/pretrained_base/``) loaded into the LayerFlow transformer as CogVideoX-2B is, with
 the shipped demo VAE and the demo's T5, saved as a pipeline folder and loaded back. It samples all
 four tasks on the demo's held-out synthetic clips at the demo's settings (4 frames of 32x32 per
-layer, 20 steps, guidance 3, CFG), once exactly and once with each speed preset and each cache
-method (same seeds), side by side in one process on one CPU thread:
+layer, 20 steps, guidance 3, CFG), exactly and with each speed preset, each other cache method (the
+tiny-model settings of ``layerflow.testing.TINY_CACHE_SETTINGS``) and each memory preset, same
+seeds, side by side in one process on one CPU thread:
 
 * quality vs exact: PSNR and MAE of the decoded generated layers (the given layer excluded) against
   the exact run's, pooled over tasks and samples, and the worst task's PSNR;
 * the demo's metrics (``layerflow.metrics`` targets, each on its demo tasks) with and without it;
 * compute: block rows (batch rows the blocks' attention and feed-forward actually computed,
   counted below every diffusers hook: the blocks' FLOPs) / exact, and CPU wall time of whole calls
-  (text, transformer, VAE) / exact, the best of ``repeats`` calls timed in alternation.
+  (text, transformer, VAE) / exact, the best of ``repeats`` calls timed in alternation;
+* memory: the peak of the tensors a call holds (weights and inputs excluded: what a cache adds), on
+  the first sample of each task, / exact. On a CPU the memory presets move nothing (the offload
+  target is the memory the weights run in): their rows show what their hooks cost.
 
 Usage: ``python bench_caches.py [--quick] [--json PATH]`` (see ``benchmarks/run_all.py``).
 """
@@ -48,13 +52,14 @@ from layerflow.pipelines.acceleration import (
     preset_cache,
 )
 from layerflow.presets import Preset
-from layerflow.testing import TINY_CACHE_SETTINGS
+from layerflow.testing import TINY_CACHE_SETTINGS, PeakTensorBytes
 from layerflow.tiny import single_thread
 
 emit = emitter("layerflow")
 #: What is measured against exact: the two non-exact presets, then each cache method at the
 #: tiny-model settings (``TINY_CACHE_SETTINGS``) where no preset already runs it.
 PRESETS = ("fast", "fastest")
+MEMORY_PRESETS = ("offload", "low")
 METHODS = tuple(
     m for m in TINY_CACHE_SETTINGS if m not in {chosen[0] for chosen in SPEED_METHODS.values() if chosen}
 )
@@ -62,12 +67,21 @@ METHODS = tuple(
 Enable = Callable[[LayerFlowPipeline, list[float]], Any]
 
 
-def variants(steps: int) -> dict[str, Enable]:
-    """Label -> the cache config to enable (given the task's MagCache ratios); presets first."""
-    found: dict[str, Enable] = {}
+@dataclass
+class Variant:
+    """One column of the comparison: the pipeline it runs on and the cache config it enables per call
+    (given the task's MagCache ratios; ``None``: no cache)."""
+
+    pipe: LayerFlowPipeline
+    cache: Enable | None = None
+
+
+def variants(folder: Path, exact: LayerFlowPipeline, steps: int) -> dict[str, Variant]:
+    """Label -> variant: exact, the speed presets, the other cache methods, the memory presets."""
+    found = {"exact": Variant(exact)}
     for speed in PRESETS:
-        found[f"--speed {speed} ({SPEED_METHODS[speed][0]})"] = (  # type: ignore[index]
-            lambda pipe, _, speed=speed: preset_cache(pipe, Preset(speed=speed))
+        found[f"--speed {speed} ({SPEED_METHODS[speed][0]})"] = Variant(  # type: ignore[index]
+            exact, lambda pipe, _, speed=speed: preset_cache(pipe, Preset(speed=speed))
         )
     for method in METHODS:
         settings = dict(TINY_CACHE_SETTINGS[method])
@@ -78,7 +92,11 @@ def variants(steps: int) -> dict[str, Enable]:
             extra = {"mag_ratios": ratios, "num_inference_steps": steps} if method == "mag" else {}
             return cache_config(pipe, method, **settings, **extra)  # type: ignore[arg-type]
 
-        found[method] = enable
+        found[method] = Variant(exact, enable)
+    for memory in MEMORY_PRESETS:  # a pipeline of its own: group offload cannot be undone
+        pipe = load_pipeline(folder)
+        pipe.enable_preset(Preset(memory=memory), "cpu")
+        found[f"--memory {memory}"] = Variant(pipe)
     return found
 
 
@@ -88,6 +106,7 @@ class Tally:
 
     rows: int = 0
     seconds: float = 0.0
+    peak_mib: float = 0.0  # the largest over tasks, first sample
     squared: dict[str, float] = field(default_factory=dict)  # per task: sum of squared errors
     absolute: float = 0.0
     values: dict[str, int] = field(default_factory=dict)  # per task: compared values
@@ -109,14 +128,32 @@ def generated(output: LayerFlowOutput, task: str) -> torch.Tensor:
     return torch.cat([v.flatten() for k, v in sorted(output.layers.items()) if k != given.get(task)])
 
 
-def build_pipeline(root: Path) -> LayerFlowPipeline:
-    """The demo's base pipeline, written as a pipeline folder and loaded back from it."""
+def build_pipeline_folder(root: Path) -> Path:
+    """The demo's base pipeline written as a pipeline folder (as the demo's "base" column is)."""
     settings = DemoSettings()
     assets = load_or_build_assets(settings.assets, progress=False)
     save_base(settings, assets, PRETRAINED_BASE_DIR, root / "base")
-    pipe = LayerFlowPipeline.from_pretrained(root / "base")
+    return root / "base"
+
+
+def load_pipeline(folder: Path) -> LayerFlowPipeline:
+    pipe = LayerFlowPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def peak_mib(pipe: LayerFlowPipeline, call: dict[str, Any], seed: int) -> float:
+    """MiB of the tensors a call holds at its peak (weights and inputs excluded), untimed."""
+    existing = {
+        t.untyped_storage().data_ptr()
+        for model in pipe.components.values()
+        if isinstance(model, torch.nn.Module)
+        for t in [*model.parameters(), *model.buffers()]
+    }
+    existing |= {t.untyped_storage().data_ptr() for t in (call["conditions"] or {}).values()}
+    with PeakTensorBytes(existing) as tracker:
+        pipe(**call, generator=torch.Generator().manual_seed(seed))
+    return tracker.peak / 2**20
 
 
 def main() -> None:
@@ -131,11 +168,11 @@ def main() -> None:
     frames, height, width = settings.geometry
     with tempfile.TemporaryDirectory() as folder, single_thread():
         root = Path(folder)
-        pipe = build_pipeline(root)
+        pipe = load_pipeline(build_pipeline_folder(root))
         _, heldout = make_data(settings, root / "data", progress=False)
         sample_dirs = sorted(p for p in heldout.iterdir() if p.is_dir())
-        chosen = variants(steps)
-        tallies = {label: Tally() for label in ["exact", *chosen]}
+        chosen = variants(root / "base", pipe, steps)
+        tallies = {label: Tally() for label in chosen}
         print(
             f"trained tiny base (demo), {len(pipe.transformer.transformer_blocks)} blocks, "
             f"{len(sample_dirs)} held-out samples x {len(tasks)} tasks, {frames} frames of "
@@ -160,19 +197,24 @@ def main() -> None:
                     ratios = calibrate_mag_ratios(pipe, **call, generator=torch.Generator().manual_seed(0))
                 best: dict[str, float] = {}
                 outputs: dict[str, LayerFlowOutput] = {}
-                for repeat in range(repeats):  # alternate, keep the best time of each
-                    for label, tally in tallies.items():
-                        config = None if label == "exact" else chosen[label](pipe, ratios)
+                for repeat in range(repeats + (index == 0)):  # alternate; the best time of each
+                    for label, variant in chosen.items():
+                        tally, model = tallies[label], variant.pipe.transformer
+                        config = None if variant.cache is None else variant.cache(variant.pipe, ratios)
                         if config is not None:
-                            pipe.transformer.enable_cache(config)
+                            model.enable_cache(config)
                         try:
-                            with count_block_calls(pipe.transformer) as calls:
+                            if repeat == repeats:  # first sample: one more, untimed, for memory
+                                tally.peak_mib = max(tally.peak_mib, peak_mib(variant.pipe, call, index))
+                                continue
+                            with count_block_calls(model) as calls:
                                 start = time.perf_counter()
-                                outputs[label] = pipe(**call, generator=torch.Generator().manual_seed(index))
+                                output = variant.pipe(**call, generator=torch.Generator().manual_seed(index))
                                 seconds = time.perf_counter() - start
                         finally:
                             if config is not None:
-                                pipe.transformer.disable_cache()
+                                model.disable_cache()
+                        outputs[label] = output
                         best[label] = min(best.get(label, math.inf), seconds)
                         if repeat == 0:
                             tally.rows += calls.run
@@ -196,9 +238,11 @@ def report(sink: Path | None, tallies: dict[str, Tally], tasks: tuple[str, ...])
     def target(tally: Tally, name: str) -> float | None:
         return summarize([r for t in TARGET_TASKS[name] for r in tally.reports[t]]).value(name)
 
-    header = "| variant | PSNR vs exact (dB) | worst task | MAE vs exact | block rows | CPU time |"
+    header = (
+        "| variant | PSNR vs exact (dB) | worst task | MAE vs exact | block rows | CPU time | peak tensors |"
+    )
     print("\n" + header + "".join(f" {name} |" for name in targets))
-    print("|" + " --- |" * (6 + len(targets)))
+    print("|" + " --- |" * (7 + len(targets)))
     for label, tally in tallies.items():
         cells = [
             f"{tally.psnr():.1f}",
@@ -206,10 +250,11 @@ def report(sink: Path | None, tallies: dict[str, Tally], tasks: tuple[str, ...])
             f"{tally.mae():.4f}",
             f"{tally.rows / exact.rows:.2f}",
             f"{tally.seconds / exact.seconds:.2f}",
+            f"{tally.peak_mib / exact.peak_mib:.2f}",
         ]
         cells += [f"{value:.3f}" if (value := target(tally, name)) is not None else "-" for name in targets]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    print()
+    print(f"\nexact: {exact.seconds:.1f} s of calls, peak tensors {exact.peak_mib:.1f} MiB\n")
     for label, tally in tallies.items():
         if label == "exact":
             continue
@@ -218,6 +263,7 @@ def report(sink: Path | None, tallies: dict[str, Tally], tasks: tuple[str, ...])
         emit(sink, f"{name}: MAE vs exact", tally.mae(), "abs")
         emit(sink, f"{name}: block rows / exact", tally.rows / exact.rows, "x")
         emit(sink, f"{name}: CPU wall time / exact", tally.seconds / exact.seconds, "x")
+        emit(sink, f"{name}: peak tensor memory / exact", tally.peak_mib / exact.peak_mib, "x")
 
 
 if __name__ == "__main__":
