@@ -175,8 +175,11 @@ def unindex_cpu_offload_hooks(pipe: LayerFlowPipeline) -> int:
             continue
         for module in component.modules():
             hook = getattr(module, "_hf_hook", None)
-            device = getattr(hook, "execution_device", None) if isinstance(hook, AlignDevicesHook) else None
-            if device is not None and torch.device(device).type == "cpu":
+            if (
+                isinstance(hook, AlignDevicesHook)
+                and hook.execution_device is not None
+                and torch.device(hook.execution_device).type == "cpu"
+            ):
                 hook.execution_device = torch.device("cpu")
                 moved += 1
     return moved

@@ -176,7 +176,7 @@ class LayerFlowPipeline(DiffusionPipeline):
     ) -> None:
         """diffusers' sequential CPU offload; with ``device="cpu"`` it runs (exactly, saving nothing)
         instead of failing in accelerate (:func:`.acceleration.unindex_cpu_offload_hooks` says why)."""
-        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)  # type: ignore[arg-type]  # None is its default
         unindex_cpu_offload_hooks(self)
 
     def enable_vae_tiling(self, **tiles: Any) -> None:
