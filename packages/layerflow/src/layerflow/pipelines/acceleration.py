@@ -38,7 +38,12 @@ CACHE_METHODS: tuple[CacheMethod, ...] = get_args(CacheMethod)
 #: The cache method and its settings behind each speed preset (``exact``: none): the two methods
 #: measured on CogVideoX in diffusers (huggingface/diffusers#10163: 245.9 s -> 184.0 s with
 #: PyramidAttentionBroadcast, 159.0 s with FasterCache, whose peak memory grows by about 2/3),
-#: with the settings of diffusers' CogVideoX examples.
+#: with the settings of diffusers' CogVideoX examples. Kept after measuring them on the trained demo
+#: base (``benchmarks/bench_caches.py``, 20 steps, all four tasks): decoded layers 29.4 dB (fast)
+#: and 25.0 dB (fastest) PSNR from exact at 0.82 and 0.62 of the block work, no demo metric worse
+#: beyond sample noise; the other methods at their tiny-model settings save more work for far less
+#: quality (FirstBlockCache 18.6 dB at 0.44, TaylorSeer 20.1 dB at 0.55) or save little (MagCache
+#: 31.0 dB at 0.93).
 SPEED_METHODS: dict[Speed, tuple[CacheMethod, dict[str, Any]] | None] = {
     "exact": None,
     "fast": ("pyramid_broadcast", {"spatial_attention_block_skip_range": 2}),
@@ -152,6 +157,32 @@ def preset_cache(pipe: LayerFlowPipeline, preset: Preset) -> Any:
         return None
     method, settings = chosen
     return cache_config(pipe, method, **settings)
+
+
+def unindex_cpu_offload_hooks(pipe: LayerFlowPipeline) -> int:
+    """Make sequential CPU offload's hooks run on ``cpu`` instead of diffusers' ``cpu:0``; returns how many.
+
+    diffusers names the execution device ``f"{type}:{index}"``. On a CPU, torch's ``.to("cpu:0")``
+    of a ``Parameter`` copies it into a plain ``Tensor``, and accelerate's offload after the first
+    module's forward then calls ``Tensor(value, requires_grad=...)``: a ``TypeError``. With ``cpu``
+    no copy is made and the offload is exact (and saves nothing: the weights live in CPU memory).
+    """
+    from accelerate.hooks import AlignDevicesHook  # diffusers' offload dependency, imported where used
+
+    moved = 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            hook = getattr(module, "_hf_hook", None)
+            if (
+                isinstance(hook, AlignDevicesHook)
+                and hook.execution_device is not None
+                and torch.device(hook.execution_device).type == "cpu"
+            ):
+                hook.execution_device = torch.device("cpu")
+                moved += 1
+    return moved
 
 
 def place(pipe: LayerFlowPipeline, preset: Preset, device: str | torch.device) -> None:
