@@ -566,8 +566,9 @@ def test_two_concurrent_generates_one_wins(saved, tmp_path) -> None:
 
 
 # ------------------------------------------------------------------ 13. every PNG mode, one reader
-def _write_png(path: Path, array, color_type: int, depth: int) -> Path:
-    """A PNG PIL cannot write (16-bit RGB/RGBA), encoded by hand: IHDR, one IDAT, IEND."""
+def _write_png(path: Path, array, color_type: int, depth: int, transparent: tuple[int, ...] = ()) -> Path:
+    """A PNG PIL cannot write (16-bit RGB/RGBA/grey + alpha), encoded by hand: IHDR, tRNS when a
+    ``transparent`` colour is given, one IDAT, IEND."""
     array = np.asarray(array)
     rows = array.astype(">u2" if depth == 16 else np.uint8).reshape(array.shape[0], -1)
     data = b"".join(b"\0" + row.tobytes() for row in rows)
@@ -579,6 +580,7 @@ def _write_png(path: Path, array, color_type: int, depth: int) -> Path:
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
+        + (chunk(b"tRNS", struct.pack(f">{len(transparent)}H", *transparent)) if transparent else b"")
         + chunk(b"IDAT", zlib.compress(data))
         + chunk(b"IEND", b"")
     )
@@ -649,17 +651,32 @@ PNG_MODES = {
         [1, 0, 0.4],
         1e-6,
     ),
+    # 16-bit colour: values no 8-bit reading can hold (1, 1000, 40000 of 65535), compared exactly.
     "16-bit RGB": (
-        lambda p: _write_png(p, [[[65535, 0, 13107], [0, 65535, 0], [13107, 13107, 13107]]], 2, 16),
-        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        lambda p: _write_png(p, [[[65535, 0, 1000], [1, 65535, 0], [40000, 40000, 40000]]], 2, 16),
+        [[1, 0, 1000 / 65535], [1 / 65535, 1, 0], [40000 / 65535] * 3],
         None,
-        1 / 255,
+        1e-7,
+    ),
+    "16-bit RGB, tRNS": (
+        lambda p: _write_png(
+            p, [[[65535, 0, 1000], [1, 65535, 0], [40000, 40000, 40000]]], 2, 16, (1, 65535, 0)
+        ),
+        [[1, 0, 1000 / 65535], [1 / 65535, 1, 0], [40000 / 65535] * 3],
+        [1, 0, 1],
+        1e-7,
     ),
     "16-bit RGBA": (
-        lambda p: _write_png(p, [[[65535, 0, 13107, 65535], [0, 65535, 0, 0], [13107] * 3 + [26214]]], 6, 16),
-        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
-        [1, 0, 0.4],
-        1 / 255,
+        lambda p: _write_png(p, [[[65535, 0, 1000, 65535], [1, 65535, 0, 0], [40000] * 3 + [1000]]], 6, 16),
+        [[1, 0, 1000 / 65535], [1 / 65535, 1, 0], [40000 / 65535] * 3],
+        [1, 0, 1000 / 65535],
+        1e-7,
+    ),
+    "16-bit grey + alpha": (
+        lambda p: _write_png(p, [[[65535, 65535], [1, 0], [40000, 1000]]], 4, 16),
+        [[1] * 3, [1 / 65535] * 3, [40000 / 65535] * 3],
+        [1, 0, 1000 / 65535],
+        1e-7,
     ),
 }
 
@@ -681,7 +698,10 @@ def test_every_png_mode_reads_as_its_pixels(tmp_path, name) -> None:
     assert np.abs(matte[..., 0] - np.array([alpha], np.float32)).max() <= tolerance + 1e-7
 
 
-@pytest.mark.parametrize("name", ["8-bit RGBA", "grey + alpha", "palette, tRNS", "16-bit grey"])
+@pytest.mark.parametrize(
+    "name",
+    ["8-bit RGBA", "grey + alpha", "palette, tRNS", "16-bit grey", "16-bit RGBA", "16-bit grey + alpha"],
+)
 def test_a_matte_given_with_a_is_read_by_the_same_rules(tmp_path, name) -> None:
     from layerflow.cli import load_inputs
 
@@ -693,6 +713,24 @@ def test_a_matte_given_with_a_is_read_by_the_same_rules(tmp_path, name) -> None:
     frames = load_inputs({"foreground": str(tmp_path / "colour")}, {"foreground": str(tmp_path / "matte")})
     expected = alpha if alpha is not None else [v[0] for v in rgb]
     assert (frames["foreground"][0, 3, 0] - torch.tensor(expected)).abs().max() <= tolerance + 1e-6
+
+
+def test_16bit_frames_reach_every_reader_at_full_precision(tmp_path) -> None:
+    """CLI inputs and recompose (``read_clip``), eval references (``read_png_sequence``) and the
+    training readers (``ImageSequence``) all see 40000/65535, not an 8-bit step or white."""
+    from layerflow.data.frames import ImageSequence
+    from layerflow.editing.recompose import Replacement
+    from layerflow.media import read_png_sequence
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    _write_png(folder / "0000.png", [[[40000, 1, 65535], [0, 1000, 40000]]], 2, 16)
+    expected = torch.tensor([[40000, 1, 65535], [0, 1000, 40000]], dtype=torch.float32).T[:, None] / 65535
+    assert torch.equal(read_clip(folder)[0], expected)
+    assert torch.equal(Replacement.from_path("background", folder).frames[0], expected)
+    assert torch.equal(read_png_sequence(folder, "rgb")[0], expected)
+    training = ImageSequence([folder / "0000.png"], "rgb").read([0])
+    assert torch.equal(torch.from_numpy(training[0]).permute(2, 0, 1), expected)
 
 
 def test_a_truncated_video_is_an_error(saved, tmp_path, capsys) -> None:
