@@ -742,6 +742,49 @@ def test_a_truncated_video_is_an_error(saved, tmp_path, capsys) -> None:
     assert read_clip(whole).shape[0] == 8
 
 
+def test_a_longer_input_gives_its_first_frames_only_on_request(saved, tmp_path, capsys) -> None:
+    """12 frames for a model that runs 1, 8, 9, 16, ...: an error naming --trim; with --trim the
+    first 9 (or --frames 8); never padded to more."""
+    clip = torch.rand(12, 3, 16, 16)
+    write_png_sequence(tmp_path / "bg12", clip)
+    sizes = ["--steps", "1", "--no-video", "--height", "16", "--width", "16", "--device", "cpu"]
+    base = ["bg2fg", saved, *PROMPTS, "-i", f"background={tmp_path / 'bg12'}", *sizes]
+    fails(
+        capsys,
+        [*base, "-o", tmp_path / "a"],
+        "num_frames=12 per clip",
+        "add --trim to use the first 9 frames",
+    )
+    fails(capsys, [*base, "-o", tmp_path / "b", "--frames", "8"], "inputs have 12 frames", "add --trim")
+    fails(capsys, [*base, "-o", tmp_path / "c", "--frames", "16"], "inputs are never padded")
+    fails(
+        capsys,
+        [*base, "-o", tmp_path / "c", "--frames", "16", "--trim"],
+        "--trim takes fewer frames, never more",
+    )
+    assert not any((tmp_path / name).exists() for name in "abc")
+    write_png_sequence(tmp_path / "bg9", clip[:9])
+    cut = ["bg2fg", saved, *PROMPTS, "-i", f"background={tmp_path / 'bg9'}", *sizes, "-o", tmp_path / "cut"]
+    assert main([str(a) for a in cut]) == 0  # the oracle: the first 9 frames, cut by hand
+    for extra, count in (([], 9), (["--frames", "8"], 8)):
+        out = tmp_path / f"trimmed{count}"
+        assert main([str(a) for a in (*base, "-o", out, "--trim", *extra)]) == 0
+        assert json.loads((out / "manifest.json").read_text())["num_frames"] == count
+    assert tree(tmp_path / "trimmed9") == tree(tmp_path / "cut")
+
+
+def test_a_truncated_video_gives_what_decodes_only_on_request(saved, tmp_path, caplog) -> None:
+    whole = write_video(tmp_path / "whole.webm", torch.rand(16, 3, 16, 16), 8, format="webm")
+    short = tmp_path / "short.webm"
+    short.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    decoded = read_clip(short, partial=True).shape[0]
+    assert 8 <= decoded < 16
+    argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={short}", *FAST, "--trim"]
+    assert main([str(a) for a in argv]) == 0
+    assert f"warning: {short}: video is truncated or damaged: {decoded} of the 16" in caplog.text
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["num_frames"] == 8
+
+
 # ------------------------------------------------------------------ 14. malformed model folders
 def _edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
@@ -800,6 +843,104 @@ def test_a_malformed_model_folder_is_one_line(model_dir, tmp_path, capsys, damag
     break_it(model_dir)
     fails(capsys, generate(model_dir, tmp_path / "out"), message)
     assert not (tmp_path / "out").exists()
+
+
+def _te_weights(model: Path, key: str, tensor: torch.Tensor) -> None:
+    file = model / "text_encoder" / "model.safetensors"
+    save_file({**load_file(file), key: tensor}, file)
+
+
+def _te_config(model: Path, **changes) -> None:
+    _edit_json(model / "text_encoder" / "config.json", **changes)
+
+
+#: The T5 text encoder (a transformers model) is checked as the diffusers components are.
+TEXT_ENCODER_DAMAGE = {
+    "shape": (
+        lambda m: _te_weights(m, "shared.weight", torch.zeros(38, 17)),
+        "text_encoder/model.safetensors: tensor 'shared.weight' has shape [38, 17], the config needs [38, 16]",
+    ),
+    "int64": (
+        lambda m: _te_weights(m, "encoder.final_layer_norm.weight", torch.ones(16, dtype=torch.int64)),
+        "text_encoder/model.safetensors: tensor 'encoder.final_layer_norm.weight' is stored as I64, "
+        "a weight must be floating point",
+    ),
+    "config type": (
+        lambda m: _te_config(m, d_model="sixteen"),
+        "text_encoder/config.json: 'd_model' must be an integer, got 'sixteen'",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", TEXT_ENCODER_DAMAGE)
+def test_a_malformed_text_encoder_is_one_line(model_dir, tmp_path, capsys, damage) -> None:
+    break_it, message = TEXT_ENCODER_DAMAGE[damage]
+    break_it(model_dir)
+    fails(capsys, generate(model_dir, tmp_path / "out"), message)
+
+
+def test_int64_transformer_weights_are_refused(model_dir, tmp_path, capsys) -> None:
+    file = model_dir / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    save_file({**weights, "norm_out.linear.weight": weights["norm_out.linear.weight"].long()}, file)
+    fails(capsys, generate(model_dir, tmp_path / "out"), "tensor 'norm_out.linear.weight' is stored as I64")
+
+
+@pytest.fixture
+def sharded(model_dir) -> Path:
+    """The model with its text encoder in seven shards (``model.safetensors.index.json``)."""
+    from transformers import T5EncoderModel
+
+    folder = model_dir / "text_encoder"
+    encoder = T5EncoderModel.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    encoder.save_pretrained(folder, max_shard_size="2KB")
+    assert len(list(folder.glob("model-*.safetensors"))) > 2
+    return model_dir
+
+
+def _shard_of(model: Path, key: str) -> Path:
+    index = json.loads((model / "text_encoder" / "model.safetensors.index.json").read_text())
+    return model / "text_encoder" / index["weight_map"][key]
+
+
+def _remap(model: Path, key: str, shard: str) -> None:
+    index_file = model / "text_encoder" / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"][key] = shard
+    index_file.write_text(json.dumps(index))
+
+
+SHARD_DAMAGE = {
+    "missing shard": (
+        lambda m: _shard_of(m, "shared.weight").unlink(),
+        "model.safetensors.index.json: shard 'model-",
+        "(tensor 'shared.weight') is missing",
+    ),
+    "tensor not in its shard": (
+        lambda m: _remap(m, "shared.weight", _shard_of(m, "encoder.final_layer_norm.weight").name),
+        "model.safetensors.index.json: tensor 'shared.weight' is not in its shard 'model-",
+    ),
+    "shard outside the folder": (
+        lambda m: _remap(m, "shared.weight", "../transformer/diffusion_pytorch_model.safetensors"),
+        "tensor 'shared.weight' maps to '../transformer/diffusion_pytorch_model.safetensors', not a .safetensors file beside",
+    ),
+    "wrong shape in a shard": (
+        lambda m: save_file({"shared.weight": torch.zeros(38, 17)}, _shard_of(m, "shared.weight")),
+        "tensor 'shared.weight' has shape [38, 17], the config needs [38, 16]",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", SHARD_DAMAGE)
+def test_a_damaged_sharded_checkpoint_is_one_line(sharded, tmp_path, capsys, damage) -> None:
+    break_it, *messages = SHARD_DAMAGE[damage]
+    break_it(sharded)
+    fails(capsys, generate(sharded, tmp_path / "out"), *messages)
+
+
+def test_an_intact_sharded_checkpoint_generates(sharded, tmp_path) -> None:
+    assert main(generate(sharded, tmp_path / "out")) == 0
 
 
 def test_convert_of_a_text_file_says_it_is_not_a_checkpoint(tmp_path, capsys) -> None:
