@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -783,6 +784,51 @@ def test_a_truncated_video_gives_what_decodes_only_on_request(saved, tmp_path, c
     assert main([str(a) for a in argv]) == 0
     assert f"warning: {short}: video is truncated or damaged: {decoded} of the 16" in caplog.text
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["num_frames"] == 8
+
+
+# ------------------------------------------------------------------ 13b. special files, bombs
+def _fifo_frame(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "frames").mkdir()
+    os.mkfifo(tmp_path / "frames" / "0000.png")
+    return tmp_path / "frames", f"{tmp_path / 'frames' / '0000.png'}: is a FIFO, not an image file"
+
+
+def _fifo_video(tmp_path: Path) -> tuple[Path, str]:
+    os.mkfifo(tmp_path / "clip.webm")
+    return tmp_path / "clip.webm", f"{tmp_path / 'clip.webm'}: is a FIFO, not a video file"
+
+
+def _bomb(tmp_path: Path) -> tuple[Path, str]:
+    """A PNG of 30000 x 30000 pixels in a few kilobytes."""
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    path = tmp_path / "bomb.png"
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(30001 * 4))) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path, "could be decompression bomb"
+
+
+SPECIAL_INPUTS = {
+    "FIFO frame": _fifo_frame,
+    "FIFO video": _fifo_video,
+    "device": lambda tmp_path: (Path("/dev/zero"), "/dev/zero: is a device, not a video file"),
+    "decompression bomb": _bomb,
+}
+
+
+@pytest.mark.parametrize("name", SPECIAL_INPUTS)
+def test_special_files_and_bombs_are_refused_without_blocking(saved, tmp_path, capsys, name) -> None:
+    path, message = SPECIAL_INPUTS[name](tmp_path)
+    argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={path}", *FAST]
+    signal.alarm(60)  # a FIFO opened for reading blocks: fail instead of hanging
+    try:
+        fails(capsys, argv, message)
+    finally:
+        signal.alarm(0)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ 14. malformed model folders

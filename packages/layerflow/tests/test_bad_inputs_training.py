@@ -375,6 +375,60 @@ def test_an_empty_dataset_folder_is_one_line(tmp_path: Path) -> None:
     _last_line_error(result, "found no usable samples in empty")
 
 
+def _missing_root(root: Path) -> str:
+    return f"data.sources[0].root: {root / 'nothere'} does not exist"
+
+
+def _bad_meta(root: Path) -> str:
+    write_official(root / "off", "davis", {"a": 8})
+    meta = next((root / "off").glob("*.json"))
+    meta.write_text("{bad")
+    return f"data.sources[0] (kind='official'): {meta} is not valid JSON"
+
+
+def _fifo_prompts(root: Path) -> str:
+    write_simple_sample(root / "simple", "s0", 8)
+    (root / "simple" / "s0" / "prompts.json").unlink()
+    os.mkfifo(root / "simple" / "s0" / "prompts.json")
+    return f"sample 's0': {root / 'simple' / 's0' / 'prompts.json'} is a FIFO, not a JSON file"
+
+
+DATA_SOURCE_DAMAGE = {
+    "missing root": ("simple", "nothere", _missing_root),
+    "official meta not JSON": ("official", "off", _bad_meta),
+    "prompts.json a FIFO": ("simple", "simple", _fifo_prompts),
+}
+
+
+@pytest.mark.parametrize("damage", DATA_SOURCE_DAMAGE)
+def test_a_bad_data_source_is_one_line_and_blocks_no_rerun(tmp_path: Path, capsys, damage: str) -> None:
+    """Never a traceback, never a hang on a FIFO; the missing root is found before any model loads."""
+    from layerflow.training import main as train_main
+
+    kind, folder, make = DATA_SOURCE_DAMAGE[damage]
+    message = make(tmp_path)
+    sources = f'data.sources=[{{kind="{kind}", root="{tmp_path / folder}"}}]'
+    size = ["--set", "data.height=16", "--set", "data.width=16", "--set", "data.num_frames=8"]
+    signal.alarm(60)  # a FIFO opened for reading blocks: fail instead of hanging
+    try:
+        argv = [
+            "--stage",
+            "1",
+            "--output-root",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--set",
+            sources,
+            *size,
+        ]
+        assert train_main(argv) == 2
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / "stage1" / "config.json").exists()
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     script = shutil.which("layerflow")
     command = [script] if script else [sys.executable, "-m", "layerflow"]

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from layerflow.atomic import atomic_directory
+from layerflow.json_files import special_file
 
 FrameMode = Literal["rgb", "rgba", "alpha"]
 """``"rgb"``: opaque colour; ``"rgba"``: colour + straight alpha; ``"alpha"``: a one-channel matte."""
@@ -124,6 +125,8 @@ def decode_image(path: str | os.PathLike[str]) -> DecodedImage:
     8 bits); a transparent colour or palette entry (``tRNS``) becomes an alpha channel.
     """
     path = Path(path)
+    if kind := special_file(path):
+        raise FrameError(f"{path}: is {kind}, not an image file")
     try:
         with Image.open(path) as opened:
             if opened.format == "PNG" and _is_16bit_png(path):
@@ -132,6 +135,8 @@ def decode_image(path: str | os.PathLike[str]) -> DecodedImage:
             image = opened.copy()
     except FileNotFoundError:
         raise FrameError(f"{path}: frame file is missing") from None
+    except Image.DecompressionBombError as error:  # a few bytes that decode to gigabytes
+        raise FrameError(f"cannot read frame {path}: {error}") from None
     except (OSError, SyntaxError) as error:
         raise FrameError(f"cannot read frame {path}: cannot decode image ({error})") from error
     transparency = "transparency" in image.info

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from layerflow.atomic import atomic_file
+from layerflow.json_files import special_file
 
 from .frames import (
     IMAGE_SUFFIXES,
@@ -185,6 +186,8 @@ def decode_video(
     (``partial``: the frames that decode, with a warning).
     """
     path = Path(path)
+    if kind := special_file(path):
+        raise FrameError(f"{path}: is {kind}, not a video file")
     if not path.is_file():
         raise FrameError(f"{path}: video file is missing")
     try:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerflow.json_files import read_json_object
+from layerflow.json_files import read_json_object, special_file
 
 #: Weight files diffusers/transformers look for in a component folder (any one of them will do).
 WEIGHT_NAMES = (
@@ -66,6 +66,8 @@ def read_model_index(folder: str | os.PathLike[str], required: Sequence[str]) ->
 def check_safetensors(path: str | os.PathLike[str]) -> None:
     """The header of a ``.safetensors`` file parses and its tensors fit in the file (not truncated)."""
     path = Path(path)
+    if kind := special_file(path):
+        raise ValueError(f"{path} is {kind}, not a weights file")
     size = path.stat().st_size
     with path.open("rb") as handle:
         raw = handle.read(8)
@@ -247,6 +249,8 @@ def check_weight_shapes(folder: str | os.PathLike[str], cls: type, config: dict[
 
     folder = Path(folder)
     for pickled in sorted(folder.glob("*.bin")):
+        if kind := special_file(pickled):
+            raise ValueError(f"{pickled} is {kind}, not a weights file")
         try:
             torch.load(pickled, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError:
