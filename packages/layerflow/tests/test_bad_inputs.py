@@ -260,6 +260,17 @@ def test_cli_numbers(saved, tmp_path, capsys, flag, value, message) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_sizes_are_sized_from_the_machines_memory(saved, tmp_path, capsys, monkeypatch) -> None:
+    """Within the fixed limits, 1024 frames of 512x512 in the official layout's 4 clips hold at least
+    4 * 1024 * 3 * 512 * 512 * 2 bytes = 6 GiB: refused on a machine of 1 GiB, before any model loads."""
+    from layerflow import tasks
+
+    monkeypatch.setattr(tasks, "host_memory", lambda: 2**30)
+    big = ["--frames", "1024", "--height", "512", "--width", "512"]
+    fails(capsys, [*generate(saved, tmp_path / "out"), *big], "needs at least 6 GiB for the 4 decoded clips")
+    assert not (tmp_path / "out").exists()
+
+
 def test_guidance_nan_in_a_process(saved, tmp_path) -> None:
     fails_in_a_process([*generate(saved, tmp_path / "out"), "--guidance", "nan"], "--guidance")
     assert not (tmp_path / "out").exists()

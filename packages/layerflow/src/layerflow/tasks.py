@@ -187,7 +187,9 @@ def check_conditions(
             )
         conditions = _trimmed(conditions, frames)
         found = (frames, *found[1:])
-    height = options.height if options.height is not None else (found[1] if found else geometry.default_height)
+    height = (
+        options.height if options.height is not None else (found[1] if found else geometry.default_height)
+    )
     width = options.width if options.width is not None else (found[2] if found else geometry.default_width)
     if found is not None and (frames, height, width) != found:
         hint = ""
@@ -206,7 +208,29 @@ def check_conditions(
         trimmable = found is not None and runnable and not geometry.frames_ok(request.layout, frames)
         hint = f"; or add --trim to use the first {runnable[-1]} frames of the inputs" if trimmable else ""
         raise CliError(f"{error}{hint}") from error
+    check_memory(request.layout, frames, height, width)
     return conditions
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (``None`` where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(layout: LayerLayout, frames: int, height: int, width: int) -> None:
+    """The decoded clips of one sample fit in this machine's memory, counted at their least (RGB,
+    2 bytes a value): within :data:`LIMITS` a size like ``--frames 1024 --height 8192`` would
+    otherwise run for minutes before memory runs out."""
+    needed = len(layout.clips) * frames * 3 * height * width * 2
+    total = host_memory()
+    if total is not None and needed > total:
+        raise CliError(
+            f"--frames {frames} at {height}x{width} needs at least {needed / 2**30:.0f} GiB for the "
+            f"{len(layout.clips)} decoded clips alone, more than this machine's {total / 2**30:.0f} GiB of memory"
+        )
 
 
 def _trimmed(conditions: Mapping[str, torch.Tensor], frames: int | None) -> dict[str, torch.Tensor]:
