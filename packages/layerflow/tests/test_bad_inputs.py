@@ -943,6 +943,27 @@ def test_int64_transformer_weights_are_refused(model_dir, tmp_path, capsys) -> N
     fails(capsys, generate(model_dir, tmp_path / "out"), "tensor 'norm_out.linear.weight' is stored as I64")
 
 
+def test_bin_weights_are_checked_as_safetensors_are(model_dir, tmp_path, capsys) -> None:
+    file = model_dir / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    file.unlink()
+    torch.save(
+        {**weights, "norm_out.linear.weight": weights["norm_out.linear.weight"].long()},
+        file.with_suffix(".bin"),
+    )
+    fails(
+        capsys,
+        generate(model_dir, tmp_path / "out"),
+        "diffusion_pytorch_model.bin: tensor 'norm_out.linear.weight' is stored as int64",
+    )
+    torch.save({**weights, "norm_out.linear.weight": torch.zeros(3, 5)}, file.with_suffix(".bin"))
+    fails(
+        capsys,
+        generate(model_dir, tmp_path / "out"),
+        "tensor 'norm_out.linear.weight' has shape [3, 5], the config needs",
+    )
+
+
 @pytest.fixture
 def sharded(model_dir) -> Path:
     """The model with its text encoder in seven shards (``model.safetensors.index.json``)."""

@@ -242,17 +242,19 @@ def _empty_model(folder: Path, cls: type, config: dict[str, Any]) -> Any:
 
 
 def check_weight_shapes(folder: str | os.PathLike[str], cls: type, config: dict[str, Any]) -> None:
-    """Every tensor of the component's safetensors weights (one file or shards) has the shape ``cls``
-    built from its config (on the meta device: no memory) needs, and a floating-point weight a
-    floating-point dtype; ``.bin`` weights load with ``weights_only``. Only headers are read."""
+    """Every tensor of the component's weights (one file or shards) has the shape ``cls`` built from
+    its config (on the meta device: no memory) needs, and a floating-point weight a floating-point
+    dtype. Of safetensors files only the headers are read; ``.bin`` files are mapped (``mmap``) with
+    ``weights_only``, which refuses pickled objects."""
     import torch
 
     folder = Path(folder)
+    stored: dict[Path, dict[str, tuple[tuple[int, ...], str, bool]]] = {}
     for pickled in sorted(folder.glob("*.bin")):
         if kind := special_file(pickled):
             raise ValueError(f"{pickled} is {kind}, not a weights file")
         try:
-            torch.load(pickled, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(pickled, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError:
             raise ValueError(
                 f"{pickled}: holds pickled objects besides tensors, which could run code when loaded "
@@ -260,19 +262,27 @@ def check_weight_shapes(folder: str | os.PathLike[str], cls: type, config: dict[
             ) from None
         except Exception as error:  # a damaged file: RuntimeError, EOFError, ... by the damage
             raise ValueError(f"{pickled}: not a readable weights file ({type(error).__name__})") from None
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+        if isinstance(state, dict):
+            stored[pickled] = {
+                key: (tuple(t.shape), str(t.dtype).removeprefix("torch."), t.dtype.is_floating_point)
+                for key, t in state.items()
+                if isinstance(t, torch.Tensor)
+            }
+    for file in sorted(folder.glob("*.safetensors")):
+        header = safetensors_header(file)
+        stored[file] = {key: (shape, dtype, dtype in FLOAT_DTYPES) for key, (shape, dtype) in header.items()}
+    if not stored:
         return
     expected = _empty_model(folder, cls, config).state_dict()
-    for file in files:
-        for key, (shape, dtype) in safetensors_header(file).items():
+    for file, tensors in stored.items():
+        for key, (shape, dtype, floating) in tensors.items():
             if key not in expected:
                 continue
             if shape != tuple(expected[key].shape):
                 raise ValueError(
                     f"{file}: tensor {key!r} has shape {list(shape)}, the config needs {list(expected[key].shape)}"
                 )
-            if expected[key].dtype.is_floating_point and dtype not in FLOAT_DTYPES:
+            if expected[key].dtype.is_floating_point and not floating:
                 raise ValueError(
                     f"{file}: tensor {key!r} is stored as {dtype}, a weight must be floating point "
                     f"({', '.join(FLOAT_DTYPES[:4])})"
