@@ -194,8 +194,8 @@ def check_config_types(folder: str | os.PathLike[str], cls: type) -> dict[str, A
     folder = Path(folder)
     config_file = folder / (getattr(cls, "config_name", None) or "config.json")
     config = read_json_object(config_file)
-    takes = getattr(cls, "config_class", None) or cls  # transformers: the model's PretrainedConfig
-    for key, parameter in inspect.signature(takes.__init__).parameters.items():
+    takes: type = getattr(cls, "config_class", None) or cls  # transformers: the model's PretrainedConfig
+    for key, parameter in inspect.signature(takes).parameters.items():
         if key in config and (problem := _type_problem(config[key], parameter.default)):
             raise ValueError(f"{config_file}: {key!r} must be {problem}, got {config[key]!r}")
     return config
@@ -233,7 +233,8 @@ def _empty_model(folder: Path, cls: type, config: dict[str, Any]) -> Any:
         with init_empty_weights():
             if issubclass(cls, diffusers.ModelMixin):
                 return cls.from_config(config)
-            return cls(cls.config_class.from_dict(config))  # a transformers PreTrainedModel
+            model: Any = cls  # a transformers PreTrainedModel, built from its config class
+            return model(model.config_class.from_dict(config))
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
         reason = " ".join(str(error).split())
         raise ValueError(
