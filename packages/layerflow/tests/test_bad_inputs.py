@@ -271,6 +271,18 @@ def test_sizes_are_sized_from_the_machines_memory(saved, tmp_path, capsys, monke
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_demo_seed_has_the_training_seeds_range(tmp_path, capsys, seed) -> None:
+    """It seeds the training run (``run.seed``): refused before any data is generated."""
+    from layerflow.demo import main as demo_main
+
+    with pytest.raises(SystemExit) as stopped:
+        demo_main(["--seed", seed, "--output-dir", str(tmp_path / "demo")])
+    assert stopped.value.code == 2
+    assert f"--seed must be in [0, {2**63 - 1}], got {seed}" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_guidance_nan_in_a_process(saved, tmp_path) -> None:
     fails_in_a_process([*generate(saved, tmp_path / "out"), "--guidance", "nan"], "--guidance")
     assert not (tmp_path / "out").exists()
