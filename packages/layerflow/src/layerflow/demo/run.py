@@ -49,6 +49,7 @@ from layerflow.pipelines.scheduling import make_scheduler
 from layerflow.stage_output import StageOutput
 from layerflow.synthetic.writers import generate_dataset
 from layerflow.tiny import single_thread
+from layerflow.training.schema import MAX_SEED
 
 from .assets import (
     DemoAssetConfig,
@@ -522,6 +523,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
     transformers_logging.disable_progress_bar()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
+    if not 0 <= args.seed <= MAX_SEED:  # it becomes the training run's run.seed: the same range
+        parser.error(f"--seed must be in [0, {MAX_SEED}], got {args.seed}")
     if args.quick:
         settings = DemoSettings.quick()
     else:
