@@ -3,11 +3,8 @@ conditions: every per-clip layout the pipeline runs (one and two foregrounds, rg
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from diffusers.models.autoencoders import autoencoder_kl_cogvideox
 
 from layerflow.data import Layer, LayeredSample, collate_for_layout
 from layerflow.layout import LayerLayout
@@ -66,17 +63,6 @@ def pipeline_condition_latents(pipeline, sample: LayeredSample, task: str, gener
     )
     clip_frames = [output.latents.shape[1] // len(task_layout.clips)] * len(task_layout.clips)
     return output.latents, list(task_layout.condition_latent_frames(clip_frames))
-
-
-@pytest.fixture()
-def deterministic_vae(monkeypatch):
-    """The VAE posterior's std is zero, so a draw is its mean whatever the noise order (both sides)."""
-    gaussian = autoencoder_kl_cogvideox.DiagonalGaussianDistribution
-    monkeypatch.setattr(
-        autoencoder_kl_cogvideox,
-        "DiagonalGaussianDistribution",
-        functools.partial(gaussian, deterministic=True),
-    )
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
