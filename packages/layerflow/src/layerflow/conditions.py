@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
+
+from .layout import TaskLayout
+
+#: How first-frame conditions are spliced: clean, as whole-clip conditions (a model trained for the
+#: task), or re-noised to every step's timestep (training-free, for a model that never saw clean
+#: first frames among noisy ones).
+FirstFrameMode = Literal["trained", "training_free"]
+FIRST_FRAME_MODES: tuple[FirstFrameMode, ...] = get_args(FirstFrameMode)
 
 
 @dataclass(frozen=True)
@@ -48,3 +57,20 @@ def split_conditions(
             value = value.frames
         frames[name] = value
     return frames, tuple(first)
+
+
+def resolve_first_frame_mode(task_layout: TaskLayout, mode: str | None) -> FirstFrameMode | None:
+    """How first-frame conditions are spliced: clean (``"trained"``: the model was trained for the
+    task) or re-noised to every step's timestep (``"training_free"``); ``None`` without first frames.
+    Default: ``"trained"`` when the layout lists the task, else ``"training_free"``."""
+    if mode is not None and mode not in FIRST_FRAME_MODES:
+        raise ValueError(f"first_frame_mode must be one of {FIRST_FRAME_MODES}, got {mode!r}")
+    if not task_layout.first_frames:
+        return None
+    trained = task_layout.layout.trained_for(task_layout.task)
+    if mode == "trained" and not trained:
+        raise ValueError(
+            f"this model was not trained for {task_layout.task!r} (its layout runs {list(task_layout.layout.tasks)}): "
+            "use first_frame_mode='training_free'"
+        )
+    return mode or ("trained" if trained else "training_free")  # type: ignore[return-value]  # checked

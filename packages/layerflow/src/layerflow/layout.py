@@ -223,14 +223,14 @@ class LayerLayout:
             raise ValueError(f"{owner} runs only {list(self.tasks)}, not {task!r}")
         for name in first_frames:
             if name not in self._by_name:
-                raise ValueError(f"first frame given for {name!r}: this layout has no such layer {list(self._by_name)}")
+                raise ValueError(
+                    f"first frame given for {name!r}: this layout has no such layer {list(self._by_name)}"
+                )
             if self._by_name[name].role not in spec.first_frame_roles:
                 raise ValueError(
                     f"task {task!r} takes no first frame for layer {name!r} (it conditions on whole clips "
                     f"or generates that layer from nothing); first frames are for {list(FIRST_FRAME_TASKS)}"
                 )
-        if spec.first_frame_roles and not first_frames:
-            raise ValueError(f"task {task!r} needs the first frame of at least one layer of {list(self._by_name)}")
         ordered = tuple(spec.name for spec in self.layers if spec.name in set(first_frames))
         return TaskLayout(self, task, ordered)
 

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .cli_checks import CliError, check_device, check_model_dir
+from .conditions import FIRST_FRAME_MODES, FirstFrame, resolve_first_frame_mode, split_conditions
 from .layout import LayerLayout, TaskLayout
 from .presets import MEMORIES, SPEEDS, Preset
 
 if TYPE_CHECKING:
+    from .geometry import ModelGeometry
     from .pipelines import LayerFlowOutput, LayerFlowPipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -55,6 +57,7 @@ class TaskOptions:
     dtype: str | None = None
     speed: str = "exact"
     memory: str = "default"
+    first_frame_mode: str | None = None
 
     def check(self) -> None:
         """Sizes and steps within :data:`LIMITS`, the guidance scale finite and within
@@ -77,6 +80,9 @@ class TaskOptions:
             raise CliError(f"--speed must be one of {', '.join(SPEEDS)}, got {self.speed!r}")
         if self.memory not in MEMORIES:
             raise CliError(f"--memory must be one of {', '.join(MEMORIES)}, got {self.memory!r}")
+        if self.first_frame_mode is not None and self.first_frame_mode not in FIRST_FRAME_MODES:
+            modes = ", ".join(mode.replace("_", "-") for mode in FIRST_FRAME_MODES)
+            raise CliError(f"--first-frame-mode must be one of {modes}, got {self.first_frame_mode!r}")
         if self.negative_prompts and self.unconditional == "zeros":
             raise CliError("--negative prompts are encoded: they cannot be used with --unconditional zeros")
 
@@ -144,30 +150,61 @@ def check_request(
     return request
 
 
-def check_condition_names(request: TaskRequest, names: list[str]) -> None:
-    """The condition layers given are exactly the task's."""
+def check_condition_names(
+    request: TaskRequest,
+    names: list[str],
+    first_frames: tuple[str, ...] = (),
+    options: TaskOptions | None = None,
+) -> None:
+    """The condition layers given are exactly the task's; ``first_frames`` (``--image``) are layers
+    the task takes a first frame of, spliced as ``options.first_frame_mode`` says."""
+    options = options or TaskOptions()
+    try:
+        task_layout = request.layout.for_task(request.task, first_frames)
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if task_layout.spec.first_frame_roles and not first_frames:
+        raise CliError(f"task {request.task!r} needs --image LAYER=PATH for at least one layer")
+    try:
+        resolve_first_frame_mode(task_layout, options.first_frame_mode)
+    except ValueError as error:
+        raise CliError(str(error)) from error
     needed = request.condition_names
-    if sorted(names) != sorted(needed):
-        raise CliError(f"task {request.task!r} needs --input for {needed}, got {sorted(names) or 'none'}")
+    whole = sorted(set(names) - set(first_frames))
+    if whole != sorted(needed):
+        raise CliError(f"task {request.task!r} needs --input for {needed}, got {whole or 'none'}")
+
+
+def model_geometry(request: TaskRequest) -> ModelGeometry:
+    """The geometry of the request's model folder (sizes, compression), read from its configs."""
+    from .models.configs import folder_geometry
+
+    if request.model is None:
+        raise ValueError("a loaded pipeline's geometry is pipe.geometry; the request has no model folder")
+    try:
+        return folder_geometry(request.model)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from error
 
 
 def check_conditions(
-    request: TaskRequest, conditions: Mapping[str, torch.Tensor], options: TaskOptions
+    request: TaskRequest, conditions: Mapping[str, torch.Tensor | FirstFrame], options: TaskOptions
 ) -> None:
     """Condition layers, frames and size (from the inputs or the options) against the model's geometry."""
     from .geometry import DEFAULT_CLIP_FRAMES, check_geometry
-    from .models.configs import folder_geometry
 
-    check_condition_names(request, list(conditions))
+    frames_by_layer, first_frames = split_conditions(conditions)
+    check_condition_names(request, list(conditions), first_frames, options)
     if request.model is not None:
-        try:
-            geometry = folder_geometry(request.model)
-        except (FileNotFoundError, ValueError) as error:
-            raise CliError(str(error)) from error
-        first = next(iter(conditions.values()), None)
-        found = (first.shape[0], *first.shape[-2:]) if first is not None else None
+        geometry = model_geometry(request)
+        clips = [value for name, value in frames_by_layer.items() if name not in first_frames]
+        first = next(iter(frames_by_layer.values()), None)
+        found_frames = clips[0].shape[0] if clips else None
+        found = (found_frames, *first.shape[-2:]) if first is not None else None
         frames = (
-            options.frames if options.frames is not None else (found[0] if found else DEFAULT_CLIP_FRAMES)
+            options.frames
+            if options.frames is not None
+            else (found_frames if found_frames is not None else DEFAULT_CLIP_FRAMES)
         )
         height = (
             options.height if options.height is not None else (found[1] if found else geometry.default_height)
@@ -175,9 +212,14 @@ def check_conditions(
         width = (
             options.width if options.width is not None else (found[2] if found else geometry.default_width)
         )
-        if found is not None and (frames, height, width) != found:
+        if found is not None and (frames if found_frames is not None else None, height, width) != found:
+            described = (
+                f"{found[1]}x{found[2]}"
+                if found_frames is None
+                else f"{found[0]} frames of {found[1]}x{found[2]}"
+            )
             raise CliError(
-                f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
+                f"inputs have {described}, "
                 f"but --frames/--height/--width ask for {frames} frames of {height}x{width}"
             )
         try:
@@ -206,7 +248,7 @@ def run(
     model: str | os.PathLike[str] | LayerFlowPipeline,
     task: str,
     prompts: Mapping[str, str],
-    conditions: Mapping[str, torch.Tensor] | None = None,
+    conditions: Mapping[str, torch.Tensor | FirstFrame] | None = None,
     options: TaskOptions | None = None,
     **pipeline_options: Any,
 ) -> TaskResult:
@@ -233,6 +275,7 @@ def run(
             use_dynamic_cfg=options.dynamic_cfg,
             unconditional=unconditional,
             isolate_conditions=options.isolate_conditions,
+            first_frame_mode=options.first_frame_mode,
             generator=torch.Generator(device="cpu").manual_seed(options.seed),
             **pipeline_options,
         )
@@ -251,6 +294,9 @@ def run(
         "vae_pass": request.layout.vae_pass,
         "variant": request.layout.variant,
     }
+    if "first_frame_mode" in output.settings:  # the layers given as first frames, and how they were spliced
+        settings["first_frames"] = list(split_conditions(conditions)[1])
+        settings["first_frame_mode"] = output.settings["first_frame_mode"]
     # The preset, when not the default: manifests of exact, on-device runs read as they always have.
     preset = {
         key: output.settings[key]

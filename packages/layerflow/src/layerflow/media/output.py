@@ -31,7 +31,7 @@ import torch
 
 from layerflow.atomic import atomic_directory
 from layerflow.json_files import read_json_object
-from layerflow.layout import ROLES, TASKS
+from layerflow.layout import ALL_TASKS, ROLES
 from layerflow.output_policy import register_marker
 
 from .frames import FrameError, FrameMode, read_png_sequence, to_uint8, write_frames
@@ -45,7 +45,7 @@ LAYER_KINDS: tuple[FrameMode, ...] = ("rgb", "rgba")
 AlphaMode = Literal["straight", "premultiplied"]
 ALPHA_MODES: tuple[AlphaMode, ...] = get_args(AlphaMode)
 #: What an output folder may have been made by: a model task, or recomposition of layers.
-OUTPUT_TASKS: tuple[str, ...] = (*TASKS, "recompose")
+OUTPUT_TASKS: tuple[str, ...] = (*ALL_TASKS, "recompose")
 #: File formats of a layer, in the order they are preferred when a layer is read back.
 FORMATS: tuple[str, ...] = ("png", "prores", "webm", "mp4")
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "webm", "mp4")

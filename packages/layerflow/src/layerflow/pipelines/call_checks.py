@@ -6,13 +6,13 @@ size at fault. :func:`check_call` validates only; :mod:`.call_plan` derives the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from diffusers.hooks import FasterCacheConfig, MagCacheConfig
 
 from layerflow.codec import check_joint_vae
-from layerflow.conditions import FirstFrame, split_conditions
+from layerflow.conditions import FirstFrame, resolve_first_frame_mode, split_conditions
 from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
 from layerflow.layout import LayerLayout, TaskLayout
 
@@ -20,8 +20,6 @@ from .input_checks import check_input_values
 
 #: Layer name -> whole-clip frames, or :func:`~layerflow.conditions.first_frame_only` of an image.
 ConditionFrames = Mapping[str, torch.Tensor | FirstFrame]
-FirstFrameMode = Literal["trained", "training_free"]
-FIRST_FRAME_MODES: tuple[FirstFrameMode, ...] = ("trained", "training_free")
 
 
 class CheckedPipeline(Protocol):
@@ -100,23 +98,6 @@ def check_call(
         raise ValueError(
             f"latents must have shape {state_shape} (generated latent frames only), got {tuple(latents.shape)}"
         )
-
-
-def resolve_first_frame_mode(task_layout: TaskLayout, mode: str | None) -> FirstFrameMode | None:
-    """How first-frame conditions are spliced: clean (``"trained"``: the model was trained for the
-    task) or re-noised to every step's timestep (``"training_free"``); ``None`` without first frames.
-    Default: ``"trained"`` when the layout lists the task, else ``"training_free"``."""
-    if mode is not None and mode not in FIRST_FRAME_MODES:
-        raise ValueError(f"first_frame_mode must be one of {FIRST_FRAME_MODES}, got {mode!r}")
-    if not task_layout.first_frames:
-        return None
-    trained = task_layout.layout.trained_for(task_layout.task)
-    if mode == "trained" and not trained:
-        raise ValueError(
-            f"this model was not trained for {task_layout.task!r} (its layout runs {list(task_layout.layout.tasks)}): "
-            "use first_frame_mode='training_free'"
-        )
-    return mode or ("trained" if trained else "training_free")  # type: ignore[return-value]  # checked
 
 
 def call_batch_size(prompt_embeds: torch.Tensor | None, num_videos_per_prompt: int) -> int:
@@ -266,6 +247,12 @@ def check_conditions(
     if unknown:
         raise ValueError(
             f"conditions given for {unknown}, but task {task_layout.task!r} conditions on {needed}"
+        )
+    if task_layout.spec.first_frame_roles and not task_layout.first_frames:
+        names = [layer.name for layer in task_layout.layers]
+        raise ValueError(
+            f"task {task_layout.task!r} needs the first frame of at least one layer of {names} "
+            "(first_frame_only(image))"
         )
     missing = [name for name in needed if name not in conditions]
     if missing:

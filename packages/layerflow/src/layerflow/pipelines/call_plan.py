@@ -8,19 +8,17 @@ from typing import Any
 
 import torch
 
-from layerflow.conditions import split_conditions
+from layerflow.conditions import FirstFrameMode, resolve_first_frame_mode, split_conditions
 from layerflow.geometry import FrameGeometry
 from layerflow.layout import TaskLayout
 
 from .call_checks import (
     CheckedPipeline,
     ConditionFrames,
-    FirstFrameMode,
     batch_conditions,
     call_batch_size,
     check_conditions,
     check_frames,
-    resolve_first_frame_mode,
 )
 
 

@@ -24,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from layer_embeddings import LayerPromptEncoder
 from layerflow.atomic import apply_umask, apply_umask_tree
 from layerflow.codec import ClipCodec
+from layerflow.conditions import FirstFrameMode
 from layerflow.geometry import ModelGeometry
 from layerflow.layout import LayerLayout
 from layerflow.models.adapters import merged_for_inference
@@ -32,7 +33,7 @@ from layerflow.presets import Preset
 from layerflow.variants import OFFICIAL_SAMPLING
 
 from .acceleration import place, preset_cache
-from .call_checks import ConditionFrames, FirstFrameMode, check_call, negative_texts
+from .call_checks import ConditionFrames, check_call, negative_texts
 from .call_plan import CallPlan, plan_call
 from .output import LayerFlowOutput
 
