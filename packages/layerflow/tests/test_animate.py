@@ -115,9 +115,9 @@ def test_animate_a_cutout_in_a_process(model_dir, images, tmp_path) -> None:
     done = subprocess.run([*command, *PROMPTS, "-o", str(out), *FAST], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     manifest = read_manifest(out)
-    assert manifest["task"] == "animate" and manifest["num_frames"] == 5
-    assert manifest["settings"]["first_frames"] == ["foreground"]
-    assert manifest["settings"]["first_frame_mode"] == "training_free"  # the base was never trained for it
+    assert manifest.task == "animate" and manifest.num_frames == 5
+    assert manifest.settings["first_frames"] == ["foreground"]
+    assert manifest.settings["first_frame_mode"] == "training_free"  # the base was never trained for it
     foreground = read_layer(out, manifest, "foreground")
     given, floor = red_disc(), round_trip(red_disc())
     # Frame 0 is the given cutout within the VAE's own round trip of it, plus what the decode adds:
@@ -129,7 +129,7 @@ def test_animate_a_cutout_in_a_process(model_dir, images, tmp_path) -> None:
     assert iou(foreground[0, 3], given[3]) >= iou(floor[3], given[3]) - 0.05
     # The other frames are generated, not copies of the first.
     assert all(float((foreground[i] - foreground[0]).abs().mean()) > 0.02 for i in range(1, 5))
-    assert {layer["name"] for layer in manifest["layers"]} == {"foreground", "background", "composite"}
+    assert {layer.name for layer in manifest.layers} == {"foreground", "background", "composite"}
     # Editing works on it as on every other output.
     assert main(["recompose", str(out), "-o", str(tmp_path / "recomposed"), "--no-video"]) == 0
 
@@ -142,8 +142,8 @@ def test_a_plate_and_a_resized_cutout(model_dir, images, tmp_path) -> None:
         == 0
     )
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["settings"]["first_frames"] == ["foreground", "background"]
-    assert (manifest["height"], manifest["width"]) == (SIZE, SIZE)
+    assert manifest.settings["first_frames"] == ["foreground", "background"]
+    assert (manifest.height, manifest.width) == (SIZE, SIZE)
 
 
 def _fails(capsys, argv: list[str], message: str) -> None:
