@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerflow.data import Layer, LayeredSample, collate_for_layout
+from layerflow.data import LayeredSample, collate_for_layout
 from layerflow.layout import LayerLayout
-from layerflow.testing import random_layer_frames
+from layerflow.testing import random_layered_sample
 from layerflow.tiny import build_tiny_training_pipeline
 from layerflow.training.encoding import BatchEncoder, prompt_encoder
 from layerflow.training.objective import STREAM_POSTERIOR, sample_generator
@@ -24,14 +24,7 @@ CONDITIONAL_TASKS = ("foreground_to_background", "background_to_foreground", "de
 
 
 def sample_of(layout: LayerLayout) -> LayeredSample:
-    frames = random_layer_frames(layout, num_frames=FRAMES, seed=3)
-    layers = {
-        spec.name: Layer(
-            spec.role, frames[spec.name][:, :3], frames[spec.name][:, 3:] if spec.transparent else None
-        )
-        for spec in layout.layers
-    }
-    return LayeredSample("agreement", layers, {name: "a red circle" for name in layers}, "video", 8.0)
+    return random_layered_sample(layout, num_frames=FRAMES)
 
 
 def trainer_latents(pipeline, sample: LayeredSample) -> torch.Tensor:
