@@ -12,6 +12,7 @@ import torch
 from layerflow.conditions import first_frame_only
 from layerflow.layout import LayerLayout
 from layerflow.testing import build_tiny_pipeline, single_thread
+from layerflow.variants import OFFICIAL_VARIANTS, official_variant
 
 PROMPTS = {"foreground": "a red circle", "background": "blue stripes", "composite": "a red circle"}
 GREY = 0.5
@@ -190,3 +191,34 @@ def test_bad_first_frames_are_refused_before_any_model_runs() -> None:
 def test_opaque_makes_an_rgb_image_a_cutout() -> None:
     frame = first_frame_only(torch.rand(3, 16, 16), opaque=True).frames
     assert frame.shape == (1, 4, 16, 16) and torch.equal(frame[:, 3], torch.ones(1, 16, 16))
+
+
+def test_duplicated_first_frame_clip_takes_the_frame_alone(deterministic_vae) -> None:
+    """With a duplicated first frame (official RGBA fg2bg/bg2fg), clip 0's latent 0 is frame 0 alone
+    even at 8 frames per clip; the alpha clip after it holds the frame over 4 frames."""
+    layout = dataclasses.replace(LayerLayout.official(), duplicate_first_frame=True)
+    pipe = build_tiny_pipeline(layout)
+    pipe.set_progress_bar_config(disable=True)
+    image = cutout()
+    out = animate(pipe, {"foreground": first_frame_only(image)}, 8, output_type="latent")
+    colour = image[:3] * image[3:] + GREY * (1 - image[3:])
+    assert torch.equal(out.latents[0, 0], stock_encode(pipe.vae, colour[None] * 2 - 1)[0])
+    alpha = (image[3:] * 2 - 1).expand(4, 3, -1, -1)
+    assert torch.equal(out.latents[0, 3], stock_encode(pipe.vae, alpha)[0])  # clip 0 has 3 latents
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_VARIANTS))
+def test_official_variants(name: str) -> None:
+    """The official generation checkpoints animate training-free; the conditional ones refuse, naming the variant."""
+    layout = official_variant(name).layout
+    pipe = build_tiny_pipeline(layout)
+    pipe.set_progress_bar_config(disable=True)
+    image = cutout() if layout.alpha != "rgb" else cutout()[:3]
+    if "generate" not in layout.tasks:
+        with pytest.raises(ValueError, match=f"official variant {name!r} runs only"):
+            animate(pipe, {"foreground": first_frame_only(image)}, 8, output_type="latent")
+        return
+    out = animate(
+        pipe, {"foreground": first_frame_only(image)}, 8, num_inference_steps=1, output_type="latent"
+    )
+    assert out.settings["first_frame_mode"] == "training_free"
