@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 
@@ -73,4 +73,4 @@ def resolve_first_frame_mode(task_layout: TaskLayout, mode: str | None) -> First
             f"this model was not trained for {task_layout.task!r} (its layout runs {list(task_layout.layout.tasks)}): "
             "use first_frame_mode='training_free'"
         )
-    return mode or ("trained" if trained else "training_free")  # type: ignore[return-value]  # checked
+    return cast(FirstFrameMode, mode) or ("trained" if trained else "training_free")

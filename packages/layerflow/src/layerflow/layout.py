@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 Role = Literal["foreground", "background", "composite"]
 AlphaRepresentation = Literal["rgb", "alpha_clip", "latent_offset"]
@@ -217,7 +217,7 @@ class LayerLayout:
         """``task`` resolved for this layout; ``first_frames``: the layers given as their first frame only."""
         if task not in TASK_SPECS:
             raise ValueError(f"unknown task {task!r}; expected one of {ALL_TASKS}")
-        spec = TASK_SPECS[task]
+        spec = TASK_SPECS[cast(Task, task)]
         if task not in self.tasks and spec.training_free_from not in self.tasks:
             owner = f"official variant {self.variant!r}" if self.variant else "this layout"
             raise ValueError(f"{owner} runs only {list(self.tasks)}, not {task!r}")
@@ -232,7 +232,7 @@ class LayerLayout:
                     f"or generates that layer from nothing); first frames are for {list(FIRST_FRAME_TASKS)}"
                 )
         ordered = tuple(spec.name for spec in self.layers if spec.name in set(first_frames))
-        return TaskLayout(self, task, ordered)
+        return TaskLayout(self, cast(Task, task), ordered)
 
     def trained_for(self, task: str) -> bool:
         """Whether the model was trained for ``task`` (else a first-frame task runs training-free)."""

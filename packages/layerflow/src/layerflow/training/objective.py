@@ -169,7 +169,8 @@ class Objective:
 
     def draw(self, step: int, micro_step: int, positions: Sequence[int]) -> SampleDraws:
         """Each sample's task, first-frame layers and first-frame noise std (see :class:`SampleDraws`)."""
-        task_layouts, sigmas = [], []
+        task_layouts: list[TaskLayout] = []
+        sigmas: list[float | None] = []
         for task, position in zip(self.draw_tasks(step, micro_step, positions), positions, strict=True):
             if task not in FIRST_FRAME_TASKS:
                 task_layouts.append(self.sampler.layouts[task])
