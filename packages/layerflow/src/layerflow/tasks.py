@@ -14,12 +14,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from .cli_checks import CliError, check_device, check_model_dir
-from .conditions import FIRST_FRAME_MODES, FirstFrame, resolve_first_frame_mode, split_conditions
+from .conditions import (
+    FIRST_FRAME_MODES,
+    FirstFrame,
+    FirstFrameMode,
+    resolve_first_frame_mode,
+    split_conditions,
+)
 from .layout import LayerLayout, TaskLayout
 from .presets import MEMORIES, SPEEDS, Preset
 
@@ -275,7 +281,7 @@ def run(
             use_dynamic_cfg=options.dynamic_cfg,
             unconditional=unconditional,
             isolate_conditions=options.isolate_conditions,
-            first_frame_mode=options.first_frame_mode,
+            first_frame_mode=cast(FirstFrameMode | None, options.first_frame_mode),  # checked
             generator=torch.Generator(device="cpu").manual_seed(options.seed),
             **pipeline_options,
         )
