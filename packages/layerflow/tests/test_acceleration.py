@@ -415,6 +415,6 @@ def test_sequential_cpu_offload_runs_generation_and_decomposition_exactly_in_a_f
         [sys.executable, "-c", SEQUENTIAL, str(tmp_path / "tiny")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
