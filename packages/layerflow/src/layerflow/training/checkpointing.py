@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,8 @@ def write_checkpoint(
     final = checkpoint_dir(output_dir, step)
     with shared_atomic_directory(final) as tmp:
         writer = HuggingFaceStorageWriter(str(tmp / TENSORS), save_distributed=distributed())
-        dcp.save(dict(tensors), storage_writer=writer, no_dist=not distributed())
+        with _one_process_is_intended():
+            dcp.save(dict(tensors), storage_writer=writer, no_dist=not distributed())
         save_file(_contiguous(rng_tensors()), str(tmp / f"rng-rank{rank()}.safetensors"))
         barrier()
         if rank() == 0:
@@ -292,7 +294,7 @@ def check_readable(path: Path) -> dict[str, Any]:
 def load_tensors(path: Path, destination: Mapping[str, torch.Tensor]) -> None:
     """Load a checkpoint's tensors into ``destination`` in place, re-sharding to the layout the
     destination tensors have (collective under a process group)."""
-    with torch.no_grad():
+    with torch.no_grad(), _one_process_is_intended():
         reader = HuggingFaceStorageReader(str(path / TENSORS))
         dcp.load(dict(destination), storage_reader=reader, no_dist=not distributed())
 
@@ -313,7 +315,8 @@ def read_checkpoint(path: Path, rank_index: int = 0) -> tuple[CheckpointContent,
         key: torch.empty(tuple(item.size), dtype=item.properties.dtype)  # type: ignore[union-attr]
         for key, item in metadata.items()
     }
-    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / TENSORS)), no_dist=True)
+    with _one_process_is_intended():
+        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / TENSORS)), no_dist=True)
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
@@ -340,6 +343,16 @@ def newest_readable_checkpoint(output_dir: Path) -> Path | None:
     if damaged:
         raise CheckpointError(f"no checkpoint of {output_dir} reads completely: {'; '.join(damaged)}")
     return None
+
+
+@contextlib.contextmanager
+def _one_process_is_intended() -> Iterator[None]:
+    """Silence torch.distributed.checkpoint's warning that it assumes one process: here that is the plan."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
+        )
+        yield
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
