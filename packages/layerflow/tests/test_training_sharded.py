@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,14 @@ from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
 from layerflow.training import checkpointing as ckpt
-from layerflow.training.testing import CPUShardedTrainer, reset_accelerate_state, tiny_test_config, train_tiny
+from layerflow.training.testing import (
+    CPUShardedTrainer,
+    free_port,
+    join_cpu_group,
+    reset_accelerate_state,
+    tiny_test_config,
+    train_tiny,
+)
 from layerflow.training.trainer import LayerFlowTrainer
 
 WORLD = 2
@@ -38,12 +44,6 @@ def settings(root: Path, name: str) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def sigkill_after(step: int):
     def callback(done: int, loss: float) -> None:
         if done == step:
@@ -53,29 +53,21 @@ def sigkill_after(step: int):
 
 
 def worker(rank: int, port: int, root: str, phase: str) -> None:
-    os.environ.update(
-        WORLD_SIZE=str(WORLD),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        ACCELERATE_USE_CPU="yes",
-        GLOO_SOCKET_IFNAME="lo",
-    )
+    join_cpu_group(rank, WORLD, port)
     path = Path(root)
-    runs: list[tuple[type[LayerFlowTrainer], str, dict[str, Any]]] = {
-        "train": [(LayerFlowTrainer, "ddp", {}), (CPUShardedTrainer, "full", {})],
-        "killed": [(CPUShardedTrainer, "killed", {"on_step_end": sigkill_after(3)})],
-        "resumed": [(CPUShardedTrainer, "killed", {"resume": True})],
+    # One run per launch: the trainer ends its process group, and a new one on the same port may race.
+    trainer_class, name, kwargs = {
+        "ddp": (LayerFlowTrainer, "ddp", {}),
+        "full": (CPUShardedTrainer, "full", {}),
+        "killed": (CPUShardedTrainer, "killed", {"on_step_end": sigkill_after(3)}),
+        "resumed": (CPUShardedTrainer, "killed", {"resume": True}),
     }[phase]
-    for trainer_class, name, kwargs in runs:
-        reset_accelerate_state()
-        trainer = trainer_class(tiny_test_config(path, 1, settings(path, name)), **kwargs)
-        trainer.train()
-        assert trainer.accelerator.num_processes == WORLD, "the run did not go distributed"
-        sharded = [isinstance(p, DTensor) for p in trainer.trained.values()]
-        assert all(sharded) if trainer_class is CPUShardedTrainer else not any(sharded)
+    reset_accelerate_state()
+    trainer = trainer_class(tiny_test_config(path, 1, settings(path, name)), **kwargs)
+    trainer.train()
+    assert trainer.accelerator.num_processes == WORLD, "the run did not go distributed"
+    sharded = [isinstance(p, DTensor) for p in trainer.trained.values()]
+    assert all(sharded) if trainer_class is CPUShardedTrainer else not any(sharded)
 
 
 def launch(root: Path, phase: str) -> None:
@@ -93,7 +85,8 @@ def sharded_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 processes: a DDP run and an FSDP2 run of 4 steps; an FSDP2 run SIGKILLed after step 3
     (checkpoint 2 written), then resumed."""
     root = tmp_path_factory.mktemp("sharded")
-    launch(root, "train")
+    launch(root, "ddp")
+    launch(root, "full")
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
         launch(root, "killed")
     launch(root, "resumed")

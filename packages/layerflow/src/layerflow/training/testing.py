@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,28 @@ def fully_shard_for_cpu(
     for group, group_names in zip(optimizer.param_groups, groups):
         group["params"] = [sharded[name] for name in group_names]
     return transformer
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a test's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def join_cpu_group(rank: int, world_size: int, port: int) -> None:
+    """Give this process the environment ``ACCELERATE_USE_CPU=yes torchrun`` gives rank ``rank`` of a
+    ``world_size``-process gloo group on localhost (the CPU launch that works), for forked test workers."""
+    os.environ.update(
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        ACCELERATE_USE_CPU="yes",
+        GLOO_SOCKET_IFNAME="lo",
+    )
 
 
 def reset_accelerate_state() -> None:
