@@ -337,6 +337,6 @@ def test_cli_presets_run_every_task_in_a_fresh_process_and_are_recorded(tmp_path
         "decompose": ("fast", "default"),
     }
     for command, (speed, memory) in expected.items():
-        settings = read_manifest(tmp_path / "out" / command)["settings"]
+        settings = read_manifest(tmp_path / "out" / command).settings
         recorded = (settings.get("speed", "exact"), settings.get("memory", "default"))
         assert recorded == (speed, memory)  # the defaults are left out

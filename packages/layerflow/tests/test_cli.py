@@ -60,8 +60,8 @@ def test_generate_writes_an_output_folder(model_dir, tmp_path, capsys):
         main(["generate", str(model_dir), "-o", str(tmp_path / "out"), *PROMPTS, "--frames", "8", *FAST]) == 0
     )
     manifest = read_manifest(tmp_path / "out")
-    assert manifest["task"] == "generate" and manifest["num_frames"] == 8
-    assert [layer["kind"] for layer in manifest["layers"]] == ["rgba", "rgb", "rgb"]
+    assert manifest.task == "generate" and manifest.num_frames == 8
+    assert [layer.kind for layer in manifest.layers] == ["rgba", "rgb", "rgb"]
     assert read_png_sequence(tmp_path / "out" / "foreground").shape == (8, 4, 16, 16)
     assert main(["info", str(tmp_path / "out")]) == 0
     assert "task generate, 8 frames of 16x16" in capsys.readouterr().out

@@ -142,11 +142,17 @@ def test_saving_a_base_never_replaces_a_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="no recipe.json"):
         save_pretrained_base(foreign, recipe, assets, model, {}, [])
     assert (foreign / "notes.txt").read_text() == "keep"
+    (foreign / "recipe.json").write_text('{"name": "my cake recipe"}')  # a look-alike: the name, not ours
+    with pytest.raises(FileExistsError, match="its recipe.json is not layerflow's"):
+        save_pretrained_base(foreign, recipe, assets, model, {}, [])
+    assert (foreign / "notes.txt").read_text() == "keep"
     save_pretrained_base(tmp_path / "ours", recipe, assets, model, {"x": 1.0}, [0.5] * 150)
     record = read_base_record(tmp_path / "ours")
     assert (
         record is not None and record["losses"] == [0.5, 0.5] and (tmp_path / "ours" / BASE_RECORD).is_file()
     )
+    save_pretrained_base(tmp_path / "ours", recipe, assets, model, {"x": 2.0}, [])  # ours: replaced
+    assert read_base_record(tmp_path / "ours")["quality"] == {"x": 2.0}  # type: ignore[index]
 
 
 def test_pretrain_base_writes_a_base_the_demo_finds_for_its_own_recipe(tmp_path: Path) -> None:

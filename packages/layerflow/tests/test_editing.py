@@ -69,13 +69,13 @@ def test_ground_truth_layers_recompose_to_their_composite(source, tmp_path):
     out = recompose(source, tmp_path / "new", formats=["png"])
     assert torch.equal(read_png_sequence(out / "composite", "rgb"), composite)
     manifest = read_manifest(out)
-    assert manifest["task"] == "recompose" and manifest["depth"] == ["foreground", "background"]
-    assert [layer["name"] for layer in manifest["layers"]] == ["foreground", "background", "composite"]
-    assert manifest["summary"] == (
+    assert manifest.task == "recompose" and manifest.depth == ("foreground", "background")
+    assert manifest.names == ["foreground", "background", "composite"]
+    assert manifest.summary == (
         f"foreground: kept from {source}; background: kept from {source}; "
         "composite: recomposed: foreground over background (straight-alpha over, front to back)"
     )
-    assert manifest["layers"][0]["prompt"] == "a shape"  # nothing replaced: prompts still describe the layers
+    assert manifest.layers[0].prompt == "a shape"  # nothing replaced: prompts still describe the layers
 
 
 def test_replacing_the_background_by_another_clip_is_the_manual_composite(source, tmp_path):
@@ -85,10 +85,10 @@ def test_replacing_the_background_by_another_clip_is_the_manual_composite(source
     fg = read_png_sequence(source / "foreground", "rgba")
     manual = _quantised(fg[:, 3:] * fg[:, :3] + (1 - fg[:, 3:]) * other.background)
     assert torch.equal(read_png_sequence(out / "composite", "rgb"), manual)
-    layers = {layer["name"]: layer for layer in read_manifest(out)["layers"]}
-    assert layers["background"]["source"] == f"replaced by {tmp_path / 'bg2'}"
-    assert "prompt" not in layers["background"] and "prompt" not in layers["composite"]
-    assert layers["foreground"]["prompt"] == "a shape"
+    layers = {layer.name: layer for layer in read_manifest(out).layers}
+    assert layers["background"].source == f"replaced by {tmp_path / 'bg2'}"
+    assert layers["background"].prompt is None and layers["composite"].prompt is None
+    assert layers["foreground"].prompt == "a shape"
 
 
 def test_a_prores_foreground_replaces_the_foreground(source, tmp_path):
@@ -104,7 +104,7 @@ def test_a_prores_foreground_replaces_the_foreground(source, tmp_path):
     assert (read_png_sequence(out / "composite", "rgb") - manual).abs().max() <= 0.5 / 255 + 1e-6
     written = read_layer(out, read_manifest(out), "foreground")  # from the PNG folder
     assert torch.equal((written[:, 3] * 255).round(), (other.alpha[:, 0] * 255).round())  # exact alpha
-    assert read_manifest(out)["layers"][0]["files"]["prores"] == "foreground.mov"
+    assert read_manifest(out).layers[0].files["prores"] == "foreground.mov"
 
 
 def test_a_still_is_held_and_placed(source, tmp_path):
@@ -122,7 +122,7 @@ def test_a_still_is_held_and_placed(source, tmp_path):
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1)
     assert torch.equal(composite[:, :, inside], red.expand(CONFIG.num_frames, 3, int(inside.sum())))
     assert torch.equal(composite[:, :, ~inside], bg[:, :, ~inside])
-    assert "a still held for every frame" in read_manifest(out)["summary"]
+    assert "a still held for every frame" in str(read_manifest(out).summary)
 
 
 def test_premultiplied_sources_recompose_like_straight_ones(tmp_path):

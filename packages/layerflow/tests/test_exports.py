@@ -67,14 +67,14 @@ def test_every_format_for_every_layer_it_can_hold(tmp_path, sample, rgba):
         tmp_path / "out", layers, task="generate", formats=parse_formats("png,webm,prores,mp4")
     )
     manifest = read_manifest(out)
-    assert manifest["layers"][0]["files"] == {
+    assert manifest.layers[0].files == {
         "png": "foreground",
         "webm": "foreground.webm",
         "prores": "foreground.mov",
     }
-    assert manifest["layers"][1]["files"]["mp4"] == "background.mp4"
-    for layer in manifest["layers"]:
-        for path in layer["files"].values():
+    assert manifest.layers[1].files["mp4"] == "background.mp4"
+    for layer in manifest.layers:
+        for path in layer.files.values():
             assert (out / path).exists()
     with pytest.raises(ValueError, match="'foreground' is transparent and formats mp4 cannot hold alpha"):
         write_output_dir(tmp_path / "mp4", layers, task="generate", formats=["mp4"])
@@ -98,7 +98,7 @@ def test_premultiplied_folders_store_colour_times_alpha_and_read_back_straight(t
     layers = [OutputLayer("foreground", "foreground", rgba)]
     out = write_output_dir(tmp_path / "out", layers, task="generate", formats=["png"], alpha="premultiplied")
     manifest = read_manifest(out)
-    assert manifest["alpha"] == "premultiplied"
+    assert manifest.alpha == "premultiplied"
     stored = read_png_sequence(out / "foreground", "rgba")
     expected = torch.cat([rgba[:, :3] * rgba[:, 3:], rgba[:, 3:]], dim=1)
     assert (stored - expected).abs().max() <= 0.5 / 255 + 1e-6
@@ -136,6 +136,6 @@ def test_version_1_folders_still_read(tmp_path, rgba):
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     read = read_manifest(folder)
-    assert read["layers"][0]["files"] == {"png": "foreground", "webm": "foreground.webm"}
-    assert read["depth"] == ["foreground"]
+    assert read.layers[0].files == {"png": "foreground", "webm": "foreground.webm"}
+    assert read.depth == ("foreground",)
     assert torch.equal(read_layer(folder, read, "foreground"), rgba[:2])

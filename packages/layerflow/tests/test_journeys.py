@@ -54,10 +54,10 @@ def layerflow(*argv: str | Path) -> subprocess.CompletedProcess[str]:
 
 def assert_output(folder: Path, task: str) -> None:
     manifest = read_manifest(folder)
-    assert manifest["task"] == task and manifest["num_frames"] == 8
-    for layer in manifest["layers"]:
-        frames = read_png_sequence(folder / layer["files"]["png"], layer["kind"])
-        assert frames.shape == (8, 4 if layer["kind"] == "rgba" else 3, 16, 16)
+    assert manifest.task == task and manifest.num_frames == 8
+    for layer in manifest.layers:
+        frames = read_png_sequence(folder / layer.files["png"], layer.kind)
+        assert frames.shape == (8, 4 if layer.transparent else 3, 16, 16)
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def test_output_dir_matches_the_contract(tmp_path):
         OutputLayer("composite", "composite", _smooth_rgb(), None),
     ]
     out = write_output_dir(tmp_path / "out", layers, task="decompose", fps=8, seed=3, settings={"steps": 2})
-    manifest = read_manifest(out)
+    manifest = read_manifest(out).to_dict()  # read and written by the same type: a round trip
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert {
         k: manifest[k] for k in ("format", "version", "task", "fps", "num_frames", "height", "width", "alpha")

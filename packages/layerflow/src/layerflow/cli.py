@@ -203,12 +203,12 @@ def describe(path: str | Path) -> str:
         if adapters.is_dir():
             lines.append(f"  adapters: {sorted(p.name for p in adapters.iterdir())}")
         return "\n".join(lines)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST_NAME).is_file():
         manifest = read_manifest(path)
-        layers = ", ".join(f"{layer['name']} ({layer['kind']})" for layer in manifest["layers"])
+        layers = ", ".join(f"{layer.name} ({layer.kind})" for layer in manifest.layers)
         return (
-            f"LayerFlow output {path}: task {manifest['task']}, {manifest['num_frames']} frames of "
-            f"{manifest['height']}x{manifest['width']} at {manifest['fps']} fps, seed {manifest['seed']}; layers: {layers}"
+            f"LayerFlow output {path}: task {manifest.task}, {manifest.num_frames} frames of "
+            f"{manifest.height}x{manifest.width} at {manifest.fps} fps, seed {manifest.seed}; layers: {layers}"
         )
     if path.is_dir() and ((path / "latest").is_file() or (path / "mp_rank_00_model_states.pt").is_file()):
         from .convert import find_checkpoint_file

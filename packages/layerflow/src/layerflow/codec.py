@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .compositing import over
 from .geometry import FrameGeometry, ModelGeometry
 from .layout import ClipContent, ClipSpec, LayerLayout, LayerSpec
 
@@ -53,7 +54,7 @@ def from_model_range(frames: torch.Tensor) -> torch.Tensor:
 
 def premultiply_onto_grey(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Straight ``rgb`` ``[..., 3, H, W]`` and ``alpha`` ``[..., 1, H, W]`` -> colour composited over mid-grey."""
-    return rgb * alpha + GREY * (1.0 - alpha)
+    return over(rgb, alpha, GREY)
 
 
 def unpremultiply_from_grey(composited: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

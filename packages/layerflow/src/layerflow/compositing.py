@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from torch import Tensor
 
 
-def over(front: Tensor, alpha: Tensor, back: Tensor) -> Tensor:
-    """Straight-alpha colour ``front`` with ``alpha`` over ``back`` (broadcast), in the inputs' dtype."""
+def over(front: Tensor, alpha: Tensor, back: Tensor | float) -> Tensor:
+    """Straight-alpha colour ``front`` with ``alpha`` over ``back`` (broadcast; a number is a flat colour),
+    in the inputs' dtype."""
     return alpha * front + (1 - alpha) * back
 
 

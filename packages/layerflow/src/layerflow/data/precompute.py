@@ -251,6 +251,77 @@ def _clear(cache_dir: Path) -> None:
         shard.unlink()
 
 
+def _reusable_manifest(
+    cache_dir: Path, fingerprints: dict[str, str], on_stale: StalePolicy
+) -> CacheManifest | None:
+    """The cache's manifest when it matches ``fingerprints``; ``None`` (warned) or an error when stale."""
+    previous, reason = _matching_manifest(cache_dir, fingerprints)
+    if previous is not None:
+        return previous
+    message = f"precompute cache {cache_dir} is stale: {reason} changed since it was written"
+    if on_stale == "raise":
+        raise StaleCacheError(message + "; delete it or precompute with on_stale='rebuild'")
+    logger.warning("%s; rebuilding", message)
+    return None
+
+
+def _encode_into(
+    manifest: CacheManifest,
+    cache_dir: Path,
+    dataset: LayeredDataset,
+    codec: ClipCodec,
+    text_encoder: nn.Module,
+    settings: CacheSettings,
+    progress: bool,
+) -> None:
+    """Encode every draw of every sample into shards of ``cache_dir``, recording entries in ``manifest``."""
+    pending: dict[str, torch.Tensor] = {}
+
+    def flush() -> None:
+        if pending:
+            name = f"shard-{len(manifest.shards):05d}.safetensors"
+            manifest.checksums[name] = _write_shard(cache_dir, name, pending)
+            manifest.shards.append(name)
+            pending.clear()
+
+    jobs = [(draw, index) for draw in range(settings.draws_per_sample) for index in range(len(dataset))]
+    for draw, index in tqdm(jobs, desc="precomputing latents and text", disable=not progress):
+        dataset.set_epoch(draw)
+        try:
+            sample = dataset.load_sample(index)
+        except SampleError as error:
+            if dataset.on_error == "raise":
+                raise
+            dataset.skips.record(error)
+            manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
+            continue
+        sample = sample.for_layout(codec.layout)
+        key = str(len(manifest.entries))
+        tensors, geometry = _entry_tensors(codec, text_encoder, sample, key, settings)
+        manifest.clip_frames = list(geometry.clip_latent_frames)
+        pending |= tensors
+        manifest.entries.append(
+            {
+                "key": key,
+                "sample_id": sample.sample_id,
+                "index": index,
+                "draw": draw,
+                "shard": f"shard-{len(manifest.shards):05d}.safetensors",
+                "source": sample.source,
+                "fps": sample.fps,
+                "prompts": sample.prompts,
+            }
+        )
+        if len(pending) >= 3 * settings.samples_per_shard:
+            flush()
+    flush()
+    dataset.set_epoch(0)
+    if not manifest.entries:
+        raise RuntimeError(
+            f"no sample of {type(dataset).__name__} could be encoded:\n{dataset.skips.summary()}"
+        )
+
+
 def precompute_cache(
     dataset: LayeredDataset,
     codec: ClipCodec,
@@ -276,7 +347,6 @@ def precompute_cache(
     Samples that fail follow the dataset's ``on_error``: raised, or skipped and listed in the manifest.
     """
     settings = settings or CacheSettings()
-    layout = codec.layout
     if on_stale not in ("rebuild", "raise"):
         raise ValueError(f"on_stale must be 'rebuild' or 'raise', got {on_stale!r}")
     _check_text_encoder(text_encoder)
@@ -284,7 +354,7 @@ def precompute_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     fingerprints = cache_fingerprints(dataset, codec, text_encoder, settings)
     if (cache_dir / MANIFEST).exists():
-        previous, reason = _matching_manifest(cache_dir, fingerprints)
+        previous = _reusable_manifest(cache_dir, fingerprints, on_stale)
         if previous is not None:
             damaged = previous.damaged_shards(cache_dir)
             if damaged:
@@ -295,64 +365,14 @@ def precompute_cache(
                     cache_dir, len(previous.entries),
                 )  # fmt: skip
             return previous
-        message = f"precompute cache {cache_dir} is stale: {reason} changed since it was written"
-        if on_stale == "raise":
-            raise StaleCacheError(message + "; delete it or precompute with on_stale='rebuild'")
-        logger.warning("%s; rebuilding", message)
     _clear(cache_dir)
-
-    scaling_factor = codec.geometry.scaling_factor
     manifest = CacheManifest(
         fingerprints=fingerprints,
         settings=asdict(settings),
-        scaling_factor=scaling_factor,
-        layout=layout.to_dict(),
+        scaling_factor=codec.geometry.scaling_factor,
+        layout=codec.layout.to_dict(),
         clip_frames=[],
     )
-    pending: dict[str, torch.Tensor] = {}
-
-    def flush() -> None:
-        if pending:
-            name = f"shard-{len(manifest.shards):05d}.safetensors"
-            manifest.checksums[name] = _write_shard(cache_dir, name, pending)
-            manifest.shards.append(name)
-            pending.clear()
-
-    jobs = [(draw, index) for draw in range(settings.draws_per_sample) for index in range(len(dataset))]
-    for draw, index in tqdm(jobs, desc="precomputing latents and text", disable=not progress):
-        dataset.set_epoch(draw)
-        try:
-            sample = dataset.load_sample(index)
-        except SampleError as error:
-            if dataset.on_error == "raise":
-                raise
-            dataset.skips.record(error)
-            manifest.skipped.append({"sample_id": error.sample_id, "draw": str(draw), "reason": error.reason})
-            continue
-        sample = sample.for_layout(layout)
-        key = str(len(manifest.entries))
-        tensors, geometry = _entry_tensors(codec, text_encoder, sample, key, settings)
-        manifest.clip_frames = list(geometry.clip_latent_frames)
-        pending |= tensors
-        manifest.entries.append(
-            {
-                "key": key,
-                "sample_id": sample.sample_id,
-                "index": index,
-                "draw": draw,
-                "shard": f"shard-{len(manifest.shards):05d}.safetensors",
-                "source": sample.source,
-                "fps": sample.fps,
-                "prompts": sample.prompts,
-            }
-        )
-        if len(pending) >= 3 * settings.samples_per_shard:
-            flush()
-    flush()
-    dataset.set_epoch(0)
-    if not manifest.entries:
-        raise RuntimeError(
-            f"no sample of {type(dataset).__name__} could be encoded:\n{dataset.skips.summary()}"
-        )
+    _encode_into(manifest, cache_dir, dataset, codec, text_encoder, settings, progress)
     manifest.save(cache_dir)
     return manifest

@@ -41,6 +41,7 @@ from layer_embeddings.tiny import build_tiny_t5_encoder, build_word_tokenizer
 from layerflow import codec as rep
 from layerflow.atomic import atomic_directory
 from layerflow.metrics import alpha_iou as iou
+from layerflow.output_policy import register_marker
 from layerflow.synthetic import SyntheticConfig, SyntheticGenerator, SyntheticSample
 
 #: Bump when the cached folder's content or the way it is built changes (part of the fingerprint).
@@ -48,6 +49,11 @@ ASSET_FORMAT_VERSION = 3
 #: The VAE shipped with layerflow (diffusers folder) and its record (``recipe.json``).
 PRETRAINED_VAE_DIR = Path(__file__).parent / "pretrained_vae"
 PRETRAINED_RECORD = "recipe.json"
+#: A shipped folder (the VAE's, or the base's of :mod:`.base`) is replaced only when its record is ours.
+register_marker(
+    PRETRAINED_RECORD,
+    lambda record: any(isinstance(record.get(key), str) for key in ("vae_fingerprint", "base_fingerprint")),
+)
 #: Config fields that decide only the T5 and the tokenizer, not the VAE's weights.
 TEXT_FIELDS = ("text_width", "text_layers", "prompt_tokens")
 ASSETS_FILE = "assets.json"

@@ -40,15 +40,16 @@ from layerflow import codec as rep
 from layerflow.atomic import atomic_directory
 from layerflow.metrics import alpha_iou
 from layerflow.metrics.adherence import background_colour, foreground_colour, foreground_shape
+from layerflow.output_policy import register_marker
 from layerflow.synthetic import SyntheticGenerator
 from layerflow.synthetic.attributes import parse_caption
 
-from .assets import DemoAssetConfig, DemoAssets, caption_words
+from .assets import PRETRAINED_RECORD, DemoAssetConfig, DemoAssets, caption_words
 
 #: Bump when the way a base is built or recorded changes (part of the fingerprint).
 BASE_FORMAT_VERSION = 1
 PRETRAINED_BASE_DIR = Path(__file__).parent / "pretrained_base"
-BASE_RECORD = "recipe.json"
+BASE_RECORD = PRETRAINED_RECORD
 #: Single-clip kinds a text-to-video model sees: no layered sample, no alpha matte.
 BASE_KINDS: tuple[str, ...] = ("composite", "foreground", "background")
 #: A pixel of a foreground-over-grey clip is "object" when a channel leaves grey by this much.
@@ -57,6 +58,10 @@ OBJECT_THRESHOLD = 0.2
 LOSS_WINDOW = 100
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CHECKPOINT_RECORD = "checkpoint.json"
+register_marker(
+    CHECKPOINT_RECORD,
+    lambda record: isinstance(record.get("fingerprint"), str) and isinstance(record.get("step"), int),
+)
 
 
 @dataclass(frozen=True)

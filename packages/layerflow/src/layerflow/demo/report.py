@@ -360,18 +360,7 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
         diagnostics_table(diagnostics),
         "## Training (loss: mean of the first and last tenth of each stage)",
         "",
-        "![loss curves](loss_curves.png)",
-        "",
-        "| stage | trains | steps | first | last |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    what = {"1": "layer-aware model", "2": "motion LoRA (static clips)", "3": "content LoRA"}
-    for stage, entry in report["training"].items():
-        lines.append(
-            f"| {stage} | {what[stage]} | {entry['steps']} | {entry['first']:.4f} | {entry['last']:.4f} |"
-        )
-    lines += [
-        "",
+        training_table(report["training"]),
         "## Per task: trained vs base (means over held-out samples)",
         "",
         f"Previews: {PREVIEW_SCALE}x nearest-neighbour, {PREVIEW_FRAMES} frames per row; the task's input, "
@@ -379,34 +368,56 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
         "`alpha * foreground + (1 - alpha) * background`, then the held-out truth.",
         "",
     ]
-    for task, entry in report["tasks"].items():
-        trained, untrained = entry["trained"], entry["base"]
-        lines += [
-            f"### `{task}`",
-            "",
-            "| metric | trained | base | trained better |",
-            "| --- | --- | --- | --- |",
-        ]
-        for name in (*TASK_METRICS, *ADHERENCE):
-            value, baseline = _task_value(trained, name), _task_value(untrained, name)
-            if value is not None or baseline is not None:
-                key = f"adherence.{name}" if name in ADHERENCE else name
-                if METRIC_LAYERS.get(name) in CONDITION_LAYERS[task]:
-                    verdict = "input layer"  # the task's condition, the same for both models
-                elif value == baseline:
-                    verdict = "tie"
-                else:
-                    verdict = _yes_no(_better(key, value, baseline))
-                lines.append(f"| `{name}` | {_fmt(value)} | {_fmt(baseline)} | {verdict} |")
-        first = sorted(p.name for p in (output_dir / task).iterdir())[0]
-        lines += [
-            "",
-            f"Trained: ![{task}]({task}/{first}/{PREVIEW_FILE}) base: "
-            f"![{task} base](base/{task}/{first}/{PREVIEW_FILE})",
-            "",
-        ]
+    lines += [task_section(task, entry, output_dir) for task, entry in report["tasks"].items()]
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
     lines += [f"Timings: {timings}.", ""]
+    return "\n".join(lines)
+
+
+def training_table(training: dict[str, Any]) -> str:
+    """The loss curves picture and, per stage, what it trains and its first/last loss."""
+    what = {"1": "layer-aware model", "2": "motion LoRA (static clips)", "3": "content LoRA"}
+    lines = [
+        "![loss curves](loss_curves.png)",
+        "",
+        "| stage | trains | steps | first | last |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for stage, entry in training.items():
+        lines.append(
+            f"| {stage} | {what[stage]} | {entry['steps']} | {entry['first']:.4f} | {entry['last']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def task_section(task: str, entry: dict[str, Any], output_dir: Path) -> str:
+    """One task's trained-vs-base metric table and the first held-out sample's previews."""
+    trained, untrained = entry["trained"], entry["base"]
+    lines = [
+        f"### `{task}`",
+        "",
+        "| metric | trained | base | trained better |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in (*TASK_METRICS, *ADHERENCE):
+        value, baseline = _task_value(trained, name), _task_value(untrained, name)
+        if value is None and baseline is None:
+            continue
+        key = f"adherence.{name}" if name in ADHERENCE else name
+        if METRIC_LAYERS.get(name) in CONDITION_LAYERS[task]:
+            verdict = "input layer"  # the task's condition, the same for both models
+        elif value == baseline:
+            verdict = "tie"
+        else:
+            verdict = _yes_no(_better(key, value, baseline))
+        lines.append(f"| `{name}` | {_fmt(value)} | {_fmt(baseline)} | {verdict} |")
+    first = sorted(p.name for p in (output_dir / task).iterdir())[0]
+    lines += [
+        "",
+        f"Trained: ![{task}]({task}/{first}/{PREVIEW_FILE}) base: "
+        f"![{task} base](base/{task}/{first}/{PREVIEW_FILE})",
+        "",
+    ]
     return "\n".join(lines)
 
 

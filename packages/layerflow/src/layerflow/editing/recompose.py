@@ -11,7 +11,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 
@@ -20,8 +19,9 @@ from layerflow.media import (
     DEFAULT_FORMATS,
     AlphaMode,
     FrameError,
+    ManifestLayer,
     OutputLayer,
-    manifest_layer,
+    OutputManifest,
     read_clip,
     read_layer,
     read_manifest,
@@ -82,9 +82,7 @@ def recompose_layers(layers: Mapping[str, Tensor], depth: Sequence[str]) -> Tens
     return alpha_over([layers[name] for name in depth])
 
 
-def _fit(
-    replacement: Replacement, spec: Mapping[str, Any], num_frames: int, height: int, width: int
-) -> Tensor:
+def _fit(replacement: Replacement, spec: ManifestLayer, num_frames: int, height: int, width: int) -> Tensor:
     """The replacement's frames checked and fitted to the clip, in the kind its layer needs."""
     name, frames = replacement.layer, replacement.frames
     where = f"replacement {replacement.origin} for layer {name!r}"
@@ -92,7 +90,7 @@ def _fit(
         raise EditError(
             f"{where} has {frames.shape[0]} frames, the clip has {num_frames} (or give one still)"
         )
-    if spec["kind"] == "rgba" and frames.shape[1] != 4:
+    if spec.transparent and frames.shape[1] != 4:
         raise EditError(
             f"{where} has no alpha channel; a transparent layer needs RGBA frames (PNG, WebM, ProRes 4444)"
         )
@@ -105,27 +103,20 @@ def _fit(
         placed = frames
     else:
         placed = place(frames, height, width, replacement.placement)
-    if spec["kind"] == "rgb" and placed.shape[1] == 4:
+    if not spec.transparent and placed.shape[1] == 4:
         if bool((placed[:, 3] < 1 - 1e-4).any()):
             raise EditError(f"{where} leaves transparent pixels, but layer {name!r} is opaque")
         placed = placed[:, :3]
     return placed.expand(num_frames, -1, -1, -1).contiguous()
 
 
-def load_layers(source_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def load_layers(source_dir: str | os.PathLike[str]) -> tuple[OutputManifest, dict[str, Tensor]]:
     """An output folder's manifest and every layer in it (straight alpha), checked against the manifest."""
     try:
         manifest = read_manifest(source_dir)
-        return manifest, {
-            layer["name"]: read_layer(source_dir, manifest, layer["name"]) for layer in manifest["layers"]
-        }
+        return manifest, {name: read_layer(source_dir, manifest, name) for name in manifest.names}
     except (FileNotFoundError, KeyError, ValueError) as error:
         raise EditError(str(error).strip("'\"")) from error
-
-
-def manifest_roles(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """An output folder's layers: name -> role, in the manifest's order."""
-    return {layer["name"]: layer["role"] for layer in manifest["layers"]}
 
 
 def composite_name(roles: Mapping[str, str]) -> str:
@@ -139,10 +130,10 @@ def composite_name(roles: Mapping[str, str]) -> str:
 def recomposition_check(source_dir: str | os.PathLike[str]) -> list[float]:
     """Per frame, ``mean |composite - recompose(layers)|`` (0-1 scale) of an output folder with a composite."""
     manifest, layers = load_layers(source_dir)
-    name = composite_name(manifest_roles(manifest))
+    name = composite_name(manifest.roles)
     if name not in layers:
         raise EditError(f"{source_dir} has no composite layer to check the recomposition against")
-    error = (layers[name].double() - recompose_layers(layers, manifest["depth"]).double()).abs()
+    error = (layers[name].double() - recompose_layers(layers, manifest.depth).double()).abs()
     return error.mean(dim=(1, 2, 3)).tolist()
 
 
@@ -163,11 +154,11 @@ def recompose(
     """
     # 1. Read the source and the replacements; check them against each other.
     manifest, layers = load_layers(source_dir)
-    composite = composite_name(manifest_roles(manifest))
-    depth: list[str] = list(manifest["depth"])
+    composite = composite_name(manifest.roles)
+    depth = list(manifest.depth)
     if not depth:
         raise EditError(f"{source_dir}: no layers to composite (only a composite)")
-    num_frames, height, width = manifest["num_frames"], manifest["height"], manifest["width"]
+    num_frames, height, width = manifest.size
     sources = {name: f"kept from {source_dir}" for name in depth}
     seen: set[str] = set()
     for replacement in replacements:
@@ -179,7 +170,7 @@ def recompose(
             raise EditError(f"layer {replacement.layer!r} is replaced twice")
         seen.add(replacement.layer)
         try:
-            spec = manifest_layer(manifest, replacement.layer)
+            spec = manifest.layer(replacement.layer)
         except KeyError as error:
             raise EditError(str(error).strip("'\"")) from error
         layers[replacement.layer] = _fit(replacement, spec, num_frames, height, width)
@@ -190,8 +181,8 @@ def recompose(
     sources[composite] = f"recomposed: {' over '.join(depth)} ({COMPOSITE_RULE})"
 
     # 3. Write the new folder: the layers in depth order, then the composite.
-    prompts = {layer["name"]: layer.get("prompt") for layer in manifest["layers"]}
-    roles = {layer["name"]: layer["role"] for layer in manifest["layers"]}
+    prompts = {layer.name: layer.prompt for layer in manifest.layers}
+    roles = manifest.roles
     output = [
         OutputLayer(name, roles[name], layers[name], None if name in seen else prompts[name], sources[name])
         for name in depth
@@ -205,9 +196,9 @@ def recompose(
         out_dir,
         output,
         task="recompose",
-        fps=int(manifest.get("fps", 8)),
-        seed=manifest.get("seed"),
-        settings={"source": str(source_dir), "source_task": manifest["task"], "composite": COMPOSITE_RULE},
+        fps=manifest.fps or 8,
+        seed=manifest.seed,
+        settings={"source": str(source_dir), "source_task": manifest.task, "composite": COMPOSITE_RULE},
         formats=formats,
         alpha=alpha,
         summary=summarize(output),

@@ -18,19 +18,22 @@ from .frames import (
     read_png_sequence,
     write_png_sequence,
 )
-from .output import (
+from .manifest import (
     ALPHA_MODES,
-    DEFAULT_FORMATS,
     FORMATS,
     MANIFEST_NAME,
     OUTPUT_TASKS,
     AlphaMode,
+    ManifestLayer,
+    OutputManifest,
+    read_manifest,
+)
+from .output import (
+    DEFAULT_FORMATS,
     OutputLayer,
-    manifest_layer,
     parse_formats,
     premultiply,
     read_layer,
-    read_manifest,
     unpremultiply,
     write_output_dir,
 )
@@ -59,7 +62,9 @@ __all__ = [
     "FrameMode",
     "IMAGE_SUFFIXES",
     "OUTPUT_TASKS",
+    "ManifestLayer",
     "OutputLayer",
+    "OutputManifest",
     "VIDEO_FORMATS",
     "VIDEO_SUFFIXES",
     "VideoFormat",
@@ -68,7 +73,6 @@ __all__ = [
     "find_file",
     "frames_to_tensor",
     "list_frame_files",
-    "manifest_layer",
     "over_checkerboard",
     "parse_formats",
     "premultiply",

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from layerflow.atomic import atomic_file
+from layerflow.compositing import over
 
 from .frames import to_uint8
 
@@ -29,7 +30,7 @@ def over_checkerboard(frames: torch.Tensor, cell: int = 8) -> torch.Tensor:
         return frames.float()
     board = checkerboard(frames.shape[-2], frames.shape[-1], cell).to(frames.device)
     alpha = frames[:, 3:].float()
-    return frames[:, :3].float() * alpha + board * (1.0 - alpha)
+    return over(frames[:, :3].float(), alpha, board)
 
 
 def contact_sheet(layers: Sequence[torch.Tensor], columns: int = 8, gap: int = 2) -> torch.Tensor:

@@ -60,7 +60,7 @@ def evaluate_output_dir(output_dir: str | Path, reference: str | Path | None = N
     """
     # 1. Read and check everything before computing anything.
     manifest, clip = read_output_dir(output_dir)
-    task = manifest["task"]
+    task = manifest.task
     ref = read_reference_sample(reference) if reference is not None else None
     if ref is not None and ref.size() != clip.size():
         raise ValueError(

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 
 from layerflow.compositing import over
 from layerflow.layout import ROLES
-from layerflow.media import read_layer, read_manifest, read_png_sequence
+from layerflow.media import MANIFEST_NAME, OutputManifest, read_layer, read_manifest, read_png_sequence
 
 _KINDS = {"foreground": "rgba", "background": "rgb", "composite": "rgb"}
 
@@ -53,40 +52,40 @@ def _check_sizes(clip: LayeredClip, where: str) -> None:
         raise ValueError(f"{where}: layers differ in (frames, height, width): {sizes}")
 
 
-def _check_layers(manifest: dict[str, Any], path: Path) -> None:
+def _check_layers(manifest: OutputManifest, path: Path) -> None:
     """One layer per role, of the kind its role needs (the manifest's format is checked when read)."""
     seen: dict[str, str] = {}
-    for layer in manifest["layers"]:
-        role = layer["role"]
-        if layer["kind"] != _KINDS[role]:
+    for layer in manifest.layers:
+        role = layer.role
+        if layer.kind != _KINDS[role]:
             raise ValueError(
-                f"{path}: layer {layer['name']!r} ({role}) must be kind {_KINDS[role]!r}, got {layer['kind']!r}"
+                f"{path}: layer {layer.name!r} ({role}) must be kind {_KINDS[role]!r}, got {layer.kind!r}"
             )
         if role in seen:
             raise ValueError(
-                f"{path}: layers {seen[role]!r} and {layer['name']!r} share role {role!r}; "
+                f"{path}: layers {seen[role]!r} and {layer.name!r} share role {role!r}; "
                 "evaluation supports one layer per role"
             )
-        seen[role] = layer["name"]
+        seen[role] = layer.name
 
 
-def read_output_dir(output_dir: str | Path) -> tuple[dict[str, Any], LayeredClip]:
+def read_output_dir(output_dir: str | Path) -> tuple[OutputManifest, LayeredClip]:
     """Manifest and layers of a pipeline output directory (``manifest.json`` + PNG folders or videos)."""
     root = Path(output_dir)
     manifest = read_manifest(root)
-    _check_layers(manifest, root / "manifest.json")
+    _check_layers(manifest, root / MANIFEST_NAME)
     clip = LayeredClip()
-    for layer in manifest["layers"]:
-        role, frames = layer["role"], read_layer(root, manifest, layer["name"])
+    for layer in manifest.layers:
+        role, frames = layer.role, read_layer(root, manifest, layer.name)
         if role == "foreground":
             clip.foreground, clip.alpha = _split_rgba(frames)
         else:
             setattr(clip, role, frames)
-        if layer.get("prompt"):
-            clip.prompts[role] = layer["prompt"]
+        if layer.prompt:
+            clip.prompts[role] = layer.prompt
     _check_sizes(clip, str(root))
     t, h, w = clip.size()
-    declared = (manifest["num_frames"], manifest["height"], manifest["width"])
+    declared = manifest.size
     if (t, h, w) != declared:
         raise ValueError(
             f"{root}: manifest declares (frames, height, width) {declared}, the frames are {(t, h, w)}"

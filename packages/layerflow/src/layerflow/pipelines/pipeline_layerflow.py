@@ -118,6 +118,10 @@ class LayerFlowPipeline(DiffusionPipeline):
         official = OFFICIAL_SAMPLING if self.layer_layout.variant is not None else {}
         return {**SAMPLING_DEFAULTS, **official}
 
+    def sampling_settings(self, **given: Any) -> dict[str, Any]:
+        """The call's sampling settings: ``given`` where not ``None``, else :meth:`sampling_defaults`."""
+        return {k: v if given.get(k) is None else given[k] for k, v in self.sampling_defaults().items()}
+
     def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
         """diffusers' ``save_pretrained``, with file modes that follow the umask (its safetensors are ``0600``)."""
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -443,13 +447,12 @@ class LayerFlowPipeline(DiffusionPipeline):
                 ``condition_latents`` = the clean condition latents spliced into every call, ``None``
                 without conditions).
         """
-        given = {
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "use_dynamic_cfg": use_dynamic_cfg,
-            "unconditional": unconditional,
-        }
-        settings = {k: v if given.get(k) is None else given[k] for k, v in self.sampling_defaults().items()}
+        settings = self.sampling_settings(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            use_dynamic_cfg=use_dynamic_cfg,
+            unconditional=unconditional,
+        )
         self._current_timestep = None
         self._interrupt = False
         # 1. Check inputs: everything is validated before any model runs; then the call's plan.

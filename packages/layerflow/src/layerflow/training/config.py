@@ -153,7 +153,12 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     if missing:
         raise ConfigError(f"{', '.join(_dotted(prefix, k) for k in missing)} is required")
     values = {key: _convert(hints[key], value, _dotted(prefix, key)) for key, value in data.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as error:  # a type's own check (e.g. a layer name), named by the dotted key
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{label}: {error}") from None
 
 
 def _dotted(prefix: str, key: str) -> str:

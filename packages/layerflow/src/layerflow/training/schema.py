@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, Role, VaePass
+from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, VaePass
 from layerflow.models.adapters import ATTENTION_PROJECTIONS
 from layerflow.stage_output import StageOutput
 
@@ -31,14 +31,6 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class LayerEntry:
-    """One layer of ``model.layout``: ``{ name = "fg1", role = "foreground" }``."""
-
-    name: str
-    role: Role
-
-
-@dataclass
 class LayoutConfig:
     """``model.layout``, in the form of ``model_index.json``'s ``layout`` entry.
 
@@ -49,15 +41,14 @@ class LayoutConfig:
     code); the precompute cache and the on-the-fly encoder follow it, as the pipeline does.
     """
 
-    layers: list[LayerEntry]
+    layers: list[LayerSpec]
     alpha: AlphaRepresentation = "alpha_clip"
     vae_pass: VaePass = "per_clip"
 
     def to_layout(self, prefix: str) -> LayerLayout:
         """The :class:`LayerLayout`; an invalid one raises :class:`ConfigError` naming ``prefix``."""
         try:
-            layers = tuple(LayerSpec(e.name, e.role) for e in self.layers)
-            return LayerLayout(layers, self.alpha, vae_pass=self.vae_pass)
+            return LayerLayout(tuple(self.layers), self.alpha, vae_pass=self.vae_pass)
         except ValueError as error:
             raise ConfigError(f"{prefix}: {error}") from None
 
