@@ -52,7 +52,8 @@ def test_jobs_split_across_two_processes_and_a_rerun_skips_finished_ones(
     printed = capfd.readouterr().out
     assert "process 0 of 2: wrote 2 video(s)" in printed and "process 1 of 2: wrote 1 video(s)" in printed
     outputs = [tmp_path / "out" / f"video{seed}" for seed in (1, 2, 3)]
-    assert all(read_manifest(folder)["task"] == "generate" for folder in outputs)
+    assert all(read_manifest(folder).task == "generate" for folder in outputs)
+    assert read_manifest(outputs[1]).settings["model"] == str(model_dir)  # loaded once, recorded per video
     # Oracle: the single command with the job's seed writes the same video.
     single = tmp_path / "single"
     prompts = [arg for name, text in PROMPTS.items() for arg in ("-p", f"{name}={text}")]
