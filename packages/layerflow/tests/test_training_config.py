@@ -114,7 +114,10 @@ def test_layout_table_takes_the_model_index_form(tmp_path: Path) -> None:
             ('alpha = "alpha_clip"', 'alpha = "latent_offset", vae_pass = "joint"'),
             r"model\.layout: the joint VAE",
         ),
-        (('name = "fg2"', 'name = "fg 2"'), r"model\.layout\.layers\[1\]: layer name must be a non-empty identifier"),
+        (
+            ('name = "fg2"', 'name = "fg 2"'),
+            r"model\.layout\.layers\[1\]: layer name must be a non-empty identifier",
+        ),
     ],
 )
 def test_bad_layout_tables_name_the_dotted_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -64,6 +64,9 @@ def test_a_requested_engine_the_device_cannot_run_is_refused() -> None:
     assert problem is not None and problem.startswith("FSDP was asked for (ACCELERATE_USE_FSDP=true)")
     deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "1"}
     assert "DeepSpeed was asked for" in str(launch_problem(deepspeed, 1, DistributedType.NO, "cpu"))
+    # On GPUs too: the trainer's checkpoints are torch's optimizer state; FSDP2 is the sharding engine.
+    refused = str(launch_problem(deepspeed | {"WORLD_SIZE": "8"}, 8, DistributedType.DEEPSPEED, "cuda"))
+    assert refused.startswith("DeepSpeed is not an engine this trainer runs") and "fsdp2-" in refused
 
 
 def test_the_launches_that_work_pass() -> None:

@@ -5,7 +5,9 @@ GPUs it turns FSDP/DeepSpeed off (its state stays ``DistributedType.NO``) and ea
 processes trains alone, all writing one output folder; ``accelerate launch --cpu --num_processes N``
 starts a single process. What arrived is read from the launcher's environment (``WORLD_SIZE``,
 ``ACCELERATE_USE_FSDP``, ...) and compared with what accelerate set up; a mismatch is a
-:class:`LaunchError` whose one line names what happened and the launch that works.
+:class:`LaunchError` whose one line names what happened and the launch that works. DeepSpeed is
+refused too: the trainer's checkpoints and gradient accumulation are written for torch's optimizers
+(DDP, FSDP2), and FSDP2 covers what ZeRO-2/3 (with CPU offload) would.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ def launch_problem(
             f"{engine} was asked for ({ENGINE_VARIABLES[engine]}=true) but accelerate runs "
             f"{distributed_type.value} on {device}: {engine} needs GPUs; on a CPU-only machine launch "
             f"`{CPU_LAUNCH.format(n=max(launched, 2))}` (DDP over gloo)"
+        )
+    if distributed_type == DistributedType.DEEPSPEED:
+        return (
+            "DeepSpeed is not an engine this trainer runs: its engine owns the optimizer and the gradient "
+            "accumulation, and its checkpoints neither follow this trainer's format nor re-shard; FSDP2 "
+            "shards the same states (full-shard as ZeRO-3, shard-grad-op as ZeRO-2, with optional CPU "
+            "offload): launch with one of the configs/accelerate/fsdp2-*.yaml files"
         )
     # accelerate's simple launcher (``--cpu``, or no multi-process flag) writes ACCELERATE_USE_CPU as
     # Python's "True"/"False" and a rendezvous port only when --num_processes > 1, but starts one process.
