@@ -34,3 +34,21 @@ def test_stage1_memory_per_gpu_by_hand() -> None:
 def test_unknown_engine_is_refused() -> None:
     with pytest.raises(ValueError, match="engine must be one of"):
         memory_per_gpu(ParameterCounts(10, 1, 1), "zero3", 8, ema=False)
+
+
+def test_the_shipped_accelerate_configs_are_the_engines_computed_here() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    files = {path.stem: path for path in (CONFIGS / "accelerate").glob("*.yaml")}
+    assert sorted(files) == sorted(ENGINES)  # one name per engine: file, memory table, README
+    for engine, path in files.items():
+        config = load_config_from_file(str(path))
+        assert config.num_processes == 8 and config.num_machines == 1
+        if engine == "ddp":
+            assert config.distributed_type == DistributedType.MULTI_GPU
+            continue
+        fsdp = config.fsdp_config
+        assert config.distributed_type == DistributedType.FSDP and fsdp["fsdp_version"] == 2
+        assert fsdp["fsdp_reshard_after_forward"] == (engine != "fsdp2-shard-grad-op")
+        assert fsdp["fsdp_offload_params"] == engine.endswith("-offload")
