@@ -108,7 +108,7 @@ def checkpoint_tensors(
     through DDP and FSDP2 and creates the state a fresh optimizer lacks), so it loads under any engine.
     The same call gives the destination a resume loads into, in place. Collective under a process group.
     """
-    optim = get_optimizer_state_dict(model, optimizer)
+    optim: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer))
     tensors = {f"trained.{name}": param.detach() for name, param in trained.items()}
     scalars: dict[str, dict[str, Any]] = {}
     for name, values in optim["state"].items():
@@ -138,7 +138,8 @@ def load_optimizer(
         if name not in state:
             raise CheckpointError(f"optimizer state for unknown parameter {name!r}")
         state[name].update(values)
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": meta["param_groups"]})
+    record: dict[str, Any] = {"state": state, "param_groups": meta["param_groups"]}
+    set_optimizer_state_dict(model, optimizer, record)
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:

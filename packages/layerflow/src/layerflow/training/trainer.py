@@ -451,10 +451,12 @@ class LayerFlowTrainer:
         accelerator.wait_for_everyone()
         if self.ema is not None:
             self.ema.copy_to(self.trained)
-        transformer, trained = self.transformer, dict(self.trained)
+        transformer = self.transformer
+        trained: dict[str, torch.Tensor] = dict(self.trained)
+        full: dict[str, Any] = {}
         sharded = any(isinstance(p, DTensor) for p in self.trained.values())
         if sharded:
-            full = get_model_state_dict(
+            full = get_model_state_dict(  # collective: rank 0 gets the full tensors
                 self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         final = None
