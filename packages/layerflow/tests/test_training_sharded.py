@@ -54,6 +54,8 @@ def sigkill_after(step: int):
 
 def worker(rank: int, port: int, root: str, phase: str) -> None:
     join_cpu_group(rank, WORLD, port)
+    if phase == "machines":  # what a 2-machine launch gives: each process is its machine's local rank 0
+        os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", GROUP_RANK=str(rank), NODE_RANK=str(rank))
     path = Path(root)
     # One run per launch: the trainer ends its process group, and a new one on the same port may race.
     trainer_class, name, kwargs = {
@@ -61,6 +63,7 @@ def worker(rank: int, port: int, root: str, phase: str) -> None:
         "full": (CPUShardedTrainer, "full", {}),
         "killed": (CPUShardedTrainer, "killed", {"on_step_end": sigkill_after(3)}),
         "resumed": (CPUShardedTrainer, "killed", {"resume": True}),
+        "machines": (CPUShardedTrainer, "machines", {}),
     }[phase]
     reset_accelerate_state()
     trainer = trainer_class(tiny_test_config(path, 1, settings(path, name)), **kwargs)
@@ -68,6 +71,7 @@ def worker(rank: int, port: int, root: str, phase: str) -> None:
     assert trainer.accelerator.num_processes == WORLD, "the run did not go distributed"
     sharded = [isinstance(p, DTensor) for p in trainer.trained.values()]
     assert all(sharded) if trainer_class is CPUShardedTrainer else not any(sharded)
+    assert trainer.accelerator.is_local_main_process == (phase == "machines" or rank == 0)
 
 
 def launch(root: Path, phase: str) -> None:
@@ -83,13 +87,14 @@ def final(root: Path, name: str) -> tuple[dict[str, torch.Tensor], list[float]]:
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 processes: a DDP run and an FSDP2 run of 4 steps; an FSDP2 run SIGKILLed after step 3
-    (checkpoint 2 written), then resumed."""
+    (checkpoint 2 written), then resumed; the FSDP2 run as two machines of one process each."""
     root = tmp_path_factory.mktemp("sharded")
     launch(root, "ddp")
     launch(root, "full")
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
         launch(root, "killed")
     launch(root, "resumed")
+    launch(root, "machines")
     return root
 
 
@@ -146,3 +151,18 @@ def test_one_process_resumes_a_sharded_checkpoint_falling_back_from_a_damaged_on
     trained, _ = final(root, "one")
     for key in full:
         torch.testing.assert_close(trained[key], full[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_machines_on_localhost_train_as_one_group(sharded_runs: Path) -> None:
+    """Each process the only one of its machine (local rank 0 twice), one shared output folder: the run
+    is the 2-process run, bit for bit, and its checkpoints hold both ranks' shards and generators."""
+    root = sharded_runs
+    (full, full_losses), (machines, machine_losses) = final(root, "full"), final(root, "machines")
+    assert machine_losses == full_losses
+    assert all(torch.equal(full[k], machines[k]) for k in full)
+    checkpoint = root / "machines" / "checkpoints" / "checkpoint-4"
+    assert len(list((checkpoint / ckpt.TENSORS).glob("*.safetensors"))) == WORLD
+    assert sorted(p.name for p in checkpoint.glob("rng-rank*")) == [
+        "rng-rank0.safetensors",
+        "rng-rank1.safetensors",
+    ]
