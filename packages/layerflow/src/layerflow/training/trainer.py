@@ -5,9 +5,10 @@ or FSDP2 through an ``accelerate config`` (``configs/accelerate/``). Checkpoints
 rank through ``torch.distributed.checkpoint`` (:mod:`.checkpointing`): sharded states stay sharded,
 and a resume re-shards them to the processes it has. The final export gathers full weights, so it
 is the same diffusers folder whatever the engine. A launch whose processes are not the run that was
-asked for is refused first (:mod:`.launch`). The loop itself steps the optimizer once per ``gradient_accumulation_steps`` micro-batches,
-skipping DDP's gradient sync on the others, clips gradients, steps the LR schedule once per
-optimizer step (not once per process), updates the EMA, logs and checkpoints.
+asked for is refused first (:mod:`.launch`). The loop itself steps the optimizer once per
+``gradient_accumulation_steps`` micro-batches, skipping DDP's gradient sync on the others, clips
+gradients, steps the LR schedule once per optimizer step (not once per process), updates the EMA,
+logs and checkpoints.
 """
 
 from __future__ import annotations
