@@ -42,6 +42,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from layerflow.atomic import atomic_directory
@@ -224,7 +225,7 @@ def write_checkpoint(
     final = checkpoint_dir(output_dir, step)
     with shared_atomic_directory(final) as tmp:
         writer = HuggingFaceStorageWriter(str(tmp / TENSORS), save_distributed=distributed())
-        with _one_process_is_intended():
+        with _dcp_call():
             dcp.save(dict(tensors), storage_writer=writer, no_dist=not distributed())
         save_file(_contiguous(rng_tensors()), str(tmp / f"rng-rank{rank()}.safetensors"))
         barrier()
@@ -295,7 +296,7 @@ def check_readable(path: Path) -> dict[str, Any]:
 def load_tensors(path: Path, destination: Mapping[str, torch.Tensor]) -> None:
     """Load a checkpoint's tensors into ``destination`` in place, re-sharding to the layout the
     destination tensors have (collective under a process group)."""
-    with torch.no_grad(), _one_process_is_intended():
+    with torch.no_grad(), _dcp_call():
         reader = HuggingFaceStorageReader(str(path / TENSORS))
         dcp.load(dict(destination), storage_reader=reader, no_dist=not distributed())
 
@@ -316,7 +317,7 @@ def read_checkpoint(path: Path, rank_index: int = 0) -> tuple[CheckpointContent,
         key: torch.empty(tuple(item.size), dtype=item.properties.dtype)  # type: ignore[union-attr]
         for key, item in metadata.items()
     }
-    with _one_process_is_intended():
+    with _dcp_call():
         dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / TENSORS)), no_dist=True)
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
@@ -347,13 +348,20 @@ def newest_readable_checkpoint(output_dir: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def _one_process_is_intended() -> Iterator[None]:
-    """Silence torch.distributed.checkpoint's warning that it assumes one process: here that is the plan."""
+def _dcp_call() -> Iterator[None]:
+    """Around a torch.distributed.checkpoint call: silence its warning that it assumes one process (here
+    that is the plan), and give a Ctrl-C back as itself (it wraps every failure of its steps, an
+    interrupt included, in a ``CheckpointException``), so an interrupted run says how to resume."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
         )
-        yield
+        try:
+            yield
+        except CheckpointException as error:
+            if any(isinstance(failure[0], KeyboardInterrupt) for failure in error.failures.values()):
+                raise KeyboardInterrupt from error
+            raise
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
