@@ -10,9 +10,11 @@
    seconds, ratio to stock, tokens/s, model TFLOP/s and share of the bf16 peak.
 3. Training step (B=1, LoRAs on the five trained blocks): seconds and peak memory with and without
    gradient checkpointing.
-4. Presets: one sampling call of the pipeline (``generate``, CFG, latents only) per speed preset
-   and per memory preset (``layerflow.presets.Preset``): seconds, ratio to exact/default, peak
-   memory, transformer block rows run.
+4. Presets: one whole video of the official ``gen_rgba`` layout (text embeddings given, 50 steps
+   with CFG, the joint decode by CogVideoX-2B's VAE) per speed x memory preset
+   (``layerflow.presets.Preset``): seconds, ratio to exact/default, peak memory (decode included),
+   transformer block rows run, PSNR of the decoded layers against exact/default. The nine videos
+   take longer than the shared budget: ``--sections presets --budget 540`` runs them alone.
 
 Weights are random (nothing is downloaded). FLOPs count allowed attention pairs and the per-token
 matmuls of the blocks. ``--write-crossovers PATH`` adds this device's measured attention points to
@@ -636,77 +638,133 @@ def section_training(report: Report, sizes: Sizes, layerflow: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------- 4. presets
-PRESET_RUNS = (
-    ("exact", "default"),
-    ("fast", "default"),
-    ("fastest", "default"),
-    ("exact", "offload"),
-    ("exact", "low"),  # last: group offload leaves the models on the CPU between calls
-)
+def preset_runs() -> list[tuple[str, str]]:
+    """Every speed x memory preset, memory modes in the order a pipeline can switch them (group
+    offload, ``"low"``, cannot be undone, so it comes last)."""
+    from layerflow.presets import MEMORIES, SPEEDS
+
+    return [(speed, memory) for memory in MEMORIES for speed in SPEEDS]
+
+
+def preset_vae(sizes: Sizes, channels: int) -> Any:
+    """CogVideoX-2B's VAE (random weights) on the GPU; a tiny one of the same compression for the dry run."""
+    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
+
+    if sizes.device == "cuda":
+        return AutoencoderKLCogVideoX(latent_channels=channels).to(sizes.dtype).eval()
+    return (
+        AutoencoderKLCogVideoX(  # 8x spatial, 4x temporal like CogVideoX's
+            block_out_channels=(8,) * 4,
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            latent_channels=channels,
+            layers_per_block=1,
+            norm_num_groups=4,
+        )
+        .to(sizes.dtype)
+        .eval()
+    )
+
+
+def psnr(got: dict[str, Any], want: dict[str, Any]) -> float:
+    """PSNR (dB) of decoded layers against the exact run's, pooled over layers (frames in [0, 1])."""
+    import math
+
+    squared = sum(float((got[k].float() - want[k].float()).square().sum()) for k in want)
+    count = sum(want[k].numel() for k in want)
+    return math.inf if squared == 0 else 10 * math.log10(count / squared)
 
 
 def section_presets(report: Report, sizes: Sizes, layerflow: Any, steps: int) -> None:
-    """Table 4: one sampling call per preset, on the LayerFlow transformer of the sections above."""
+    """Table 4: one whole video (text given, ``steps`` steps with CFG, joint VAE decode of the official
+    ``gen_rgba`` layout) per speed x memory preset: seconds, peak memory, blocks run, change vs exact."""
     import torch
-    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
 
     from layerflow.pipelines import LayerFlowPipeline
     from layerflow.pipelines.acceleration import count_block_calls
     from layerflow.pipelines.scheduling import make_scheduler
     from layerflow.presets import Preset
+    from layerflow.variants import official_variant
 
-    channels = layerflow.config["in_channels"]
-    vae = AutoencoderKLCogVideoX(  # 8x spatial, 4x temporal like CogVideoX's; small: never run here
-        block_out_channels=(8,) * 4,
-        down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4,
-        latent_channels=channels,
-        layers_per_block=1,
-        norm_num_groups=4,
-    ).to(sizes.dtype)
-    pipe = LayerFlowPipeline(None, None, vae, layerflow.eval(), make_scheduler("dpm"))
+    layout = official_variant("gen_rgba").layout
+    vae = preset_vae(sizes, layerflow.config["in_channels"])
+    pipe = LayerFlowPipeline(
+        None, None, vae, layerflow.eval(), make_scheduler("dpm"), layout=layout.to_dict()
+    )
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
-    embeds = torch.randn(1, 3 * sizes.text_tokens, sizes.text_embed_dim, generator=generator).to(sizes.dtype)
+    prompts = len(layout.for_task("generate").prompt_layers)
+    embeds = torch.randn(1, prompts * sizes.text_tokens, sizes.text_embed_dim, generator=generator)
+    embeds = embeds.to(sizes.dtype)
+    geometry = {
+        "num_frames": 4 * sizes.clip_frames,  # clip_frames latent frames per clip
+        "height": 8 * sizes.latent_hw[0],
+        "width": 8 * sizes.latent_hw[1],
+    }
+
+    def call(num_inference_steps: int) -> Any:
+        return pipe(
+            prompt_embeds=embeds,
+            **geometry,
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        )
+
     rows = []
+    exact: Any = None
     baseline: float | None = None
-    for speed, memory in PRESET_RUNS:
-        if not report.allow(f"preset {speed}/{memory}", 30):
+    needs_s = 120.0  # a first guess; then 1.5x the slowest run so far
+    for speed, memory in preset_runs():
+        name = f"preset {speed}/{memory}"
+        if not report.allow(name, needs_s):
             continue
         pipe.enable_preset(Preset(speed, memory), sizes.device)  # type: ignore[arg-type]
-
-        def call() -> object:
-            return pipe(
-                prompt_embeds=embeds,
-                num_frames=4 * sizes.clip_frames,  # clip_frames latent frames per clip
-                height=8 * sizes.latent_hw[0],
-                width=8 * sizes.latent_hw[1],
-                num_inference_steps=steps,
-                output_type="latent",
-                generator=torch.Generator().manual_seed(0),
-            )
-
-        with torch.no_grad(), count_block_calls(pipe.transformer) as calls, peak_memory(sizes.device) as used:
-            seconds = first_call_seconds(call, sizes.device)
+        if exact is None:
+            with torch.no_grad():
+                call(2)  # warm-up: kernels, allocator, autotuners
+        try:
+            with (
+                torch.no_grad(),
+                count_block_calls(pipe.transformer) as calls,
+                peak_memory(sizes.device) as used,
+            ):
+                begin = time.perf_counter()
+                out = call(steps)
+                if sizes.device == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - begin
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            rows.append([speed, memory, "out of memory", "—", "—", "—", "—"])
+            report.row(f"{name}: out of memory", 1.0, "flag")
+            continue
+        layers = {k: v.cpu() for k, v in out.layers.items()}
+        exact = layers if exact is None else exact
         baseline = seconds if baseline is None else baseline
+        needs_s = max(needs_s if baseline != seconds else 0.0, 1.5 * seconds)
         per_call = 2 * 2 * len(pipe.transformer.transformer_blocks) * steps  # CFG rows x (attn, ff)
+        change = psnr(layers, exact)
         rows.append(
             [
                 speed,
                 memory,
-                f"{seconds:.3f}",
+                f"{seconds:.2f}",
                 fmt(seconds / baseline),
                 fmt(used["GiB"]),
                 fmt(calls.run / per_call),
+                "exact" if change == float("inf") else f"{change:.1f}" if change < 100 else "> 100",
             ]
         )
-        report.row(f"preset {speed}/{memory}: call of {steps} steps", seconds, "s")
-        report.row(f"preset {speed}/{memory}: / exact default", seconds / baseline, "x")
-        report.row(f"preset {speed}/{memory}: peak memory", used["GiB"], "GiB")
-        report.row(f"preset {speed}/{memory}: block rows run / all", calls.run / per_call, "x")
+        report.row(f"{name}: video of {steps} steps with VAE decode", seconds, "s")
+        report.row(f"{name}: / exact default", seconds / baseline, "x")
+        report.row(f"{name}: peak memory", used["GiB"], "GiB")
+        report.row(f"{name}: block rows run / all", calls.run / per_call, "x")
+        report.row(f"{name}: PSNR of the decoded layers vs exact default", change, "dB")
     table(
-        f"Presets: one sampling call ({steps} steps, CFG, latents only)",
-        ["speed", "memory", "s", "/ exact default", "peak GiB", "block rows run"],
+        f"Presets: one gen_rgba video ({steps} steps, CFG, joint VAE decode; random weights, so the "
+        "PSNR shows how far a preset moves the output, not its quality)",
+        ["speed", "memory", "s", "/ exact default", "peak GiB", "block rows run", "PSNR vs exact (dB)"],
         rows,
     )
 
@@ -775,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         if "training" in sections:
             section_training(report, sizes, layerflow)
         if "presets" in sections:
-            section_presets(report, sizes, layerflow, steps=2 if args.dry_run else 5)
+            section_presets(report, sizes, layerflow, steps=2 if args.dry_run else 50)
     if "attention" in sections and not args.no_flex:
         section_flex(report, sizes, attention)  # last: its compile time is the least predictable
     elapsed = time.perf_counter() - report.started

@@ -64,6 +64,15 @@ def test_dry_run_measures_every_section(tmp_path):
     ):
         assert f"model CFG step {variant}" in measures
     assert {"training step checkpointing=True", "training step checkpointing=False"} <= measures
+    assert "### Presets: one gen_rgba video (2 steps" in result.stdout
+    for speed in ("exact", "fast", "fastest"):
+        for memory in ("default", "offload", "low"):
+            for figure in (
+                "video of 2 steps with VAE decode",
+                "peak memory",
+                "PSNR of the decoded layers vs exact default",
+            ):
+                assert f"preset {speed}/{memory}: {figure}" in measures
     table = json.loads(table_path.read_text())
     (entry,) = table["devices"]
     assert entry["name"] == "cpu (dry run)" and len(entry["points"]) == 3

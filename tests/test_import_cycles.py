@@ -1,8 +1,9 @@
 """No import cycles between the modules of any package's ``src``.
 
 The graph holds every import a module can execute: module-level ones and those inside functions
-(a lazy import is still a dependency, only a deferred one). Imports under ``if TYPE_CHECKING:`` are
-left out: they never run. ``from package import name`` depends on ``package.name`` when that is a
+(a lazy import is still a dependency, only a deferred one) and those under ``if TYPE_CHECKING:``:
+they never run, but a module typed by another that imports it is still one idea split in two.
+``from package import name`` depends on ``package.name`` when that is a
 module, else on ``package``; a parent package's ``__init__`` is not an implicit dependency of its
 submodules (Python runs it first, but nothing in it is used unless imported by name).
 """
@@ -26,22 +27,12 @@ def _module_files() -> dict[str, Path]:
     return modules
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imported_names(tree: ast.Module, package: str) -> set[str]:
     """Absolute dotted names ``tree`` imports (relative ones resolved against ``package``)."""
     names: set[str] = set()
     pending: list[ast.AST] = [tree]
     while pending:
         node = pending.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            pending.extend(node.orelse)
-            continue
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):

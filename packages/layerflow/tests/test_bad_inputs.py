@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -257,6 +258,29 @@ def test_pipeline_height_zero_is_refused(pipe) -> None:
 def test_cli_numbers(saved, tmp_path, capsys, flag, value, message) -> None:
     fails(capsys, [*generate(saved, tmp_path / "out"), flag, value], message)
     assert not (tmp_path / "out").exists()
+
+
+def test_sizes_are_sized_from_the_machines_memory(saved, tmp_path, capsys, monkeypatch) -> None:
+    """Within the fixed limits, 1024 frames of 512x512 in the official layout's 4 clips hold at least
+    4 * 1024 * 3 * 512 * 512 * 2 bytes = 6 GiB: refused on a machine of 1 GiB, before any model loads."""
+    from layerflow import tasks
+
+    monkeypatch.setattr(tasks, "host_memory", lambda: 2**30)
+    big = ["--frames", "1024", "--height", "512", "--width", "512"]
+    fails(capsys, [*generate(saved, tmp_path / "out"), *big], "needs at least 6 GiB for the 4 decoded clips")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_demo_seed_has_the_training_seeds_range(tmp_path, capsys, seed) -> None:
+    """It seeds the training run (``run.seed``): refused before any data is generated."""
+    from layerflow.demo import main as demo_main
+
+    with pytest.raises(SystemExit) as stopped:
+        demo_main(["--seed", seed, "--output-dir", str(tmp_path / "demo")])
+    assert stopped.value.code == 2
+    assert f"--seed must be in [0, {2**63 - 1}], got {seed}" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_guidance_nan_in_a_process(saved, tmp_path) -> None:
@@ -566,8 +590,9 @@ def test_two_concurrent_generates_one_wins(saved, tmp_path) -> None:
 
 
 # ------------------------------------------------------------------ 13. every PNG mode, one reader
-def _write_png(path: Path, array, color_type: int, depth: int) -> Path:
-    """A PNG PIL cannot write (16-bit RGB/RGBA), encoded by hand: IHDR, one IDAT, IEND."""
+def _write_png(path: Path, array, color_type: int, depth: int, transparent: tuple[int, ...] = ()) -> Path:
+    """A PNG PIL cannot write (16-bit RGB/RGBA/grey + alpha), encoded by hand: IHDR, tRNS when a
+    ``transparent`` colour is given, one IDAT, IEND."""
     array = np.asarray(array)
     rows = array.astype(">u2" if depth == 16 else np.uint8).reshape(array.shape[0], -1)
     data = b"".join(b"\0" + row.tobytes() for row in rows)
@@ -579,6 +604,7 @@ def _write_png(path: Path, array, color_type: int, depth: int) -> Path:
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
+        + (chunk(b"tRNS", struct.pack(f">{len(transparent)}H", *transparent)) if transparent else b"")
         + chunk(b"IDAT", zlib.compress(data))
         + chunk(b"IEND", b"")
     )
@@ -649,17 +675,32 @@ PNG_MODES = {
         [1, 0, 0.4],
         1e-6,
     ),
+    # 16-bit colour: values no 8-bit reading can hold (1, 1000, 40000 of 65535), compared exactly.
     "16-bit RGB": (
-        lambda p: _write_png(p, [[[65535, 0, 13107], [0, 65535, 0], [13107, 13107, 13107]]], 2, 16),
-        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
+        lambda p: _write_png(p, [[[65535, 0, 1000], [1, 65535, 0], [40000, 40000, 40000]]], 2, 16),
+        [[1, 0, 1000 / 65535], [1 / 65535, 1, 0], [40000 / 65535] * 3],
         None,
-        1 / 255,
+        1e-7,
+    ),
+    "16-bit RGB, tRNS": (
+        lambda p: _write_png(
+            p, [[[65535, 0, 1000], [1, 65535, 0], [40000, 40000, 40000]]], 2, 16, (1, 65535, 0)
+        ),
+        [[1, 0, 1000 / 65535], [1 / 65535, 1, 0], [40000 / 65535] * 3],
+        [1, 0, 1],
+        1e-7,
     ),
     "16-bit RGBA": (
-        lambda p: _write_png(p, [[[65535, 0, 13107, 65535], [0, 65535, 0, 0], [13107] * 3 + [26214]]], 6, 16),
-        [[1, 0, 0.2], [0, 1, 0], [0.2, 0.2, 0.2]],
-        [1, 0, 0.4],
-        1 / 255,
+        lambda p: _write_png(p, [[[65535, 0, 1000, 65535], [1, 65535, 0, 0], [40000] * 3 + [1000]]], 6, 16),
+        [[1, 0, 1000 / 65535], [1 / 65535, 1, 0], [40000 / 65535] * 3],
+        [1, 0, 1000 / 65535],
+        1e-7,
+    ),
+    "16-bit grey + alpha": (
+        lambda p: _write_png(p, [[[65535, 65535], [1, 0], [40000, 1000]]], 4, 16),
+        [[1] * 3, [1 / 65535] * 3, [40000 / 65535] * 3],
+        [1, 0, 1000 / 65535],
+        1e-7,
     ),
 }
 
@@ -681,7 +722,10 @@ def test_every_png_mode_reads_as_its_pixels(tmp_path, name) -> None:
     assert np.abs(matte[..., 0] - np.array([alpha], np.float32)).max() <= tolerance + 1e-7
 
 
-@pytest.mark.parametrize("name", ["8-bit RGBA", "grey + alpha", "palette, tRNS", "16-bit grey"])
+@pytest.mark.parametrize(
+    "name",
+    ["8-bit RGBA", "grey + alpha", "palette, tRNS", "16-bit grey", "16-bit RGBA", "16-bit grey + alpha"],
+)
 def test_a_matte_given_with_a_is_read_by_the_same_rules(tmp_path, name) -> None:
     from layerflow.cli import load_inputs
 
@@ -695,6 +739,24 @@ def test_a_matte_given_with_a_is_read_by_the_same_rules(tmp_path, name) -> None:
     assert (frames["foreground"][0, 3, 0] - torch.tensor(expected)).abs().max() <= tolerance + 1e-6
 
 
+def test_16bit_frames_reach_every_reader_at_full_precision(tmp_path) -> None:
+    """CLI inputs and recompose (``read_clip``), eval references (``read_png_sequence``) and the
+    training readers (``ImageSequence``) all see 40000/65535, not an 8-bit step or white."""
+    from layerflow.data.frames import ImageSequence
+    from layerflow.editing.recompose import Replacement
+    from layerflow.media import read_png_sequence
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    _write_png(folder / "0000.png", [[[40000, 1, 65535], [0, 1000, 40000]]], 2, 16)
+    expected = torch.tensor([[40000, 1, 65535], [0, 1000, 40000]], dtype=torch.float32).T[:, None] / 65535
+    assert torch.equal(read_clip(folder)[0], expected)
+    assert torch.equal(Replacement.from_path("background", folder).frames[0], expected)
+    assert torch.equal(read_png_sequence(folder, "rgb")[0], expected)
+    training = ImageSequence([folder / "0000.png"], "rgb").read([0])
+    assert torch.equal(torch.from_numpy(training[0]).permute(2, 0, 1), expected)
+
+
 def test_a_truncated_video_is_an_error(saved, tmp_path, capsys) -> None:
     whole = write_video(tmp_path / "whole.webm", torch.rand(8, 3, 16, 16), 8, format="webm")
     short = tmp_path / "short.webm"
@@ -702,6 +764,94 @@ def test_a_truncated_video_is_an_error(saved, tmp_path, capsys) -> None:
     argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={short}", *FAST]
     fails(capsys, argv, f"{short}: video is truncated or damaged", "of the 8 frames")
     assert read_clip(whole).shape[0] == 8
+
+
+def test_a_longer_input_gives_its_first_frames_only_on_request(saved, tmp_path, capsys) -> None:
+    """12 frames for a model that runs 1, 8, 9, 16, ...: an error naming --trim; with --trim the
+    first 9 (or --frames 8); never padded to more."""
+    clip = torch.rand(12, 3, 16, 16)
+    write_png_sequence(tmp_path / "bg12", clip)
+    sizes = ["--steps", "1", "--no-video", "--height", "16", "--width", "16", "--device", "cpu"]
+    base = ["bg2fg", saved, *PROMPTS, "-i", f"background={tmp_path / 'bg12'}", *sizes]
+    fails(
+        capsys,
+        [*base, "-o", tmp_path / "a"],
+        "num_frames=12 per clip",
+        "add --trim to use the first 9 frames",
+    )
+    fails(capsys, [*base, "-o", tmp_path / "b", "--frames", "8"], "inputs have 12 frames", "add --trim")
+    fails(capsys, [*base, "-o", tmp_path / "c", "--frames", "16"], "inputs are never padded")
+    fails(
+        capsys,
+        [*base, "-o", tmp_path / "c", "--frames", "16", "--trim"],
+        "--trim takes fewer frames, never more",
+    )
+    assert not any((tmp_path / name).exists() for name in "abc")
+    write_png_sequence(tmp_path / "bg9", clip[:9])
+    cut = ["bg2fg", saved, *PROMPTS, "-i", f"background={tmp_path / 'bg9'}", *sizes, "-o", tmp_path / "cut"]
+    assert main([str(a) for a in cut]) == 0  # the oracle: the first 9 frames, cut by hand
+    for extra, count in (([], 9), (["--frames", "8"], 8)):
+        out = tmp_path / f"trimmed{count}"
+        assert main([str(a) for a in (*base, "-o", out, "--trim", *extra)]) == 0
+        assert json.loads((out / "manifest.json").read_text())["num_frames"] == count
+    assert tree(tmp_path / "trimmed9") == tree(tmp_path / "cut")
+
+
+def test_a_truncated_video_gives_what_decodes_only_on_request(saved, tmp_path, caplog) -> None:
+    whole = write_video(tmp_path / "whole.webm", torch.rand(16, 3, 16, 16), 8, format="webm")
+    short = tmp_path / "short.webm"
+    short.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    decoded = read_clip(short, partial=True).shape[0]
+    assert 8 <= decoded < 16
+    argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={short}", *FAST, "--trim"]
+    assert main([str(a) for a in argv]) == 0
+    assert f"warning: {short}: video is truncated or damaged: {decoded} of the 16" in caplog.text
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["num_frames"] == 8
+
+
+# ------------------------------------------------------------------ 13b. special files, bombs
+def _fifo_frame(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "frames").mkdir()
+    os.mkfifo(tmp_path / "frames" / "0000.png")
+    return tmp_path / "frames", f"{tmp_path / 'frames' / '0000.png'}: is a FIFO, not an image file"
+
+
+def _fifo_video(tmp_path: Path) -> tuple[Path, str]:
+    os.mkfifo(tmp_path / "clip.webm")
+    return tmp_path / "clip.webm", f"{tmp_path / 'clip.webm'}: is a FIFO, not a video file"
+
+
+def _bomb(tmp_path: Path) -> tuple[Path, str]:
+    """A PNG of 30000 x 30000 pixels in a few kilobytes."""
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    path = tmp_path / "bomb.png"
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(30001 * 4))) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path, "could be decompression bomb"
+
+
+SPECIAL_INPUTS = {
+    "FIFO frame": _fifo_frame,
+    "FIFO video": _fifo_video,
+    "device": lambda tmp_path: (Path("/dev/zero"), "/dev/zero: is a device, not a video file"),
+    "decompression bomb": _bomb,
+}
+
+
+@pytest.mark.parametrize("name", SPECIAL_INPUTS)
+def test_special_files_and_bombs_are_refused_without_blocking(saved, tmp_path, capsys, name) -> None:
+    path, message = SPECIAL_INPUTS[name](tmp_path)
+    argv = ["bg2fg", saved, "-o", tmp_path / "out", *PROMPTS, "-i", f"background={path}", *FAST]
+    signal.alarm(60)  # a FIFO opened for reading blocks: fail instead of hanging
+    try:
+        fails(capsys, argv, message)
+    finally:
+        signal.alarm(0)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ 14. malformed model folders
@@ -762,6 +912,125 @@ def test_a_malformed_model_folder_is_one_line(model_dir, tmp_path, capsys, damag
     break_it(model_dir)
     fails(capsys, generate(model_dir, tmp_path / "out"), message)
     assert not (tmp_path / "out").exists()
+
+
+def _te_weights(model: Path, key: str, tensor: torch.Tensor) -> None:
+    file = model / "text_encoder" / "model.safetensors"
+    save_file({**load_file(file), key: tensor}, file)
+
+
+def _te_config(model: Path, **changes) -> None:
+    _edit_json(model / "text_encoder" / "config.json", **changes)
+
+
+#: The T5 text encoder (a transformers model) is checked as the diffusers components are.
+TEXT_ENCODER_DAMAGE = {
+    "shape": (
+        lambda m: _te_weights(m, "shared.weight", torch.zeros(38, 17)),
+        "text_encoder/model.safetensors: tensor 'shared.weight' has shape [38, 17], the config needs [38, 16]",
+    ),
+    "int64": (
+        lambda m: _te_weights(m, "encoder.final_layer_norm.weight", torch.ones(16, dtype=torch.int64)),
+        "text_encoder/model.safetensors: tensor 'encoder.final_layer_norm.weight' is stored as I64, "
+        "a weight must be floating point",
+    ),
+    "config type": (
+        lambda m: _te_config(m, d_model="sixteen"),
+        "text_encoder/config.json: 'd_model' must be an integer, got 'sixteen'",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", TEXT_ENCODER_DAMAGE)
+def test_a_malformed_text_encoder_is_one_line(model_dir, tmp_path, capsys, damage) -> None:
+    break_it, message = TEXT_ENCODER_DAMAGE[damage]
+    break_it(model_dir)
+    fails(capsys, generate(model_dir, tmp_path / "out"), message)
+
+
+def test_int64_transformer_weights_are_refused(model_dir, tmp_path, capsys) -> None:
+    file = model_dir / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    save_file({**weights, "norm_out.linear.weight": weights["norm_out.linear.weight"].long()}, file)
+    fails(capsys, generate(model_dir, tmp_path / "out"), "tensor 'norm_out.linear.weight' is stored as I64")
+
+
+def test_bin_weights_are_checked_as_safetensors_are(model_dir, tmp_path, capsys) -> None:
+    file = model_dir / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    file.unlink()
+    torch.save(
+        {**weights, "norm_out.linear.weight": weights["norm_out.linear.weight"].long()},
+        file.with_suffix(".bin"),
+    )
+    fails(
+        capsys,
+        generate(model_dir, tmp_path / "out"),
+        "diffusion_pytorch_model.bin: tensor 'norm_out.linear.weight' is stored as int64",
+    )
+    torch.save({**weights, "norm_out.linear.weight": torch.zeros(3, 5)}, file.with_suffix(".bin"))
+    fails(
+        capsys,
+        generate(model_dir, tmp_path / "out"),
+        "tensor 'norm_out.linear.weight' has shape [3, 5], the config needs",
+    )
+
+
+@pytest.fixture
+def sharded(model_dir) -> Path:
+    """The model with its text encoder in seven shards (``model.safetensors.index.json``)."""
+    from transformers import T5EncoderModel
+
+    folder = model_dir / "text_encoder"
+    encoder = T5EncoderModel.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    encoder.save_pretrained(folder, max_shard_size="2KB")
+    assert len(list(folder.glob("model-*.safetensors"))) > 2
+    return model_dir
+
+
+def _shard_of(model: Path, key: str) -> Path:
+    index = json.loads((model / "text_encoder" / "model.safetensors.index.json").read_text())
+    return model / "text_encoder" / index["weight_map"][key]
+
+
+def _remap(model: Path, key: str, shard: str) -> None:
+    index_file = model / "text_encoder" / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"][key] = shard
+    index_file.write_text(json.dumps(index))
+
+
+SHARD_DAMAGE = {
+    "missing shard": (
+        lambda m: _shard_of(m, "shared.weight").unlink(),
+        "model.safetensors.index.json: shard 'model-",
+        "(tensor 'shared.weight') is missing",
+    ),
+    "tensor not in its shard": (
+        lambda m: _remap(m, "shared.weight", _shard_of(m, "encoder.final_layer_norm.weight").name),
+        "model.safetensors.index.json: tensor 'shared.weight' is not in its shard 'model-",
+    ),
+    "shard outside the folder": (
+        lambda m: _remap(m, "shared.weight", "../transformer/diffusion_pytorch_model.safetensors"),
+        "tensor 'shared.weight' maps to '../transformer/diffusion_pytorch_model.safetensors', not a .safetensors file beside",
+    ),
+    "wrong shape in a shard": (
+        lambda m: save_file({"shared.weight": torch.zeros(38, 17)}, _shard_of(m, "shared.weight")),
+        "tensor 'shared.weight' has shape [38, 17], the config needs [38, 16]",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", SHARD_DAMAGE)
+def test_a_damaged_sharded_checkpoint_is_one_line(sharded, tmp_path, capsys, damage) -> None:
+    break_it, *messages = SHARD_DAMAGE[damage]
+    break_it(sharded)
+    fails(capsys, generate(sharded, tmp_path / "out"), *messages)
+
+
+def test_an_intact_sharded_checkpoint_generates(sharded, tmp_path) -> None:
+    assert main(generate(sharded, tmp_path / "out")) == 0
 
 
 def test_convert_of_a_text_file_says_it_is_not_a_checkpoint(tmp_path, capsys) -> None:

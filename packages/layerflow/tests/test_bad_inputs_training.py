@@ -78,6 +78,42 @@ def test_set_without_equals_is_a_one_line_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+#: Each training option past its range: the one-line error names the dotted key and the range.
+OUT_OF_RANGE = [
+    ("--max-steps", "0", "run.max_steps must be in [1, 10000000], got 0"),
+    ("--max-steps", "100000000", "run.max_steps must be in [1, 10000000], got 100000000"),
+    ("--set", "run.checkpoint_every=0", "run.checkpoint_every must be in [1, 10000000], got 0"),
+    ("--set", "run.keep_checkpoints=0", "run.keep_checkpoints must be in [1, 10000], got 0"),
+    ("--set", "run.seed=-1", "run.seed must be in [0, 9223372036854775807], got -1"),
+    ("--set", "run.num_threads=5000", "run.num_threads must be in [1, 1024], got 5000"),
+    ("--set", "run.ema_decay=1.0", "run.ema_decay must be in (0, 1), got 1.0"),
+    ("--set", "optim.learning_rate=10", "optim.learning_rate must be in (0, 1], got 10.0"),
+    ("--set", "optim.learning_rate=0", "optim.learning_rate must be in (0, 1], got 0.0"),
+    ("--set", "optim.adam_epsilon=-1e-8", "optim.adam_epsilon must be in (0, 1], got -1e-08"),
+    ("--set", "optim.batch_size=100000", "optim.batch_size must be in [1, 4096], got 100000"),
+    ("--set", "optim.lr_warmup_steps=-1", "optim.lr_warmup_steps must be in [0, 10000000], got -1"),
+    ("--set", "data.num_frames=100000", "data.num_frames must be in [1, 1024], got 100000"),
+    ("--set", "data.height=0", "data.height must be in [1, 8192], got 0"),
+    ("--set", "data.num_workers=100000", "data.num_workers must be in [0, 256], got 100000"),
+    ("--set", "data.sources=[{repeat=0}]", "data.sources[0].repeat must be in [1, 10000], got 0"),
+    ("--set", "model.content_rank=100000", "model.content_rank must be in [1, 4096], got 100000"),
+    ("--set", "objective.text_dropout=1.0", "objective.text_dropout must be in [0, 1), got 1.0"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), OUT_OF_RANGE, ids=[v for _, v, _ in OUT_OF_RANGE])
+def test_every_training_number_has_a_range(
+    tmp_path: Path, capsys, flag: str, value: str, message: str
+) -> None:
+    """Checked with the config, before any model is built or anything is written."""
+    from layerflow.training import main as train_main
+
+    assert train_main(["--stage", "1", flag, value, "--output-root", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n", err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "named"),
@@ -343,6 +379,60 @@ def test_an_empty_dataset_folder_is_one_line(tmp_path: Path) -> None:
     sources = 'data.sources=[{kind="simple", root="empty"}]'
     result = layerflow_train("--stage", "1", "--output-root", "out", "--set", sources, cwd=tmp_path)
     _last_line_error(result, "found no usable samples in empty")
+
+
+def _missing_root(root: Path) -> str:
+    return f"data.sources[0].root: {root / 'nothere'} does not exist"
+
+
+def _bad_meta(root: Path) -> str:
+    write_official(root / "off", "davis", {"a": 8})
+    meta = next((root / "off").glob("*.json"))
+    meta.write_text("{bad")
+    return f"data.sources[0] (kind='official'): {meta} is not valid JSON"
+
+
+def _fifo_prompts(root: Path) -> str:
+    write_simple_sample(root / "simple", "s0", 8)
+    (root / "simple" / "s0" / "prompts.json").unlink()
+    os.mkfifo(root / "simple" / "s0" / "prompts.json")
+    return f"sample 's0': {root / 'simple' / 's0' / 'prompts.json'} is a FIFO, not a JSON file"
+
+
+DATA_SOURCE_DAMAGE = {
+    "missing root": ("simple", "nothere", _missing_root),
+    "official meta not JSON": ("official", "off", _bad_meta),
+    "prompts.json a FIFO": ("simple", "simple", _fifo_prompts),
+}
+
+
+@pytest.mark.parametrize("damage", DATA_SOURCE_DAMAGE)
+def test_a_bad_data_source_is_one_line_and_blocks_no_rerun(tmp_path: Path, capsys, damage: str) -> None:
+    """Never a traceback, never a hang on a FIFO; the missing root is found before any model loads."""
+    from layerflow.training import main as train_main
+
+    kind, folder, make = DATA_SOURCE_DAMAGE[damage]
+    message = make(tmp_path)
+    sources = f'data.sources=[{{kind="{kind}", root="{tmp_path / folder}"}}]'
+    size = ["--set", "data.height=16", "--set", "data.width=16", "--set", "data.num_frames=8"]
+    signal.alarm(60)  # a FIFO opened for reading blocks: fail instead of hanging
+    try:
+        argv = [
+            "--stage",
+            "1",
+            "--output-root",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--set",
+            sources,
+            *size,
+        ]
+        assert train_main(argv) == 2
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / "stage1" / "config.json").exists()
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:

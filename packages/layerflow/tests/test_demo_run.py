@@ -15,10 +15,16 @@ from PIL import Image
 from layerflow.demo import DemoSettings, main, run_demo
 from layerflow.demo.assets import VaeCeilingError, _clip_pool, measure_ceiling
 from layerflow.demo.diagnostics import encode_heldout, x0_errors
-from layerflow.demo.report import PREVIEW_FILE, PREVIEW_SCALE, TARGET_TASKS
+from layerflow.demo.report import PREVIEW_FILE, PREVIEW_SCALE, ROUND_TRIP_DIR, TARGET_TASKS
 from layerflow.demo.run import TASKS
 from layerflow.media import read_png_sequence
-from layerflow.metrics import TARGETS, evaluate_output_dir, recomposition_error, summarize
+from layerflow.metrics import (
+    TARGETS,
+    evaluate_output_dir,
+    read_reference_sample,
+    recomposition_error,
+    summarize,
+)
 from layerflow.pipelines import LayerFlowPipeline
 
 
@@ -123,6 +129,22 @@ def test_report_ceiling_and_diagnostics_are_recomputed(demo_run: tuple[Path, Pat
         "base": LayerFlowPipeline.from_pretrained(out / "train" / "base"),
         "trained": LayerFlowPipeline.from_pretrained(out / "train" / "stage3" / "final" / "pipeline"),
     }
+    # The targets' VAE round trip: the truth through stock ``vae.encode(...).mode()`` / ``vae.decode``,
+    # scored like the models' outputs.
+    with Image.open(out / ROUND_TRIP_DIR / PREVIEW_FILE) as preview:
+        assert preview.height > 4 * PREVIEW_SCALE * config.height
+    rows = {row["metric"]: row for row in report["targets"]}
+    reports = [evaluate_output_dir(out / ROUND_TRIP_DIR / s.name, s) for s in samples]
+    for name, row in rows.items():
+        assert row["vae_round_trip"] == pytest.approx(summarize(reports).value(name)), name
+    vae = pipelines["base"].vae
+    truth = read_reference_sample(samples[0]).composite
+    assert truth is not None
+    with torch.no_grad():
+        stock = vae.decode(vae.encode(truth.permute(1, 0, 2, 3)[None] * 2 - 1).latent_dist.mode()).sample
+    stock = ((stock[0].permute(1, 0, 2, 3).clamp(-1, 1) + 1) / 2 * 255).round() / 255
+    written = read_png_sequence(out / ROUND_TRIP_DIR / samples[0].name / "composite", "rgb")
+    assert (written - stock).abs().max() <= 1.01 / 255
     for label, pipeline in pipelines.items():
         again = x0_errors(pipeline, encode_heldout(pipeline, samples), seed=DemoSettings.quick().seed)
         stored = report["diagnostics"][label]

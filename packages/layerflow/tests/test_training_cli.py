@@ -47,7 +47,7 @@ def test_stage_without_previous_output_says_what_to_run(
 
 def test_bad_override_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_stage(tmp_path, 1, "--set", "optim.batch_size=0") == 2
-    assert "optim.batch_size must be >= 1" in capsys.readouterr().err
+    assert "optim.batch_size must be in [1, 4096], got 0" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert run_stage(tmp_path, 1, "--set", "run.mixed_precision='fp16'") == 2
         assert "fp16' needs a CUDA device" in capsys.readouterr().err

@@ -89,12 +89,18 @@ class LayerEmbedder(nn.Module):
         index = torch.arange(self.num_layers, device=device, dtype=param.dtype).unsqueeze(-1)
         return self.embed(index)
 
-    def token_embeddings(self, tokens_per_layer: int, layers: int | None = None) -> torch.Tensor:
-        """``[layers * tokens_per_layer, dim]``: each layer's vector repeated over its prompt tokens."""
+    def token_embeddings(
+        self, tokens_per_layer: int, layers: int | None = None, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """``[layers * tokens_per_layer, dim]``: each layer's vector repeated over its prompt tokens.
+
+        ``device``: where to compute them (default: the weights'); name it when the weights may be
+        offloaded to the meta device (sequential CPU offload), whose hooks then bring them there.
+        """
         layers = self.num_layers if layers is None else layers
         if not 1 <= layers <= self.num_layers:
             raise ValueError(f"layers must be in 1..{self.num_layers}, got {layers}")
-        return self.layer_table()[:layers].repeat_interleave(tokens_per_layer, dim=0)
+        return self.layer_table(device)[:layers].repeat_interleave(tokens_per_layer, dim=0)
 
     def load_official_state_dict(
         self, state_dict: Mapping[str, torch.Tensor], prefix: str = OFFICIAL_PREFIX

@@ -183,7 +183,7 @@ class LayerPromptEncoder(nn.Module):
                 raise ValueError(
                     f"layer embedder dim {self.layer_embedder.dim} != text encoder width {width}"
                 )
-            extra = self.layer_embedder.token_embeddings(self.max_length, num_layers)
+            extra = self.layer_embedder.token_embeddings(self.max_length, num_layers, device)
             embeddings = embeddings + extra.to(device=device, dtype=embeddings.dtype)
         return LayerPromptEmbeddings(
             embeddings=embeddings,

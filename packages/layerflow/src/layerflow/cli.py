@@ -54,29 +54,35 @@ TASK_COMMANDS = {
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def read_frames(path: str | Path) -> torch.Tensor:
-    """A frame folder, a video file or a single image -> ``[T, C, H, W]`` in [0, 1]."""
+def read_frames(path: str | Path, *, partial: bool = False) -> torch.Tensor:
+    """A frame folder, a video file or a single image -> ``[T, C, H, W]`` in [0, 1] (``partial``:
+    a truncated video gives the frames that decode, for a run that asked for fewer)."""
     path = Path(path)
     if not path.exists():
         raise CliError(f"input {path} does not exist")
     try:
-        return read_clip(path)
+        return read_clip(path, partial=partial)
     except ValueError as error:
         raise CliError(str(error)) from error
 
 
-def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Read every ``-i``/``-a`` input; frame counts and sizes must agree across all of them."""
+def load_inputs(
+    inputs: dict[str, str], alphas: dict[str, str], *, trim: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read every ``-i``/``-a`` input; frame counts and sizes must agree across all of them
+    (``trim``: longer ones are cut to the shortest, a truncated video gives what decodes)."""
     stray = sorted(set(alphas) - set(inputs))
     if stray:
         raise CliError(f"alpha given for {stray} without an input for that layer")
     frames: dict[str, torch.Tensor] = {}
     for name, path in inputs.items():
-        color = read_frames(path)
+        color = read_frames(path, partial=trim)
         if color.shape[1] == 1:  # a greyscale video is an RGB one
             color = color.expand(-1, 3, -1, -1)
         if name in alphas:
-            matte = read_frames(alphas[name])
+            matte = read_frames(alphas[name], partial=trim)
+            if trim:
+                matte, color = matte[: color.shape[0]], color[: matte.shape[0]]
             if matte.shape[0] != color.shape[0] or matte.shape[-2:] != color.shape[-2:]:
                 raise CliError(
                     f"alpha {alphas[name]} has {matte.shape[0]} frames of {tuple(matte.shape[-2:])}, "
@@ -88,6 +94,9 @@ def load_inputs(inputs: dict[str, str], alphas: dict[str, str]) -> dict[str, tor
                 [color[:, :3], matte[:, :1] if matte.shape[1] == 1 else matte[:, :3].mean(1, True)], 1
             )
         frames[name] = color
+    if trim:
+        shortest = min((clip.shape[0] for clip in frames.values()), default=0)
+        frames = {name: clip[:shortest] for name, clip in frames.items()}
     shapes = {name: (f.shape[0], *f.shape[-2:]) for name, f in frames.items()}
     if len(set(shapes.values())) > 1:
         described = ", ".join(f"{name}: {n} frames of {h}x{w}" for name, (n, h, w) in shapes.items())
@@ -105,8 +114,7 @@ def run_task(args: argparse.Namespace, pipeline: LayerFlowPipeline | None = None
     inputs = pairs(args.input, "--input")
     alphas = pairs(args.alpha, "--alpha")
     tasks.check_condition_names(request, list(inputs))
-    conditions = load_inputs(inputs, alphas)
-    tasks.check_conditions(request, conditions, options)
+    conditions = tasks.check_conditions(request, load_inputs(inputs, alphas, trim=options.trim), options)
     output = Path(args.output)
     check_output(
         output,

@@ -77,6 +77,12 @@ def add_task_options(parser: argparse.ArgumentParser, *, conditional: bool) -> N
             help="condition clips attend only to text and themselves",
         )
     parser.add_argument("--frames", type=int, help="frames per layer (default: the input's, else 16)")
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="inputs longer than the run give their first frames (--frames, else the most the model runs), "
+        "and a truncated video the frames that decode (default: any other length is an error)",
+    )
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--steps", type=int, help="sampling steps (default 50)")
@@ -118,6 +124,7 @@ def task_options(args: argparse.Namespace) -> TaskOptions:
         raise CliError(f"--fps must be <= {MAX_FPS}, got {args.fps}")
     return TaskOptions(
         frames=args.frames,
+        trim=args.trim,
         height=args.height,
         width=args.width,
         steps=args.steps,

@@ -227,7 +227,9 @@ class ClipCodec:
         return out
 
     def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        video = pixels.permute(0, 2, 1, 3, 4).to(device=self.vae.device, dtype=self.vae.dtype)
+        # Weights on the meta device are held by sequential CPU offload, whose hooks move the input.
+        device = None if self.vae.device.type == "meta" else self.vae.device
+        video = pixels.permute(0, 2, 1, 3, 4).to(device=device, dtype=self.vae.dtype)
         posterior = self.vae.encode(video).latent_dist
         return posterior.mean, posterior.std
 

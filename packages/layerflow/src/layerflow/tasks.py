@@ -37,10 +37,13 @@ SEED_RANGE = (-(2**63), 2**64 - 1)
 class TaskOptions:
     """How a task samples and where; ``None`` takes the input's size or the model's default.
 
+    ``trim``: condition clips longer than the run (``frames``, else the most frames the model runs
+    that they hold) give their first frames; without it any other length is an error.
     The error messages name the CLI flags: the CLI is where a user sets them.
     """
 
     frames: int | None = None
+    trim: bool = False
     height: int | None = None
     width: int | None = None
     steps: int | None = None
@@ -153,37 +156,86 @@ def check_condition_names(request: TaskRequest, names: list[str]) -> None:
 
 def check_conditions(
     request: TaskRequest, conditions: Mapping[str, torch.Tensor], options: TaskOptions
-) -> None:
-    """Condition layers, frames and size (from the inputs or the options) against the model's geometry."""
+) -> dict[str, torch.Tensor]:
+    """Condition layers, frames and size (from the inputs or the options) against the model's geometry.
+
+    Returns the conditions the run uses: as given, or their first frames with ``options.trim``.
+    """
     from .geometry import DEFAULT_CLIP_FRAMES, check_geometry
     from .models.configs import folder_geometry
 
     check_condition_names(request, list(conditions))
-    if request.model is not None:
-        try:
-            geometry = folder_geometry(request.model)
-        except (FileNotFoundError, ValueError) as error:
-            raise CliError(str(error)) from error
-        first = next(iter(conditions.values()), None)
-        found = (first.shape[0], *first.shape[-2:]) if first is not None else None
-        frames = (
-            options.frames if options.frames is not None else (found[0] if found else DEFAULT_CLIP_FRAMES)
-        )
-        height = (
-            options.height if options.height is not None else (found[1] if found else geometry.default_height)
-        )
-        width = (
-            options.width if options.width is not None else (found[2] if found else geometry.default_width)
-        )
-        if found is not None and (frames, height, width) != found:
+    conditions = dict(conditions)
+    first = next(iter(conditions.values()), None)
+    if request.model is None:  # a loaded pipeline checks its own call
+        return _trimmed(conditions, options.frames) if options.trim else conditions
+    try:
+        geometry = folder_geometry(request.model)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from error
+    found = (first.shape[0], *first.shape[-2:]) if first is not None else None
+    frames = options.frames if options.frames is not None else (found[0] if found else DEFAULT_CLIP_FRAMES)
+    if found is not None and options.trim:
+        if options.frames is None:
+            runnable = [n for n in range(1, found[0] + 1) if geometry.frames_ok(request.layout, n)]
+            if not runnable:
+                raise CliError(f"inputs have {found[0]} frames, fewer than this model runs in one clip")
+            frames = runnable[-1]
+        if frames > found[0]:
             raise CliError(
-                f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
-                f"but --frames/--height/--width ask for {frames} frames of {height}x{width}"
+                f"inputs have {found[0]} frames, --frames asks for {frames}: --trim takes fewer frames, never more"
             )
-        try:
-            check_geometry(geometry, frames, height, width, request.layout)
-        except ValueError as error:
-            raise CliError(str(error)) from error
+        conditions = _trimmed(conditions, frames)
+        found = (frames, *found[1:])
+    height = (
+        options.height if options.height is not None else (found[1] if found else geometry.default_height)
+    )
+    width = options.width if options.width is not None else (found[2] if found else geometry.default_width)
+    if found is not None and (frames, height, width) != found:
+        hint = ""
+        if frames < found[0]:
+            hint = f" (add --trim to use the first {frames})"
+        elif frames > found[0]:
+            hint = f" (inputs are never padded: ask for at most {found[0]} frames with --trim)"
+        raise CliError(
+            f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
+            f"but --frames/--height/--width ask for {frames} frames of {height}x{width}{hint}"
+        )
+    try:
+        check_geometry(geometry, frames, height, width, request.layout)
+    except ValueError as error:
+        runnable = [n for n in range(1, frames) if geometry.frames_ok(request.layout, n)]
+        trimmable = found is not None and runnable and not geometry.frames_ok(request.layout, frames)
+        hint = f"; or add --trim to use the first {runnable[-1]} frames of the inputs" if trimmable else ""
+        raise CliError(f"{error}{hint}") from error
+    check_memory(request.layout, frames, height, width)
+    return conditions
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (``None`` where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(layout: LayerLayout, frames: int, height: int, width: int) -> None:
+    """The decoded clips of one sample fit in this machine's memory, counted at their least (RGB,
+    2 bytes a value): within :data:`LIMITS` a size like ``--frames 1024 --height 8192`` would
+    otherwise run for minutes before memory runs out."""
+    needed = len(layout.clips) * frames * 3 * height * width * 2
+    total = host_memory()
+    if total is not None and needed > total:
+        raise CliError(
+            f"--frames {frames} at {height}x{width} needs at least {needed / 2**30:.0f} GiB for the "
+            f"{len(layout.clips)} decoded clips alone, more than this machine's {total / 2**30:.0f} GiB of memory"
+        )
+
+
+def _trimmed(conditions: Mapping[str, torch.Tensor], frames: int | None) -> dict[str, torch.Tensor]:
+    """Every condition clip's first ``frames`` frames (``None``: as given)."""
+    return {name: clip[:frames] for name, clip in conditions.items()}
 
 
 def load_pipeline(model: str | os.PathLike[str], device: str, options: TaskOptions) -> LayerFlowPipeline:
@@ -216,7 +268,7 @@ def run(
     options = options or TaskOptions()
     conditions = dict(conditions or {})
     request = check_request(model, task, prompts, options)
-    check_conditions(request, conditions, options)
+    conditions = check_conditions(request, conditions, options)
     pipe = model if request.model is None else load_pipeline(request.model, request.device, options)
     unconditional = options.unconditional or ("encoded" if options.negative_prompts else None)
     try:

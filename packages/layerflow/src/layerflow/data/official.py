@@ -21,7 +21,6 @@ Every sample is a real video: source ``"video"`` (motion gate 0).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from layerflow.json_files import read_json_object
 from layerflow.media import FrameError, find_file
 
 from .base import LayeredDataset, build_sample, file_stats, pick_frames
@@ -116,8 +116,8 @@ class OfficialLayoutDataset(LayeredDataset[OfficialRecord]):
         self.style: OfficialStyle = style or detect_style(self.root)
         if self.style not in ("davis", "youtubevos"):
             raise ValueError(f"style must be 'davis' or 'youtubevos', got {self.style!r}")
-        meta = json.loads(self.meta_file.read_text())
-        videos = meta.get("videos") if isinstance(meta, dict) else None
+        meta = read_json_object(self.meta_file)
+        videos = meta.get("videos")
         if not isinstance(videos, dict):
             raise ValueError(f"{self.meta_file}: expected a top-level 'videos' object")
         self._collect((str(key), partial(self._record, str(key), entry)) for key, entry in videos.items())

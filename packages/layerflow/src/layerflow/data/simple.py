@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from layerflow.json_files import special_file
 from layerflow.layout import LayerLayout, LayerSpec
 from layerflow.media import VIDEO_SUFFIXES, FrameMode, find_file, video_fps
 
@@ -49,6 +50,8 @@ def find_layer(folder: Path, name: str) -> Path | None:
 
 
 def read_json(path: Path, sample_id: str) -> dict[str, Any]:
+    if kind := special_file(path):
+        raise SampleError(sample_id, f"{path} is {kind}, not a JSON file")
     try:
         content = json.loads(path.read_text())
     except FileNotFoundError:

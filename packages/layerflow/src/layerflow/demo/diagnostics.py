@@ -7,6 +7,9 @@ implied clean latents ``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v`` are compare
 (mean squared error over the generated clips). The same noise is then used with the prompts of
 another held-out sample ("shuffled"): a model that uses its text is worse with the wrong prompts.
 ``x0 = 0`` (predicting the mean of a unit-variance latent) would score about the latents' variance.
+
+:func:`vae_round_trip` isolates the VAE the same way: the held-out truth encoded and decoded exactly
+as generated latents are, then scored like any model's output, is what no model can beat.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 import torch
 
 from layerflow.layout import LayerLayout
-from layerflow.metrics import LayeredClip, read_reference_sample
+from layerflow.media import OutputLayer, write_output_dir
+from layerflow.metrics import EvaluationReport, LayeredClip, evaluate_output_dir, read_reference_sample
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.training.encoding import prompt_encoder
 from layerflow.training.objective import condition_frame_mask, prompt_tokens
@@ -116,3 +120,34 @@ def x0_errors(
             rows[name][str(t)] = float((squared * mask).sum() / mask.sum())
     variance = float(data.latents.masked_select(generated.expand_as(data.latents)).var())
     return {"task": task, "latent_variance": variance, **rows}
+
+
+@torch.no_grad()
+def vae_round_trip(
+    pipeline: LayerFlowPipeline, sample_dirs: Sequence[Path], out: Path
+) -> list[EvaluationReport]:
+    """The VAE's ceiling on every target: each held-out sample's layers encoded (posterior mean) and
+    decoded by the pipeline's codec, as generated latents are decoded, written to ``out/<id>/`` as a
+    ``decompose`` output folder (every layer, the sample's prompts) and scored against the truth by
+    the same metrics as the models' outputs."""
+    codec, layout = pipeline.codec, pipeline.layer_layout
+    reports = []
+    for folder in sample_dirs:
+        clip = read_reference_sample(folder)
+        frames = {name: f.to(pipeline.vae.device) for name, f in _layer_frames(clip, layout, folder).items()}
+        t, _, h, w = next(iter(frames.values())).shape[1:]
+        geometry = codec.geometry.check(t, h, w, layout)
+        decoded = codec.decode(
+            codec.encode(frames, geometry).mean * pipeline.geometry.scaling_factor, geometry
+        )
+        layers = [
+            OutputLayer(
+                spec.name, spec.role, decoded[spec.name][0].float().cpu(), clip.prompts.get(spec.role)
+            )
+            for spec in layout.layers
+        ]
+        target = write_output_dir(
+            out / folder.name, layers, task="decompose", formats=["png"], previews=False, overwrite=True
+        )
+        reports.append(evaluate_output_dir(target, reference=folder))
+    return reports

@@ -49,6 +49,7 @@ from layerflow.pipelines.scheduling import make_scheduler
 from layerflow.stage_output import StageOutput
 from layerflow.synthetic.writers import generate_dataset
 from layerflow.tiny import single_thread
+from layerflow.training.schema import MAX_SEED
 
 from .assets import (
     DemoAssetConfig,
@@ -59,9 +60,10 @@ from .assets import (
     load_or_build_assets,
 )
 from .base import BaseRecipe, load_or_train_base, read_base_record
-from .diagnostics import encode_heldout, x0_errors
+from .diagnostics import encode_heldout, vae_round_trip, x0_errors
 from .report import (
     PREVIEW_FILE,
+    ROUND_TRIP_DIR,
     build_report,
     is_finite,
     render_markdown,
@@ -356,6 +358,23 @@ def preview_rows(task: str, output_dir: Path, sample_dir: Path) -> list[tuple[st
     return rows
 
 
+def round_trip_rows(folder: Path, samples: Sequence[Path], count: int = 3) -> list[tuple[str, torch.Tensor]]:
+    """Preview rows of the first held-out samples: truth and VAE round trip, composite and foreground."""
+    rows = []
+    for index, sample in enumerate(samples[:count]):
+        truth = read_reference_sample(sample)
+        _, decoded = read_output_dir(folder / sample.name)
+        assert truth.foreground is not None and truth.alpha is not None and truth.composite is not None
+        assert decoded.foreground is not None and decoded.alpha is not None and decoded.composite is not None
+        rows += [
+            (f"{index}: truth", truth.composite),
+            (f"{index}: via VAE", decoded.composite),
+            (f"{index}: true fg", torch.cat([truth.foreground, truth.alpha], dim=1)),
+            (f"{index}: fg via VAE", torch.cat([decoded.foreground, decoded.alpha], dim=1)),
+        ]
+    return rows
+
+
 def sample_tasks(
     pipeline: LayerFlowPipeline, settings: DemoSettings, heldout: Path, out: Path, label: str, progress: bool
 ) -> dict[str, list[EvaluationReport]]:
@@ -440,6 +459,8 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
         "base": x0_errors(base, latents, seed=settings.seed),
         "trained": x0_errors(trained_pipeline, latents, seed=settings.seed),
     }
+    round_trip = vae_round_trip(base, samples, out / ROUND_TRIP_DIR)
+    write_task_preview(out / ROUND_TRIP_DIR / PREVIEW_FILE, round_trip_rows(out / ROUND_TRIP_DIR, samples))
     lap("diagnostics")
     trained = sample_tasks(trained_pipeline, settings, heldout, out, "trained", progress)
     baseline = sample_tasks(base, settings, heldout, out / "base", "base", progress)
@@ -449,13 +470,16 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
         **{f"stage {stage}": values for stage, values in losses.items()},
     }
     write_loss_plot(out / "loss_curves.png", curves)
-    report = build_report(settings, assets, base_record, losses, diagnostics, trained, baseline, timings)
+    report = build_report(
+        settings, assets, base_record, losses, diagnostics, trained, baseline, round_trip, timings
+    )
     if not is_finite(report):
         raise FloatingPointError("the demo report holds a non-finite number; see report.json")
     write_text_atomic(out / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
     write_text_atomic(out / "report.md", render_markdown(report, out))
     files = [out / "report.md", out / "report.json", out / "loss_curves.png"]
     files += sorted(p for task in TASKS for p in (out / task).rglob("*") if p.is_file())
+    files.append(out / ROUND_TRIP_DIR / PREVIEW_FILE)
     return DemoResult(out, report, files)
 
 
@@ -499,6 +523,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
     transformers_logging.disable_progress_bar()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
+    if not 0 <= args.seed <= MAX_SEED:  # it becomes the training run's run.seed: the same range
+        parser.error(f"--seed must be in [0, {MAX_SEED}], got {args.seed}")
     if args.quick:
         settings = DemoSettings.quick()
     else:

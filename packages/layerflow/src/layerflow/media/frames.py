@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 
 from layerflow.atomic import atomic_directory
+from layerflow.json_files import special_file
 
 FrameMode = Literal["rgb", "rgba", "alpha"]
 """``"rgb"``: opaque colour; ``"rgba"``: colour + straight alpha; ``"alpha"``: a one-channel matte."""
@@ -28,7 +30,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PNG_OPTIONS: Mapping[str, Any] = {"optimize": False, "compress_level": 4}
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _FRAME_NAME = re.compile(r"^(\d+)$")
-_GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 class FrameError(ValueError):
@@ -66,82 +67,130 @@ def find_file(folder: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
     return next((folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").is_file()), None)
 
 
-def _open(path: Path) -> Image.Image:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: FFmpeg's pixel formats of a 16-bit PNG, by channel count (grey, grey + alpha, RGB, RGBA).
+_DEEP_PNG_CHANNELS = {"gray16be": 1, "ya16be": 2, "rgb48be": 3, "rgba64be": 4}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One image file decoded at its own bit depth.
+
+    Attributes:
+        pixels: float32 ``[H, W, C]`` in [0, 1]; C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA.
+        mode: the file's pixel layout as its decoder names it (PIL's mode, FFmpeg's 16-bit format).
+        indices: a palette image without transparency: its raw indices (object-id masks) / 255.
+    """
+
+    pixels: np.ndarray
+    mode: str
+    indices: np.ndarray | None = None
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.shape[-1] in (2, 4)
+
+
+def _is_16bit_png(path: Path) -> bool:
+    """Whether the file's PNG header (IHDR: always the first chunk) declares 16 bits per sample."""
+    with path.open("rb") as handle:
+        head = handle.read(26)
+    return len(head) == 26 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and head[24] == 16
+
+
+def _decode_16bit_png(path: Path) -> DecodedImage:
+    """A 16-bit PNG through FFmpeg, which keeps all 16 bits of every colour type (PIL truncates
+    RGB, RGBA and grey + alpha to 8 bits) and turns a ``tRNS`` colour into an alpha channel."""
+    import av
+
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+    except (av.error.FFmpegError, StopIteration) as error:
+        raise FrameError(f"cannot read frame {path}: cannot decode image ({error})") from error
+    channels = _DEEP_PNG_CHANNELS.get(frame.format.name)
+    if channels is None:
+        raise FrameError(f"cannot read frame {path}: unexpected 16-bit PNG pixel format {frame.format.name}")
+    rgba = frame.to_ndarray(format="rgba64le" if channels in (2, 4) else "rgb48le").astype(np.float32)
+    pixels = rgba[..., [0, 3]] if channels == 2 else (rgba[..., :1] if channels == 1 else rgba)
+    return DecodedImage(pixels / 65535.0, frame.format.name)
+
+
+def decode_image(path: str | os.PathLike[str]) -> DecodedImage:
+    """Any PNG/JPEG file decoded at its own bit depth (float32 ``[H, W, C]`` in [0, 1]).
+
+    The one place that knows image modes: every reader of frames (CLI inputs, recompose, eval,
+    training) comes here. 1-bit grey is 0/1; 16-bit PNGs of every colour type go through FFmpeg at
+    full precision (PIL clips 16-bit grey to white in ``convert("RGB")`` and reads 16-bit colour at
+    8 bits); a transparent colour or palette entry (``tRNS``) becomes an alpha channel.
+    """
+    path = Path(path)
+    if kind := special_file(path):
+        raise FrameError(f"{path}: is {kind}, not an image file")
+    try:
+        with Image.open(path) as opened:
+            if opened.format == "PNG" and _is_16bit_png(path):
+                return _decode_16bit_png(path)
+            opened.load()
+            image = opened.copy()
     except FileNotFoundError:
         raise FrameError(f"{path}: frame file is missing") from None
+    except Image.DecompressionBombError as error:  # a few bytes that decode to gigabytes
+        raise FrameError(f"cannot read frame {path}: {error}") from None
     except (OSError, SyntaxError) as error:
         raise FrameError(f"cannot read frame {path}: cannot decode image ({error})") from error
-
-
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-
-
-_DEEP_GREY = ("I;16", "I;16B", "I;16L", "I")
-
-
-def decode_image(image: Image.Image) -> np.ndarray:
-    """Any decoded image as float32 ``[H, W, C]`` in [0, 1] at its own bit depth: C = 1 grey,
-    2 grey + alpha, 3 RGB, 4 RGBA.
-
-    The one place that knows PNG's modes: 1-bit grey is 0/1, 16-bit grey is scaled by 65535 (PIL's
-    ``convert("RGB")`` clips it to white), a transparent colour or palette entry (``tRNS``) becomes
-    an alpha channel. PIL reads 16-bit RGB(A) and grey + alpha at 8 bits (within 1/255).
-    """
     transparency = "transparency" in image.info
     if image.mode == "1":
-        return np.asarray(image, dtype=np.float32)[..., None]
-    if image.mode in _DEEP_GREY or image.mode == "F":
+        return DecodedImage(np.asarray(image, dtype=np.float32)[..., None], image.mode)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # deep grey a PNG name hides (TIFF)
         scale = 1.0 if image.mode == "F" else 65535.0
-        grey = np.asarray(image, dtype=np.float32) / scale
-        if not transparency:
-            return grey[..., None]
-        alpha = np.asarray(image) != image.info["transparency"]
-        return np.stack([grey, alpha.astype(np.float32)], -1)
+        return DecodedImage(np.asarray(image, dtype=np.float32)[..., None] / scale, image.mode)
     if image.mode == "L" and not transparency:
-        return np.asarray(image, dtype=np.float32)[..., None] / 255.0
+        return DecodedImage(np.asarray(image, dtype=np.float32)[..., None] / 255.0, image.mode)
     if image.mode in ("L", "LA"):
-        return np.asarray(image.convert("LA"), dtype=np.float32) / 255.0
+        return DecodedImage(np.asarray(image.convert("LA"), dtype=np.float32) / 255.0, image.mode)
     if image.mode == "RGB" and not transparency:
-        return np.asarray(image, dtype=np.float32) / 255.0
-    return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"), dtype=np.float32) / 255.0
+        return DecodedImage(np.asarray(image, dtype=np.float32) / 255.0, image.mode)
+    indices = np.asarray(image, dtype=np.float32) / 255.0 if image.mode == "P" and not transparency else None
+    has_alpha = image.mode in ("RGBA", "PA") or transparency
+    pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    return DecodedImage(pixels, image.mode, indices)
 
 
-def _alpha_array(image: Image.Image) -> np.ndarray:
+#: ITU-R 601 luma, the weights of PIL's ``convert("L")``: an RGB image given as a matte.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _alpha_array(image: DecodedImage) -> np.ndarray:
     """A one-channel matte ``[H, W]`` in [0, 1]: a grey image's values, an image with alpha its alpha
     (an RGBA matte with an all-opaque alpha carries the matte in its colour), an RGB image's luma.
 
     Palette images keep their raw indices (object-id masks): scaled by 255 they show up as an alpha
     that never exceeds a few steps, which the sample checks report instead of training on it.
     """
-    if image.mode == "P" and "transparency" not in image.info:
-        return np.asarray(image, dtype=np.float32) / 255.0
-    decoded = decode_image(image)
-    if decoded.shape[-1] in (2, 4) and (decoded[..., -1] < 1).any():
-        return decoded[..., -1]
-    if decoded.shape[-1] in (1, 2):
-        return decoded[..., 0]
-    return np.asarray(image.convert("RGB").convert("L"), dtype=np.float32) / 255.0
+    if image.indices is not None:
+        return image.indices
+    pixels = image.pixels
+    if image.has_alpha and (pixels[..., -1] < 1).any():
+        return pixels[..., -1]
+    if pixels.shape[-1] in (1, 2):
+        return pixels[..., 0]
+    return pixels[..., :3] @ _LUMA
 
 
-def _to_array(image: Image.Image, path: Path, mode: FrameMode) -> np.ndarray:
+def _to_array(image: DecodedImage, path: Path, mode: FrameMode) -> np.ndarray:
     """One decoded image as float32 ``[H, W, C]`` in [0, 1]: C = 3 (``rgb``), 4 (``rgba``) or 1."""
     if mode == "alpha":
         return _alpha_array(image)[..., None]
-    decoded = decode_image(image)
-    grey = decoded.shape[-1] <= 2
-    colour = np.repeat(decoded[..., :1], 3, -1) if grey else decoded[..., :3]
+    pixels = image.pixels
+    colour = np.repeat(pixels[..., :1], 3, -1) if pixels.shape[-1] <= 2 else pixels[..., :3]
     if mode == "rgb":
         return colour
-    if decoded.shape[-1] not in (2, 4):
+    if not image.has_alpha:
         raise FrameError(
             f"{path}: no alpha channel (mode {image.mode}); expected an RGBA image (straight alpha)"
         )
-    return np.concatenate([colour, decoded[..., -1:]], -1)
+    return np.concatenate([colour, pixels[..., -1:]], -1)
 
 
 def read_images(files: Sequence[Path], mode: FrameMode | None = None) -> np.ndarray:
@@ -150,13 +199,13 @@ def read_images(files: Sequence[Path], mode: FrameMode | None = None) -> np.ndar
     ``mode=None`` keeps what the files hold: ``"rgba"`` when any has alpha, ``"alpha"`` when all are
     grey, else ``"rgb"``.
     """
-    images = [_open(path) for path in files]
-    sizes = {f"{image.width}x{image.height}" for image in images}
+    images = [decode_image(path) for path in files]
+    sizes = {f"{image.pixels.shape[1]}x{image.pixels.shape[0]}" for image in images}
     if len(sizes) > 1:
         raise FrameError(f"{files[0].parent}: frames have different sizes: {sorted(sizes)}")
     if mode is None:
-        grey = all(image.mode in _GREY_MODES for image in images)
-        mode = "rgba" if any(_has_alpha(image) for image in images) else ("alpha" if grey else "rgb")
+        grey = all(image.pixels.shape[-1] == 1 for image in images)
+        mode = "rgba" if any(image.has_alpha for image in images) else ("alpha" if grey else "rgb")
     return np.stack([_to_array(image, path, mode) for image, path in zip(images, files)])
 
 

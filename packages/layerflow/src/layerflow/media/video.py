@@ -12,6 +12,7 @@ reading always picks the libvpx decoder for VP9 streams. ProRes 4444 (``prores_k
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from layerflow.atomic import atomic_file
+from layerflow.json_files import special_file
 
 from .frames import (
     IMAGE_SUFFIXES,
@@ -64,6 +66,7 @@ VIDEO_FORMATS: Mapping[str, VideoFormat] = {
     "mp4": VideoFormat(".mp4", "mp4", "libx264", "yuv420p", None, {"crf": "18"}, even_size=True),
 }
 WEBM_CODEC = VIDEO_FORMATS["webm"].codec
+logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".webm", ".mp4", ".mkv", ".mov", ".avi")
 _FORMATS = {"rgb": "rgb24", "rgba": "rgba", "alpha": "gray"}
 _DEEP_FORMATS = {"rgb": "rgb48le", "rgba": "rgba64le", "alpha": "gray16le"}
@@ -172,14 +175,19 @@ def _declared_frames(
     return None
 
 
-def decode_video(path: str | os.PathLike[str], mode: FrameMode | None = None) -> tuple[np.ndarray, float]:
+def decode_video(
+    path: str | os.PathLike[str], mode: FrameMode | None = None, *, partial: bool = False
+) -> tuple[np.ndarray, float]:
     """All frames of a video as float32 ``[T, H, W, C]`` in [0, 1], and its frame rate.
 
     ``mode=None`` keeps what the stream holds: ``"rgba"`` when its frames carry alpha, else ``"rgb"``;
     ``"rgba"`` requires alpha in every frame. Fewer frames than the header declares (a truncated
-    file) is an error, never a silently shorter clip.
+    file) is an error, never a silently shorter clip, unless the caller asked for fewer frames
+    (``partial``: the frames that decode, with a warning).
     """
     path = Path(path)
+    if kind := special_file(path):
+        raise FrameError(f"{path}: is {kind}, not a video file")
     if not path.is_file():
         raise FrameError(f"{path}: video file is missing")
     try:
@@ -201,10 +209,13 @@ def decode_video(path: str | os.PathLike[str], mode: FrameMode | None = None) ->
     if not decoded:
         raise FrameError(f"{path}: video has no frames")
     if declared is not None and len(decoded) < declared[0] - declared[1]:
-        raise FrameError(
+        problem = (
             f"{path}: video is truncated or damaged: {len(decoded)} of the {declared[0]} frames its header "
             "declares decode"
         )
+        if not partial:
+            raise FrameError(problem)
+        logger.warning("warning: %s; using those (fewer frames were asked for)", problem)
     opaque = [frame for frame in decoded if not any(c.is_alpha for c in frame.format.components)]
     if mode is None:
         mode = "rgb" if len(opaque) == len(decoded) else "rgba"
@@ -218,16 +229,21 @@ def decode_video(path: str | os.PathLike[str], mode: FrameMode | None = None) ->
     return (array[..., None] if mode == "alpha" else array), fps
 
 
-def read_video(path: str | os.PathLike[str], mode: FrameMode | None = None) -> tuple[torch.Tensor, float]:
-    """A video file -> (``[T, C, H, W]`` float32 in [0, 1], fps); ``mode`` as in :func:`decode_video`."""
-    frames, fps = decode_video(path, mode)
+def read_video(
+    path: str | os.PathLike[str], mode: FrameMode | None = None, *, partial: bool = False
+) -> tuple[torch.Tensor, float]:
+    """A video file -> (``[T, C, H, W]`` float32 in [0, 1], fps); ``mode``, ``partial`` as in :func:`decode_video`."""
+    frames, fps = decode_video(path, mode, partial=partial)
     return frames_to_tensor(frames), fps
 
 
-def read_clip(path: str | os.PathLike[str], mode: FrameMode | None = None) -> torch.Tensor:
+def read_clip(
+    path: str | os.PathLike[str], mode: FrameMode | None = None, *, partial: bool = False
+) -> torch.Tensor:
     """A frame folder, a single image (one frame) or a video file -> ``[T, C, H, W]`` float32 in [0, 1].
 
-    ``mode`` as in :func:`layerflow.media.read_images`; problems raise :class:`FrameError` naming the path.
+    ``mode`` as in :func:`layerflow.media.read_images`, ``partial`` (a truncated video gives the
+    frames that decode) as in :func:`decode_video`; problems raise :class:`FrameError` naming the path.
     """
     path = Path(path)
     if not path.exists():
@@ -236,4 +252,4 @@ def read_clip(path: str | os.PathLike[str], mode: FrameMode | None = None) -> to
         return read_png_sequence(path, mode)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return frames_to_tensor(read_images([path], mode))
-    return read_video(path, mode)[0]
+    return read_video(path, mode, partial=partial)[0]

@@ -151,8 +151,11 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
         finally:
             self._num_clips = previous
 
-    def layer_embeddings(self, text_length: int) -> torch.Tensor | None:
-        """``[L * max_text_seq_length, D]`` layer vectors for the text tokens, or ``None`` without an embedder."""
+    def layer_embeddings(self, text_length: int, device: torch.device | None = None) -> torch.Tensor | None:
+        """``[L * max_text_seq_length, D]`` layer vectors for the text tokens, or ``None`` without an embedder.
+
+        ``device``: where the text is (the weights may be on the meta device under sequential CPU offload).
+        """
         if text_length % self.max_text_seq_length:
             raise ValueError(
                 f"text length {text_length} is not a whole number of {self.max_text_seq_length}-token layer prompts"
@@ -164,11 +167,11 @@ class LayerFlowPatchEmbed(CogVideoXPatchEmbed):
             )
         if self.layer_embedder is None:
             return None
-        return self.layer_embedder.token_embeddings(self.max_text_seq_length, num_prompts)
+        return self.layer_embedder.token_embeddings(self.max_text_seq_length, num_prompts, device)
 
     def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         text_length = text_embeds.shape[1]
-        layer = self.layer_embeddings(text_length)
+        layer = self.layer_embeddings(text_length, text_embeds.device)
         text_embeds = self.text_proj(text_embeds)
         if layer is not None:
             text_embeds = text_embeds + layer.to(text_embeds.dtype)

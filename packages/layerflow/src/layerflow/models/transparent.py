@@ -79,16 +79,22 @@ class LayerFlowTransparentVAE(ModelMixin, ConfigMixin):  # type: ignore[misc]  #
             base_vae, self.encoder, self.decoder, offset_gain=float(self.config["offset_gain"])
         )
 
+    @property
+    def _input_device(self) -> torch.device | None:
+        """Where inputs go: the weights' device, or ``None`` (left where they are) when the weights are on
+        the meta device, held by sequential CPU offload, whose hooks move the inputs."""
+        return None if self.device.type == "meta" else self.device
+
     def num_latent_frames(self, num_frames: int) -> int:
         """Latent frames the offset encoder makes of ``num_frames`` (must match the base VAE's)."""
         return int(self.encoder.layout.num_latent_frames(num_frames))
 
     def encode_rgba(self, base_vae: Any, rgba: torch.Tensor) -> torch.Tensor:
         """Straight RGBA ``[B, T, 4, H, W]`` in [0, 1] -> scaled latents ``[B, t, C, h, w]``."""
-        video = rgba.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=self.dtype)
+        video = rgba.permute(0, 2, 1, 3, 4).to(device=self._input_device, dtype=self.dtype)
         return self.bind(base_vae).encode(video).permute(0, 2, 1, 3, 4)
 
     def decode_rgba(self, base_vae: Any, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``[B, t, C, h, w]`` -> straight RGBA ``[B, T, 4, H, W]`` in [0, 1]."""
-        video = latents.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=self.dtype)
+        video = latents.permute(0, 2, 1, 3, 4).to(device=self._input_device, dtype=self.dtype)
         return self.bind(base_vae).decode(video).permute(0, 2, 1, 3, 4)

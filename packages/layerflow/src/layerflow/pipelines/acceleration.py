@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from diffusers.hooks import (
@@ -29,8 +29,26 @@ from diffusers.hooks import (
 
 from layerflow.presets import Preset, Speed
 
-if TYPE_CHECKING:
-    from .pipeline_layerflow import LayerFlowPipeline
+
+class AcceleratedPipeline(Protocol):
+    """What the caches and memory modes use of a pipeline (``LayerFlowPipeline`` has it): a protocol,
+    so that this module never imports the pipeline module that imports it."""
+
+    transformer: Any
+
+    @property
+    def components(self) -> dict[str, Any]: ...
+
+    @property
+    def current_timestep(self) -> torch.Tensor | None: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+    def enable_group_offload(self, *args: Any, **kwargs: Any) -> None: ...
+    def enable_model_cpu_offload(self, *args: Any, **kwargs: Any) -> None: ...
+    def enable_vae_slicing(self) -> None: ...
+    def enable_vae_tiling(self, **tiles: Any) -> None: ...
+
 
 CacheMethod = Literal["first_block", "pyramid_broadcast", "faster", "taylorseer", "mag"]
 CACHE_METHODS: tuple[CacheMethod, ...] = get_args(CacheMethod)
@@ -38,7 +56,12 @@ CACHE_METHODS: tuple[CacheMethod, ...] = get_args(CacheMethod)
 #: The cache method and its settings behind each speed preset (``exact``: none): the two methods
 #: measured on CogVideoX in diffusers (huggingface/diffusers#10163: 245.9 s -> 184.0 s with
 #: PyramidAttentionBroadcast, 159.0 s with FasterCache, whose peak memory grows by about 2/3),
-#: with the settings of diffusers' CogVideoX examples.
+#: with the settings of diffusers' CogVideoX examples. Kept after measuring them on the trained demo
+#: base (``benchmarks/bench_caches.py``, 20 steps, all four tasks): decoded layers 29.4 dB (fast)
+#: and 25.0 dB (fastest) PSNR from exact at 0.82 and 0.62 of the block work, no demo metric worse
+#: beyond sample noise; the other methods at their tiny-model settings save more work for far less
+#: quality (FirstBlockCache 18.6 dB at 0.44, TaylorSeer 20.1 dB at 0.55) or save little (MagCache
+#: 31.0 dB at 0.93).
 SPEED_METHODS: dict[Speed, tuple[CacheMethod, dict[str, Any]] | None] = {
     "exact": None,
     "fast": ("pyramid_broadcast", {"spatial_attention_block_skip_range": 2}),
@@ -51,7 +74,7 @@ SPEED_METHODS: dict[Speed, tuple[CacheMethod, dict[str, Any]] | None] = {
 TAYLORSEER_MODULES = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
 
 
-def cache_config(pipe: LayerFlowPipeline, method: CacheMethod, **settings: Any) -> Any:
+def cache_config(pipe: AcceleratedPipeline, method: CacheMethod, **settings: Any) -> Any:
     """diffusers' config of ``method`` for ``pipe``'s transformer; ``settings`` override its fields.
 
     MagCache needs ``mag_ratios`` (:func:`calibrate_mag_ratios`) and the call's ``num_inference_steps``.
@@ -78,7 +101,7 @@ def cache_config(pipe: LayerFlowPipeline, method: CacheMethod, **settings: Any) 
     raise ValueError(f"cache method must be one of {CACHE_METHODS}, got {method!r}")
 
 
-def calibrate_mag_ratios(pipe: LayerFlowPipeline, *args: Any, **call: Any) -> list[float]:
+def calibrate_mag_ratios(pipe: AcceleratedPipeline, *args: Any, **call: Any) -> list[float]:
     """MagCache's ``mag_ratios`` for ``pipe`` from one uncached call ``pipe(*args, **call)``.
 
     Per step: the mean over tokens of ``|residual_t| / |residual_{t-1}|`` of the whole block stack
@@ -145,7 +168,7 @@ def count_block_calls(transformer: torch.nn.Module) -> Iterator[BlockCalls]:
             handle.remove()
 
 
-def preset_cache(pipe: LayerFlowPipeline, preset: Preset) -> Any:
+def preset_cache(pipe: AcceleratedPipeline, preset: Preset) -> Any:
     """The cache config of ``preset.speed`` for ``pipe`` (``None``: exact)."""
     chosen = SPEED_METHODS[preset.speed]
     if chosen is None:
@@ -154,7 +177,33 @@ def preset_cache(pipe: LayerFlowPipeline, preset: Preset) -> Any:
     return cache_config(pipe, method, **settings)
 
 
-def place(pipe: LayerFlowPipeline, preset: Preset, device: str | torch.device) -> None:
+def unindex_cpu_offload_hooks(pipe: AcceleratedPipeline) -> int:
+    """Make sequential CPU offload's hooks run on ``cpu`` instead of diffusers' ``cpu:0``; returns how many.
+
+    diffusers names the execution device ``f"{type}:{index}"``. On a CPU, torch's ``.to("cpu:0")``
+    of a ``Parameter`` copies it into a plain ``Tensor``, and accelerate's offload after the first
+    module's forward then calls ``Tensor(value, requires_grad=...)``: a ``TypeError``. With ``cpu``
+    no copy is made and the offload is exact (and saves nothing: the weights live in CPU memory).
+    """
+    from accelerate.hooks import AlignDevicesHook  # diffusers' offload dependency, imported where used
+
+    moved = 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            hook = getattr(module, "_hf_hook", None)
+            if (
+                isinstance(hook, AlignDevicesHook)
+                and hook.execution_device is not None
+                and torch.device(hook.execution_device).type == "cpu"
+            ):
+                hook.execution_device = torch.device("cpu")
+                moved += 1
+    return moved
+
+
+def place(pipe: AcceleratedPipeline, preset: Preset, device: str | torch.device) -> None:
     """Put ``pipe``'s models on ``device`` the way ``preset.memory`` says."""
     device = torch.device(device)
     if preset.memory == "default":

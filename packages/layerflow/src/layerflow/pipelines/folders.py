@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerflow.json_files import read_json_object
+from layerflow.json_files import read_json_object, special_file
 
 #: Weight files diffusers/transformers look for in a component folder (any one of them will do).
 WEIGHT_NAMES = (
@@ -66,6 +66,8 @@ def read_model_index(folder: str | os.PathLike[str], required: Sequence[str]) ->
 def check_safetensors(path: str | os.PathLike[str]) -> None:
     """The header of a ``.safetensors`` file parses and its tensors fit in the file (not truncated)."""
     path = Path(path)
+    if kind := special_file(path):
+        raise ValueError(f"{path} is {kind}, not a weights file")
     size = path.stat().st_size
     with path.open("rb") as handle:
         raw = handle.read(8)
@@ -100,6 +102,31 @@ def check_component(folder: str | os.PathLike[str], *, weights: bool) -> None:
         raise FileNotFoundError(f"{folder} has no weights (expected one of {list(WEIGHT_NAMES[:2])})")
     for file in sorted(folder.glob("*.safetensors")):
         check_safetensors(file)
+    for index_file in sorted(folder.glob("*.safetensors.index.json")):
+        check_shard_index(index_file)
+
+
+def check_shard_index(index_file: str | os.PathLike[str]) -> None:
+    """A sharded checkpoint's index (``*.safetensors.index.json``): its ``weight_map`` maps tensor
+    names to shard files beside it, each shard exists and holds the tensors mapped to it."""
+    index_file = Path(index_file)
+    weight_map = read_json_object(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ValueError(f"{index_file}: 'weight_map' must map tensor names to shard file names")
+    shards: dict[str, set[str]] = {}
+    for key, shard in weight_map.items():
+        if Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise ValueError(
+                f"{index_file}: tensor {key!r} maps to {shard!r}, not a .safetensors file beside the index"
+            )
+        if shard not in shards:
+            if not (index_file.parent / shard).is_file():
+                raise ValueError(f"{index_file}: shard {shard!r} (tensor {key!r}) is missing")
+            shards[shard] = set(safetensors_shapes(index_file.parent / shard))
+        if key not in shards[shard]:
+            raise ValueError(f"{index_file}: tensor {key!r} is not in its shard {shard!r}")
 
 
 #: Libraries a model_index.json may name: a class elsewhere is never imported.
@@ -160,38 +187,75 @@ def _type_problem(value: Any, default: Any) -> str | None:
 
 
 def check_config_types(folder: str | os.PathLike[str], cls: type) -> dict[str, Any]:
-    """A diffusers component's config (``config.json``/``scheduler_config.json``): every value has
-    the type of its constructor default. Returns the config."""
+    """A component's config (``config.json``/``scheduler_config.json``): every value has the type
+    of its constructor default (a transformers model's: its config class's). Returns the config."""
     import inspect
 
     folder = Path(folder)
-    config_file = folder / getattr(cls, "config_name", "config.json")
+    config_file = folder / (getattr(cls, "config_name", None) or "config.json")
     config = read_json_object(config_file)
-    for key, parameter in inspect.signature(cls.__init__).parameters.items():
+    takes: type = getattr(cls, "config_class", None) or cls  # transformers: the model's PretrainedConfig
+    for key, parameter in inspect.signature(takes).parameters.items():
         if key in config and (problem := _type_problem(config[key], parameter.default)):
             raise ValueError(f"{config_file}: {key!r} must be {problem}, got {config[key]!r}")
     return config
 
 
-def safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
-    """The tensor shapes a ``.safetensors`` header declares (the file is checked first)."""
+def safetensors_header(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype (``"F32"``, ``"I64"``, ...) as the ``.safetensors`` header
+    declares them, the file checked first: no weights are read."""
     check_safetensors(path)
     with Path(path).open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length))
-    return {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
+    return {
+        key: (tuple(entry["shape"]), str(entry["dtype"]))
+        for key, entry in header.items()
+        if key != "__metadata__"
+    }
+
+
+def safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a ``.safetensors`` header declares (the file is checked first)."""
+    return {key: shape for key, (shape, _) in safetensors_header(path).items()}
+
+
+#: safetensors dtypes a floating-point weight may be stored in (loading casts among them).
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+
+def _empty_model(folder: Path, cls: type, config: dict[str, Any]) -> Any:
+    """``cls`` built from its config on the meta device (no memory): the tensors it expects."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    try:
+        with init_empty_weights():
+            if issubclass(cls, diffusers.ModelMixin):
+                return cls.from_config(config)
+            model: Any = cls  # a transformers PreTrainedModel, built from its config class
+            return model(model.config_class.from_dict(config))
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(
+            f"{folder / 'config.json'}: {cls.__name__} cannot be built from it ({reason})"
+        ) from None
 
 
 def check_weight_shapes(folder: str | os.PathLike[str], cls: type, config: dict[str, Any]) -> None:
-    """Every tensor of the component's safetensors weights has the shape ``cls`` built from its
-    config (on the meta device: no memory) needs; ``.bin`` weights load with ``weights_only``."""
+    """Every tensor of the component's weights (one file or shards) has the shape ``cls`` built from
+    its config (on the meta device: no memory) needs, and a floating-point weight a floating-point
+    dtype. Of safetensors files only the headers are read; ``.bin`` files are mapped (``mmap``) with
+    ``weights_only``, which refuses pickled objects."""
     import torch
-    from accelerate import init_empty_weights
 
     folder = Path(folder)
+    stored: dict[Path, dict[str, tuple[tuple[int, ...], str, bool]]] = {}
     for pickled in sorted(folder.glob("*.bin")):
+        if kind := special_file(pickled):
+            raise ValueError(f"{pickled} is {kind}, not a weights file")
         try:
-            torch.load(pickled, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(pickled, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError:
             raise ValueError(
                 f"{pickled}: holds pickled objects besides tensors, which could run code when loaded "
@@ -199,38 +263,46 @@ def check_weight_shapes(folder: str | os.PathLike[str], cls: type, config: dict[
             ) from None
         except Exception as error:  # a damaged file: RuntimeError, EOFError, ... by the damage
             raise ValueError(f"{pickled}: not a readable weights file ({type(error).__name__})") from None
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+        if isinstance(state, dict):
+            stored[pickled] = {
+                key: (tuple(t.shape), str(t.dtype).removeprefix("torch."), t.dtype.is_floating_point)
+                for key, t in state.items()
+                if isinstance(t, torch.Tensor)
+            }
+    for file in sorted(folder.glob("*.safetensors")):
+        header = safetensors_header(file)
+        stored[file] = {key: (shape, dtype, dtype in FLOAT_DTYPES) for key, (shape, dtype) in header.items()}
+    if not stored:
         return
-    try:
-        with init_empty_weights():
-            model = cls.from_config(config)
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
-        raise ValueError(
-            f"{folder / 'config.json'}: {cls.__name__} cannot be built from it ({error})"
-        ) from None
-    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-    for file in files:
-        for key, shape in safetensors_shapes(file).items():
-            if key in expected and shape != expected[key]:
+    expected = _empty_model(folder, cls, config).state_dict()
+    for file, tensors in stored.items():
+        for key, (shape, dtype, floating) in tensors.items():
+            if key not in expected:
+                continue
+            if shape != tuple(expected[key].shape):
                 raise ValueError(
-                    f"{file}: tensor {key!r} has shape {list(shape)}, the config needs {list(expected[key])}"
+                    f"{file}: tensor {key!r} has shape {list(shape)}, the config needs {list(expected[key].shape)}"
+                )
+            if expected[key].dtype.is_floating_point and not floating:
+                raise ValueError(
+                    f"{file}: tensor {key!r} is stored as {dtype}, a weight must be floating point "
+                    f"({', '.join(FLOAT_DTYPES[:4])})"
                 )
 
 
 def check_component_classes(folder: str | os.PathLike[str], index: dict[str, Any]) -> None:
-    """Each component's class (see :func:`component_class`); for diffusers components also the
-    config's value types and the weights' tensor shapes, before anything is loaded."""
+    """Each component's class (see :func:`component_class`); for diffusers components and
+    transformers models (the T5 text encoder) also the config's value types and the weights'
+    tensor shapes and dtypes, before anything is loaded."""
     import diffusers
+    import transformers
 
+    models = (diffusers.ModelMixin, transformers.PreTrainedModel)
     for name, entry in index.items():
         if name.startswith("_") or name == "layout" or not entry[0]:
             continue
         cls = component_class(folder, name, entry)
-        if (
-            issubclass(cls, diffusers.SchedulerMixin | diffusers.ModelMixin)
-            and (Path(folder) / name).is_dir()
-        ):
+        if issubclass(cls, (diffusers.SchedulerMixin, *models)) and (Path(folder) / name).is_dir():
             config = check_config_types(Path(folder) / name, cls)
-            if issubclass(cls, diffusers.ModelMixin):
+            if issubclass(cls, models):
                 check_weight_shapes(Path(folder) / name, cls, config)

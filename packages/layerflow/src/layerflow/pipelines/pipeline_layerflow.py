@@ -31,7 +31,7 @@ from layerflow.models.configs import model_geometry
 from layerflow.presets import Preset
 from layerflow.variants import OFFICIAL_SAMPLING
 
-from .acceleration import place, preset_cache
+from .acceleration import place, preset_cache, unindex_cpu_offload_hooks
 from .call_checks import ConditionFrames, check_call, negative_texts
 from .call_plan import CallPlan, plan_call
 from .output import LayerFlowOutput
@@ -159,19 +159,29 @@ class LayerFlowPipeline(DiffusionPipeline):
         if self.preset.memory == "low" and preset.memory != "low":
             raise ValueError("memory 'low' (group offload) cannot be switched off: load the pipeline again")
         device = device if device is not None else self._execution_device
+        # Offload hooks first: accelerate restores the forward it wrapped, which would drop a cache
+        # hook enabled after it (FasterCache's, on the transformer itself, was lost that way).
+        if self.preset.memory == "offload":
+            self.remove_all_hooks()
         if self.transformer.is_cache_enabled:
             self.transformer.disable_cache()
         config = preset_cache(self, preset)
         if config is not None:
             self.transformer.enable_cache(config)
-        if self.preset.memory == "offload":
-            self.remove_all_hooks()
         if self.preset.memory != "low":
             place(self, preset, device)
         self.preset = preset
 
     def enable_vae_slicing(self) -> None:
         self.vae.enable_slicing()
+
+    def enable_sequential_cpu_offload(
+        self, gpu_id: int | None = None, device: torch.device | str | None = None
+    ) -> None:
+        """diffusers' sequential CPU offload; with ``device="cpu"`` it runs (exactly, saving nothing)
+        instead of failing in accelerate (:func:`.acceleration.unindex_cpu_offload_hooks` says why)."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)  # type: ignore[arg-type]  # None is its default
+        unindex_cpu_offload_hooks(self)
 
     def enable_vae_tiling(self, **tiles: Any) -> None:
         """Spatial VAE tiles (``tiles``: ``AutoencoderKLCogVideoX.enable_tiling``'s sizes), for every

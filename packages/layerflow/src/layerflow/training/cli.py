@@ -21,6 +21,7 @@ from .config import ConfigError, load_config, merge_tables, parse_override
 from .export import MissingStageError
 from .launch import LaunchError
 from .output_dir import OutputInUseError
+from .sources import check_source_paths
 
 
 def build_parser(prog: str = "python -m layerflow.training") -> argparse.ArgumentParser:
@@ -116,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.earlier_stages and (status := run_earlier_stages(args, overrides)):
         return status
     config = load_config(args.config, args.stage, overrides)
+    check_source_paths(config)
     from .trainer import train
 
     try:

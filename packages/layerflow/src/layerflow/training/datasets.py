@@ -24,12 +24,14 @@ from layerflow.data import (
     FrameSampler,
     LayeredDataset,
     LayeredSample,
+    NoSamplesError,
     Preprocess,
+    SampleError,
     precompute_cache,
     to_static,
 )
 
-from .schema import SourceConfig, TrainConfig
+from .schema import ConfigError, SourceConfig, TrainConfig
 from .sources import SOURCE_KINDS
 
 
@@ -73,7 +75,13 @@ def preprocess_for(config: TrainConfig) -> Preprocess:
 def build_source(config: TrainConfig, source: SourceConfig, *, progress: bool = False) -> LayeredDataset[Any]:
     """One configured source as a dataset yielding :class:`~layerflow.data.LayeredSample`."""
     options: dict[str, Any] = {"on_error": config.data.on_error, "seed": config.run.seed}
-    dataset = SOURCE_KINDS[source.kind].build(config, source, preprocess_for(config), options, progress)
+    try:
+        dataset = SOURCE_KINDS[source.kind].build(config, source, preprocess_for(config), options, progress)
+    except (SampleError, NoSamplesError, ConfigError):
+        raise
+    except (OSError, ValueError) as error:  # a missing folder, an unreadable meta file: named by its key
+        index = next(i for i, s in enumerate(config.data.sources) if s is source)
+        raise ConfigError(f"data.sources[{index}] (kind={source.kind!r}): {error}") from error
     return FrozenFrames(dataset) if source.freeze else dataset
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, VaePass
 from layerflow.models.adapters import ATTENTION_PROJECTIONS
 from layerflow.stage_output import StageOutput
+from layerflow.tasks import LIMITS
 
 Stage = Literal[1, 2, 3]
 STAGES: tuple[int, ...] = (1, 2, 3)
@@ -28,6 +29,47 @@ STAGE_LEARNING_RATES: dict[int, float] = {1: 1e-4, 2: 1e-3, 3: 5e-3}
 
 class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range; names the dotted key."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range a numeric setting must lie in, declared once on its field (:func:`bounded`) and
+    checked with the whole config before any model loads: past it a run fails late or never ends."""
+
+    low: int | float
+    high: int | float
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: int | float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = (str(end) if isinstance(end, int) else f"{end:g}" for end in (self.low, self.high))
+        return f"{'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+
+
+def bounded(
+    default: Any, low: int | float, high: int | float, *, open_low: bool = False, open_high: bool = False
+) -> Any:
+    """A dataclass field whose value (when not ``None``) must lie in ``[low, high]`` (ends opened on request)."""
+    return field(default=default, metadata={"bound": Bound(low, high, open_low, open_high)})
+
+
+def check_bounds(section: Any, prefix: str) -> None:
+    """Every :func:`bounded` field of a config table lies in its range; one line naming key and range."""
+    for item in dataclasses.fields(section):
+        bound, value = item.metadata.get("bound"), getattr(section, item.name)
+        if bound is not None and value is not None and value not in bound:
+            raise ConfigError(f"{prefix}.{item.name} must be in {bound}, got {value!r}")
+
+
+#: Seeds: numpy's ``SeedSequence`` takes non-negative integers, TOML integers end at 2**63 - 1.
+MAX_SEED = 2**63 - 1
+#: Steps of one run, and anything counted in steps (checkpoint, log and warm-up intervals).
+MAX_STEPS = 10_000_000
 
 
 @dataclass
@@ -87,25 +129,20 @@ class ModelConfig:
     transparent_vae: str | None = None
     init_from: InitFrom = "previous_stage"
     previous_stage_dir: str | None = None
-    block_interval: int = 6
+    block_interval: int = bounded(6, 1, 1024)
     stage1_trains: Literal["blocks", "all"] = "blocks"
     train_layer_embedder: bool | None = None
-    motion_rank: int = 8
-    content_rank: int = 256
-    lora_alpha: float = 1.0
+    motion_rank: int = bounded(8, 1, 4096)
+    content_rank: int = bounded(256, 1, 4096)
+    lora_alpha: float = bounded(1.0, 0, 65536, open_low=True)
     lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_PROJECTIONS))
     gradient_checkpointing: bool = True
-    tiny_seed: int = 0
-    tiny_num_layers: int = 3
+    tiny_seed: int = bounded(0, 0, MAX_SEED)
+    tiny_num_layers: int = bounded(3, 1, 64)
 
     def validate(self, prefix: str) -> None:
-        check_positive(f"{prefix}.block_interval", self.block_interval)
+        check_bounds(self, prefix)
         check_choice(f"{prefix}.stage1_trains", self.stage1_trains, ("blocks", "all"))
-        check_positive(f"{prefix}.tiny_num_layers", self.tiny_num_layers)
-        check_positive(f"{prefix}.motion_rank", self.motion_rank)
-        check_positive(f"{prefix}.content_rank", self.content_rank)
-        if self.lora_alpha <= 0:
-            raise ConfigError(f"{prefix}.lora_alpha must be > 0, got {self.lora_alpha}")
         if not self.lora_targets:
             raise ConfigError(f"{prefix}.lora_targets must name at least one Linear module")
         if self.layout is not None:
@@ -138,18 +175,15 @@ class SourceConfig:
     meta_file: str | None = None
     foreground_clips: str | None = None
     background_clips: str | None = None
-    foregrounds: int = 1
-    num_samples: int | None = None
+    foregrounds: int = bounded(1, 1, 64)
+    num_samples: int | None = bounded(None, 1, 10_000_000)
     freeze: bool = False
-    repeat: int = 1
+    repeat: int = bounded(1, 1, 10_000)
 
     def validate(self, prefix: str) -> None:
         """The kind-independent checks; :func:`~layerflow.training.sources.check_source_kinds` checks
         ``kind`` and the keys it requires (the kinds are declared there)."""
-        check_positive(f"{prefix}.repeat", self.repeat)
-        check_positive(f"{prefix}.foregrounds", self.foregrounds)
-        if self.num_samples is not None:
-            check_positive(f"{prefix}.num_samples", self.num_samples)
+        check_bounds(self, prefix)
 
 
 @dataclass
@@ -168,27 +202,24 @@ class DataConfig:
     """
 
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
-    height: int = 480
-    width: int = 720
-    num_frames: int = 16
-    stride: int = 1
+    height: int = bounded(480, 1, LIMITS["height"])
+    width: int = bounded(720, 1, LIMITS["width"])
+    num_frames: int = bounded(16, 1, LIMITS["frames"])
+    stride: int = bounded(1, 1, 1024)
     on_error: Literal["raise", "skip"] = "raise"
     precompute: bool = False
     cache_dir: str | None = None
     synthetic_dir: str | None = None
-    synthetic_seed: int = 0
-    num_workers: int = 0
+    synthetic_seed: int = bounded(0, 0, MAX_SEED)
+    num_workers: int = bounded(0, 0, 256)
 
     def validate(self, prefix: str) -> None:
         if not self.sources:
             raise ConfigError(f"{prefix}.sources must list at least one dataset")
         for index, source in enumerate(self.sources):
             source.validate(f"{prefix}.sources[{index}]")
-        for key in ("height", "width", "num_frames", "stride"):
-            check_positive(f"{prefix}.{key}", getattr(self, key))
+        check_bounds(self, prefix)
         check_choice(f"{prefix}.on_error", self.on_error, ("raise", "skip"))
-        if self.num_workers < 0:
-            raise ConfigError(f"{prefix}.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -203,32 +234,22 @@ class OptimConfig:
         lr_scheduler: any ``diffusers.optimization.get_scheduler`` name.
     """
 
-    learning_rate: float | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
+    learning_rate: float | None = bounded(None, 0, 1, open_low=True)
+    adam_beta1: float = bounded(0.9, 0, 1, open_high=True)
+    adam_beta2: float = bounded(0.999, 0, 1, open_high=True)
+    adam_epsilon: float = bounded(1e-8, 0, 1, open_low=True)
+    weight_decay: float = bounded(0.0, 0, 10)
+    max_grad_norm: float | None = bounded(1.0, 0, 1e6, open_low=True)
     lr_scheduler: str = "constant_with_warmup"
-    lr_warmup_steps: int = 0
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
+    lr_warmup_steps: int = bounded(0, 0, MAX_STEPS)
+    batch_size: int = bounded(1, 1, 4096)
+    gradient_accumulation_steps: int = bounded(1, 1, 4096)
 
     def validate(self, prefix: str) -> None:
         from diffusers.optimization import SchedulerType
 
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"{prefix}.learning_rate must be > 0, got {self.learning_rate}")
-        for key in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{prefix}.{key} must be in [0, 1), got {getattr(self, key)}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError(f"{prefix}.max_grad_norm must be > 0 (or absent), got {self.max_grad_norm}")
+        check_bounds(self, prefix)
         check_choice(f"{prefix}.lr_scheduler", self.lr_scheduler, tuple(s.value for s in SchedulerType))
-        if self.lr_warmup_steps < 0:
-            raise ConfigError(f"{prefix}.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
-        check_positive(f"{prefix}.batch_size", self.batch_size)
-        check_positive(f"{prefix}.gradient_accumulation_steps", self.gradient_accumulation_steps)
 
 
 @dataclass
@@ -253,7 +274,7 @@ class ObjectiveConfig:
         }
     )
     task_mixing: TaskMixing = "per_batch"
-    text_dropout: float = 0.1
+    text_dropout: float = bounded(0.1, 0, 1, open_high=True)
 
     def validate(self, prefix: str) -> None:
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -272,8 +293,7 @@ class ObjectiveConfig:
                     f"{prefix}.task_mixing='per_sample' cannot mix 'decompose' (no composite prompt) with "
                     f"{[t for t in drawn if t != 'decompose']} (a prompt per layer) in one batch; use 'per_batch'"
                 )
-        if not 0.0 <= self.text_dropout < 1.0:
-            raise ConfigError(f"{prefix}.text_dropout must be in [0, 1), got {self.text_dropout}")
+        check_bounds(self, prefix)
 
 
 @dataclass
@@ -288,31 +308,23 @@ class RunConfig:
         num_threads: ``torch.set_num_threads`` for CPU runs (tiny models are fastest on one thread).
     """
 
-    max_steps: int = 1000
-    seed: int = 0
+    max_steps: int = bounded(1000, 1, MAX_STEPS)
+    seed: int = bounded(0, 0, MAX_SEED)
     mixed_precision: MixedPrecision = "no"
     output_root: str = "outputs/train"
     output_dir: str | None = None
-    checkpoint_every: int = 500
-    keep_checkpoints: int | None = 3
-    log_every: int = 1
+    checkpoint_every: int = bounded(500, 1, MAX_STEPS)
+    keep_checkpoints: int | None = bounded(3, 1, 10_000)
+    log_every: int = bounded(1, 1, MAX_STEPS)
     tracker: Tracker = "auto"
-    ema_decay: float | None = None
+    ema_decay: float | None = bounded(None, 0, 1, open_low=True, open_high=True)
     progress: bool = True
-    num_threads: int | None = None
+    num_threads: int | None = bounded(None, 1, 1024)
 
     def validate(self, prefix: str) -> None:
-        check_positive(f"{prefix}.max_steps", self.max_steps)
-        check_positive(f"{prefix}.checkpoint_every", self.checkpoint_every)
-        check_positive(f"{prefix}.log_every", self.log_every)
-        if self.keep_checkpoints is not None:
-            check_positive(f"{prefix}.keep_checkpoints", self.keep_checkpoints)
+        check_bounds(self, prefix)
         check_choice(f"{prefix}.mixed_precision", self.mixed_precision, get_args(MixedPrecision))
         check_choice(f"{prefix}.tracker", self.tracker, get_args(Tracker))
-        if self.num_threads is not None:
-            check_positive(f"{prefix}.num_threads", self.num_threads)
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError(f"{prefix}.ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
 @dataclass
@@ -373,11 +385,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def check_positive(key: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{key} must be >= 1, got {value}")
 
 
 def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
