@@ -60,6 +60,7 @@ def worker(rank: int, port: int, root: str, phase: str) -> None:
     # One run per launch: the trainer ends its process group, and a new one on the same port may race.
     trainer_class, name, kwargs = {
         "ddp": (LayerFlowTrainer, "ddp", {}),
+        "ddp-resumed": (LayerFlowTrainer, "ddp-resumed", {"resume": True}),
         "full": (CPUShardedTrainer, "full", {}),
         "killed": (CPUShardedTrainer, "killed", {"on_step_end": sigkill_after(3)}),
         "resumed": (CPUShardedTrainer, "killed", {"resume": True}),
@@ -86,10 +87,14 @@ def final(root: Path, name: str) -> tuple[dict[str, torch.Tensor], list[float]]:
 
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 processes: a DDP run and an FSDP2 run of 4 steps; an FSDP2 run SIGKILLed after step 3
+    """2 processes: a DDP run of 4 steps and its resume from checkpoint 2; an FSDP2 run of 4 steps; an FSDP2 run SIGKILLed after step 3
     (checkpoint 2 written), then resumed; the FSDP2 run as two machines of one process each."""
     root = tmp_path_factory.mktemp("sharded")
     launch(root, "ddp")
+    shutil.copytree(root / "ddp", root / "ddp-resumed")  # as if killed after checkpoint 2
+    for written_later in ("final", "checkpoints/checkpoint-4"):
+        shutil.rmtree(root / "ddp-resumed" / written_later)
+    launch(root, "ddp-resumed")
     launch(root, "full")
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
         launch(root, "killed")
@@ -108,6 +113,14 @@ def test_a_sigkilled_sharded_run_resumes_bit_exactly(sharded_runs: Path) -> None
     shards = sorted((root / "full" / "checkpoints" / "checkpoint-4" / ckpt.TENSORS).glob("*.safetensors"))
     assert len(shards) == WORLD  # each rank wrote its own shards
     assert ckpt.read_state(root / "killed" / "checkpoints" / "checkpoint-2")["world_size"] == WORLD
+
+
+def test_a_ddp_run_resumes_bit_exactly_from_the_same_format(sharded_runs: Path) -> None:
+    (ddp, ddp_losses), (resumed, resumed_losses) = (
+        final(sharded_runs, "ddp"),
+        final(sharded_runs, "ddp-resumed"),
+    )
+    assert resumed_losses == ddp_losses and all(torch.equal(ddp[k], resumed[k]) for k in ddp)
 
 
 def test_the_sharded_export_is_the_ddp_export(sharded_runs: Path) -> None:
