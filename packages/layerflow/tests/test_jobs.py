@@ -12,8 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 from layerflow.cli import main
-from layerflow.media import read_manifest, read_png_sequence
-from layerflow.testing import build_tiny_pipeline, single_thread
+from layerflow.layout import LayerLayout
+from layerflow.media import read_manifest, read_png_sequence, write_png_sequence
+from layerflow.testing import build_tiny_pipeline, random_layer_frames, single_thread
 
 PROMPTS = {
     "foreground": "a red circle",
@@ -105,3 +106,31 @@ def test_jobs_replace_the_per_video_flags(
     assert "--jobs gives each video's -o: pass them in the jobs file" in capsys.readouterr().err
     assert main(["generate", str(model_dir), *FAST]) == 2
     assert "give -o/--output (or --jobs FILE for many videos)" in capsys.readouterr().err
+
+
+def test_a_conditional_task_takes_each_jobs_inputs_relative_to_the_jobs_file(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """decompose: a job's composite comes from its own ``inputs``, paths relative to the jobs file."""
+    frames = random_layer_frames(LayerLayout.official())
+    write_png_sequence(tmp_path / "clips" / "composite", frames["composite"])
+    prompts = {name: PROMPTS[name] for name in ("foreground", "background")}
+    job = {"output": "out/layers", "prompts": prompts, "inputs": {"composite": "clips/composite"}}
+    (tmp_path / "decompose.jsonl").write_text(json.dumps(job) + "\n")
+    with single_thread():
+        assert main(["decompose", str(model_dir), "--jobs", str(tmp_path / "decompose.jsonl"), *FAST]) == 0
+        single = tmp_path / "single"
+        flags = [arg for name, text in prompts.items() for arg in ("-p", f"{name}={text}")]
+        argv = [
+            "decompose",
+            str(model_dir),
+            "-o",
+            str(single),
+            "-i",
+            f"composite={tmp_path / 'clips' / 'composite'}",
+        ]
+        assert main([*argv, *flags, *FAST]) == 0
+    for layer in ("foreground", "background"):
+        assert torch.equal(
+            read_png_sequence(tmp_path / "out" / "layers" / layer), read_png_sequence(single / layer)
+        )
