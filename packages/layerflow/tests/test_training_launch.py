@@ -54,8 +54,9 @@ def test_accelerate_fsdp_launch_on_cpu_is_refused_by_every_process(tmp_path: Pat
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_accelerate_cpu_launch_that_starts_one_of_two_processes_is_refused() -> None:
-    env, torchrun = accelerate_env("--cpu", "--num_processes", "2")
+@pytest.mark.parametrize("flags", [["--cpu", "--num_processes", "2"], ["--num_processes", "2"]])
+def test_accelerate_cpu_launch_that_starts_one_of_two_processes_is_refused(flags: list[str]) -> None:
+    env, torchrun = accelerate_env(*flags)
     assert not torchrun  # accelerate's simple launcher: one process, whatever --num_processes says
     problem = launch_problem(env, 1, DistributedType.NO, "cpu")
     assert problem is not None and "started one" in problem and TORCHRUN in problem

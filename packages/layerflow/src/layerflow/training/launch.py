@@ -80,8 +80,9 @@ def launch_problem(
         and num_processes == 1
     ):
         return (
-            "accelerate launch was asked for several processes but started one (`accelerate launch --cpu` "
-            "ignores --num_processes): this would train as a single process. On a CPU-only machine launch "
+            "accelerate launch was asked for several processes but started one (with --cpu, or without "
+            "GPUs, it starts a single process whatever --num_processes says): this would train as one "
+            "process. On a CPU-only machine launch "
             f"`{CPU_LAUNCH.format(n=2)}` (DDP over gloo)"
         )
     return None
