@@ -139,3 +139,25 @@ def test_pipeline_merges_for_the_call_and_matches_the_branch_path(monkeypatch):
     branch_run = run()
     assert merges == []
     torch.testing.assert_close(merged_run, branch_run, atol=1e-5, rtol=1e-5)
+
+
+def test_from_pretrained_loads_saved_adapters_unless_asked_not_to(tmp_path):
+    from safetensors.torch import load_file
+
+    from layerflow.models import LayerFlowTransformer3DModel
+
+    model = _with_adapters(build_tiny_transformer(num_layers=1))
+    model.save_pretrained(tmp_path / "t")
+    loaded = LayerFlowTransformer3DModel.from_pretrained(tmp_path / "t")
+    assert sorted(ml.list_adapters(loaded)) == [CONTENT, MOTION]
+    video, text, steps = _inputs()
+    assert torch.equal(
+        loaded(video, text, steps, return_dict=False)[0], model(video, text, steps, return_dict=False)[0]
+    )
+    bare = LayerFlowTransformer3DModel.from_pretrained(tmp_path / "t", load_adapters=False)
+    assert ml.list_adapters(bare) == []
+    stored = load_file(
+        str(tmp_path / "t" / "diffusion_pytorch_model.safetensors")
+    )  # the stock folder's weights
+    assert bare.state_dict().keys() == stored.keys()
+    assert all(torch.equal(value, stored[name]) for name, value in bare.state_dict().items())

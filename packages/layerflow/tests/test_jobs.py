@@ -82,7 +82,7 @@ def test_jobs_split_across_two_processes_and_a_rerun_skips_finished_ones(
         ('{"output": "out/video1", "prompts": {"foreground": "x"}}', "is also line 1's"),
         (
             '{"output": "c", "prompts": {"foreground": "x"}, "inputs": {"foreground": "f.webm"}}',
-            "not generate",
+            "inputs are not for generate (it takes no condition files)",
         ),
     ],
 )
@@ -133,4 +133,28 @@ def test_a_conditional_task_takes_each_jobs_inputs_relative_to_the_jobs_file(
     for layer in ("foreground", "background"):
         assert torch.equal(
             read_png_sequence(tmp_path / "out" / "layers" / layer), read_png_sequence(single / layer)
+        )
+
+
+def test_animate_takes_each_jobs_first_frame_images(model_dir: Path, tmp_path: Path) -> None:
+    cutout = random_layer_frames(LayerLayout.official(), num_frames=1)["foreground"]
+    write_png_sequence(tmp_path / "cutout", cutout)
+    job = {"output": "out/pup", "prompts": PROMPTS, "images": {"foreground": "cutout"}}
+    (tmp_path / "animate.jsonl").write_text(json.dumps(job) + "\n")
+    with single_thread():
+        assert main(["animate", str(model_dir), "--jobs", str(tmp_path / "animate.jsonl"), *FAST]) == 0
+        flags = [arg for name, text in PROMPTS.items() for arg in ("-p", f"{name}={text}")]
+        single = [
+            "animate",
+            str(model_dir),
+            "-o",
+            str(tmp_path / "single"),
+            "--image",
+            f"foreground={tmp_path / 'cutout'}",
+        ]
+        assert main([*single, *flags, *FAST]) == 0
+    for layer in PROMPTS:
+        assert torch.equal(
+            read_png_sequence(tmp_path / "out" / "pup" / layer),
+            read_png_sequence(tmp_path / "single" / layer),
         )

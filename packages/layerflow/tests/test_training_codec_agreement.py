@@ -3,15 +3,12 @@ conditions: every per-clip layout the pipeline runs (one and two foregrounds, rg
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from diffusers.models.autoencoders import autoencoder_kl_cogvideox
 
-from layerflow.data import Layer, LayeredSample, collate_for_layout
+from layerflow.data import LayeredSample, collate_for_layout
 from layerflow.layout import LayerLayout
-from layerflow.testing import random_layer_frames
+from layerflow.testing import random_layered_sample
 from layerflow.tiny import build_tiny_training_pipeline
 from layerflow.training.encoding import BatchEncoder, prompt_encoder
 from layerflow.training.objective import STREAM_POSTERIOR, sample_generator
@@ -27,14 +24,7 @@ CONDITIONAL_TASKS = ("foreground_to_background", "background_to_foreground", "de
 
 
 def sample_of(layout: LayerLayout) -> LayeredSample:
-    frames = random_layer_frames(layout, num_frames=FRAMES, seed=3)
-    layers = {
-        spec.name: Layer(
-            spec.role, frames[spec.name][:, :3], frames[spec.name][:, 3:] if spec.transparent else None
-        )
-        for spec in layout.layers
-    }
-    return LayeredSample("agreement", layers, {name: "a red circle" for name in layers}, "video", 8.0)
+    return random_layered_sample(layout, num_frames=FRAMES)
 
 
 def trainer_latents(pipeline, sample: LayeredSample) -> torch.Tensor:
@@ -66,17 +56,6 @@ def pipeline_condition_latents(pipeline, sample: LayeredSample, task: str, gener
     )
     clip_frames = [output.latents.shape[1] // len(task_layout.clips)] * len(task_layout.clips)
     return output.latents, list(task_layout.condition_latent_frames(clip_frames))
-
-
-@pytest.fixture()
-def deterministic_vae(monkeypatch):
-    """The VAE posterior's std is zero, so a draw is its mean whatever the noise order (both sides)."""
-    gaussian = autoencoder_kl_cogvideox.DiagonalGaussianDistribution
-    monkeypatch.setattr(
-        autoencoder_kl_cogvideox,
-        "DiagonalGaussianDistribution",
-        functools.partial(gaussian, deterministic=True),
-    )
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

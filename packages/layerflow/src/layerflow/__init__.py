@@ -18,9 +18,12 @@ _LAZY = {
     "LayerFlowPipeline": "layerflow.pipelines",
     "LayerFlowOutput": "layerflow.pipelines",
     "convert_official_checkpoint": "layerflow.convert",
+    "FirstFrame": "layerflow.conditions",
+    "first_frame_only": "layerflow.conditions",
 }
 
 __all__ = [
+    "FirstFrame",
     "LayerFlowOutput",
     "LayerFlowPipeline",
     "LayerFlowTransformer3DModel",
@@ -28,6 +31,7 @@ __all__ = [
     "LayerSpec",
     "TaskLayout",
     "convert_official_checkpoint",
+    "first_frame_only",
 ]
 
 

@@ -7,6 +7,7 @@ Examples::
     layerflow fg2bg MODEL -i foreground=fox.webm -p foreground=... -p background=... -p composite=... -o out/
     layerflow bg2fg MODEL -i background=forest.mp4 -p ... -o out/
     layerflow decompose MODEL -i composite=clip.mp4 -p foreground=... -p background=... -o out/
+    layerflow animate MODEL --image foreground=cutout.png [--image background=plate.png] -p ... -o out/
     layerflow recompose out/ -o new/ --replace background=beach.mp4 --formats png,prores
     layerflow edit MODEL out/ --regenerate background -p background=... -p composite=... -o new/
     layerflow convert OFFICIAL_DIR OUT_DIR --base CogVideoX-2b/
@@ -15,6 +16,8 @@ Examples::
 
 Inputs (``-i LAYER=PATH``) are video files (WebM VP9 keeps alpha), PNG/JPG frame folders, or RGBA
 PNG folders; ``-a LAYER=PATH`` adds a separate alpha matte (frames or video) to an RGB input.
+``animate`` takes first frames instead (``--image LAYER=PATH``: one image, RGBA for a transparent
+layer unless ``--opaque LAYER``, resized only with ``--resize``).
 Problems are reported as one line naming the file, layer or setting, before any model is loaded.
 """
 
@@ -33,7 +36,8 @@ import torch
 from . import tasks
 from .cli_checks import CliError
 from .cli_options import add_output_options, add_task_options, pairs, task_options
-from .layout import LayerLayout
+from .conditions import FirstFrame, first_frame_only
+from .layout import LayerLayout, LayerSpec
 from .locking import folder_lock
 from .media import MANIFEST_NAME, read_clip, read_manifest
 from .output_policy import OutputRefused, check_output
@@ -50,6 +54,7 @@ TASK_COMMANDS = {
     "fg2bg": "foreground_to_background",
     "bg2fg": "background_to_foreground",
     "decompose": "decompose",
+    "animate": "animate",
 }
 
 
@@ -104,24 +109,106 @@ def load_inputs(
     return frames
 
 
+def first_frame_image(
+    layer: LayerSpec, layout: LayerLayout, image: torch.Tensor, source: str, opaque: bool
+) -> torch.Tensor:
+    """An ``--image`` as its layer takes it: RGBA for a transparent layer (an RGB one only with
+    ``--opaque``), RGB for an opaque layer (an RGBA one only when it has no transparent pixel)."""
+    if image.shape[0] == 1:  # a greyscale image is an RGB one
+        image = image.expand(3, -1, -1)
+    if layer.transparent and layout.alpha != "rgb" and image.shape[0] == 3 and not opaque:
+        raise CliError(
+            f"--image {source} has no alpha, but {layer.name!r} is a transparent layer: give an RGBA "
+            f"cutout, or pass --opaque {layer.name} to treat it as opaque"
+        )
+    if not layer.transparent and image.shape[0] == 4:
+        if bool((image[3] < 1).any()):
+            raise CliError(
+                f"--image {source} has transparent pixels, but {layer.name!r} ({layer.role}) is opaque: "
+                "give an RGB image"
+            )
+        image = image[:3]
+    return image
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[C, H, W]`` to cover ``size`` and centre-cropped; RGBA resized in premultiplied space."""
+    from .data.transforms import resize_foreground, resize_opaque
+
+    if image.shape[0] == 4:
+        rgb, alpha = resize_foreground(image[None, :3], image[None, 3:], *size, "bicubic")
+        return torch.cat([rgb, alpha], dim=1)[0]
+    return resize_opaque(image[None], *size, "bicubic")[0]
+
+
+def load_first_frames(
+    request: tasks.TaskRequest,
+    images: dict[str, str],
+    opaque: Sequence[str],
+    options: tasks.TaskOptions,
+    resize: bool,
+) -> dict[str, FirstFrame]:
+    """Every ``--image LAYER=PATH`` as that layer's first frame, of one size: ``--height``/``--width``
+    (with ``--resize`` and without them: the model's size), else the first image's."""
+    stray = sorted(set(opaque) - set(images))
+    if stray:
+        raise CliError(f"--opaque given for {stray} without an --image for that layer")
+    size: tuple[int, int] | None = None
+    if resize:
+        geometry = tasks.model_geometry(request)
+        size = (options.height or geometry.default_height, options.width or geometry.default_width)
+    elif options.height is not None and options.width is not None:
+        size = (options.height, options.width)
+    first_frames: dict[str, FirstFrame] = {}
+    for name, path in images.items():
+        frames = read_frames(path)
+        source = f"{name}={path}"
+        if frames.shape[0] != 1:
+            raise CliError(
+                f"--image {source} has {frames.shape[0]} frames: give one image, the layer's first frame"
+            )
+        image = first_frame_image(
+            request.layout.layer(name), request.layout, frames[0], source, name in opaque
+        )
+        found = (int(image.shape[-2]), int(image.shape[-1]))
+        size = size or found
+        if found != size:
+            if not resize:
+                raise CliError(
+                    f"--image {source} is {found[0]}x{found[1]}, but the run is {size[0]}x{size[1]} "
+                    "(--height/--width or the first --image): pass --resize to resize it"
+                )
+            image = resize_image(image, size)
+        first_frames[name] = first_frame_only(image, opaque=name in opaque)
+    return first_frames
+
+
 # ------------------------------------------------------------------------------------------ tasks
+def read_conditions(
+    args: argparse.Namespace, request: tasks.TaskRequest, options: tasks.TaskOptions
+) -> tuple[dict[str, torch.Tensor | FirstFrame], list[str]]:
+    """The task's conditions (``--input``/``--alpha`` clips or ``--image`` first frames) and their files."""
+    if request.task_layout.spec.first_frame_roles:
+        images = pairs(args.image, "--image")
+        tasks.check_condition_names(request, list(images), tuple(images), options)
+        first_frames = load_first_frames(request, images, args.opaque or [], options, args.resize)
+        return dict(first_frames), list(images.values())
+    inputs = pairs(args.input, "--input")
+    alphas = pairs(args.alpha, "--alpha")
+    tasks.check_condition_names(request, list(inputs))
+    return dict(load_inputs(inputs, alphas, trim=options.trim)), [*inputs.values(), *alphas.values()]
+
+
 def run_task(args: argparse.Namespace, pipeline: LayerFlowPipeline | None = None) -> Path:
     """Check everything, read the inputs, run the task with :func:`layerflow.tasks.run`, write the folder
     (with ``pipeline``: ``args.model`` already loaded, as a jobs file's videos share it)."""
     options = task_options(args)
     prompts = pairs(args.prompt, "--prompt")
     request = tasks.check_request(args.model, TASK_COMMANDS[args.command], prompts, options)
-    inputs = pairs(args.input, "--input")
-    alphas = pairs(args.alpha, "--alpha")
-    tasks.check_condition_names(request, list(inputs))
-    conditions = tasks.check_conditions(request, load_inputs(inputs, alphas, trim=options.trim), options)
+    conditions, files = read_conditions(args, request, options)
+    conditions = tasks.check_conditions(request, conditions, options)
     output = Path(args.output)
-    check_output(
-        output,
-        overwrite=args.overwrite,
-        marker=MANIFEST_NAME,
-        inputs=[args.model, *inputs.values(), *alphas.values()],
-    )
+    check_output(output, overwrite=args.overwrite, marker=MANIFEST_NAME, inputs=[args.model, *files])
     with folder_lock(output):  # no other writer of the folder runs meanwhile
         result = tasks.run(pipeline or args.model, request.task, prompts, conditions, options)
         result.settings["model"] = str(args.model)
@@ -143,7 +230,7 @@ def run_job_file(args: argparse.Namespace) -> str:
     ``run_task`` with the job's prompts, inputs, seed and output; the model is loaded once."""
     from .jobs import Job, launch_rank, read_jobs, run_jobs
 
-    jobs = read_jobs(args.jobs, conditional=args.command != "generate")
+    jobs = read_jobs(args.jobs, command=args.command)
     rank, world_size = launch_rank()
     if world_size > 1 and args.device is None and torch.cuda.is_available():  # one GPU per process
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
@@ -154,6 +241,7 @@ def run_job_file(args: argparse.Namespace) -> str:
         job_args.prompt = [f"{name}={text}" for name, text in job.prompts.items()]
         job_args.input = [f"{name}={path}" for name, path in job.inputs.items()]
         job_args.alpha = [f"{name}={path}" for name, path in job.alphas.items()]
+        job_args.image = [f"{name}={path}" for name, path in job.images.items()]
         job_args.output = str(job.output)
         job_args.seed = args.seed if job.seed is None else job.seed
         if not loaded:
@@ -230,6 +318,33 @@ def describe(path: str | Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ parser
+def add_first_frame_options(parser: argparse.ArgumentParser) -> None:
+    """``animate``'s inputs: first-frame images, which of them are opaque, resizing, the splice mode."""
+    parser.add_argument(
+        "--image",
+        action="append",
+        metavar="LAYER=PATH",
+        help="a layer's first frame: an RGBA cutout for a transparent layer, RGB for background/composite",
+    )
+    parser.add_argument(
+        "--opaque",
+        action="append",
+        metavar="LAYER",
+        help="treat an RGB image for a transparent layer as opaque",
+    )
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize (cover, centre crop) images to --height/--width (default: the model's size)",
+    )
+    parser.add_argument(
+        "--first-frame-mode",
+        choices=("trained", "training-free"),
+        help="splice first frames clean (a model trained for animate) or re-noised to each step "
+        "(training-free; default for models not trained for it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerflow", description="Layer-aware video generation (LayerFlow)."
@@ -241,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fg2bg": "generate background and composite for a given foreground",
         "bg2fg": "generate foreground and composite for a given background",
         "decompose": "decompose a composite video into foreground and background",
+        "animate": "animate first frames (an RGBA cutout, a background plate): every layer generated",
     }
     for name, text in helps.items():
         task = commands.add_parser(name, help=text, description=text)
@@ -257,14 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument(
             "-p", "--prompt", action="append", metavar="LAYER=TEXT", help="one per prompted layer"
         )
-        if name != "generate":
+        if name == "animate":
+            add_first_frame_options(task)
+        elif name != "generate":
             task.add_argument(
                 "-i", "--input", action="append", metavar="LAYER=PATH", help="condition layer input"
             )
             task.add_argument(
                 "-a", "--alpha", action="append", metavar="LAYER=PATH", help="separate alpha matte"
             )
-        add_task_options(task, conditional=name != "generate")
+        add_task_options(task, conditional=name not in ("generate", "animate"))
         add_output_options(task)
         task.add_argument("--overwrite", action="store_true")
     convert = commands.add_parser("convert", help="convert an official LayerFlow checkpoint")
@@ -361,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in TASK_COMMANDS and args.jobs is not None:
             given = [flag for flag, value in (("-o", args.output), ("-p", args.prompt)) if value]
             given += ["-i/-a"] if getattr(args, "input", None) or getattr(args, "alpha", None) else []
+            given += ["--image"] if getattr(args, "image", None) else []
             if given:
                 raise CliError(f"--jobs gives each video's {'/'.join(given)}: pass them in the jobs file")
             print(run_job_file(args))
@@ -369,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CliError("give -o/--output (or --jobs FILE for many videos)")
             if not args.prompt:
                 raise CliError("give one --prompt LAYER=TEXT per prompted layer")
-            if args.command == "generate":
+            if args.command in ("generate", "animate"):
                 args.input, args.alpha = None, None
             print(f"wrote {run_task(args)}")
         elif args.command == "convert":

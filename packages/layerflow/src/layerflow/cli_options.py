@@ -139,4 +139,5 @@ def task_options(args: argparse.Namespace) -> TaskOptions:
         dtype=args.dtype,
         speed=args.speed,
         memory=args.memory,
+        first_frame_mode=(getattr(args, "first_frame_mode", None) or "").replace("-", "_") or None,
     )

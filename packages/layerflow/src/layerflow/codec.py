@@ -18,6 +18,13 @@ Two VAE pass modes (:attr:`LayerLayout.vae_pass`):
   the latents about twice as much (GroupNorm statistics per batch). Layers whose frames are unknown
   (the ones a task generates) are filled with zeros in model range, i.e. mid-grey, for the joint encode.
 
+First-frame conditions (a layer given as its first frame only, :mod:`layerflow.conditions`): the
+frame, pre-composited like any frame of its layer, is held over the pixel frames its clip's first
+latent frame covers (:meth:`ModelGeometry.first_latent_spans`: frame 0 alone with ``4k + 1``
+frames per clip or a duplicated first frame, else the first ``t`` frames) and only that latent frame
+is a condition. ``per_clip`` encodes exactly that still; ``joint`` puts it at the start of its clip
+with mid-grey after it (the rest of the clip is unknown, like a generated layer).
+
 Pipeline, precompute cache and trainer all encode through :class:`ClipCodec`, so what the trainer
 encodes for a sample is what the pipeline encodes for the same frames.
 """
@@ -207,12 +214,19 @@ class ClipCodec:
         return layer.transparent and self.layout.alpha == "latent_offset"
 
     def clips(
-        self, frames: Mapping[str, torch.Tensor], indices: Sequence[int] | None = None
+        self,
+        frames: Mapping[str, torch.Tensor],
+        indices: Sequence[int] | None = None,
+        first_frames: Sequence[str] = (),
+        num_frames: int | None = None,
     ) -> dict[int, torch.Tensor]:
         """Model-range clips ``[B, T, 3, H, W]`` by clip index for the layers in ``frames``.
 
         ``indices`` restricts to those clips (default: every clip of a given layer). With
-        ``duplicate_first_frame`` the first clip starts with a copy of its frame 0.
+        ``duplicate_first_frame`` the first clip starts with a copy of its frame 0. The layers in
+        ``first_frames`` are given one frame ``[B, 1, C, H, W]``: their clips hold it over the first
+        latent frame's span for ``num_frames`` frames per clip (joint pass: then mid-grey to the
+        clip's length).
         """
         wanted = range(len(self.layout.clips)) if indices is None else indices
         out: dict[int, torch.Tensor] = {}
@@ -221,10 +235,29 @@ class ClipCodec:
             if clip.layer not in frames:
                 continue
             pixels = clip_pixels(self.layout.layer(clip.layer), clip, frames[clip.layer])
-            if index == 0 and self.layout.duplicate_first_frame:
+            if clip.layer in first_frames:
+                pixels = self._hold_first_frame(index, pixels, num_frames)
+            elif index == 0 and self.layout.duplicate_first_frame:
                 pixels = torch.cat([pixels[:, :1], pixels], dim=1)
             out[index] = pixels
         return out
+
+    def first_latent_span(self, index: int, num_frames: int) -> int:
+        """Pixel frames the first latent frame of clip ``index`` covers (see :mod:`layerflow.codec`)."""
+        return self.geometry.first_latent_spans(self.layout, num_frames)[index]
+
+    def _hold_first_frame(self, index: int, frame: torch.Tensor, num_frames: int | None) -> torch.Tensor:
+        """One frame ``[B, 1, ...]`` held over clip ``index``'s first latent span (``num_frames``
+        per clip), grey-padded to the clip's length in the joint pass."""
+        if num_frames is None:
+            raise ValueError("first-frame clips need the call's frames per clip (num_frames)")
+        span = self.first_latent_span(index, num_frames)
+        held = frame.expand(-1, span, *frame.shape[2:])
+        if self.layout.vae_pass != "joint":
+            return held
+        length = num_frames + int(index == 0 and self.layout.duplicate_first_frame)
+        grey = frame.new_zeros(frame.shape[0], length - span, *frame.shape[2:])
+        return torch.cat([held, grey], dim=1)
 
     def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Weights on the meta device are held by sequential CPU offload, whose hooks move the input.
@@ -242,17 +275,21 @@ class ClipCodec:
         frames: Mapping[str, torch.Tensor],
         geometry: FrameGeometry,
         indices: Sequence[int] | None = None,
+        first_frames: Sequence[str] = (),
     ) -> LatentPosterior:
         """Posterior of the clips of ``frames`` (layer name -> ``[B, T, C, H, W]`` in [0, 1]).
 
         ``per_clip``: each clip in ``indices`` (default: every clip of a given layer), in clip order.
         ``joint``: the whole video in one pass, unknown layers as mid-grey; ``indices`` is ignored.
+        The layers in ``first_frames`` are one frame ``[B, 1, C, H, W]``; only their clips' first
+        latent frames are encoded (see :mod:`layerflow.codec`).
         """
         starts = self._clip_starts(geometry.clip_latent_frames)
         total = geometry.latent_frames
         scale = self.geometry.scaling_factor
         if self.layout.vae_pass == "joint":
-            return LatentPosterior([_Piece(0, *self._joint_posterior(frames, geometry))], total, scale)
+            joint = self._joint_posterior(frames, geometry, first_frames)
+            return LatentPosterior([_Piece(0, *joint)], total, scale)
         pieces: list[_Piece] = []
         wanted = range(len(self.layout.clips)) if indices is None else sorted(indices)
         for index in wanted:
@@ -261,17 +298,24 @@ class ClipCodec:
                 continue
             layer = self.layout.layer(clip.layer)
             if self._offset_layer(layer):
-                latent = self.transparent_vae.encode_rgba(self.vae, frames[clip.layer])
+                rgba = frames[clip.layer]
+                if clip.layer in first_frames:
+                    rgba = self._hold_first_frame(index, rgba, geometry.num_frames)
+                latent = self.transparent_vae.encode_rgba(self.vae, rgba)
                 pieces.append(_Piece(starts[index], latent.permute(0, 2, 1, 3, 4), None))
             else:
-                (pixels,) = self.clips(frames, [index]).values()
+                (pixels,) = self.clips(frames, [index], first_frames, geometry.num_frames).values()
                 pieces.append(_Piece(starts[index], *self._posterior(pixels)))
+            if clip.layer in first_frames and pieces[-1].frames != 1:
+                raise ValueError(
+                    f"the first frame of {clip.layer!r} encoded to {pieces[-1].frames} latent frames, expected 1"
+                )
         return LatentPosterior(pieces, total, scale)
 
     def _joint_posterior(
-        self, frames: Mapping[str, torch.Tensor], geometry: FrameGeometry
+        self, frames: Mapping[str, torch.Tensor], geometry: FrameGeometry, first_frames: Sequence[str] = ()
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        known = self.clips(frames)
+        known = self.clips(frames, None, first_frames, geometry.num_frames)
         if not known:
             raise ValueError("the joint VAE pass needs the frames of at least one layer")
         like = next(iter(known.values()))

@@ -114,6 +114,37 @@ class ModelGeometry:
             frames[0] = -(-(num_frames + 1) // t) if layout.vae_pass == "per_clip" else per_clip + 1
         return tuple(frames)
 
+    def latent_spans(self, pixel_frames: int) -> list[int]:
+        """Pixel frames each latent frame of a ``pixel_frames``-frame causal VAE encode covers.
+
+        CogVideoX's encoder halves time ``log2(t)`` times, keeping an odd count's first frame alone
+        (so with ``n = 4k + 1`` frames latent 0 is frame 0 alone, with ``n = 4k`` frames 0..3).
+        """
+        spans = [1] * pixel_frames
+        for _ in range(self.temporal_compression.bit_length() - 1):
+            head = spans[: len(spans) % 2]
+            rest = spans[len(head) :]
+            spans = head + [a + b for a, b in zip(rest[::2], rest[1::2], strict=True)]
+        return spans
+
+    def first_latent_spans(self, layout: LayerLayout, num_frames: int) -> tuple[int, ...]:
+        """Per clip of ``layout``, the pixel frames its first latent frame covers in the layout's VAE
+        pass: a first-frame condition holds its frame over them (see :mod:`layerflow.codec`)."""
+        dup = int(layout.duplicate_first_frame)
+        lengths = [num_frames + (dup if i == 0 else 0) for i in range(len(layout.clips))]
+        if layout.vae_pass == "per_clip":
+            return tuple(self.latent_spans(length)[0] for length in lengths)
+        spans = self.latent_spans(sum(lengths))
+        firsts: list[int] = []
+        start = covered = index = 0
+        for length in lengths:
+            while covered < start:
+                covered += spans[index]
+                index += 1
+            firsts.append(spans[index])
+            start += length
+        return tuple(firsts)
+
     def check(
         self, num_frames: int, height: int, width: int, layout: LayerLayout | None = None
     ) -> FrameGeometry:

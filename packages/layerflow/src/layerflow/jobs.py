@@ -5,9 +5,11 @@ A jobs file holds one JSON object per line, one video each::
     {"output": "out/fox", "prompts": {"foreground": "a red fox", "background": "...", "composite": "..."},
      "seed": 3}
     {"output": "out/cat", "prompts": {...}, "inputs": {"foreground": "cat.webm"}, "alphas": {...}}
+    {"output": "out/pup", "prompts": {...}, "images": {"foreground": "pup.png"}}
 
-``output``, ``inputs`` and ``alphas`` are relative to the jobs file's folder; ``seed`` (default: the
-command's ``--seed``), ``inputs`` and ``alphas`` are optional. Under ``torchrun`` or ``accelerate
+``output`` and the condition files (``inputs``/``alphas`` of fg2bg, bg2fg and decompose, ``images`` of
+animate) are relative to the jobs file's folder; ``seed`` (default: the command's ``--seed``) is
+optional. Under ``torchrun`` or ``accelerate
 launch`` the launcher's ``RANK``/``WORLD_SIZE`` split the jobs (job ``i`` goes to process
 ``i % WORLD_SIZE``; videos are independent, so no process group is needed). Each video is written
 atomically as a single command writes it, and a rerun skips the jobs whose output folder is already
@@ -27,7 +29,10 @@ from .cli_checks import CliError
 from .media import MANIFEST_NAME
 from .output_policy import written_by_layerflow
 
-KEYS = {"output", "prompts", "inputs", "alphas", "seed"}
+#: The condition keys of a line, by the task command that takes them (a command not listed takes clips).
+CONDITION_KEYS = {"generate": (), "animate": ("images",)}
+CLIP_KEYS = ("inputs", "alphas")
+KEYS = {"output", "prompts", "seed", *CLIP_KEYS, "images"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Job:
     prompts: dict[str, str]
     inputs: dict[str, str] = field(default_factory=dict)
     alphas: dict[str, str] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
 
     def is_finished(self) -> bool:
@@ -66,8 +72,8 @@ def _layer_map(value: Any, where: str, key: str) -> dict[str, str]:
     return dict(value)
 
 
-def parse_job(text: str, file: Path, line: int, *, conditional: bool) -> Job:
-    """Line ``line`` of jobs file ``file``; every error starts with ``FILE line N``."""
+def parse_job(text: str, file: Path, line: int, *, command: str) -> Job:
+    """Line ``line`` of jobs file ``file`` for task command ``command``; every error starts with ``FILE line N``."""
     where, folder = f"{file} line {line}", file.parent
     try:
         record = json.loads(text)
@@ -83,10 +89,15 @@ def parse_job(text: str, file: Path, line: int, *, conditional: bool) -> Job:
     prompts = _layer_map(record.get("prompts"), where, "prompts")
     if not prompts:
         raise CliError(f"{where}: 'prompts' needs one prompt per prompted layer")
-    inputs = _layer_map(record.get("inputs", {}), where, "inputs")
-    alphas = _layer_map(record.get("alphas", {}), where, "alphas")
-    if (inputs or alphas) and not conditional:
-        raise CliError(f"{where}: 'inputs'/'alphas' are for the conditional tasks, not generate")
+    allowed = CONDITION_KEYS.get(command, CLIP_KEYS)
+    stray = [key for key in ("images", *CLIP_KEYS) if key in record and key not in allowed]
+    if stray:
+        takes = f"it takes {'/'.join(allowed)}" if allowed else "it takes no condition files"
+        raise CliError(f"{where}: {'/'.join(stray)} are not for {command} ({takes})")
+    files = {key: _layer_map(record.get(key, {}), where, key) for key in ("images", *CLIP_KEYS)}
+    resolved = {
+        key: {name: str(folder / path) for name, path in value.items()} for key, value in files.items()
+    }
     seed = record.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise CliError(f"{where}: 'seed' must be an integer, got {seed!r}")
@@ -94,13 +105,14 @@ def parse_job(text: str, file: Path, line: int, *, conditional: bool) -> Job:
         line=line,
         output=folder / record["output"],
         prompts=prompts,
-        inputs={name: str(folder / path) for name, path in inputs.items()},
-        alphas={name: str(folder / path) for name, path in alphas.items()},
+        inputs=resolved["inputs"],
+        alphas=resolved["alphas"],
+        images=resolved["images"],
         seed=seed,
     )
 
 
-def read_jobs(path: str | os.PathLike[str], *, conditional: bool) -> list[Job]:
+def read_jobs(path: str | os.PathLike[str], *, command: str) -> list[Job]:
     """Every job of a jobs file, checked (one-line :class:`CliError` naming the line); outputs unique."""
     file = Path(path)
     try:
@@ -108,9 +120,7 @@ def read_jobs(path: str | os.PathLike[str], *, conditional: bool) -> list[Job]:
     except (OSError, UnicodeDecodeError) as error:
         raise CliError(f"--jobs {path}: cannot read it ({error})") from None
     jobs = [
-        parse_job(text, file, number, conditional=conditional)
-        for number, text in enumerate(lines, 1)
-        if text.strip()
+        parse_job(text, file, number, command=command) for number, text in enumerate(lines, 1) if text.strip()
     ]
     if not jobs:
         raise CliError(f"--jobs {path}: no jobs in it (one JSON object per line)")

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 Role = Literal["foreground", "background", "composite"]
 AlphaRepresentation = Literal["rgb", "alpha_clip", "latent_offset"]
 ClipContent = Literal["color", "alpha"]
-Task = Literal["generate", "foreground_to_background", "background_to_foreground", "decompose"]
+Task = Literal["generate", "foreground_to_background", "background_to_foreground", "decompose", "animate"]
 VaePass = Literal["per_clip", "joint"]
 
 ROLES: tuple[Role, ...] = get_args(Role)
 ALPHA_REPRESENTATIONS: tuple[AlphaRepresentation, ...] = get_args(AlphaRepresentation)
-TASKS: tuple[Task, ...] = get_args(Task)
+#: The four LayerFlow tasks: what a layout runs unless it says otherwise.
+TASKS: tuple[Task, ...] = ("generate", "foreground_to_background", "background_to_foreground", "decompose")
+#: Tasks whose conditions are first frames: a model runs them natively only when trained for them
+#: (listed in its layout's ``tasks``), else training-free on top of their ``TaskSpec.training_free_from``.
+FIRST_FRAME_TASKS: tuple[Task, ...] = ("animate",)
+ALL_TASKS: tuple[Task, ...] = get_args(Task)
 VAE_PASSES: tuple[VaePass, ...] = get_args(VaePass)
 
 
@@ -47,10 +52,17 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task conditions on and which layers lose their prompt (a condition described by nothing)."""
+    """What a task conditions on and which layers lose their prompt (a condition described by nothing).
+
+    ``first_frame_roles``: roles that may be given as their first frame only (the condition is that
+    clip's first latent frame); ``training_free_from``: the task a model not trained for this one
+    must run for the training-free mode (first-frame latents re-noised to every step's timestep).
+    """
 
     condition_roles: tuple[Role, ...]
     unprompted_roles: tuple[Role, ...] = ()
+    first_frame_roles: tuple[Role, ...] = ()
+    training_free_from: Task | None = None
 
 
 #: The four LayerFlow tasks. Decomposition conditions on the composite and, as in the official
@@ -60,6 +72,9 @@ TASK_SPECS: Mapping[Task, TaskSpec] = {
     "foreground_to_background": TaskSpec(condition_roles=("foreground",)),
     "background_to_foreground": TaskSpec(condition_roles=("background",)),
     "decompose": TaskSpec(condition_roles=("composite",), unprompted_roles=("composite",)),
+    # Animate: every layer prompted and generated, any of them given as its first frame (a cutout,
+    # a plate); at least one. Training-free on a ``generate`` model.
+    "animate": TaskSpec(condition_roles=(), first_frame_roles=ROLES, training_free_from="generate"),
 }
 
 
@@ -82,6 +97,7 @@ class ResolvedLayer:
     prompt_index: int | None
     is_condition: bool
     clip_indices: tuple[int, ...]
+    first_frame: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,9 +146,9 @@ class LayerLayout:
             raise ValueError(
                 f"condition_tail_latents must be >= 1 or None, got {self.condition_tail_latents}"
             )
-        unknown_tasks = [task for task in self.tasks if task not in TASKS]
+        unknown_tasks = [task for task in self.tasks if task not in ALL_TASKS]
         if not self.tasks or unknown_tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+            raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS}, got {self.tasks}")
         names = [layer.name for layer in self.layers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -197,13 +213,30 @@ class LayerLayout:
                 clips.append(ClipSpec(spec.name, "alpha"))
         return tuple(clips)
 
-    def for_task(self, task: str) -> TaskLayout:
+    def for_task(self, task: str, first_frames: Sequence[str] = ()) -> TaskLayout:
+        """``task`` resolved for this layout; ``first_frames``: the layers given as their first frame only."""
         if task not in TASK_SPECS:
-            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-        if task not in self.tasks:
+            raise ValueError(f"unknown task {task!r}; expected one of {ALL_TASKS}")
+        spec = TASK_SPECS[cast(Task, task)]
+        if task not in self.tasks and spec.training_free_from not in self.tasks:
             owner = f"official variant {self.variant!r}" if self.variant else "this layout"
             raise ValueError(f"{owner} runs only {list(self.tasks)}, not {task!r}")
-        return TaskLayout(self, task)
+        for name in first_frames:
+            if name not in self._by_name:
+                raise ValueError(
+                    f"first frame given for {name!r}: this layout has no such layer {list(self._by_name)}"
+                )
+            if self._by_name[name].role not in spec.first_frame_roles:
+                raise ValueError(
+                    f"task {task!r} takes no first frame for layer {name!r} (it conditions on whole clips "
+                    f"or generates that layer from nothing); first frames are for {list(FIRST_FRAME_TASKS)}"
+                )
+        ordered = tuple(spec.name for spec in self.layers if spec.name in set(first_frames))
+        return TaskLayout(self, cast(Task, task), ordered)
+
+    def trained_for(self, task: str) -> bool:
+        """Whether the model was trained for ``task`` (else a first-frame task runs training-free)."""
+        return task in self.tasks
 
 
 #: Serialised only when they differ from these defaults (older ``model_index.json`` files stay valid).
@@ -222,6 +255,7 @@ class TaskLayout:
 
     layout: LayerLayout
     task: Task
+    first_frames: tuple[str, ...] = ()
 
     @property
     def spec(self) -> TaskSpec:
@@ -247,6 +281,7 @@ class TaskLayout:
                     prompt_index=prompt_index if has_prompt else None,
                     is_condition=spec.role in self.spec.condition_roles,
                     clip_indices=tuple(i for i, clip in enumerate(clips) if clip.layer == spec.name),
+                    first_frame=spec.name in self.first_frames,
                 )
             )
             prompt_index += int(has_prompt)
@@ -264,6 +299,20 @@ class TaskLayout:
     @property
     def condition_clips(self) -> tuple[int, ...]:
         return tuple(sorted(i for layer in self.condition_layers for i in layer.clip_indices))
+
+    @property
+    def first_frame_layers(self) -> tuple[ResolvedLayer, ...]:
+        return tuple(layer for layer in self.layers if layer.first_frame)
+
+    @property
+    def first_frame_clips(self) -> tuple[int, ...]:
+        """Clips whose first latent frame is a condition (the layers given as first frame only)."""
+        return tuple(sorted(i for layer in self.first_frame_layers for i in layer.clip_indices))
+
+    @property
+    def given_clips(self) -> tuple[int, ...]:
+        """Every clip the codec encodes for this call: whole-clip conditions and first-frame clips."""
+        return tuple(sorted({*self.condition_clips, *self.first_frame_clips}))
 
     @property
     def generated_clips(self) -> tuple[int, ...]:
@@ -297,7 +346,13 @@ class TaskLayout:
                 raise ValueError(f"condition_tail_latents={tail}, but clip {clip} has {length} latent frames")
             first = starts[clip] + (0 if tail is None else length - tail)
             frames.extend(range(first, starts[clip] + length))
-        return tuple(frames)
+        return tuple(sorted([*frames, *self.first_frame_latent_frames(clip_latent_frames)]))
+
+    def first_frame_latent_frames(self, clip_latent_frames: Sequence[int]) -> tuple[int, ...]:
+        """Indices of the first-frame conditions: the first latent frame of every first-frame clip
+        (the causal VAE encodes a clip's opening frames into it alone)."""
+        starts = [sum(clip_latent_frames[:i]) for i in range(len(clip_latent_frames))]
+        return tuple(starts[clip] for clip in self.first_frame_clips)
 
     def generated_latent_frames(self, clip_latent_frames: Sequence[int]) -> tuple[int, ...]:
         """Indices of the latents the sampler generates: every latent that is not a condition."""
@@ -311,8 +366,13 @@ class TaskLayout:
         clips attend only to the text and to the condition clips, so they are encoded independently
         of the noisy clips (every other segment still attends everything).
         """
-        if not isolate_conditions or not self.condition_clips:
+        if not isolate_conditions or not self.given_clips:
             return None
+        if self.first_frames:
+            raise ValueError(
+                f"isolate_conditions works on whole clips; the first frames of {list(self.first_frames)} "
+                "condition on part of a clip"
+            )
         if self.layout.condition_tail_latents is not None:
             raise ValueError(
                 "isolate_conditions works on whole clips; this layout conditions on part of a clip "

@@ -14,15 +14,23 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from .cli_checks import CliError, check_device, check_model_dir
+from .conditions import (
+    FIRST_FRAME_MODES,
+    FirstFrame,
+    FirstFrameMode,
+    resolve_first_frame_mode,
+    split_conditions,
+)
 from .layout import LayerLayout, TaskLayout
 from .presets import MEMORIES, SPEEDS, Preset
 
 if TYPE_CHECKING:
+    from .geometry import ModelGeometry
     from .pipelines import LayerFlowOutput, LayerFlowPipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -58,6 +66,7 @@ class TaskOptions:
     dtype: str | None = None
     speed: str = "exact"
     memory: str = "default"
+    first_frame_mode: str | None = None
 
     def check(self) -> None:
         """Sizes and steps within :data:`LIMITS`, the guidance scale finite and within
@@ -80,6 +89,9 @@ class TaskOptions:
             raise CliError(f"--speed must be one of {', '.join(SPEEDS)}, got {self.speed!r}")
         if self.memory not in MEMORIES:
             raise CliError(f"--memory must be one of {', '.join(MEMORIES)}, got {self.memory!r}")
+        if self.first_frame_mode is not None and self.first_frame_mode not in FIRST_FRAME_MODES:
+            modes = ", ".join(mode.replace("_", "-") for mode in FIRST_FRAME_MODES)
+            raise CliError(f"--first-frame-mode must be one of {modes}, got {self.first_frame_mode!r}")
         if self.negative_prompts and self.unconditional == "zeros":
             raise CliError("--negative prompts are encoded: they cannot be used with --unconditional zeros")
 
@@ -147,32 +159,62 @@ def check_request(
     return request
 
 
-def check_condition_names(request: TaskRequest, names: list[str]) -> None:
-    """The condition layers given are exactly the task's."""
+def check_condition_names(
+    request: TaskRequest,
+    names: list[str],
+    first_frames: tuple[str, ...] = (),
+    options: TaskOptions | None = None,
+) -> None:
+    """The condition layers given are exactly the task's; ``first_frames`` (``--image``) are layers
+    the task takes a first frame of, spliced as ``options.first_frame_mode`` says."""
+    options = options or TaskOptions()
+    try:
+        task_layout = request.layout.for_task(request.task, first_frames)
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if task_layout.spec.first_frame_roles and not first_frames:
+        raise CliError(f"task {request.task!r} needs --image LAYER=PATH for at least one layer")
+    try:
+        resolve_first_frame_mode(task_layout, options.first_frame_mode)
+    except ValueError as error:
+        raise CliError(str(error)) from error
     needed = request.condition_names
-    if sorted(names) != sorted(needed):
-        raise CliError(f"task {request.task!r} needs --input for {needed}, got {sorted(names) or 'none'}")
+    whole = sorted(set(names) - set(first_frames))
+    if whole != sorted(needed):
+        raise CliError(f"task {request.task!r} needs --input for {needed}, got {whole or 'none'}")
+
+
+def model_geometry(request: TaskRequest) -> ModelGeometry:
+    """The geometry of the request's model folder (sizes, compression), read from its configs."""
+    from .models.configs import folder_geometry
+
+    if request.model is None:
+        raise ValueError("a loaded pipeline's geometry is pipe.geometry; the request has no model folder")
+    try:
+        return folder_geometry(request.model)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from error
 
 
 def check_conditions(
-    request: TaskRequest, conditions: Mapping[str, torch.Tensor], options: TaskOptions
-) -> dict[str, torch.Tensor]:
+    request: TaskRequest, conditions: Mapping[str, torch.Tensor | FirstFrame], options: TaskOptions
+) -> dict[str, torch.Tensor | FirstFrame]:
     """Condition layers, frames and size (from the inputs or the options) against the model's geometry.
 
     Returns the conditions the run uses: as given, or their first frames with ``options.trim``.
+    First-frame conditions (:class:`~layerflow.conditions.FirstFrame`) set the size, never the frame
+    count, and are never trimmed.
     """
     from .geometry import DEFAULT_CLIP_FRAMES, check_geometry
-    from .models.configs import folder_geometry
 
-    check_condition_names(request, list(conditions))
-    conditions = dict(conditions)
-    first = next(iter(conditions.values()), None)
+    frames_by_layer, first_frames = split_conditions(conditions)
+    check_condition_names(request, list(conditions), first_frames, options)
+    clips = {name: frames for name, frames in frames_by_layer.items() if name not in first_frames}
+    stills = {name: conditions[name] for name in first_frames}
+    first = next(iter(clips.values()), None)
     if request.model is None:  # a loaded pipeline checks its own call
-        return _trimmed(conditions, options.frames) if options.trim else conditions
-    try:
-        geometry = folder_geometry(request.model)
-    except (FileNotFoundError, ValueError) as error:
-        raise CliError(str(error)) from error
+        return {**(_trimmed(clips, options.frames) if options.trim else clips), **stills}
+    geometry = model_geometry(request)
     found = (first.shape[0], *first.shape[-2:]) if first is not None else None
     frames = options.frames if options.frames is not None else (found[0] if found else DEFAULT_CLIP_FRAMES)
     if found is not None and options.trim:
@@ -185,12 +227,12 @@ def check_conditions(
             raise CliError(
                 f"inputs have {found[0]} frames, --frames asks for {frames}: --trim takes fewer frames, never more"
             )
-        conditions = _trimmed(conditions, frames)
+        clips = _trimmed(clips, frames)
         found = (frames, *found[1:])
-    height = (
-        options.height if options.height is not None else (found[1] if found else geometry.default_height)
-    )
-    width = options.width if options.width is not None else (found[2] if found else geometry.default_width)
+    still_size = next((tuple(frames_by_layer[name].shape[-2:]) for name in first_frames), None)
+    default_size = found[1:] if found else (still_size or (geometry.default_height, geometry.default_width))
+    height = options.height if options.height is not None else default_size[0]
+    width = options.width if options.width is not None else default_size[1]
     if found is not None and (frames, height, width) != found:
         hint = ""
         if frames < found[0]:
@@ -201,6 +243,11 @@ def check_conditions(
             f"inputs have {found[0]} frames of {found[1]}x{found[2]}, "
             f"but --frames/--height/--width ask for {frames} frames of {height}x{width}{hint}"
         )
+    if still_size is not None and still_size != (height, width):
+        raise CliError(
+            f"first frames are {still_size[0]}x{still_size[1]}, but the run is {height}x{width} "
+            "(--height/--width or the inputs)"
+        )
     try:
         check_geometry(geometry, frames, height, width, request.layout)
     except ValueError as error:
@@ -209,7 +256,7 @@ def check_conditions(
         hint = f"; or add --trim to use the first {runnable[-1]} frames of the inputs" if trimmable else ""
         raise CliError(f"{error}{hint}") from error
     check_memory(request.layout, frames, height, width)
-    return conditions
+    return {**clips, **stills}
 
 
 def host_memory() -> int | None:
@@ -258,7 +305,7 @@ def run(
     model: str | os.PathLike[str] | LayerFlowPipeline,
     task: str,
     prompts: Mapping[str, str],
-    conditions: Mapping[str, torch.Tensor] | None = None,
+    conditions: Mapping[str, torch.Tensor | FirstFrame] | None = None,
     options: TaskOptions | None = None,
     **pipeline_options: Any,
 ) -> TaskResult:
@@ -285,6 +332,7 @@ def run(
             use_dynamic_cfg=options.dynamic_cfg,
             unconditional=unconditional,
             isolate_conditions=options.isolate_conditions,
+            first_frame_mode=cast(FirstFrameMode | None, options.first_frame_mode),  # checked
             generator=torch.Generator(device="cpu").manual_seed(options.seed),
             **pipeline_options,
         )
@@ -303,6 +351,9 @@ def run(
         "vae_pass": request.layout.vae_pass,
         "variant": request.layout.variant,
     }
+    if "first_frame_mode" in output.settings:  # the layers given as first frames, and how they were spliced
+        settings["first_frames"] = list(split_conditions(conditions)[1])
+        settings["first_frame_mode"] = output.settings["first_frame_mode"]
     # The preset, when not the default: manifests of exact, on-device runs read as they always have.
     preset = {
         key: output.settings[key]

@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .data import Layer, LayeredSample
 from .layout import LayerLayout
 from .models import LayerFlowTransformer3DModel
 from .tiny import (
@@ -42,6 +43,7 @@ __all__ = [
     "build_tiny_vae",
     "hold_lock_elsewhere",
     "random_layer_frames",
+    "random_layered_sample",
     "single_thread",
     "tiny_transformer_config",
     "tiny_words",
@@ -58,6 +60,18 @@ def random_layer_frames(
         channels = 4 if spec.transparent else 3
         frames[spec.name] = torch.rand(num_frames, channels, height, width, generator=generator)
     return frames
+
+
+def random_layered_sample(layout: LayerLayout, num_frames: int = 8, seed: int = 3) -> LayeredSample:
+    """A training sample of :func:`random_layer_frames` for every layer of ``layout`` (one prompt each)."""
+    frames = random_layer_frames(layout, num_frames=num_frames, seed=seed)
+    layers = {
+        spec.name: Layer(
+            spec.role, frames[spec.name][:, :3], frames[spec.name][:, 3:] if spec.transparent else None
+        )
+        for spec in layout.layers
+    }
+    return LayeredSample("agreement", layers, {name: "a red circle" for name in layers}, "video", 8.0)
 
 
 #: Cache settings that skip work on a tiny random pipeline (tests, ``bench_caches.py``): its

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from layerflow.json_files import read_json_object
-from layerflow.layout import ROLES, TASKS
+from layerflow.layout import ALL_TASKS, ROLES
 from layerflow.output_policy import register_marker
 
 from .frames import FrameMode
@@ -38,7 +38,7 @@ LAYER_KINDS: tuple[FrameMode, ...] = ("rgb", "rgba")
 AlphaMode = Literal["straight", "premultiplied"]
 ALPHA_MODES: tuple[AlphaMode, ...] = get_args(AlphaMode)
 #: What an output folder may have been made by: a model task, or recomposition of layers.
-OUTPUT_TASKS: tuple[str, ...] = (*TASKS, "recompose")
+OUTPUT_TASKS: tuple[str, ...] = (*ALL_TASKS, "recompose")
 #: File formats of a layer, in the order they are preferred when a layer is read back.
 FORMATS: tuple[str, ...] = ("png", "prores", "webm", "mp4")
 register_marker(

@@ -375,14 +375,21 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         Modules the stock checkpoint lacks (layer embedder, learned position table) are left on the
         meta device by diffusers' ``low_cpu_mem_usage`` loading; they are materialised here with their
         LayerFlow initialisation (zero layer embedding, sin-cos table) and named in a log message.
+
+        The motion/content LoRAs that :meth:`save_pretrained` wrote to ``adapters/`` are
+        ``multi_lora`` adapters with per-sample gates, a format peft's loader (and so diffusers'
+        ``load_lora_adapter``) does not hold: they are loaded here, frozen, with the inference
+        gates, and logged; ``load_adapters=False`` loads the base weights alone.
         """
+        with_adapters = kwargs.pop("load_adapters", True)
         model = super().from_pretrained(*args, **kwargs)
         model._materialize_new_modules()
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        if source is not None and Path(source).is_dir():
+        if with_adapters and source is not None and Path(source).is_dir():
             adapters = Path(source) / (kwargs.get("subfolder") or "") / ADAPTERS_FOLDER
             if adapters.is_dir():
-                load_adapters(model, adapters)
+                names = load_adapters(model, adapters)
+                logger.info("loaded LoRA adapters %s from %s (inference gates set)", names, adapters)
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:

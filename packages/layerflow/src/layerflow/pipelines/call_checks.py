@@ -12,12 +12,14 @@ import torch
 from diffusers.hooks import FasterCacheConfig, MagCacheConfig
 
 from layerflow.codec import check_joint_vae
+from layerflow.conditions import FirstFrame, resolve_first_frame_mode, split_conditions
 from layerflow.geometry import DEFAULT_CLIP_FRAMES, FrameGeometry, ModelGeometry, check_geometry
 from layerflow.layout import LayerLayout, TaskLayout
 
 from .input_checks import check_input_values
 
-ConditionFrames = Mapping[str, torch.Tensor]
+#: Layer name -> whole-clip frames, or :func:`~layerflow.conditions.first_frame_only` of an image.
+ConditionFrames = Mapping[str, torch.Tensor | FirstFrame]
 
 
 class CheckedPipeline(Protocol):
@@ -54,9 +56,12 @@ def check_call(
     num_videos_per_prompt: int,
     max_sequence_length: int,
     callback_on_step_end_tensor_inputs: Sequence[str],
+    first_frame_mode: str | None = None,
 ) -> None:
     """Validate every argument of ``pipe(...)`` against the layout and the models."""
-    task_layout = pipe.layer_layout.for_task(task)
+    frames_by_layer, first_frames = split_conditions(conditions)
+    task_layout = pipe.layer_layout.for_task(task, first_frames)
+    resolve_first_frame_mode(task_layout, first_frame_mode)
     if output_type not in ("pt", "np", "latent"):
         raise ValueError(f"output_type must be 'pt', 'np' or 'latent', got {output_type!r}")
     check_settings(pipe, settings, num_videos_per_prompt, callback_on_step_end_tensor_inputs)
@@ -68,14 +73,14 @@ def check_call(
         )
     check_texts(pipe, task_layout, prompts, negative_prompts, prompt_embeds, negative_prompt_embeds, settings)
     check_input_values(
-        conditions,
+        frames_by_layer,
         guidance_scale=settings["guidance_scale"],
         num_frames=num_frames,
         height=height,
         width=width,
     )
     condition_frames, num_frames, height, width = check_conditions(
-        pipe, task_layout, conditions, num_frames, height, width
+        pipe, task_layout, frames_by_layer, num_frames, height, width
     )
     frames = check_frames(pipe, task_layout, num_frames, height, width)
     pipe.transformer.check_inputs(task_layout, frames)
@@ -226,25 +231,37 @@ def check_texts(
 def check_conditions(
     pipe: CheckedPipeline,
     task_layout: TaskLayout,
-    conditions: ConditionFrames | None,
+    conditions: Mapping[str, torch.Tensor] | None,
     num_frames: int | None,
     height: int | None,
     width: int | None,
 ) -> tuple[dict[str, torch.Tensor], int | None, int | None, int | None]:
-    """Validate condition frames (names, channels, frame counts, sizes) and return them batched."""
+    """Validate condition frames (names, channels, frame counts, sizes) and return them batched.
+
+    First-frame layers (``task_layout.first_frames``) are one-frame clips: they set the size, not
+    the frame count.
+    """
     conditions = dict(conditions or {})
-    needed = [layer.name for layer in task_layout.condition_layers]
+    needed = [layer.name for layer in (*task_layout.condition_layers, *task_layout.first_frame_layers)]
     unknown = sorted(set(conditions) - set(needed))
     if unknown:
         raise ValueError(
             f"conditions given for {unknown}, but task {task_layout.task!r} conditions on {needed}"
         )
+    if task_layout.spec.first_frame_roles and not task_layout.first_frames:
+        names = [layer.name for layer in task_layout.layers]
+        raise ValueError(
+            f"task {task_layout.task!r} needs the first frame of at least one layer of {names} "
+            "(first_frame_only(image))"
+        )
     missing = [name for name in needed if name not in conditions]
     if missing:
         raise ValueError(f"task {task_layout.task!r} needs condition frames for layer(s) {missing}")
     batched: dict[str, torch.Tensor] = {}
-    for layer in task_layout.condition_layers:
+    # Whole clips first, so a first frame's size is checked against theirs.
+    for layer in (*task_layout.condition_layers, *task_layout.first_frame_layers):
         frames = conditions[layer.name]
+        what = f"first frame of {layer.name!r}" if layer.first_frame else f"condition {layer.name!r}"
         if not isinstance(frames, torch.Tensor) or frames.dim() not in (4, 5):
             raise ValueError(f"condition {layer.name!r} must be a [T, C, H, W] or [B, T, C, H, W] tensor")
         frames = frames if frames.dim() == 5 else frames.unsqueeze(0)
@@ -252,16 +269,23 @@ def check_conditions(
         allowed = (4,) if layer.has_alpha else ((3, 4) if layer.role == "foreground" else (3,))
         if channels not in allowed:
             kind = "RGBA" if allowed == (4,) else "RGB"
-            raise ValueError(f"condition {layer.name!r} must be {kind} (C in {allowed}), got C={channels}")
+            hint = (
+                " (an image without alpha: first_frame_only(image, opaque=True) treats it as opaque)"
+                if layer.first_frame and kind == "RGBA" and channels == 3
+                else ""
+            )
+            raise ValueError(f"{what} must be {kind} (C in {allowed}), got C={channels}{hint}")
         t, h, w = frames.shape[1], frames.shape[3], frames.shape[4]
-        for label, value, expected in (
-            ("frames", t, num_frames),
-            ("height", h, height),
-            ("width", w, width),
-        ):
+        if layer.first_frame and t != 1:
+            raise ValueError(f"{what} must be one frame [1, C, H, W], got {t} frames")
+        checks = [("height", h, height), ("width", w, width)]
+        if not layer.first_frame:
+            checks.insert(0, ("frames", t, num_frames))
+        for label, value, expected in checks:
             if expected is not None and value != expected:
-                raise ValueError(f"condition {layer.name!r} has {label}={value}, expected {expected}")
-        num_frames, height, width = t, h, w
+                raise ValueError(f"{what} has {label}={value}, expected {expected}")
+        num_frames = num_frames if layer.first_frame else t
+        height, width = h, w
         batched[layer.name] = frames.float()
     return batched, num_frames, height, width
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from layerflow.conditions import FirstFrameMode, resolve_first_frame_mode, split_conditions
 from layerflow.geometry import FrameGeometry
 from layerflow.layout import TaskLayout
 
@@ -33,6 +34,7 @@ class CallPlan:
         condition_frames, generated_frames: indices into the full latent sequence.
         settings: resolved sampling settings (steps, guidance, dynamic CFG, unconditional text).
         attention_kwargs: what the transformer gets on every call (segment layout included).
+        first_frame_mode: how first-frame conditions are spliced (``None``: the call has none).
     """
 
     task_layout: TaskLayout
@@ -43,6 +45,12 @@ class CallPlan:
     generated_frames: tuple[int, ...]
     settings: dict[str, Any]
     attention_kwargs: dict[str, Any]
+    first_frame_mode: FirstFrameMode | None = None
+
+    @property
+    def first_frame_latents(self) -> tuple[int, ...]:
+        """Indices of the first-frame condition latents in the full sequence."""
+        return self.task_layout.first_frame_latent_frames(self.frames.clip_latent_frames)
 
     @property
     def guided(self) -> bool:
@@ -62,11 +70,13 @@ def plan_call(
     isolate_conditions: bool,
     num_videos_per_prompt: int,
     attention_kwargs: dict[str, Any] | None,
+    first_frame_mode: str | None = None,
 ) -> CallPlan:
     """The plan of a call whose arguments :func:`.call_checks.check_call` accepted."""
-    task_layout = pipe.layer_layout.for_task(task)
+    frames_by_layer, first_frames = split_conditions(conditions)
+    task_layout = pipe.layer_layout.for_task(task, first_frames)
     condition_frames, num_frames, height, width = check_conditions(
-        pipe, task_layout, conditions, num_frames, height, width
+        pipe, task_layout, frames_by_layer, num_frames, height, width
     )
     frames = check_frames(pipe, task_layout, num_frames, height, width)
     batch_size = call_batch_size(prompt_embeds, num_videos_per_prompt)
@@ -82,4 +92,5 @@ def plan_call(
             **pipe.transformer.attention_kwargs_for(task_layout, frames, isolate_conditions),
             **(attention_kwargs or {}),
         },
+        first_frame_mode=resolve_first_frame_mode(task_layout, first_frame_mode),
     )

@@ -24,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from layer_embeddings import LayerPromptEncoder
 from layerflow.atomic import apply_umask, apply_umask_tree
 from layerflow.codec import ClipCodec
+from layerflow.conditions import FirstFrameMode
 from layerflow.geometry import ModelGeometry
 from layerflow.layout import LayerLayout
 from layerflow.models.adapters import merged_for_inference
@@ -256,8 +257,32 @@ class LayerFlowPipeline(DiffusionPipeline):
         if not plan.conditions:
             return None
         frames = {name: value.to(device) for name, value in plan.conditions.items()}
-        posterior = self.codec.encode(frames, plan.frames, plan.task_layout.condition_clips)
+        task_layout = plan.task_layout
+        posterior = self.codec.encode(frames, plan.frames, task_layout.given_clips, task_layout.first_frames)
         return posterior.sample(generator).to(dtype=dtype)
+
+    def prepare_first_frame_noise(
+        self, plan: CallPlan, condition: torch.Tensor | None, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """The noise the training-free mode re-noises first-frame latents with (one draw, so they
+        follow the forward process from their clean value); ``None`` in every other call."""
+        if plan.first_frame_mode != "training_free" or condition is None:
+            return None
+        shape = (condition.shape[0], len(plan.first_frame_latents), *condition.shape[2:])
+        return randn_tensor(shape, generator=generator, device=condition.device, dtype=condition.dtype)
+
+    def condition_at(
+        self, plan: CallPlan, condition: torch.Tensor | None, noise: torch.Tensor | None, t: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The condition latents spliced into the transformer call at timestep ``t``: clean, except
+        the first frames in the training-free mode, re-noised to ``t`` (the noise level of the
+        latents around them, as a model never trained on clean first frames expects)."""
+        if noise is None or condition is None:
+            return condition
+        frames = list(plan.first_frame_latents)
+        spliced = condition.clone()
+        spliced[:, frames] = self.scheduler.add_noise(condition[:, frames], noise, t).to(condition.dtype)
+        return spliced
 
     def prepare_latents(
         self,
@@ -362,13 +387,15 @@ class LayerFlowPipeline(DiffusionPipeline):
         )
         step_kwargs = self._scheduler_step_kwargs(generator, eta)
         dtype = prompt_embeds.dtype
+        first_frame_noise = self.prepare_first_frame_noise(plan, condition, generator)
         old_pred_original_sample = None
         with self.progress_bar(total=len(timesteps)) as progress_bar, merged_for_inference(self.transformer):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                velocity = self._velocity(plan, latents, condition, text, t)
+                spliced = self.condition_at(plan, condition, first_frame_noise, t)
+                velocity = self._velocity(plan, latents, spliced, text, t)
                 if isinstance(self.scheduler, CogVideoXDPMScheduler):
                     latents, old_pred_original_sample = self.scheduler.step(
                         velocity,
@@ -434,15 +461,22 @@ class LayerFlowPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         max_sequence_length: int | None = None,
+        first_frame_mode: FirstFrameMode | None = None,
     ) -> LayerFlowOutput | tuple[dict[str, Any], torch.Tensor]:
         """Run one LayerFlow task.
 
         Args:
             prompts: per-layer prompts, a mapping layer name -> text or a list in prompt order. Every
                 layer takes one, except the composite in ``decompose``.
-            task: ``"generate"``, ``"foreground_to_background"``, ``"background_to_foreground"`` or ``"decompose"``.
+            task: ``"generate"``, ``"foreground_to_background"``, ``"background_to_foreground"``,
+                ``"decompose"`` or ``"animate"`` (every layer generated, some from a given first frame).
             conditions: layer name -> frames ``[T, C, H, W]`` (or batched) in [0, 1] for the task's
-                condition layers; foregrounds straight-alpha RGBA.
+                condition layers; foregrounds straight-alpha RGBA. ``animate`` takes
+                :func:`~layerflow.conditions.first_frame_only` images instead: each becomes the clean
+                latent of its clip's first latent frame.
+            first_frame_mode: ``"trained"`` (first-frame latents spliced clean, as whole clips) or
+                ``"training_free"`` (re-noised to every step's timestep, for models not trained for
+                the task); default by the layout's ``tasks``.
             num_frames, height, width: pixel frames per clip and frame size; taken from the
                 conditions when given, else 16 frames at the transformer's sample size.
             num_inference_steps, guidance_scale, use_dynamic_cfg, unconditional: sampling settings;
@@ -482,6 +516,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             num_videos_per_prompt=num_videos_per_prompt,
             max_sequence_length=max_sequence_length or self.geometry.text_tokens_per_prompt,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            first_frame_mode=first_frame_mode,
         )
         plan = plan_call(
             self,
@@ -495,6 +530,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             isolate_conditions=isolate_conditions,
             num_videos_per_prompt=num_videos_per_prompt,
             attention_kwargs=attention_kwargs,
+            first_frame_mode=first_frame_mode,
         )
         self._attention_kwargs = plan.attention_kwargs
         device = self._execution_device
@@ -543,11 +579,12 @@ class LayerFlowPipeline(DiffusionPipeline):
     ) -> LayerFlowOutput:
         task_layout = plan.task_layout
         texts = task_layout.resolve_prompts(prompts) if prompts is not None else []
+        first_frames = {"first_frame_mode": plan.first_frame_mode} if plan.first_frame_mode else {}
         return LayerFlowOutput(
             layers=layers,
             latents=full,
             task=task_layout.task,
             roles={layer.name: layer.role for layer in task_layout.layers},
             prompts=dict(zip([layer.name for layer in task_layout.prompt_layers], texts, strict=False)),
-            settings={**plan.settings, **preset.to_dict()},
+            settings={**plan.settings, **preset.to_dict(), **first_frames},
         )

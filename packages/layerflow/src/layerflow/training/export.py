@@ -18,7 +18,9 @@ a bf16/fp16 run never bakes reduced-precision copies into the exported pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from torch import nn
 
 import multi_lora
 from layerflow.atomic import atomic_directory
-from layerflow.layout import LayerLayout
+from layerflow.layout import FIRST_FRAME_TASKS, LayerLayout
 from layerflow.models import LayerFlowTransformer3DModel, LayerFlowTransparentVAE
 from layerflow.pipelines import LayerFlowPipeline
 from layerflow.pipelines.scheduling import make_scheduler
@@ -76,6 +78,16 @@ def attach_transparent_vae(config: TrainConfig, pipeline: LayerFlowPipeline) -> 
             "LayerFlowTransparentVAE folder (trained with transparent-vae)"
         )
     return pipeline
+
+
+def record_first_frame_tasks(pipeline: LayerFlowPipeline, tasks: Mapping[str, float]) -> None:
+    """List the first-frame tasks this training draws in the pipeline's layout: the saved model then
+    splices first frames clean (trained mode) instead of re-noising them (training-free)."""
+    layout = pipeline.layer_layout
+    added = tuple(t for t in FIRST_FRAME_TASKS if tasks.get(t, 0) > 0 and t not in layout.tasks)
+    if added:
+        pipeline.layer_layout = dataclasses.replace(layout, tasks=(*layout.tasks, *added))
+        pipeline.register_to_config(layout=pipeline.layer_layout.to_dict())
 
 
 def load_base(config: TrainConfig) -> LayerFlowPipeline:
@@ -139,6 +151,7 @@ def export_final(
 
     final = StageOutput(config.output_dir).final
     start = load_starting_point(config)
+    record_first_frame_tasks(start, config.objective.tasks)
     with atomic_directory(final, overwrite=True) as tmp:
         LayerFlowPipeline(
             tokenizer=start.tokenizer,

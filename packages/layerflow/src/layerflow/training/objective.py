@@ -18,10 +18,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layerflow.layout import LayerLayout, TaskLayout
+from layerflow.layout import FIRST_FRAME_TASKS, LayerLayout, TaskLayout
 
 #: Independent random streams per sample.
 STREAM_TASK, STREAM_TIMESTEP, STREAM_NOISE, STREAM_POSTERIOR, STREAM_DROPOUT, STREAM_BATCH_TASK = range(6)
+STREAM_FIRST_FRAMES, STREAM_FIRST_FRAME_SIGMA, STREAM_FIRST_FRAME_NOISE, STREAM_FIRST_FRAME_POSTERIOR = range(
+    6, 10
+)
+#: First-frame tasks in training: every foreground is given its first frame (the cutout), the
+#: background with this probability (the plate), the composite never.
+BACKGROUND_FIRST_FRAME_PROBABILITY = 0.5
+#: CogVideoX image-to-video condition noise: std ``exp(N(mean, std))`` in model range.
+FIRST_FRAME_NOISE_LOG_SIGMA = (-3.0, 0.5)
 
 
 def sample_generator(seed: int, step: int, micro_step: int, position: int, stream: int) -> torch.Generator:
@@ -64,6 +72,19 @@ class ModelBatch:
     is_static: torch.Tensor
     clip_frames: tuple[int, ...]
     sample_ids: list[str]
+
+
+@dataclass
+class SampleDraws:
+    """What a micro-batch's samples drew before encoding: each one's task (with the layers given as
+    first frames) and the std of its first-frame noise augmentation (``None``: none)."""
+
+    task_layouts: list[TaskLayout]
+    first_frame_sigmas: list[float | None]
+
+    @property
+    def tasks(self) -> list[str]:
+        return [task_layout.task for task_layout in self.task_layouts]
 
 
 @dataclass
@@ -124,6 +145,7 @@ class Objective:
         text_dropout: float,
         tokens_per_prompt: int,
         seed: int,
+        first_frame_noise: bool = True,
     ):
         self.scheduler = scheduler
         self.layout = layout
@@ -132,6 +154,7 @@ class Objective:
         self.text_dropout = text_dropout
         self.tokens_per_prompt = tokens_per_prompt
         self.seed = seed
+        self.first_frame_noise = first_frame_noise
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)  # type: ignore[attr-defined]
 
     def generator(self, step: int, micro_step: int, position: int, stream: int) -> torch.Generator:
@@ -144,8 +167,42 @@ class Objective:
             return [task] * len(positions)
         return [self.sampler.draw(self.generator(step, micro_step, p, STREAM_TASK)) for p in positions]
 
-    def noise(self, batch: ModelBatch, step: int, micro_step: int, positions: Sequence[int]) -> NoisedBatch:
-        """Noise the generated clips of every sample and build the model input, targets and loss mask."""
+    def draw(self, step: int, micro_step: int, positions: Sequence[int]) -> SampleDraws:
+        """Each sample's task, first-frame layers and first-frame noise std (see :class:`SampleDraws`)."""
+        task_layouts: list[TaskLayout] = []
+        sigmas: list[float | None] = []
+        for task, position in zip(self.draw_tasks(step, micro_step, positions), positions, strict=True):
+            if task not in FIRST_FRAME_TASKS:
+                task_layouts.append(self.sampler.layouts[task])
+                sigmas.append(None)
+                continue
+            coin = torch.rand((), generator=self.generator(step, micro_step, position, STREAM_FIRST_FRAMES))
+            names = [
+                spec.name
+                for spec in self.layout.layers
+                if spec.transparent
+                or (spec.role == "background" and coin < BACKGROUND_FIRST_FRAME_PROBABILITY)
+            ]
+            task_layouts.append(self.layout.for_task(task, names))
+            sigma = None
+            if self.first_frame_noise:
+                mean, std = FIRST_FRAME_NOISE_LOG_SIGMA
+                draw = self.generator(step, micro_step, position, STREAM_FIRST_FRAME_SIGMA)
+                sigma = float(torch.exp(mean + std * torch.randn((), generator=draw)))
+            sigmas.append(sigma)
+        return SampleDraws(task_layouts, sigmas)
+
+    def noise(
+        self,
+        batch: ModelBatch,
+        step: int,
+        micro_step: int,
+        positions: Sequence[int],
+        draws: SampleDraws | None = None,
+    ) -> NoisedBatch:
+        """Noise the generated clips of every sample and build the model input, targets and loss mask.
+
+        ``draws`` are what the encoder encoded first frames by (drawn here when absent)."""
         latents = batch.latents
         device, num_clips = latents.device, len(self.layout.clips)
         if len(batch.clip_frames) != num_clips or latents.shape[1] != sum(batch.clip_frames):
@@ -153,8 +210,8 @@ class Objective:
                 f"latents have {latents.shape[1]} frames in clips of {list(batch.clip_frames)}, the layout "
                 f"has {num_clips} clips"
             )
-        tasks = self.draw_tasks(step, micro_step, positions)
-        task_layouts = [self.sampler.layouts[task] for task in tasks]
+        draws = draws or self.draw(step, micro_step, positions)
+        tasks, task_layouts = draws.tasks, draws.task_layouts
         prompt_counts = {t.num_prompts for t in task_layouts}
         if len(prompt_counts) > 1:
             raise ValueError(f"tasks {sorted(set(tasks))} of one batch take different numbers of prompts")

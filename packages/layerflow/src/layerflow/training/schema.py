@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from layerflow.layout import TASKS, AlphaRepresentation, LayerLayout, LayerSpec, VaePass
+from layerflow.layout import (
+    ALL_TASKS,
+    FIRST_FRAME_TASKS,
+    AlphaRepresentation,
+    LayerLayout,
+    LayerSpec,
+    VaePass,
+)
 from layerflow.models.adapters import ATTENTION_PROJECTIONS
 from layerflow.stage_output import StageOutput
 from layerflow.tasks import LIMITS
@@ -263,6 +270,9 @@ class ObjectiveConfig:
             so ``decompose``, which has no composite prompt, cannot be mixed per sample with others).
         text_dropout: probability that one layer prompt of one sample is replaced by the
             unconditional (all-zero) embedding the pipeline's CFG uses.
+        first_frame_noise: condition noise augmentation of first-frame tasks (``animate``), as
+            CogVideoX image-to-video training does: the first frame gets Gaussian noise of a
+            log-normal std ``exp(N(-3, 0.5))`` (model range) before it is encoded.
     """
 
     tasks: dict[str, float] = field(
@@ -275,11 +285,12 @@ class ObjectiveConfig:
     )
     task_mixing: TaskMixing = "per_batch"
     text_dropout: float = bounded(0.1, 0, 1, open_high=True)
+    first_frame_noise: bool = True
 
     def validate(self, prefix: str) -> None:
-        unknown = sorted(set(self.tasks) - set(TASKS))
+        unknown = sorted(set(self.tasks) - set(ALL_TASKS))
         if unknown:
-            raise ConfigError(f"{prefix}.tasks has unknown task(s) {unknown}; tasks are {list(TASKS)}")
+            raise ConfigError(f"{prefix}.tasks has unknown task(s) {unknown}; tasks are {list(ALL_TASKS)}")
         for task, weight in self.tasks.items():
             if not isinstance(weight, (int, float)) or weight < 0:
                 raise ConfigError(f"{prefix}.tasks.{task} must be a probability >= 0, got {weight!r}")
@@ -343,6 +354,12 @@ class TrainConfig:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
         for name in ("model", "data", "optim", "objective", "run"):
             getattr(self, name).validate(name)
+        first_frame_tasks = sorted(t for t in FIRST_FRAME_TASKS if self.objective.tasks.get(t, 0) > 0)
+        if first_frame_tasks and self.data.precompute:
+            raise ConfigError(
+                f"objective.tasks {first_frame_tasks} encode first frames on their own, the cache holds whole "
+                "clips: set data.precompute = false"
+            )
         return self
 
     # -- stage-dependent values, resolved in one place -------------------------------------------

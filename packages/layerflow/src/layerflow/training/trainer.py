@@ -157,6 +157,7 @@ class LayerFlowTrainer:
             text_dropout=config.objective.text_dropout,
             tokens_per_prompt=self.codec.geometry.text_tokens_per_prompt,
             seed=config.run.seed,
+            first_frame_noise=config.objective.first_frame_noise,
         )
         optim = config.optim
         optimizer = torch.optim.AdamW(
@@ -344,8 +345,9 @@ class LayerFlowTrainer:
         accelerator, config = self.accelerator, self.config
         local = config.optim.batch_size
         positions = [accelerator.process_index * local + i for i in range(local)]
-        model_batch = self.encoder(batch, step, micro_step, positions)
-        noised = self.objective.noise(model_batch, step, micro_step, positions)
+        draws = self.objective.draw(step, micro_step, positions)
+        model_batch = self.encoder(batch, step, micro_step, positions, draws)
+        noised = self.objective.noise(model_batch, step, micro_step, positions, draws)
         set_motion_gate(self.transformer, model_batch.is_static)
         prediction = self.model(
             noised.model_input,
