@@ -212,6 +212,12 @@ def test_pruning_never_removes_checkpoints_newer_than_the_one_written(tmp_path: 
 
 
 # ------------------------------------------------------------------------------- resume
+def first_file(checkpoint: Path, name: str) -> Path:
+    """``name`` in a checkpoint, or the first tensor shard when ``name`` is its tensors folder."""
+    path = checkpoint / name
+    return sorted(path.glob("*.safetensors"))[0] if path.is_dir() else path
+
+
 def damage(path: Path) -> None:
     """Truncate a file to half its size (a disk that filled up, a copy cut short)."""
     data = path.read_bytes()
@@ -219,7 +225,7 @@ def damage(path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damaged", ["trained.safetensors", "state.json"])
+@pytest.mark.parametrize("damaged", ["tensors", "state.json"])
 def test_resume_falls_back_from_a_damaged_latest_checkpoint(
     full_run: tuple[Path, TrainResult, dict[str, torch.Tensor]],
     tmp_path: Path,
@@ -230,7 +236,7 @@ def test_resume_falls_back_from_a_damaged_latest_checkpoint(
     output = root / f"damaged-{damaged}"
     shutil.copytree(root / "full", output)
     shutil.rmtree(output / "final")
-    damage(output / "checkpoints" / "checkpoint-6" / damaged)
+    damage(first_file(output / "checkpoints" / "checkpoint-6", damaged))
     with caplog.at_level(logging.WARNING):
         resumed = run(root, output.name, SHORT, resume=True)
     assert "skipping checkpoint checkpoint-6" in caplog.text and damaged in caplog.text
@@ -245,7 +251,7 @@ def test_resume_with_every_checkpoint_damaged_names_them(full_run) -> None:
     root = full_run[0]
     shutil.copytree(root / "full", root / "all-damaged")
     for path in ckpt.complete_checkpoints(root / "all-damaged"):
-        damage(path / "optimizer.safetensors")
+        damage(first_file(path, "tensors"))
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint of .* reads completely: .*checkpoint-2"):
         run(root, "all-damaged", SHORT, resume=True)
 

@@ -4,8 +4,6 @@ the same global batch reproduced within float tolerance."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from layerflow.training.export import load_base
-from layerflow.training.testing import reset_accelerate_state, tiny_test_config
+from layerflow.training.testing import free_port, join_cpu_group, reset_accelerate_state, tiny_test_config
 from layerflow.training.trainer import LayerFlowTrainer
 
 STEPS = 4
@@ -28,23 +26,8 @@ def settings(root: Path, name: str, batch_size: int) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def worker(rank: int, world_size: int, port: int, root: str) -> None:
-    os.environ.update(
-        WORLD_SIZE=str(world_size),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        ACCELERATE_USE_CPU="yes",
-        GLOO_SOCKET_IFNAME="lo",
-    )
+    join_cpu_group(rank, world_size, port)
     reset_accelerate_state()
     trainer = LayerFlowTrainer(tiny_test_config(root, 1, settings(Path(root), "ddp", batch_size=2)))
     result = trainer.train()

@@ -12,6 +12,7 @@ Examples::
     layerflow edit MODEL out/ --regenerate background -p background=... -p composite=... -o new/
     layerflow convert OFFICIAL_DIR OUT_DIR --base CogVideoX-2b/
     layerflow info PATH
+    torchrun --nproc_per_node 8 -m layerflow generate MODEL --jobs videos.jsonl   # many videos, 8 GPUs
 
 Inputs (``-i LAYER=PATH``) are video files (WebM VP9 keeps alpha), PNG/JPG frame folders, or RGBA
 PNG folders; ``-a LAYER=PATH`` adds a separate alpha matte (frames or video) to an RGB input.
@@ -24,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -40,6 +43,9 @@ from .media import MANIFEST_NAME, read_clip, read_manifest
 from .output_policy import OutputRefused, check_output
 from .tasks import DTYPES
 from .variants import OFFICIAL_VARIANTS
+
+if TYPE_CHECKING:
+    from .pipelines import LayerFlowPipeline
 
 #: Bounds of ``convert``'s sizes: tokens per prompt and latent height/width.
 MAX_TEXT_LENGTH, MAX_LATENT_SIZE = 4096, 1024
@@ -193,8 +199,9 @@ def read_conditions(
     return dict(load_inputs(inputs, alphas, trim=options.trim)), [*inputs.values(), *alphas.values()]
 
 
-def run_task(args: argparse.Namespace) -> Path:
-    """Check everything, read the inputs, run the task with :func:`layerflow.tasks.run`, write the folder."""
+def run_task(args: argparse.Namespace, pipeline: LayerFlowPipeline | None = None) -> Path:
+    """Check everything, read the inputs, run the task with :func:`layerflow.tasks.run`, write the folder
+    (with ``pipeline``: ``args.model`` already loaded, as a jobs file's videos share it)."""
     options = task_options(args)
     prompts = pairs(args.prompt, "--prompt")
     request = tasks.check_request(args.model, TASK_COMMANDS[args.command], prompts, options)
@@ -203,7 +210,8 @@ def run_task(args: argparse.Namespace) -> Path:
     output = Path(args.output)
     check_output(output, overwrite=args.overwrite, marker=MANIFEST_NAME, inputs=[args.model, *files])
     with folder_lock(output):  # no other writer of the folder runs meanwhile
-        result = tasks.run(args.model, request.task, prompts, conditions, options)
+        result = tasks.run(pipeline or args.model, request.task, prompts, conditions, options)
+        result.settings["model"] = str(args.model)
         try:
             return result.save(
                 output,
@@ -215,6 +223,34 @@ def run_task(args: argparse.Namespace) -> Path:
             )
         except ValueError as error:  # e.g. NaN/inf frames: nothing written
             raise CliError(str(error)) from error
+
+
+def run_job_file(args: argparse.Namespace) -> str:
+    """``--jobs FILE``: this process's share of the file's videos (:mod:`layerflow.jobs`), each as one
+    ``run_task`` with the job's prompts, inputs, seed and output; the model is loaded once."""
+    from .jobs import Job, launch_rank, read_jobs, run_jobs
+
+    jobs = read_jobs(args.jobs, command=args.command)
+    rank, world_size = launch_rank()
+    if world_size > 1 and args.device is None and torch.cuda.is_available():  # one GPU per process
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+    loaded: list[LayerFlowPipeline] = []
+
+    def run_one(job: Job) -> Path:
+        job_args = argparse.Namespace(**vars(args))
+        job_args.prompt = [f"{name}={text}" for name, text in job.prompts.items()]
+        job_args.input = [f"{name}={path}" for name, path in job.inputs.items()]
+        job_args.alpha = [f"{name}={path}" for name, path in job.alphas.items()]
+        job_args.image = [f"{name}={path}" for name, path in job.images.items()]
+        job_args.output = str(job.output)
+        job_args.seed = args.seed if job.seed is None else job.seed
+        if not loaded:
+            options = task_options(job_args)
+            request = tasks.check_request(args.model, TASK_COMMANDS[args.command], job.prompts, options)
+            loaded.append(tasks.load_pipeline(args.model, request.device, options))
+        return run_task(job_args, loaded[0])
+
+    return run_jobs(jobs, run_one, rank, world_size).summary(rank, world_size)
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -327,8 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument(
             "model", help="a LayerFlow model folder (from `layerflow convert` or save_pretrained)"
         )
+        task.add_argument("-o", "--output", help="output folder (PNG sequences, videos, manifest)")
         task.add_argument(
-            "-o", "--output", required=True, help="output folder (PNG sequences, videos, manifest)"
+            "--jobs",
+            metavar="FILE",
+            help="many videos: one JSON line per video (output, prompts, inputs, alphas, seed) instead of "
+            "-o/-p/-i/-a; split across the processes of torchrun / accelerate launch; finished ones skipped",
         )
         task.add_argument(
             "-p", "--prompt", action="append", metavar="LAYER=TEXT", help="one per prompted layer"
@@ -436,7 +476,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        if args.command in TASK_COMMANDS:
+        if args.command in TASK_COMMANDS and args.jobs is not None:
+            given = [flag for flag, value in (("-o", args.output), ("-p", args.prompt)) if value]
+            given += ["-i/-a"] if getattr(args, "input", None) or getattr(args, "alpha", None) else []
+            given += ["--image"] if getattr(args, "image", None) else []
+            if given:
+                raise CliError(f"--jobs gives each video's {'/'.join(given)}: pass them in the jobs file")
+            print(run_job_file(args))
+        elif args.command in TASK_COMMANDS:
+            if args.output is None:
+                raise CliError("give -o/--output (or --jobs FILE for many videos)")
             if not args.prompt:
                 raise CliError("give one --prompt LAYER=TEXT per prompted layer")
             if args.command in ("generate", "animate"):

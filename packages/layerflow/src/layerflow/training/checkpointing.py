@@ -1,42 +1,55 @@
-"""Resumable checkpoints, written atomically, with no pickle anywhere.
+"""Resumable checkpoints, written atomically through torch.distributed.checkpoint, with no pickle anywhere.
 
 A checkpoint is a folder ``checkpoints/checkpoint-<step>/``::
 
-    trained.safetensors     the stage's trained parameters (float32), by parameter name
-    optimizer.safetensors   Adam moments and step counts (``state.<param name>.<key>``)
-    ema.safetensors         EMA shadow parameters (when EMA is on)
+    tensors/                the trained parameters (``trained.<name>``), optimizer state
+                            (``optimizer.<name>.<key>``) and EMA shadows (``ema.<name>``), written by
+                            ``torch.distributed.checkpoint`` as safetensors shards (one per rank, each
+                            holding that rank's shard of a sharded (FSDP2) tensor and the layout in its header)
     rng-rank<r>.safetensors torch CPU (and CUDA) generator states of rank r
     state.json              step, data position, loss history, optimizer hyper-parameters, LR
                             scheduler, grad scaler, numpy/python RNG, config; written LAST
 
-Everything is written into a hidden temporary folder (``layerflow.media.atomic.atomic_directory``)
-that is renamed into place only when complete, so a killed run leaves either a whole checkpoint or
-none (stale temporary folders are ignored and cleaned up on resume). :func:`latest_checkpoint` only
-considers folders with a ``state.json``; a checkpoint damaged afterwards (a truncated file) is skipped
-with a warning by :func:`newest_readable_checkpoint`, which resumes from the one before it.
+Every engine writes the same format: one process, DDP (each tensor replicated, written once) and
+FSDP2 (each rank writes its shards); reading re-shards, so a checkpoint resumes under another process
+count or engine. All ranks write into one hidden temporary folder, which the main process renames into
+place when every rank is done (:func:`shared_atomic_directory`), so a killed run leaves either a whole
+checkpoint or none (stale temporary folders are ignored and cleaned up on resume).
+:func:`latest_checkpoint` only considers folders with a ``state.json``; a checkpoint damaged afterwards
+(a truncated file) is skipped with a warning by :func:`newest_readable_checkpoint`, which resumes from
+the one before it. The output folder must be one file system that every rank sees (multi-node: a
+shared file system).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from layerflow.atomic import atomic_directory
 
 CHECKPOINT_FORMAT = "layerflow-train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+TENSORS = "tensors"
 PREFIX = "checkpoint-"
 STATE = "state.json"
 logger = logging.getLogger(__name__)
@@ -83,39 +96,51 @@ def checkpoint_step(path: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- serialisation
-def optimizer_tensors(
-    optimizer: torch.optim.Optimizer, names: list[str]
+def checkpoint_tensors(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trained: Mapping[str, torch.Tensor],
+    ema: Mapping[str, torch.Tensor] | None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Optimizer state as (tensors keyed ``state.<param name>.<key>``, JSON-able hyper-parameters)."""
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
+    """The tensors a checkpoint holds, by key (this rank's shards where the model is sharded), and the
+    optimizer's JSON-able rest (hyper-parameters, non-tensor state).
+
+    The optimizer state is torch's own by parameter name (``get_optimizer_state_dict``, which sees
+    through DDP and FSDP2 and creates the state a fresh optimizer lacks), so it loads under any engine.
+    The same call gives the destination a resume loads into, in place. Collective under a process group.
+    """
+    optim: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer))
+    tensors = {f"trained.{name}": param.detach() for name, param in trained.items()}
     scalars: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
+    for name, values in optim["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{names[index]}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"optimizer.{name}.{key}"] = value
             else:
-                scalars.setdefault(names[index], {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+                scalars.setdefault(name, {})[key] = value
+    if ema is not None:
+        tensors |= {f"ema.{name}": shadow for name, shadow in ema.items()}
+    return tensors, {"param_groups": optim["param_groups"], "scalars": scalars}
 
 
 def load_optimizer(
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    names: list[str],
     tensors: Mapping[str, torch.Tensor],
     meta: Mapping[str, Any],
 ) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    index = {name: i for i, name in enumerate(names)}
+    """Set the optimizer from loaded :func:`checkpoint_tensors` and the checkpoint's optimizer record."""
+    state: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
-        _, rest = key.split(".", 1)
-        name, _, field_name = rest.rpartition(".")
-        if name not in index:
-            raise CheckpointError(f"optimizer state for unknown parameter {name!r}")
-        state.setdefault(index[name], {})[field_name] = value
+        if key.startswith("optimizer."):
+            name, _, field_name = key.removeprefix("optimizer.").rpartition(".")
+            state.setdefault(name, {})[field_name] = value
     for name, values in meta["scalars"].items():
-        state.setdefault(index[name], {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        if name not in state:
+            raise CheckpointError(f"optimizer state for unknown parameter {name!r}")
+        state[name].update(values)
+    record: dict[str, Any] = {"state": state, "param_groups": meta["param_groups"]}
+    set_optimizer_state_dict(model, optimizer, record)
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -149,7 +174,7 @@ def restore_rng(tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -
 # ------------------------------------------------------------------------------- write / read
 @dataclass
 class CheckpointContent:
-    """Everything one checkpoint holds, gathered on the main process."""
+    """A checkpoint read whole into one process (for inspection; training loads :func:`load_tensors`)."""
 
     trained: dict[str, torch.Tensor]
     optimizer: dict[str, torch.Tensor]
@@ -157,30 +182,58 @@ class CheckpointContent:
     state: dict[str, Any]
 
 
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if distributed() else 0
+
+
+def barrier() -> None:
+    if distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def shared_atomic_directory(path: Path) -> Iterator[Path]:
+    """:func:`~layerflow.atomic.atomic_directory` written by every rank: the main process creates the
+    temporary folder and renames it into place once every rank has left the block."""
+    if not distributed():
+        with atomic_directory(path, overwrite=True) as temporary:
+            yield temporary
+        return
+    main = rank() == 0
+    with atomic_directory(path, overwrite=True) if main else contextlib.nullcontext() as temporary:
+        shared = [str(temporary) if main else None]
+        dist.broadcast_object_list(shared, src=0)
+        yield Path(str(shared[0]))
+        barrier()  # every rank wrote its part: the main process may rename
+    barrier()  # the checkpoint is in place for everyone
+
+
 def write_checkpoint(
     output_dir: Path,
     step: int,
-    content: CheckpointContent,
-    rank_rng: list[dict[str, torch.Tensor]],
+    tensors: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any] | None,
     keep: int | None,
 ) -> Path:
-    """Write checkpoint ``step`` (main process) through a temporary folder renamed into place when complete.
-
-    ``rank_rng``: every rank's generator states (gathered), one file per rank. ``state.json`` is the
-    last file written; a write that fails or is killed leaves no ``checkpoint-<step>``.
-    """
+    """Write checkpoint ``step`` with every rank (collective) through one temporary folder renamed into
+    place when complete; ``state`` (read on the main process only) is the last file written, so a write
+    that fails or is killed leaves no ``checkpoint-<step>``."""
     final = checkpoint_dir(output_dir, step)
-    with atomic_directory(final, overwrite=True) as tmp:
-        save_file(_contiguous(content.trained), str(tmp / "trained.safetensors"))
-        save_file(_contiguous(content.optimizer), str(tmp / "optimizer.safetensors"))
-        if content.ema is not None:
-            save_file(_contiguous(content.ema), str(tmp / "ema.safetensors"))
-        for rank, tensors in enumerate(rank_rng):
-            save_file(_contiguous(tensors), str(tmp / f"rng-rank{rank}.safetensors"))
-        _write_json(
-            tmp / STATE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **content.state}
-        )
-    prune(output_dir, keep, step)
+    with shared_atomic_directory(final) as tmp:
+        writer = HuggingFaceStorageWriter(str(tmp / TENSORS), save_distributed=distributed())
+        with _dcp_call():
+            dcp.save(dict(tensors), storage_writer=writer, no_dist=not distributed())
+        save_file(_contiguous(rng_tensors()), str(tmp / f"rng-rank{rank()}.safetensors"))
+        barrier()
+        if rank() == 0:
+            assert state is not None, "the main process writes state.json"
+            _write_json(tmp / STATE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state})
+    if rank() == 0:
+        prune(output_dir, keep, step)
     return final
 
 
@@ -205,8 +258,8 @@ def prune(output_dir: Path, keep: int | None, step: int) -> None:
         shutil.rmtree(old)
 
 
-def read_checkpoint(path: Path, rank: int) -> tuple[CheckpointContent, dict[str, torch.Tensor]]:
-    """A checkpoint's content and this rank's RNG tensors; :class:`CheckpointError` when incomplete."""
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``; :class:`CheckpointError` when missing, damaged or of another format."""
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist")
     state_file = path / STATE
@@ -221,20 +274,61 @@ def read_checkpoint(path: Path, rank: int) -> tuple[CheckpointContent, dict[str,
         CHECKPOINT_VERSION,
     ):
         raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} checkpoint")
-    ema_file = path / "ema.safetensors"
-    rng_file = path / f"rng-rank{rank}.safetensors"
-    content = CheckpointContent(
-        trained=_load_tensors(path / "trained.safetensors"),
-        optimizer=_load_tensors(path / "optimizer.safetensors"),
-        ema=_load_tensors(ema_file) if ema_file.is_file() else None,
-        state=state,
-    )
-    return content, _load_tensors(rng_file) if rng_file.is_file() else {}
+    return state
 
 
-def newest_readable_checkpoint(
-    output_dir: Path, rank: int
-) -> tuple[Path, CheckpointContent, dict[str, torch.Tensor]] | None:
+def check_readable(path: Path) -> dict[str, Any]:
+    """The state of a checkpoint whose every file reads (headers and sizes of the safetensors files);
+    every rank checks every file, so all ranks agree on which checkpoint to resume from."""
+    state = read_state(path)
+    shards = sorted((path / TENSORS).glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(f"{path} has no tensors ({TENSORS}/*.safetensors)")
+    for file in [*shards, *sorted(path.glob("rng-rank*.safetensors"))]:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (OSError, SafetensorError) as error:
+            raise CheckpointError(f"{file.relative_to(path.parent)} is damaged: {error}") from None
+    return state
+
+
+def load_tensors(path: Path, destination: Mapping[str, torch.Tensor]) -> None:
+    """Load a checkpoint's tensors into ``destination`` in place, re-sharding to the layout the
+    destination tensors have (collective under a process group)."""
+    with torch.no_grad(), _dcp_call():
+        reader = HuggingFaceStorageReader(str(path / TENSORS))
+        dcp.load(dict(destination), storage_reader=reader, no_dist=not distributed())
+
+
+def read_rng(path: Path, rank_index: int) -> dict[str, torch.Tensor]:
+    """Rank ``rank_index``'s generator states (empty for a rank the saving run did not have)."""
+    file = path / f"rng-rank{rank_index}.safetensors"
+    return _load_tensors(file) if file.is_file() else {}
+
+
+def read_checkpoint(path: Path, rank_index: int = 0) -> tuple[CheckpointContent, dict[str, torch.Tensor]]:
+    """A checkpoint gathered whole into this process (no process group needed) and rank
+    ``rank_index``'s RNG tensors; :class:`CheckpointError` when incomplete."""
+    state = check_readable(path)
+    reader = HuggingFaceStorageReader(str(path / TENSORS))
+    metadata = reader.read_metadata().state_dict_metadata
+    tensors = {
+        key: torch.empty(tuple(item.size), dtype=item.properties.dtype)  # type: ignore[union-attr]
+        for key, item in metadata.items()
+    }
+    with _dcp_call():
+        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / TENSORS)), no_dist=True)
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+    ema = part("ema.")
+    content = CheckpointContent(part("trained."), part("optimizer."), ema or None, state)
+    return content, read_rng(path, rank_index)
+
+
+def newest_readable_checkpoint(output_dir: Path) -> Path | None:
     """The newest checkpoint of ``output_dir`` that reads completely (``None`` when there is none).
 
     A damaged newer one (a truncated safetensors or JSON file) is skipped with a warning naming it;
@@ -243,13 +337,31 @@ def newest_readable_checkpoint(
     damaged = []
     for path in reversed(complete_checkpoints(output_dir)):
         try:
-            return (path, *read_checkpoint(path, rank))
+            check_readable(path)
+            return path
         except CheckpointError as error:
             logger.warning("skipping checkpoint %s for an older one: %s", path.name, error)
             damaged.append(str(error))
     if damaged:
         raise CheckpointError(f"no checkpoint of {output_dir} reads completely: {'; '.join(damaged)}")
     return None
+
+
+@contextlib.contextmanager
+def _dcp_call() -> Iterator[None]:
+    """Around a torch.distributed.checkpoint call: silence its warning that it assumes one process (here
+    that is the plan), and give a Ctrl-C back as itself (it wraps every failure of its steps, an
+    interrupt included, in a ``CheckpointException``), so an interrupted run says how to resume."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
+        )
+        try:
+            yield
+        except CheckpointException as error:
+            if any(isinstance(failure[0], KeyboardInterrupt) for failure in error.failures.values()):
+                raise KeyboardInterrupt from error
+            raise
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from .chain import run_earlier_stages
 from .checkpointing import CheckpointError, latest_checkpoint
 from .config import ConfigError, load_config, merge_tables, parse_override
 from .export import MissingStageError
+from .launch import LaunchError
 from .output_dir import OutputInUseError
 from .sources import check_source_paths
 
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m layerflow.
         OutputInUseError,
         OutputRefused,
         CheckpointError,
+        LaunchError,
         SampleError,
         NoSamplesError,
     ) as error:

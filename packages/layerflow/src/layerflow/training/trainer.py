@@ -1,11 +1,14 @@
 """The accelerate training loop of one LayerFlow stage.
 
-``accelerate`` is the distributed engine: one process (CPU or GPU), DDP (gloo on CPU, NCCL on GPUs),
-or FSDP/DeepSpeed through an ``accelerate config`` (for those, the trained set of a LoRA stage is
-small; sharded optimizer states are not written by this checkpoint format, so use DDP for resumable
-runs). The loop itself steps the optimizer once per ``gradient_accumulation_steps`` micro-batches,
-skipping DDP's gradient sync on the others, clips gradients, steps the LR schedule once per
-optimizer step (not once per process), updates the EMA, logs and checkpoints.
+``accelerate`` is the distributed engine: one process (CPU or GPU), DDP (gloo on CPU, NCCL on GPUs)
+or FSDP2 through an ``accelerate config`` (``configs/accelerate/``). Checkpoints are written by every
+rank through ``torch.distributed.checkpoint`` (:mod:`.checkpointing`): sharded states stay sharded,
+and a resume re-shards them to the processes it has. The final export gathers full weights, so it
+is the same diffusers folder whatever the engine. A launch whose processes are not the run that was
+asked for is refused first (:mod:`.launch`). The loop itself steps the optimizer once per
+``gradient_accumulation_steps`` micro-batches, skipping DDP's gradient sync on the others, clips
+gradients, steps the LR schedule once per optimizer step (not once per process), updates the EMA,
+logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from diffusers.optimization import get_scheduler
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -36,6 +41,7 @@ from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_la
 from .ema import ParameterEMA
 from .encoding import BatchEncoder, prompt_encoder
 from .export import export_final, load_starting_point
+from .launch import check_launch
 from .objective import Objective, masked_v_loss
 from .output_dir import check_output_dir, clear_previous_run
 from .stages import StagePlan, apply_stage, count_parameters, set_motion_gate
@@ -105,6 +111,7 @@ class LayerFlowTrainer:
             ),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
+        check_launch(self.accelerator)
         if run.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
             raise ConfigError("run.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
         self.weight_dtype = _DTYPES[run.mixed_precision]
@@ -166,11 +173,20 @@ class LayerFlowTrainer:
             num_warmup_steps=optim.lr_warmup_steps,
             num_training_steps=config.run.max_steps,
         )
-        self.model, self.optimizer = accelerator.prepare(transformer, optimizer)
+        self.model, self.optimizer = self._prepare(transformer, optimizer)
         self.transformer = transformer
+        # A sharding engine replaces the parameters (FSDP2: DTensor shards): train and save the new ones.
+        parameters = dict(transformer.named_parameters())
+        self.trained = {name: parameters[name] for name in self.names}
         self.ema = (
             ParameterEMA(self.trained, config.run.ema_decay) if config.run.ema_decay is not None else None
         )
+
+    def _prepare(
+        self, transformer: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[torch.nn.Module, Any]:
+        """Wrap model and optimizer for the engine accelerate runs (DDP, FSDP2, ...)."""
+        return self.accelerator.prepare(transformer, optimizer)
 
     def _setup_data(self) -> None:
         config, accelerator = self.config, self.accelerator
@@ -226,41 +242,39 @@ class LayerFlowTrainer:
                 yield batch
 
     # ---------------------------------------------------------------------------- checkpoints
-    def _save(self, state: ckpt.TrainingState) -> Path | None:
-        accelerator = self.accelerator
-        rank_rng = (
-            gather_object([ckpt.rng_tensors()]) if accelerator.num_processes > 1 else [ckpt.rng_tensors()]
+    def _checkpoint_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return ckpt.checkpoint_tensors(
+            self.model,
+            self.optimizer.optimizer,
+            self.trained,
+            self.ema.shadow if self.ema is not None else None,
         )
-        path = None
-        if accelerator.is_main_process:
-            optimizer_tensors, optimizer_meta = ckpt.optimizer_tensors(self.optimizer.optimizer, self.names)
-            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            content = ckpt.CheckpointContent(
-                trained={name: self.trained[name] for name in self.names},
-                optimizer=optimizer_tensors,
-                ema=self.ema.shadow if self.ema is not None else None,
-                state={
-                    "stage": self.config.stage,
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "batch_in_epoch": state.batch_in_epoch,
-                    "losses": state.losses,
-                    "world_size": accelerator.num_processes,
-                    "trained_parameters": self.names,
-                    "optimizer": optimizer_meta,
-                    "lr_scheduler": self.lr_scheduler.state_dict(),
-                    "grad_scaler": scaler,
-                    "ema_updates": self.ema.num_updates if self.ema is not None else None,
-                    "rng": ckpt.python_rng_state(),
-                    "config": self.config.to_dict(),
-                    "dataset_size": len(self.dataset),
-                },
-            )
-            path = ckpt.write_checkpoint(
-                self.config.output_dir, state.step, content, rank_rng, self.config.run.keep_checkpoints
-            )
-        accelerator.wait_for_everyone()
-        return path
+
+    def _save(self, state: ckpt.TrainingState) -> Path:
+        """Write checkpoint ``state.step`` with every rank (each its own shards)."""
+        accelerator = self.accelerator
+        tensors, optimizer_meta = self._checkpoint_tensors()
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        record = {
+            "stage": self.config.stage,
+            "step": state.step,
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+            "losses": state.losses,
+            "world_size": accelerator.num_processes,
+            "distributed_type": accelerator.distributed_type.value,
+            "trained_parameters": self.names,
+            "optimizer": optimizer_meta,
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "grad_scaler": scaler,
+            "ema_updates": self.ema.num_updates if self.ema is not None else None,
+            "rng": ckpt.python_rng_state(),
+            "config": self.config.to_dict(),
+            "dataset_size": len(self.dataset),
+        }
+        return ckpt.write_checkpoint(
+            self.config.output_dir, state.step, tensors, record, self.config.run.keep_checkpoints
+        )
 
     def _check_start(self) -> None:
         """Before anything loads: the output folder is free (or resumed/overwritten), the checkpoint exists."""
@@ -270,32 +284,25 @@ class LayerFlowTrainer:
 
     def _restore(self) -> ckpt.TrainingState:
         """The state to start from: fresh, the newest checkpoint that reads completely, or the given one."""
-        rank, output_dir = self.accelerator.process_index, self.config.output_dir
+        output_dir = self.config.output_dir
         if self.resume is None or self.resume is False:
             return ckpt.TrainingState()
         if self.resume is True:
-            found = ckpt.newest_readable_checkpoint(output_dir, rank)
-            if found is None:
-                return ckpt.TrainingState()
-            return self._load(*found)
+            found = ckpt.newest_readable_checkpoint(output_dir)
+            return ckpt.TrainingState() if found is None else self._load(found)
         path = Path(self.resume)
-        content, rng = ckpt.read_checkpoint(path, rank)
-        newer = [
-            p.name
-            for p in ckpt.complete_checkpoints(output_dir)
-            if ckpt.checkpoint_step(p) > content.state["step"]
-        ]
+        step = ckpt.check_readable(path)["step"]
+        newer = [p.name for p in ckpt.complete_checkpoints(output_dir) if ckpt.checkpoint_step(p) > step]
         if newer:
             raise ckpt.CheckpointError(
                 f"--resume {path}: {output_dir} has newer checkpoints {newer}; continuing from step "
-                f"{content.state['step']} would mix two runs there: move them away, or resume from the newest"
+                f"{step} would mix two runs there: move them away, or resume from the newest"
             )
-        return self._load(path, content, rng)
+        return self._load(path)
 
-    def _load(
-        self, path: Path, content: ckpt.CheckpointContent, rng: dict[str, torch.Tensor]
-    ) -> ckpt.TrainingState:
-        state = content.state
+    def _load(self, path: Path) -> ckpt.TrainingState:
+        """Load checkpoint ``path`` into this run (every rank its own shards, re-sharded as needed)."""
+        state = ckpt.read_state(path)
         if state["stage"] != self.config.stage:
             raise ckpt.CheckpointError(
                 f"{path} is a stage-{state['stage']} checkpoint; this is stage {self.config.stage}"
@@ -316,17 +323,17 @@ class LayerFlowTrainer:
             logger.warning(
                 "resuming with a different global batch: the data order will differ from the original run"
             )
-        with torch.no_grad():
-            for name in self.names:
-                self.trained[name].copy_(content.trained[name])
-        ckpt.load_optimizer(self.optimizer.optimizer, self.names, content.optimizer, state["optimizer"])
+        if self.ema is not None and state["ema_updates"] is None:
+            raise ckpt.CheckpointError(f"{path} has no EMA state, but run.ema_decay is set")
+        tensors, _ = self._checkpoint_tensors()
+        ckpt.load_tensors(path, tensors)
+        ckpt.load_optimizer(self.model, self.optimizer.optimizer, tensors, state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if state["grad_scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         if self.ema is not None:
-            if content.ema is None:
-                raise ckpt.CheckpointError(f"{path} has no EMA state, but run.ema_decay is set")
-            self.ema.load(content.ema, int(state["ema_updates"]))
+            self.ema.num_updates = int(state["ema_updates"])
+        rng = ckpt.read_rng(path, self.accelerator.process_index)
         if rng:
             ckpt.restore_rng(rng, state["rng"])
         return ckpt.TrainingState(
@@ -442,12 +449,24 @@ class LayerFlowTrainer:
         return TrainResult(state.losses, final, count_parameters(self.trained), rate)
 
     def _export(self, state: ckpt.TrainingState) -> Path | None:
+        """Write ``final/`` from the full weights (gathered from every rank where they are sharded)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(self.trained)
+        transformer = self.transformer
+        trained: dict[str, torch.Tensor] = dict(self.trained)
+        full: dict[str, Any] = {}
+        sharded = any(isinstance(p, DTensor) for p in self.trained.values())
+        if sharded:
+            full = get_model_state_dict(  # collective: rank 0 gets the full tensors
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         final = None
         if accelerator.is_main_process:
-            if self.ema is not None:
-                self.ema.copy_to(self.trained)
+            if sharded:
+                transformer = self._unsharded_transformer(full)
+                trained = {name: full[name] for name in self.names}
             summary = {
                 "stage": self.config.stage,
                 "steps": state.step,
@@ -457,10 +476,17 @@ class LayerFlowTrainer:
                 "ema": self.ema is not None,
                 "config": self.config.to_dict(),
             }
-            final = export_final(self.config, self.transformer, dict(self.trained), summary)
+            final = export_final(self.config, transformer, trained, summary)
             logger.info("stage %d finished: %s", self.config.stage, final)
         accelerator.wait_for_everyone()
         return final
+
+    def _unsharded_transformer(self, full: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """The stage's transformer (starting point, this stage's adapters) holding the gathered weights."""
+        transformer = load_starting_point(self.config).transformer
+        apply_stage(transformer, self.config, self.plan)
+        transformer.load_state_dict(full)
+        return transformer
 
 
 def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue 22's GPU check: the shipped accelerate configs (DDP, FSDP2 full-shard / shard-grad-op) train the
+# tiny stage 1 on every visible GPU through `accelerate launch`, and a resume from checkpoint 2 equals
+# the uninterrupted run (losses and trained weights, bit for bit). About 2 minutes on one GPU after
+# benchmarks/gpu_check.sh set up the environment. Results: $OUT/sharded.txt (default outputs/gpu_check).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/gpu_check}
+mkdir -p "$OUT/sharded"
+unset TRITON_INTERPRET
+GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
+[ "$GPUS" -ge 1 ] || { echo "no CUDA device: nothing to check"; exit 1; }
+CONFIGS=packages/layerflow/src/layerflow/training/configs/accelerate
+status=0
+for engine in ddp fsdp2-shard-grad-op fsdp2-full-shard; do
+  root="$OUT/sharded/$engine"
+  rm -rf "$root"
+  train() {
+    timeout 300 accelerate launch --config_file "$CONFIGS/$engine.yaml" --num_processes "$GPUS" \
+      -m layerflow.training --stage 1 --output-root "$1" --max-steps 4 --no-progress \
+      --set run.checkpoint_every=2 --set run.mixed_precision=bf16 "${@:2}"
+  }
+  if train "$root/full" && cp -r "$root/full" "$root/resumed" \
+      && rm -rf "$root/resumed/stage1/final" "$root/resumed/stage1/checkpoints/checkpoint-4" \
+      && train "$root/resumed" --resume; then
+    python3 - "$root" "$engine" "$GPUS" <<'PYEOF' | tee -a "$OUT/sharded.txt" || status=1
+import json, sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+root, engine, gpus = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+runs = [root / name / "stage1" / "final" for name in ("full", "resumed")]
+losses = [json.loads((r / "training.json").read_text())["losses"] for r in runs]
+weights = [load_file(str(r / "trained.safetensors")) for r in runs]
+same = losses[0] == losses[1] and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+print(f"{engine} on {gpus} GPU(s): trains, resume from checkpoint 2 bit-exact: {same}, losses {losses[0]}")
+sys.exit(0 if same else 1)
+PYEOF
+  else
+    echo "$engine on $GPUS GPU(s): FAILED (see the log above)" | tee -a "$OUT/sharded.txt"; status=1
+  fi
+done
+exit $status

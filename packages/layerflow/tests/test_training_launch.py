@@ -1,0 +1,84 @@
+"""A launch that is not the run that was asked for ends in a one-line error before training, naming what
+happened and the launch that works; the launch that works (torchrun + ACCELERATE_USE_CPU) passes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DistributedType
+from accelerate.utils.launch import prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+
+from layerflow.training.launch import launch_problem
+
+TRAIN = ["-m", "layerflow.training", "--stage", "1", "--max-steps", "1", "--no-progress"]
+TORCHRUN = "ACCELERATE_USE_CPU=yes torchrun --nproc_per_node 2 -m layerflow.training"
+
+
+def accelerate_env(*flags: str) -> tuple[dict[str, str], bool]:
+    """The environment ``accelerate launch FLAGS`` gives its processes (accelerate's own code) and
+    whether it starts them through torchrun (which adds ``WORLD_SIZE``)."""
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args([*flags, *TRAIN]))
+    if args.use_fsdp and not args.cpu:
+        return prepare_multi_gpu_env(args), True
+    return prepare_simple_launcher_cmd_env(args)[1], False
+
+
+@pytest.mark.slow
+def test_accelerate_fsdp_launch_on_cpu_is_refused_by_every_process(tmp_path: Path) -> None:
+    """accelerate starts 2 processes that stay ``DistributedType.NO`` on CPU: each would train alone."""
+    accelerate = shutil.which("accelerate") or pytest.skip("no accelerate command")
+    command = [accelerate, "launch", "--num_processes", "2", "--use_fsdp", "--fsdp_version", "2", *TRAIN]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [*command, "--output-root", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    # One line from each process (the two may land on one line of the shared stderr).
+    errors = re.findall(r"error: [^\n]*?\(DDP over gloo\)", result.stderr)
+    assert len(errors) == 2, result.stderr[-3000:]
+    for line in errors:
+        assert line.startswith(
+            "error: 2 processes were launched (WORLD_SIZE=2) but they do not form one group"
+        )
+        assert "FSDP was asked for" in line and TORCHRUN in line
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("flags", [["--cpu", "--num_processes", "2"], ["--num_processes", "2"]])
+def test_accelerate_cpu_launch_that_starts_one_of_two_processes_is_refused(flags: list[str]) -> None:
+    env, torchrun = accelerate_env(*flags)
+    assert not torchrun  # accelerate's simple launcher: one process, whatever --num_processes says
+    problem = launch_problem(env, 1, DistributedType.NO, "cpu")
+    assert problem is not None and "started one" in problem and TORCHRUN in problem
+
+
+def test_a_requested_engine_the_device_cannot_run_is_refused() -> None:
+    env, torchrun = accelerate_env("--num_processes", "1", "--use_fsdp", "--fsdp_version", "2")
+    assert torchrun
+    problem = launch_problem(env | {"WORLD_SIZE": "1"}, 1, DistributedType.NO, "cpu")
+    assert problem is not None and problem.startswith("FSDP was asked for (ACCELERATE_USE_FSDP=true)")
+    deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "1"}
+    assert "DeepSpeed was asked for" in str(launch_problem(deepspeed, 1, DistributedType.NO, "cpu"))
+    # On GPUs too: the trainer's checkpoints are torch's optimizer state; FSDP2 is the sharding engine.
+    refused = str(launch_problem(deepspeed | {"WORLD_SIZE": "8"}, 8, DistributedType.DEEPSPEED, "cuda"))
+    assert refused.startswith("DeepSpeed is not an engine this trainer runs") and "fsdp2-" in refused
+
+
+def test_the_launches_that_work_pass() -> None:
+    torchrun = {"ACCELERATE_USE_CPU": "yes", "WORLD_SIZE": "2", "MASTER_PORT": "29500"}
+    assert launch_problem(torchrun, 2, DistributedType.MULTI_CPU, "cpu") is None
+    assert launch_problem({}, 1, DistributedType.NO, "cpu") is None  # plain python
+    env, _ = accelerate_env("--cpu", "--num_processes", "1")
+    assert launch_problem(env, 1, DistributedType.NO, "cpu") is None
+    fsdp = {"ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "8"}
+    assert launch_problem(fsdp, 8, DistributedType.FSDP, "cuda") is None

@@ -1,0 +1,181 @@
+"""Sharded (FSDP2) training on CPU with 2 gloo processes, through the trainer's own checkpoint and export
+code: accelerate shards only on GPUs, so the model is sharded by torch's ``fully_shard`` on a CPU mesh
+(:class:`~layerflow.training.testing.CPUShardedTrainer`). Oracles: the uninterrupted sharded run (a
+SIGKILLed + resumed run equals it bit for bit) and a DDP run (the exports agree within float tolerance)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
+
+from layerflow.training import checkpointing as ckpt
+from layerflow.training.testing import (
+    CPUShardedTrainer,
+    free_port,
+    join_cpu_group,
+    reset_accelerate_state,
+    tiny_test_config,
+    train_tiny,
+)
+from layerflow.training.trainer import LayerFlowTrainer
+
+WORLD = 2
+OPTIONS: dict[str, Any] = {
+    "run": {"max_steps": 4, "checkpoint_every": 2, "ema_decay": 0.9},
+    "optim": {"batch_size": 2},
+}
+
+
+def settings(root: Path, name: str) -> dict[str, Any]:
+    return OPTIONS | {
+        "run": OPTIONS["run"] | {"output_dir": str(root / name)},
+        "data": {"cache_dir": str(root / "cache")},
+    }
+
+
+def sigkill_after(step: int):
+    def callback(done: int, loss: float) -> None:
+        if done == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return callback
+
+
+def worker(rank: int, port: int, root: str, phase: str) -> None:
+    join_cpu_group(rank, WORLD, port)
+    if phase == "machines":  # what a 2-machine launch gives: each process is its machine's local rank 0
+        os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", GROUP_RANK=str(rank), NODE_RANK=str(rank))
+    path = Path(root)
+    # One run per launch: the trainer ends its process group, and a new one on the same port may race.
+    trainer_class, name, kwargs = {
+        "ddp": (LayerFlowTrainer, "ddp", {}),
+        "ddp-resumed": (LayerFlowTrainer, "ddp-resumed", {"resume": True}),
+        "full": (CPUShardedTrainer, "full", {}),
+        "killed": (CPUShardedTrainer, "killed", {"on_step_end": sigkill_after(3)}),
+        "resumed": (CPUShardedTrainer, "killed", {"resume": True}),
+        "machines": (CPUShardedTrainer, "machines", {}),
+    }[phase]
+    reset_accelerate_state()
+    trainer = trainer_class(tiny_test_config(path, 1, settings(path, name)), **kwargs)
+    trainer.train()
+    assert trainer.accelerator.num_processes == WORLD, "the run did not go distributed"
+    sharded = [isinstance(p, DTensor) for p in trainer.trained.values()]
+    assert all(sharded) if trainer_class is CPUShardedTrainer else not any(sharded)
+    assert trainer.accelerator.is_local_main_process == (phase == "machines" or rank == 0)
+
+
+def launch(root: Path, phase: str) -> None:
+    reset_accelerate_state()
+    mp.start_processes(worker, args=(free_port(), str(root), phase), nprocs=WORLD, start_method="fork")
+
+
+def final(root: Path, name: str) -> tuple[dict[str, torch.Tensor], list[float]]:
+    trained = load_file(str(root / name / "final" / "trained.safetensors"))
+    return trained, json.loads((root / name / "final" / "training.json").read_text())["losses"]
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 processes: a DDP run of 4 steps and its resume from checkpoint 2; an FSDP2 run of 4 steps; an FSDP2 run SIGKILLed after step 3
+    (checkpoint 2 written), then resumed; the FSDP2 run as two machines of one process each."""
+    root = tmp_path_factory.mktemp("sharded")
+    launch(root, "ddp")
+    shutil.copytree(root / "ddp", root / "ddp-resumed")  # as if killed after checkpoint 2
+    for written_later in ("final", "checkpoints/checkpoint-4"):
+        shutil.rmtree(root / "ddp-resumed" / written_later)
+    launch(root, "ddp-resumed")
+    launch(root, "full")
+    with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
+        launch(root, "killed")
+    launch(root, "resumed")
+    launch(root, "machines")
+    return root
+
+
+def test_a_sigkilled_sharded_run_resumes_bit_exactly(sharded_runs: Path) -> None:
+    root = sharded_runs
+    full, full_losses = final(root, "full")
+    resumed, resumed_losses = final(root, "killed")
+    assert resumed_losses == full_losses and len(full_losses) == 4
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    shards = sorted((root / "full" / "checkpoints" / "checkpoint-4" / ckpt.TENSORS).glob("*.safetensors"))
+    assert len(shards) == WORLD  # each rank wrote its own shards
+    assert ckpt.read_state(root / "killed" / "checkpoints" / "checkpoint-2")["world_size"] == WORLD
+
+
+def test_a_ddp_run_resumes_bit_exactly_from_the_same_format(sharded_runs: Path) -> None:
+    (ddp, ddp_losses), (resumed, resumed_losses) = (
+        final(sharded_runs, "ddp"),
+        final(sharded_runs, "ddp-resumed"),
+    )
+    assert resumed_losses == ddp_losses and all(torch.equal(ddp[k], resumed[k]) for k in ddp)
+
+
+def test_the_sharded_export_is_the_ddp_export(sharded_runs: Path) -> None:
+    root = sharded_runs
+    (ddp, ddp_losses), (sharded, sharded_losses) = final(root, "ddp"), final(root, "full")
+    torch.testing.assert_close(torch.tensor(sharded_losses), torch.tensor(ddp_losses), rtol=1e-4, atol=1e-5)
+    assert ddp.keys() == sharded.keys()
+    for key in ddp:
+        torch.testing.assert_close(sharded[key], ddp[key], rtol=1e-4, atol=1e-5, msg=key)
+    pipelines = [root / name / "final" / "pipeline" for name in ("ddp", "full")]
+    files = [
+        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) for folder in pipelines
+    ]
+    assert files[0] == files[1]
+    weights = [
+        load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors")) for folder in pipelines
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:  # full (gathered) weights, the frozen ones equal, the trained ones close
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_one_process_resumes_a_sharded_checkpoint_falling_back_from_a_damaged_one(
+    sharded_runs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 2-process checkpoint re-shards into one process (same global batch of 4); checkpoint 4,
+    truncated, is skipped with a warning naming it."""
+    root = sharded_runs
+    shutil.copytree(root / "full", root / "one")
+    shutil.rmtree(root / "one" / "final")
+    shard = sorted((root / "one" / "checkpoints" / "checkpoint-4" / ckpt.TENSORS).glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        one = train_tiny(
+            root, "one", settings(root, "one") | {"optim": {"batch_size": 4}}, resume=True, allow_changes=True
+        )
+    assert "skipping checkpoint checkpoint-4" in caplog.text and shard.name in caplog.text
+    full, full_losses = final(root, "full")
+    assert one.losses[:2] == full_losses[:2]  # restored from checkpoint 2, not retrained
+    torch.testing.assert_close(torch.tensor(one.losses), torch.tensor(full_losses), rtol=1e-4, atol=1e-5)
+    trained, _ = final(root, "one")
+    for key in full:
+        torch.testing.assert_close(trained[key], full[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_machines_on_localhost_train_as_one_group(sharded_runs: Path) -> None:
+    """Each process the only one of its machine (local rank 0 twice), one shared output folder: the run
+    is the 2-process run, bit for bit, and its checkpoints hold both ranks' shards and generators."""
+    root = sharded_runs
+    (full, full_losses), (machines, machine_losses) = final(root, "full"), final(root, "machines")
+    assert machine_losses == full_losses
+    assert all(torch.equal(full[k], machines[k]) for k in full)
+    checkpoint = root / "machines" / "checkpoints" / "checkpoint-4"
+    assert len(list((checkpoint / ckpt.TENSORS).glob("*.safetensors"))) == WORLD
+    assert sorted(p.name for p in checkpoint.glob("rng-rank*")) == [
+        "rng-rank0.safetensors",
+        "rng-rank1.safetensors",
+    ]
