@@ -18,7 +18,9 @@ seeds, side by side in one process on one CPU thread:
   the first sample of each task, / exact. On a CPU the memory presets move nothing (the offload
   target is the memory the weights run in): their rows show what their hooks cost.
 
-Usage: ``python bench_caches.py [--quick] [--json PATH]`` (see ``benchmarks/run_all.py``).
+Usage: ``python bench_caches.py [--quick] [--json PATH] [--model FOLDER]`` (see
+``benchmarks/run_all.py``); ``--model`` measures another pipeline folder of the demo's geometry, e.g.
+the demo's fine-tuned LayerFlow model ``outputs/demo/train/stage3/final/pipeline``.
 """
 
 from __future__ import annotations
@@ -157,7 +159,11 @@ def peak_mib(pipe: LayerFlowPipeline, call: dict[str, Any], seed: int) -> float:
 
 
 def main() -> None:
-    args = bench_parser(__doc__).parse_args()
+    parser = bench_parser(__doc__)
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a pipeline folder (default: the demo's base)"
+    )
+    args = parser.parse_args()
     sink: Path | None = args.json
     diffusers_logging.set_verbosity_error()  # FasterCache's "experimental" warning at every enable
     transformers_logging.set_verbosity_error()
@@ -168,13 +174,14 @@ def main() -> None:
     frames, height, width = settings.geometry
     with tempfile.TemporaryDirectory() as folder, single_thread():
         root = Path(folder)
-        pipe = load_pipeline(build_pipeline_folder(root))
+        folder = args.model or build_pipeline_folder(root)
+        pipe = load_pipeline(folder)
         _, heldout = make_data(settings, root / "data", progress=False)
         sample_dirs = sorted(p for p in heldout.iterdir() if p.is_dir())
-        chosen = variants(root / "base", pipe, steps)
+        chosen = variants(folder, pipe, steps)
         tallies = {label: Tally() for label in chosen}
         print(
-            f"trained tiny base (demo), {len(pipe.transformer.transformer_blocks)} blocks, "
+            f"{args.model or 'trained tiny base (demo)'}, {len(pipe.transformer.transformer_blocks)} blocks, "
             f"{len(sample_dirs)} held-out samples x {len(tasks)} tasks, {frames} frames of "
             f"{height}x{width} per layer, {steps} steps, CFG {settings.guidance_scale}, 1 thread; "
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
