@@ -351,6 +351,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
+    add_task_commands(commands)
+    add_convert_command(commands)
+    info = commands.add_parser("info", help="describe a model folder, output folder, checkpoint or input")
+    info.add_argument("path")
+    evaluate = commands.add_parser(
+        "eval", help="quality metrics of an output folder (recomposition, alpha, flicker, adherence)"
+    )
+    evaluate.add_argument("output", help="an output folder written by the pipeline (with manifest.json)")
+    evaluate.add_argument("--reference", help="ground-truth sample folder in the project's dataset layout")
+    evaluate.add_argument(
+        "--report-dir", help="where to write metrics.json / metrics.md (default: the output folder)"
+    )
+    for name, text in DELEGATED_COMMANDS.items():
+        # These commands own their options; `layerflow train -h` shows them.
+        delegated = commands.add_parser(name, help=text, add_help=False)
+        delegated.add_argument("arguments", nargs=argparse.REMAINDER)
+    return parser
+
+
+def add_task_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """One sub-command per task: model, output or jobs file, prompts, inputs, task and output options."""
     helps = {
         "generate": "generate every layer from per-layer prompts",
         "fg2bg": "generate background and composite for a given foreground",
@@ -385,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_task_options(task, conditional=name not in ("generate", "animate"))
         add_output_options(task)
         task.add_argument("--overwrite", action="store_true")
+
+
+def add_convert_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``layerflow convert``: an official checkpoint into a LayerFlow model folder."""
     convert = commands.add_parser("convert", help="convert an official LayerFlow checkpoint")
     convert.add_argument("official", help="experiment folder (with 'latest'), iteration folder or .pt file")
     convert.add_argument("out", help="output folder")
@@ -415,21 +440,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="latent size (official 60 90)",
     )
     convert.add_argument("--overwrite", action="store_true")
-    info = commands.add_parser("info", help="describe a model folder, output folder, checkpoint or input")
-    info.add_argument("path")
-    evaluate = commands.add_parser(
-        "eval", help="quality metrics of an output folder (recomposition, alpha, flicker, adherence)"
-    )
-    evaluate.add_argument("output", help="an output folder written by the pipeline (with manifest.json)")
-    evaluate.add_argument("--reference", help="ground-truth sample folder in the project's dataset layout")
-    evaluate.add_argument(
-        "--report-dir", help="where to write metrics.json / metrics.md (default: the output folder)"
-    )
-    for name, text in DELEGATED_COMMANDS.items():
-        # These commands own their options; `layerflow train -h` shows them.
-        delegated = commands.add_parser(name, help=text, add_help=False)
-        delegated.add_argument("arguments", nargs=argparse.REMAINDER)
-    return parser
 
 
 #: Sub-commands whose own ``main(argv, prog=...)`` parses every option after the command name.
