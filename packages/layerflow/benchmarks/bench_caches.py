@@ -235,10 +235,10 @@ def main() -> None:
                     target = root / "out" / label.split(" ")[-1].strip("()") / task / sample.name
                     outputs[label].save(target, seed=index, formats=["png"], overwrite=True)
                     tally.reports[task].append(evaluate_output_dir(target, reference=sample))
-        report(sink, tallies, tasks)
+        report(sink, tallies, tasks, "trained base" if args.model is None else f"model {args.model}")
 
 
-def report(sink: Path | None, tallies: dict[str, Tally], tasks: tuple[str, ...]) -> None:
+def report(sink: Path | None, tallies: dict[str, Tally], tasks: tuple[str, ...], model: str) -> None:
     exact = tallies["exact"]
     targets = [name for name in TARGETS if set(TARGET_TASKS[name]) <= set(tasks)]
 
@@ -265,7 +265,7 @@ def report(sink: Path | None, tallies: dict[str, Tally], tasks: tuple[str, ...])
     for label, tally in tallies.items():
         if label == "exact":
             continue
-        name = f"trained base, {label}"
+        name = f"{model}, {label}"
         emit(sink, f"{name}: PSNR vs exact", tally.psnr(), "dB")
         emit(sink, f"{name}: MAE vs exact", tally.mae(), "abs")
         emit(sink, f"{name}: block rows / exact", tally.rows / exact.rows, "x")
