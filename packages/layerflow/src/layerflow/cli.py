@@ -496,8 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command in TASK_COMMANDS:
             if args.output is None:
                 raise CliError("give -o/--output (or --jobs FILE for many videos)")
-            if not args.prompt:
-                raise CliError("give one --prompt LAYER=TEXT per prompted layer")
+            args.prompt = args.prompt or []  # the request check names the layers that need one
             if args.command in ("generate", "animate"):
                 args.input, args.alpha = None, None
             print(f"wrote {run_task(args)}")
