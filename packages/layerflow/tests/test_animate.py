@@ -130,8 +130,14 @@ def test_animate_a_cutout_in_a_process(model_dir, images, tmp_path) -> None:
     # The other frames are generated, not copies of the first.
     assert all(float((foreground[i] - foreground[0]).abs().mean()) > 0.02 for i in range(1, 5))
     assert {layer.name for layer in manifest.layers} == {"foreground", "background", "composite"}
-    # Editing works on it as on every other output.
+    # Editing works on it as on every other output, and so does evaluation against a reference.
     assert main(["recompose", str(out), "-o", str(tmp_path / "recomposed"), "--no-video"]) == 0
+    reference = tmp_path / "reference"
+    write_png_sequence(reference / "foreground", given[None].expand(5, -1, -1, -1))
+    write_png_sequence(reference / "background", torch.full((5, 3, SIZE, SIZE), 0.5))
+    (reference / "prompts.json").write_text('{"foreground": "a red circle"}')
+    for folder in (out, tmp_path / "recomposed"):
+        assert main(["eval", str(folder), "--reference", str(reference)]) == 0, folder
 
 
 def test_a_plate_and_a_resized_cutout(model_dir, images, tmp_path) -> None:

@@ -20,8 +20,11 @@ from .io import LayeredClip, read_output_dir, read_reference_sample
 from .report import EvaluationReport
 from .video import cross_layer_iou, mean_absolute_error, temporal_flicker
 
-# Layers of the output that have a ground truth in the reference, per task.
+# Layers of the output that have a ground truth in the reference, per task (``animate`` is given first
+# frames only and ``recompose`` recombines earlier layers: neither output layer is a reference's).
 REFERENCE_LAYERS: dict[str, tuple[str, ...]] = {
+    "animate": (),
+    "recompose": (),
     "generate": (),
     "foreground_to_background": ("foreground",),
     "background_to_foreground": ("background",),
