@@ -13,11 +13,14 @@ from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
 from layerflow.demo import DemoSettings, main, run_demo
+from layerflow.demo.animate import ROWS as ANIMATE_ROWS
+from layerflow.demo.animate import motion_matches
+from layerflow.demo.animate import score as animate_score
 from layerflow.demo.assets import VaeCeilingError, _clip_pool, measure_ceiling
 from layerflow.demo.diagnostics import encode_heldout, x0_errors
 from layerflow.demo.report import PREVIEW_FILE, PREVIEW_SCALE, ROUND_TRIP_DIR, TARGET_TASKS
 from layerflow.demo.run import TASKS
-from layerflow.media import read_png_sequence
+from layerflow.media import read_manifest, read_png_sequence
 from layerflow.metrics import (
     TARGETS,
     evaluate_output_dir,
@@ -160,3 +163,46 @@ def test_a_strict_ceiling_stops_an_untrained_vae_before_training(
     with pytest.raises(VaeCeilingError, match=r"alpha_iou = .*goal >= 0\.95"):
         run_demo(settings, tmp_path / "out", cache, progress=False)
     assert not (tmp_path / "out" / "train").exists()
+
+
+def test_animate_rows_are_written_and_scored(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    samples = sorted(p for p in (out / "data" / "heldout").iterdir() if p.is_dir())
+    assert list(report["animate"]) == list(ANIMATE_ROWS)
+    for label, row in report["animate"].items():
+        again = [animate_score(out / row["folder"] / s.name, s) for s in samples]
+        assert row["samples"] == again, label  # the report's numbers are the metric functions'
+        for sample in samples:
+            folder = out / row["folder"] / sample.name
+            manifest = read_manifest(folder)
+            assert manifest.task == "animate" and manifest.settings["first_frames"] == ["foreground"]
+            assert manifest.settings["first_frame_mode"] == ANIMATE_ROWS[label][1]
+            assert (folder / PREVIEW_FILE).is_file()
+    stage3 = LayerFlowPipeline.load_config(out / "train" / "stage3" / "final" / "pipeline")
+    assert "animate" in stage3["layout"]["tasks"]  # stage 3 trained the task: its own splice runs
+
+
+def _disc_path(shift: tuple[int, int], frames: int = 4, size: int = 32) -> torch.Tensor:
+    """An alpha clip of a disc whose centre moves by ``shift`` pixels per frame (x, y)."""
+    yy, xx = torch.meshgrid(torch.arange(size) * 1.0, torch.arange(size) * 1.0, indexing="ij")
+    clips = []
+    for t in range(frames):
+        cx, cy = 16 + shift[0] * t, 16 + shift[1] * t
+        clips.append((((xx - cx) ** 2 + (yy - cy) ** 2) < 36).float()[None])
+    return torch.stack(clips)
+
+
+@pytest.mark.parametrize(
+    ("shift", "caption", "expected"),
+    [
+        ((2, 0), "a large red circle moving right", 1.0),
+        ((-2, 0), "a large red circle moving right", 0.0),
+        ((0, -2), "a large red circle moving up", 1.0),
+        ((0, 0), "a large red circle", 1.0),  # still: no motion words
+        ((2, 0), "a large red circle", 0.0),
+        ((2, 0), "a large red circle spinning", None),  # a motion the centroid cannot judge
+    ],
+)
+def test_motion_matches_the_caption(shift, caption, expected) -> None:
+    assert motion_matches(_disc_path(shift), caption) == expected

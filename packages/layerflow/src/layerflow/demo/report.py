@@ -138,6 +138,7 @@ def build_report(
     trained: dict[str, list[EvaluationReport]],
     base: dict[str, list[EvaluationReport]],
     round_trip: list[EvaluationReport],
+    animate: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Everything the run measured, as one JSON-ready dict (``settings``: the run's ``DemoSettings``,
@@ -145,7 +146,7 @@ def build_report(
     ``base_record``: the video base's ``recipe.json`` with its ``source`` and ``directory``)."""
     return {
         "format": "layerflow-demo-report",
-        "version": 4,
+        "version": 5,
         "layout": "official alpha_clip",
         "settings": asdict(settings),
         "assets": {
@@ -171,6 +172,7 @@ def build_report(
             }
             for task in TASKS
         },
+        "animate": animate,
         "metric_descriptions": {name: description for name, (description, _) in METRICS.items()},
         "timings_s": timings,
     }
@@ -401,9 +403,45 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
         "",
     ]
     lines += [task_section(task, entry, output_dir) for task, entry in report["tasks"].items()]
+    lines += [
+        "## Animate a cutout (`animate`: the foreground's first frame given)",
+        "",
+        animate_section(report["animate"]),
+    ]
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in report["timings_s"].items())
     lines += [f"Timings: {timings}.", ""]
     return "\n".join(lines)
+
+
+#: The animate table's columns: metric of :mod:`.animate` -> heading.
+ANIMATE_COLUMNS: dict[str, str] = {
+    "first_frame.foreground_mae": "frame-0 colour error (lower)",
+    "first_frame.alpha_iou": "frame-0 alpha IoU",
+    "motion": "moves as its caption says",
+    "consistency.cross_layer": "cross-layer IoU",
+}
+
+
+def animate_section(animate: dict[str, Any]) -> str:
+    """The ``animate`` rows (trained, training-free splice, base) and each row's first preview."""
+    lines = [
+        "Each held-out sample's first foreground frame (its RGBA cutout) is given; every layer is "
+        "generated from the sample's prompts. *Trained*: the model of stage 3, which trained the task on "
+        "a share of its batches, splicing the clean first-frame latents; *training-free splice*: the "
+        "first-frame latents re-noised to every step's timestep, the mode for models not trained for "
+        "it (the official checkpoints); the base was never trained for it.",
+        "",
+        "| row | " + " | ".join(ANIMATE_COLUMNS.values()) + " |",
+        "| --- |" + " --- |" * len(ANIMATE_COLUMNS),
+    ]
+    for label, row in animate.items():
+        cells = [_fmt(row["means"].get(name)) for name in ANIMATE_COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for label, row in animate.items():
+        first = row["sample_ids"][0]
+        lines += [f"{label}: ![animate, {label}]({row['folder']}/{first}/{PREVIEW_FILE})", ""]
+    return "\n".join(lines) + "\n"
 
 
 def training_table(training: dict[str, Any]) -> str:

@@ -51,6 +51,7 @@ from layerflow.synthetic.writers import generate_dataset
 from layerflow.tiny import single_thread
 from layerflow.training.schema import MAX_SEED
 
+from .animate import animate_inputs, sample_animate
 from .assets import (
     DemoAssetConfig,
     DemoAssets,
@@ -96,6 +97,10 @@ class DemoSettings:
             the demo: text read more at mid noise, alpha IoU and adherence slightly higher).
         check_vae_ceiling: stop before training when the VAE misses its ceiling goals; when off, a
             miss is logged as a warning and reported.
+        animate_share: share of stage-3 batches that train the ``animate`` task (first frames given,
+            see :mod:`.animate`); ``0`` leaves the model untrained for it (then only the
+            training-free rows are meaningful). Stage 3 encodes its batches on the fly for it (the
+            precompute cache holds whole clips only), which its 50 steps afford.
         device: where the models train and sample (``"cpu"`` or ``"cuda"``).
     """
 
@@ -115,6 +120,7 @@ class DemoSettings:
     content_rank: int = 16
     assets: DemoAssetConfig = field(default_factory=DemoAssetConfig)
     check_vae_ceiling: bool = False
+    animate_share: float = 0.2
     device: str = "cpu"
     seed: int = 0
 
@@ -236,6 +242,9 @@ def stage_overrides(
     frozen = {**video, "freeze": True}
     sources = {1: [video], 2: [frozen], 3: [{**frozen, "repeat": 2}, video]}[stage]
     steps = settings.stage_steps[stage - 1]
+    animate = stage == 3 and settings.animate_share > 0
+    others = (1 - settings.animate_share) / len(TASKS) if animate else 1 / len(TASKS)
+    objective = {task: others for task in TASKS} | ({"animate": settings.animate_share} if animate else {})
     return {
         "model": {
             "base": str(base),
@@ -249,9 +258,10 @@ def stage_overrides(
             "height": height,
             "width": width,
             "num_frames": frames,
-            "precompute": True,
+            "precompute": not animate,  # first frames are encoded from the clips' pixels
             "sources": sources,
         },
+        "objective": {"tasks": objective},
         "optim": {
             "batch_size": settings.batch_size,
             "learning_rate": settings.stage_learning_rates[stage - 1],
@@ -329,25 +339,45 @@ def run_task(
     **pipeline_options: Any,
 ) -> LayerFlowOutput:
     """One task on one held-out sample at the demo's geometry and guidance (``pipeline_options``: e.g. a callback)."""
-    frames, height, width = settings.geometry
     prompts, conditions = task_inputs(task, sample_dir)
-    options = tasks.TaskOptions(
+    return tasks.run(
+        pipeline, task, prompts, conditions, task_options(settings, steps, seed), **pipeline_options
+    ).output
+
+
+def task_options(settings: DemoSettings, steps: int, seed: int) -> tasks.TaskOptions:
+    """The demo's geometry, guidance and ``steps``, seeded with ``seed``."""
+    frames, height, width = settings.geometry
+    return tasks.TaskOptions(
         frames=frames, height=height, width=width, steps=steps, guidance=settings.guidance_scale, seed=seed
     )
-    return tasks.run(pipeline, task, prompts, conditions, options, **pipeline_options).output
 
 
 def preview_rows(task: str, output_dir: Path, sample_dir: Path) -> list[tuple[str, torch.Tensor]]:
     """The rows of a task preview: its input, the generated layers, their recomposition, the truth."""
     _, conditions = task_inputs(task, sample_dir)
+    return [(f"input {name}", frames) for name, frames in conditions.items()] + layer_rows(
+        output_dir, sample_dir
+    )
+
+
+def animate_preview_rows(output_dir: Path, sample_dir: Path) -> list[tuple[str, torch.Tensor]]:
+    """An ``animate`` preview: the given cutout (held for every frame), then as :func:`preview_rows`."""
+    _, conditions = animate_inputs(sample_dir)
+    rows = layer_rows(output_dir, sample_dir)
+    cutout = conditions["foreground"].frames
+    return [("given frame 0", cutout.expand(rows[0][1].shape[0], -1, -1, -1)), *rows]
+
+
+def layer_rows(output_dir: Path, sample_dir: Path) -> list[tuple[str, torch.Tensor]]:
+    """The generated layers of an output folder, their recomposition and the true foreground."""
     _, generated = read_output_dir(output_dir)
     truth = read_reference_sample(sample_dir)
     assert generated.foreground is not None and generated.alpha is not None
     assert generated.background is not None and generated.composite is not None
     assert truth.foreground is not None and truth.alpha is not None
-    rows = [(f"input {name}", frames) for name, frames in conditions.items()]
     alpha, foreground = generated.alpha, generated.foreground
-    rows += [
+    return [
         ("foreground", torch.cat([foreground, alpha], dim=1)),
         ("alpha", alpha.expand(-1, 3, -1, -1)),
         ("background", generated.background),
@@ -355,7 +385,6 @@ def preview_rows(task: str, output_dir: Path, sample_dir: Path) -> list[tuple[st
         ("recomposed", over(foreground, alpha, generated.background)),
         ("true fg", torch.cat([truth.foreground, truth.alpha], dim=1)),
     ]
-    return rows
 
 
 def round_trip_rows(folder: Path, samples: Sequence[Path], count: int = 3) -> list[tuple[str, torch.Tensor]]:
@@ -464,6 +493,16 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     lap("diagnostics")
     trained = sample_tasks(trained_pipeline, settings, heldout, out, "trained", progress)
     baseline = sample_tasks(base, settings, heldout, out / "base", "base", progress)
+    animate = sample_animate(
+        {"trained": trained_pipeline, "base": base},
+        task_options(settings, settings.inference_steps, settings.seed),
+        samples,
+        out,
+        progress,
+        lambda target, sample: write_task_preview(
+            target / PREVIEW_FILE, animate_preview_rows(target, sample)
+        ),
+    )
     lap("sampling_and_metrics")
     curves = {
         f"VAE, {assets.vae_source}": assets.losses,
@@ -471,7 +510,7 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     }
     write_loss_plot(out / "loss_curves.png", curves)
     report = build_report(
-        settings, assets, base_record, losses, diagnostics, trained, baseline, round_trip, timings
+        settings, assets, base_record, losses, diagnostics, trained, baseline, round_trip, animate, timings
     )
     if not is_finite(report):
         raise FloatingPointError("the demo report holds a non-finite number; see report.json")
@@ -480,6 +519,7 @@ def _run(settings: DemoSettings, out: Path, cache_dir: str | Path | None, progre
     files = [out / "report.md", out / "report.json", out / "loss_curves.png"]
     files += sorted(p for task in TASKS for p in (out / task).rglob("*") if p.is_file())
     files.append(out / ROUND_TRIP_DIR / PREVIEW_FILE)
+    files += sorted(p for p in (out / "animate").rglob("*") if p.is_file())
     return DemoResult(out, report, files)
 
 
