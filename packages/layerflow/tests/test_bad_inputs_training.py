@@ -435,11 +435,19 @@ def test_a_bad_data_source_is_one_line_and_blocks_no_rerun(tmp_path: Path, capsy
     assert not (tmp_path / "out" / "stage1" / "config.json").exists()
 
 
-def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, workers: int) -> None:
     script = shutil.which("layerflow")
     command = [script] if script else [sys.executable, "-m", "layerflow"]
     argv = [*command, "train", "--stage", "1", "--output-root", "out", "--no-progress"]
-    argv += ["--max-steps", "100000", "--set", "run.checkpoint_every=2"]
+    argv += [
+        "--max-steps",
+        "100000",
+        "--set",
+        "run.checkpoint_every=2",
+        "--set",
+        f"data.num_workers={workers}",
+    ]
     # Ctrl-C reaches a terminal's foreground job with SIGINT at its default disposition; a test run
     # launched in the background (``cmd &`` in a script) inherits SIGINT ignored, so restore it.
     run = subprocess.Popen(
@@ -465,3 +473,18 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
         last
         == f"error: interrupted: run the same command with --resume to continue from {newest.relative_to(tmp_path)}"
     ), last
+
+
+def test_an_interrupt_inside_a_step_waits_for_its_end_and_a_second_one_does_not() -> None:
+    from layerflow.training.interrupt import deferred_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with deferred_interrupt() as stop_requested:
+        assert not stop_requested()
+        os.kill(os.getpid(), signal.SIGINT)  # e.g. inside a safetensors read: nothing is raised there
+        time.sleep(0.05)
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before

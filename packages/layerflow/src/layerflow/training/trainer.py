@@ -41,6 +41,7 @@ from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_la
 from .ema import ParameterEMA
 from .encoding import BatchEncoder, prompt_encoder
 from .export import export_final, load_starting_point
+from .interrupt import deferred_interrupt, ignore_interrupts
 from .launch import check_launch
 from .objective import Objective, masked_v_loss
 from .output_dir import check_output_dir, clear_previous_run
@@ -234,6 +235,7 @@ class LayerFlowTrainer:
                 batch_sampler=self.sampler,
                 collate_fn=self.collate,
                 num_workers=self.config.data.num_workers,
+                worker_init_fn=ignore_interrupts,  # Ctrl-C stops the run between steps, not its workers
             )
             for batch in loader:
                 state.batch_in_epoch += 1
@@ -407,6 +409,27 @@ class LayerFlowTrainer:
             disable=not (config.run.progress and accelerator.is_main_process),
         )
         started, first_step = time.perf_counter(), state.step
+        with deferred_interrupt() as stop_requested:
+            self._steps(state, batches, progress, stop_requested)
+        progress.close()
+        elapsed = time.perf_counter() - started
+        rate = samples_per_step * (state.step - first_step) / max(elapsed, 1e-9)
+        final = self._export(state)
+        accelerator.end_training()
+        return TrainResult(state.losses, final, count_parameters(self.trained), rate)
+
+    def _steps(
+        self,
+        state: ckpt.TrainingState,
+        batches: Iterator[Any],
+        progress: Any,
+        stop_requested: Callable[[], bool],
+    ) -> None:
+        """The optimisation steps up to ``max_steps``, checkpointing every ``checkpoint_every``; a
+        requested stop (Ctrl-C, :func:`deferred_interrupt`) ends them after a whole step."""
+        config, accelerator = self.config, self.accelerator
+        accumulation = config.optim.gradient_accumulation_steps
+        samples_per_step = self.sampler.global_batch * accumulation
         while state.step < config.run.max_steps:
             step_start = time.perf_counter()
             losses = []
@@ -441,12 +464,8 @@ class LayerFlowTrainer:
                 self._save(state)
             if self.on_step_end is not None:
                 self.on_step_end(state.step, loss_value)
-        progress.close()
-        elapsed = time.perf_counter() - started
-        rate = samples_per_step * (state.step - first_step) / max(elapsed, 1e-9)
-        final = self._export(state)
-        accelerator.end_training()
-        return TrainResult(state.losses, final, count_parameters(self.trained), rate)
+            if stop_requested():
+                raise KeyboardInterrupt
 
     def _export(self, state: ckpt.TrainingState) -> Path | None:
         """Write ``final/`` from the full weights (gathered from every rank where they are sharded)."""
