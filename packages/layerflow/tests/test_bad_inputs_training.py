@@ -478,13 +478,23 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, workers: int) -> None:
 def test_an_interrupt_inside_a_step_waits_for_its_end_and_a_second_one_does_not() -> None:
     from layerflow.training.interrupt import deferred_interrupt
 
-    before = signal.getsignal(signal.SIGINT)
-    with deferred_interrupt() as stop_requested:
-        assert not stop_requested()
-        os.kill(os.getpid(), signal.SIGINT)  # e.g. inside a safetensors read: nothing is raised there
-        time.sleep(0.05)
-        assert stop_requested()
-        with pytest.raises(KeyboardInterrupt):
+    # SIGINT as a terminal's foreground job has it (a run launched with ``&`` inherits it ignored,
+    # and then Ctrl-C never reaches it: deferral changes nothing there).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with deferred_interrupt() as stop_requested:
+            assert not stop_requested()
+            os.kill(os.getpid(), signal.SIGINT)  # e.g. inside a safetensors read: nothing is raised there
+            time.sleep(0.05)
+            assert stop_requested()
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with deferred_interrupt() as stop_requested:  # an ignored SIGINT stays ignored
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
-    assert signal.getsignal(signal.SIGINT) is before
+            assert not stop_requested()
+    finally:
+        signal.signal(signal.SIGINT, inherited)
