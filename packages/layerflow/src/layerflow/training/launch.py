@@ -5,9 +5,9 @@ GPUs it turns FSDP/DeepSpeed off (its state stays ``DistributedType.NO``) and ea
 processes trains alone, all writing one output folder; ``accelerate launch --cpu --num_processes N``
 starts a single process. What arrived is read from the launcher's environment (``WORLD_SIZE``,
 ``ACCELERATE_USE_FSDP``, ...) and compared with what accelerate set up; a mismatch is a
-:class:`LaunchError` whose one line names what happened and the launch that works. DeepSpeed is
-refused too: the trainer's checkpoints and gradient accumulation are written for torch's optimizers
-(DDP, FSDP2), and FSDP2 covers what ZeRO-2/3 (with CPU offload) would.
+:class:`LaunchError` whose one line names what happened and the launch that works. DeepSpeed runs on
+a CPU-only machine too (the trainer gives it a gloo group), but not with ``ACCELERATE_USE_CPU``, which
+turns it off.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from accelerate.utils import DistributedType
 
 #: The launch that runs N processes as one gloo group on a CPU-only machine (what the tests use).
 CPU_LAUNCH = "ACCELERATE_USE_CPU=yes torchrun --nproc_per_node {n} -m layerflow.training ..."
+#: The DeepSpeed launch that runs on a CPU-only machine (ACCELERATE_USE_CPU would turn DeepSpeed off).
+CPU_DEEPSPEED_LAUNCH = (
+    "ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_CONFIG_FILE=<deepspeed-zero*.json> "
+    "torchrun --nproc_per_node {n} -m layerflow.training ..."
+)
 #: The engines an ``accelerate config`` can ask for, by the variable ``accelerate launch`` sets.
 ENGINE_VARIABLES = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
 ENGINE_TYPES = {"FSDP": DistributedType.FSDP, "DeepSpeed": DistributedType.DEEPSPEED}
@@ -58,18 +63,17 @@ def launch_problem(
             f"{cause}; each would train alone into the same output folder. On a CPU-only machine launch "
             f"`{CPU_LAUNCH.format(n=launched)}` (DDP over gloo)"
         )
+    if engine == "DeepSpeed" and distributed_type != DistributedType.DEEPSPEED:
+        return (
+            f"DeepSpeed was asked for (ACCELERATE_USE_DEEPSPEED=true) but accelerate runs "
+            f"{distributed_type.value} on {device} (ACCELERATE_USE_CPU turns DeepSpeed off); on a CPU-only "
+            f"machine launch `{CPU_DEEPSPEED_LAUNCH.format(n=max(launched, 2))}`"
+        )
     if engine is not None and distributed_type != ENGINE_TYPES[engine]:
         return (
             f"{engine} was asked for ({ENGINE_VARIABLES[engine]}=true) but accelerate runs "
             f"{distributed_type.value} on {device}: {engine} needs GPUs; on a CPU-only machine launch "
             f"`{CPU_LAUNCH.format(n=max(launched, 2))}` (DDP over gloo)"
-        )
-    if distributed_type == DistributedType.DEEPSPEED:
-        return (
-            "DeepSpeed is not an engine this trainer runs: its engine owns the optimizer and the gradient "
-            "accumulation, and its checkpoints neither follow this trainer's format nor re-shard; FSDP2 "
-            "shards the same states (full-shard as ZeRO-3, shard-grad-op as ZeRO-2, with optional CPU "
-            "offload): launch with one of the configs/accelerate/fsdp2-*.yaml files"
         )
     # accelerate's simple launcher (``--cpu``, or no multi-process flag) writes ACCELERATE_USE_CPU as
     # Python's "True"/"False" and a rendezvous port only when --num_processes > 1, but starts one process.

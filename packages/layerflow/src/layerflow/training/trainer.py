@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+)
 from diffusers.optimization import get_scheduler
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
@@ -36,6 +41,7 @@ from layerflow.data import collate_cached, collate_for_layout
 from layerflow.locking import folder_lock
 
 from . import checkpointing as ckpt
+from . import zero
 from .config import ConfigError, TrainConfig, config_changes, config_json
 from .datasets import EpochBatchSampler, RepeatedMix, build_cached_mix, build_layered_mix
 from .ema import ParameterEMA
@@ -104,15 +110,24 @@ class LayerFlowTrainer:
             if tracker == "tensorboard" or (tracker == "auto" and tensorboard_available())
             else None
         )
+        handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+        deepspeed = zero.deepspeed_plugin(config) if zero.deepspeed_requested() else None
+        if deepspeed is not None and not torch.cuda.is_available():
+            # accelerate picks no backend for DeepSpeed on a CPU-only machine (each process would stay
+            # alone); gloo makes the launched processes one group, as on GPUs.
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
         self.accelerator = Accelerator(
             mixed_precision=run.mixed_precision,
+            gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
+            deepspeed_plugin=deepspeed,
             log_with=log_with,
             project_config=ProjectConfiguration(
                 project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")
             ),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            kwargs_handlers=handlers,
         )
         check_launch(self.accelerator)
+        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         if run.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
             raise ConfigError("run.mixed_precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'no'")
         self.weight_dtype = _DTYPES[run.mixed_precision]
@@ -180,13 +195,21 @@ class LayerFlowTrainer:
         parameters = dict(transformer.named_parameters())
         self.trained = {name: parameters[name] for name in self.names}
         self.ema = (
-            ParameterEMA(self.trained, config.run.ema_decay) if config.run.ema_decay is not None else None
+            ParameterEMA(self._ema_values(), config.run.ema_decay)
+            if config.run.ema_decay is not None
+            else None
         )
+
+    def _ema_values(self) -> Mapping[str, torch.Tensor]:
+        """What the EMA follows: the trained parameters (this rank's shards under FSDP2), or under
+        DeepSpeed their gathered float32 values (a ZeRO-3 parameter holds only its partition)."""
+        return zero.full_fp32(self.trained) if self.deepspeed else self.trained
 
     def _prepare(
         self, transformer: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[torch.nn.Module, Any]:
-        """Wrap model and optimizer for the engine accelerate runs (DDP, FSDP2, ...)."""
+        """Wrap model and optimizer for the engine accelerate runs (DDP, FSDP2, DeepSpeed). The LR
+        schedule is not handed over: the loop steps it once per optimizer step under every engine."""
         return self.accelerator.prepare(transformer, optimizer)
 
     def _setup_data(self) -> None:
@@ -244,7 +267,15 @@ class LayerFlowTrainer:
                 yield batch
 
     # ---------------------------------------------------------------------------- checkpoints
-    def _checkpoint_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def _checkpoint_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+        """The tensors our format holds and the optimizer's JSON-able rest (collective). Under DeepSpeed
+        the engine checkpoint holds model and optimizer; ours holds the consolidated float32 trained
+        weights (for inspection and a resume under another engine or process count) and the EMA."""
+        if self.deepspeed:
+            tensors = {f"trained.{name}": value for name, value in zero.full_fp32(self.trained).items()}
+            if self.ema is not None:
+                tensors |= {f"ema.{name}": shadow for name, shadow in self.ema.shadow.items()}
+            return tensors, None
         return ckpt.checkpoint_tensors(
             self.model,
             self.optimizer.optimizer,
@@ -275,8 +306,18 @@ class LayerFlowTrainer:
             "dataset_size": len(self.dataset),
         }
         return ckpt.write_checkpoint(
-            self.config.output_dir, state.step, tensors, record, self.config.run.keep_checkpoints
+            self.config.output_dir,
+            state.step,
+            tensors,
+            record,
+            self.config.run.keep_checkpoints,
+            engine_state=self._save_engine if self.deepspeed else None,
         )
+
+    def _save_engine(self, folder: Path) -> None:
+        """DeepSpeed's engine checkpoint (this rank's model and optimizer partitions) into ``folder``
+        through accelerate; the frozen weights are left out (they are the starting point's)."""
+        self.accelerator.save_state(str(folder), exclude_frozen_parameters=True)
 
     def _check_start(self) -> None:
         """Before anything loads: the output folder is free (or resumed/overwritten), the checkpoint exists."""
@@ -327,9 +368,18 @@ class LayerFlowTrainer:
             )
         if self.ema is not None and state["ema_updates"] is None:
             raise ckpt.CheckpointError(f"{path} has no EMA state, but run.ema_decay is set")
-        tensors, _ = self._checkpoint_tensors()
-        ckpt.load_tensors(path, tensors)
-        ckpt.load_optimizer(self.model, self.optimizer.optimizer, tensors, state["optimizer"])
+        if self.deepspeed:
+            self._load_engine(path, state)
+        else:
+            if state["optimizer"] is None:
+                raise ckpt.CheckpointError(
+                    f"{path} holds a DeepSpeed optimizer state: resume it under DeepSpeed (the "
+                    "configs/accelerate/deepspeed-*.yaml launch) with its "
+                    f"{state['world_size']} processes"
+                )
+            tensors, _ = self._checkpoint_tensors()
+            ckpt.load_tensors(path, tensors)
+            ckpt.load_optimizer(self.model, self.optimizer.optimizer, tensors, state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if state["grad_scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
@@ -341,6 +391,20 @@ class LayerFlowTrainer:
         return ckpt.TrainingState(
             state["step"], state["epoch"], state["batch_in_epoch"], list(state["losses"])
         )
+
+    def _load_engine(self, path: Path, state: dict[str, Any]) -> None:
+        """Load a DeepSpeed checkpoint written with this process count: the engine's model and
+        optimizer partitions through accelerate, the EMA from our tensors."""
+        processes = self.accelerator.num_processes
+        if state["distributed_type"] != DistributedType.DEEPSPEED.value or state["world_size"] != processes:
+            raise ckpt.CheckpointError(
+                f"{path} was written by {state['world_size']} {state['distributed_type']} process(es); "
+                f"DeepSpeed resumes only its own checkpoints with as many processes: launch "
+                f"{state['world_size']} DeepSpeed processes, or resume it under DDP/FSDP2"
+            )
+        self.accelerator.load_state(str(path / ckpt.ENGINE), load_module_strict=False)
+        if self.ema is not None:
+            ckpt.load_tensors(path, {f"ema.{name}": shadow for name, shadow in self.ema.shadow.items()})
 
     # ------------------------------------------------------------------------------ training
     def _micro_step(self, batch: Any, step: int, micro_step: int) -> torch.Tensor:
@@ -435,10 +499,11 @@ class LayerFlowTrainer:
             losses = []
             for micro_step in range(accumulation):
                 batch = next(batches)
-                sync = micro_step == accumulation - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
+                # accelerate syncs (DDP) and steps the engine (DeepSpeed) on the last micro-batch only;
+                # backward scales the loss by 1 / accumulation under every engine.
+                with accelerator.accumulate(self.model):
                     loss = self._micro_step(batch, state.step, micro_step)
-                    accelerator.backward(loss / accumulation)
+                    accelerator.backward(loss)
                 losses.append(loss.detach())
             if config.optim.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
@@ -446,7 +511,7 @@ class LayerFlowTrainer:
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.update(self.trained)
+                self.ema.update(self._ema_values())
             loss_value = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
@@ -471,21 +536,10 @@ class LayerFlowTrainer:
         """Write ``final/`` from the full weights (gathered from every rank where they are sharded)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
-        if self.ema is not None:
-            self.ema.copy_to(self.trained)
-        transformer = self.transformer
-        trained: dict[str, torch.Tensor] = dict(self.trained)
-        full: dict[str, Any] = {}
-        sharded = any(isinstance(p, DTensor) for p in self.trained.values())
-        if sharded:
-            full = get_model_state_dict(  # collective: rank 0 gets the full tensors
-                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-            )
+        trained, gathered = self._final_weights()
         final = None
         if accelerator.is_main_process:
-            if sharded:
-                transformer = self._unsharded_transformer(full)
-                trained = {name: full[name] for name in self.names}
+            transformer = self._unsharded_transformer(trained) if gathered else self.transformer
             summary = {
                 "stage": self.config.stage,
                 "steps": state.step,
@@ -500,11 +554,28 @@ class LayerFlowTrainer:
         accelerator.wait_for_everyone()
         return final
 
-    def _unsharded_transformer(self, full: dict[str, torch.Tensor]) -> torch.nn.Module:
-        """The stage's transformer (starting point, this stage's adapters) holding the gathered weights."""
+    def _final_weights(self) -> tuple[dict[str, torch.Tensor], bool]:
+        """The trained weights to export (the EMA's where there is one) and whether they were gathered
+        from a sharding engine (collective then; only the main process's are complete)."""
+        if self.deepspeed:
+            return (dict(self.ema.shadow) if self.ema is not None else zero.full_fp32(self.trained)), True
+        if self.ema is not None:
+            self.ema.copy_to(self.trained)
+        if not any(isinstance(p, DTensor) for p in self.trained.values()):
+            return dict(self.trained), False
+        full = get_model_state_dict(  # collective: rank 0 gets the full tensors
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return ({name: full[name] for name in self.names} if full else {}), True
+
+    def _unsharded_transformer(self, trained: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+        """The stage's transformer (starting point, this stage's adapters) holding the gathered trained
+        weights; the frozen ones are the starting point's, which no engine changes or rounds."""
         transformer = load_starting_point(self.config).transformer
         apply_stage(transformer, self.config, self.plan)
-        transformer.load_state_dict(full)
+        missing, unexpected = transformer.load_state_dict(dict(trained), strict=False)
+        if unexpected or set(self.names) & set(missing):
+            raise RuntimeError(f"gathered weights do not fit the stage's transformer: {unexpected or missing}")
         return transformer
 
 
