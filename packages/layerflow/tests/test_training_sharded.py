@@ -5,6 +5,7 @@ SIGKILLed + resumed run equals it bit for bit) and a DDP run (the exports agree 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -54,6 +55,10 @@ def sigkill_after(step: int):
 
 def worker(rank: int, port: int, root: str, phase: str) -> None:
     join_cpu_group(rank, WORLD, port)
+    engine, _, deepspeed_phase = phase.partition(":")
+    if deepspeed_phase:  # "zero2:full": DeepSpeed, as accelerate launch with deepspeed-zero2.yaml sets it
+        deepspeed_worker(rank, Path(root), engine, deepspeed_phase)
+        return
     if phase == "machines":  # what a 2-machine launch gives: each process is its machine's local rank 0
         os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", GROUP_RANK=str(rank), NODE_RANK=str(rank))
     path = Path(root)
@@ -73,6 +78,25 @@ def worker(rank: int, port: int, root: str, phase: str) -> None:
     sharded = [isinstance(p, DTensor) for p in trainer.trained.values()]
     assert all(sharded) if trainer_class is CPUShardedTrainer else not any(sharded)
     assert trainer.accelerator.is_local_main_process == (phase == "machines" or rank == 0)
+
+
+def deepspeed_worker(rank: int, root: Path, engine: str, phase: str) -> None:
+    """A DeepSpeed run through accelerate (no ``ACCELERATE_USE_CPU``: it turns DeepSpeed off)."""
+    del os.environ["ACCELERATE_USE_CPU"]
+    os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE=engine[-1])
+    name, kwargs = {
+        "full": (engine, {}),
+        "killed": (f"{engine}-killed", {"on_step_end": sigkill_after(3)}),
+        "resumed": (f"{engine}-killed", {"resume": True}),
+        "fallback": (f"{engine}-fallback", {"resume": True}),
+    }[phase]
+    reset_accelerate_state()
+    trainer = LayerFlowTrainer(tiny_test_config(root, 1, settings(root, name)), **kwargs)
+    trainer.train()
+    assert trainer.deepspeed and trainer.accelerator.num_processes == WORLD, (
+        "DeepSpeed did not run as one group"
+    )
+    assert trainer.model.zero_optimization_stage() == int(engine[-1])
 
 
 def launch(root: Path, phase: str) -> None:
@@ -179,3 +203,98 @@ def test_two_machines_on_localhost_train_as_one_group(sharded_runs: Path) -> Non
         "rng-rank0.safetensors",
         "rng-rank1.safetensors",
     ]
+
+
+# ----------------------------------------------------------------------------------------- DeepSpeed
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is the layerflow[deepspeed] extra"
+)
+ZERO_STAGES = ("zero2", "zero3")
+
+
+def damage_newest_engine_file(run: Path) -> Path:
+    """Truncate rank 0's optimizer partition in the run's checkpoint 4 (its final export removed)."""
+    shutil.rmtree(run / "final")
+    partition = next(
+        (run / "checkpoints" / "checkpoint-4" / ckpt.ENGINE).rglob("zero_pp_rank_0_*optim_states.pt")
+    )
+    partition.write_bytes(partition.read_bytes()[:100])
+    return partition
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(sharded_runs: Path) -> Path:
+    """Per ZeRO stage, 2 DeepSpeed processes: a run of 4 steps; one SIGKILLed after step 3 (checkpoint 2
+    written), then resumed; a copy of the first with checkpoint 4's engine files damaged, resumed."""
+    root = sharded_runs
+    for engine in ZERO_STAGES:
+        launch(root, f"{engine}:full")
+        with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
+            launch(root, f"{engine}:killed")
+        launch(root, f"{engine}:resumed")
+        shutil.copytree(root / engine, root / f"{engine}-fallback")
+        damage_newest_engine_file(root / f"{engine}-fallback")
+        launch(root, f"{engine}:fallback")
+    return root
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("engine", ZERO_STAGES)
+def test_a_sigkilled_deepspeed_run_resumes_bit_exactly(deepspeed_runs: Path, engine: str) -> None:
+    full, full_losses = final(deepspeed_runs, engine)
+    resumed, resumed_losses = final(deepspeed_runs, f"{engine}-killed")
+    assert resumed_losses == full_losses and len(full_losses) == 4
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    engine_files = ckpt.read_state(deepspeed_runs / engine / "checkpoints" / "checkpoint-4")[
+        ckpt.ENGINE_FILES
+    ]
+    assert sum("optim_states" in name for name in engine_files) == WORLD  # each rank's partition
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("engine", ZERO_STAGES)
+def test_the_deepspeed_export_is_the_ddp_export(deepspeed_runs: Path, engine: str) -> None:
+    """Same seeds and data order as the DDP run: losses and exported weights agree within float
+    tolerance, the frozen weights bit for bit (torch_autocast keeps them float32, never rounded)."""
+    root = deepspeed_runs
+    (ddp, ddp_losses), (zero, zero_losses) = final(root, "ddp"), final(root, engine)
+    torch.testing.assert_close(torch.tensor(zero_losses), torch.tensor(ddp_losses), rtol=1e-4, atol=1e-5)
+    assert ddp.keys() == zero.keys()
+    for key in ddp:
+        torch.testing.assert_close(zero[key], ddp[key], rtol=1e-4, atol=1e-5, msg=key)
+    pipelines = [root / name / "final" / "pipeline" for name in ("ddp", engine)]
+    files = [sorted(str(p.relative_to(f)) for p in f.rglob("*") if p.is_file()) for f in pipelines]
+    assert files[0] == files[1]
+    weights = [load_file(str(f / "transformer" / "diffusion_pytorch_model.safetensors")) for f in pipelines]
+    for key in weights[0]:
+        if key in ddp:
+            torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5, msg=key)
+        else:
+            assert torch.equal(weights[1][key], weights[0][key]), key
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("engine", ZERO_STAGES)
+def test_a_damaged_deepspeed_checkpoint_falls_back_naming_it(
+    deepspeed_runs: Path, engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resume skipped the truncated checkpoint 4 for checkpoint 2 and trained on to the
+    uninterrupted run, bit for bit; the skip is a warning naming the damaged file."""
+    root = deepspeed_runs
+    (full, full_losses), (fallback, fallback_losses) = final(root, engine), final(root, f"{engine}-fallback")
+    assert fallback_losses == full_losses and all(torch.equal(full[k], fallback[k]) for k in full)
+    copy = root / f"{engine}-damaged"
+    shutil.copytree(root / engine, copy)
+    partition = damage_newest_engine_file(copy)
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.newest_readable_checkpoint(copy) == copy / "checkpoints" / "checkpoint-2"
+    assert "skipping checkpoint checkpoint-4" in caplog.text and partition.name in caplog.text
+
+
+@needs_deepspeed
+def test_one_process_refuses_a_deepspeed_checkpoint_naming_the_launch(deepspeed_runs: Path) -> None:
+    """DeepSpeed's optimizer partitions load only into DeepSpeed with the process count that wrote them."""
+    root = deepspeed_runs
+    shutil.copytree(root / "zero2", root / "zero2-one")
+    with pytest.raises(ckpt.CheckpointError, match="holds a DeepSpeed optimizer state.*with its 2 processes"):
+        train_tiny(root, "zero2-one", settings(root, "zero2-one"), resume=True)

@@ -575,7 +575,9 @@ class LayerFlowTrainer:
         apply_stage(transformer, self.config, self.plan)
         missing, unexpected = transformer.load_state_dict(dict(trained), strict=False)
         if unexpected or set(self.names) & set(missing):
-            raise RuntimeError(f"gathered weights do not fit the stage's transformer: {unexpected or missing}")
+            raise RuntimeError(
+                f"gathered weights do not fit the stage's transformer: {unexpected or missing}"
+            )
         return transformer
 
 
