@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 22's GPU check: the shipped accelerate configs (DDP, FSDP2 full-shard / shard-grad-op) train the
+# Issue 22's GPU check: the shipped accelerate configs (DDP, FSDP2 full-shard / shard-grad-op, DeepSpeed
+# ZeRO-2 / ZeRO-3; DeepSpeed needs `pip install -e 'packages/layerflow[deepspeed]'`) train the
 # tiny stage 1 on every visible GPU through `accelerate launch`, and a resume from checkpoint 2 equals
 # the uninterrupted run (losses and trained weights, bit for bit). About 2 minutes on one GPU after
 # benchmarks/gpu_check.sh set up the environment. Results: $OUT/sharded.txt (default outputs/gpu_check).
@@ -12,7 +13,7 @@ GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
 [ "$GPUS" -ge 1 ] || { echo "no CUDA device: nothing to check"; exit 1; }
 CONFIGS=packages/layerflow/src/layerflow/training/configs/accelerate
 status=0
-for engine in ddp fsdp2-shard-grad-op fsdp2-full-shard; do
+for engine in ddp fsdp2-shard-grad-op fsdp2-full-shard deepspeed-zero2 deepspeed-zero3; do
   root="$OUT/sharded/$engine"
   rm -rf "$root"
   train() {

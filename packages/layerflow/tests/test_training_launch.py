@@ -85,7 +85,7 @@ def test_a_requested_engine_the_device_cannot_run_is_refused() -> None:
     deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_CPU": "yes", "WORLD_SIZE": "2"}
     refused = str(launch_problem(deepspeed, 2, DistributedType.MULTI_CPU, "cpu"))
     assert refused.startswith("DeepSpeed was asked for (ACCELERATE_USE_DEEPSPEED=true) but accelerate runs")
-    assert "ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_CONFIG_FILE=" in refused
+    assert "ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_ZERO_STAGE=2 torchrun" in refused
     assert "ACCELERATE_USE_CPU=yes" not in refused.split("launch `")[1]
 
 

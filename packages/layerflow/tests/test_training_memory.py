@@ -27,8 +27,16 @@ def test_stage1_memory_per_gpu_by_hand() -> None:
     full = memory_per_gpu(counts, "fsdp2-full-shard", 8, ema=True)
     assert full == MemoryEstimate(846_895_776 + 448_652_288, 420_623_040, 140_207_680)
     assert full.total == 1_856_378_784  # 1.73 GiB of model states, against 9.44 GiB under DDP
+    # ZeRO-2 on 8: all weights; gradients + DeepSpeed's float32 copy + 2 moments 16 x 280,415,360 / 8;
+    # the EMA (4 x 280,415,360) whole on every GPU.
+    zero2 = memory_per_gpu(counts, "deepspeed-zero2", 8, ema=True)
+    assert zero2 == MemoryEstimate(6_775_166_208, 560_830_720, 1_121_661_440)
+    # ZeRO-3 on 8: weights / 8 + two gathered blocks, as FSDP2 full shard; the same states as ZeRO-2.
+    zero3 = memory_per_gpu(counts, "deepspeed-zero3", 8, ema=True)
+    assert zero3 == MemoryEstimate(846_895_776 + 448_652_288, 560_830_720, 1_121_661_440)
+    assert memory_per_gpu(counts, "deepspeed-zero3-offload", 8, ema=True) == MemoryEstimate(448_652_288, 0, 0)
     totals = [memory_per_gpu(counts, engine, 8, ema=True).total for engine in ENGINES]
-    assert totals == sorted(totals, reverse=True)  # each engine in the list shards more than the one before
+    assert totals == sorted(totals, reverse=True)  # each engine in the list needs at most the one before
 
 
 def test_unknown_engine_is_refused() -> None:
@@ -47,6 +55,13 @@ def test_the_shipped_accelerate_configs_are_the_engines_computed_here() -> None:
         assert config.num_processes == 8 and config.num_machines == 1
         if engine == "ddp":
             assert config.distributed_type == DistributedType.MULTI_GPU
+            continue
+        if engine.startswith("deepspeed-"):
+            deepspeed = config.deepspeed_config
+            assert config.distributed_type == DistributedType.DEEPSPEED
+            assert f"zero{deepspeed['zero_stage']}" == engine.split("-")[1]
+            offload = "cpu" if engine.endswith("-offload") else "none"
+            assert deepspeed["offload_optimizer_device"] == deepspeed["offload_param_device"] == offload
             continue
         fsdp = config.fsdp_config
         assert config.distributed_type == DistributedType.FSDP and fsdp["fsdp_version"] == 2

@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType
 CPU_LAUNCH = "ACCELERATE_USE_CPU=yes torchrun --nproc_per_node {n} -m layerflow.training ..."
 #: The DeepSpeed launch that runs on a CPU-only machine (ACCELERATE_USE_CPU would turn DeepSpeed off).
 CPU_DEEPSPEED_LAUNCH = (
-    "ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_CONFIG_FILE=<deepspeed-zero*.json> "
+    "ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_ZERO_STAGE=2 "
     "torchrun --nproc_per_node {n} -m layerflow.training ..."
 )
 #: The engines an ``accelerate config`` can ask for, by the variable ``accelerate launch`` sets.

@@ -12,9 +12,15 @@ ddp                        4P                                12T                
 fsdp2-shard-grad-op        4P (gathered forward->backward)   12T / N             4T / N
 fsdp2-full-shard           4P / N + 2 gathered blocks        12T / N             4T / N
 fsdp2-full-shard-offload   2 gathered blocks (rest on CPU)   0 (CPU)             0 (CPU)
+deepspeed-zero2            4P                                16T / N             4T
+deepspeed-zero3            4P / N + 2 gathered blocks        16T / N             4T
+deepspeed-zero3-offload    2 gathered blocks (rest on CPU)   0 (CPU)             0 (CPU)
 =========================  ================================  ==================  ==================
 
-``N`` GPUs; "2 gathered blocks": FSDP2 un-shards one block to compute it while it prefetches the next.
+``N`` GPUs; "2 gathered blocks": FSDP2 un-shards one block to compute it while it prefetches the next
+(ZeRO-3 likewise). DeepSpeed's ZeRO optimizer keeps its own float32 copy of each trained partition
+next to the parameters (16 B per trained parameter, not 12), and the trainer's EMA follows the
+gathered full values there, so it is not sharded.
 Activations (with gradient checkpointing: the block inputs, plus one block's internals in backward),
 the frozen VAE/T5 (moved to the CPU after the precompute) and the CUDA workspace come on top.
 ``python -m layerflow.training.memory CONFIG --stage N --gpus 8`` prints the table for a config.
@@ -34,9 +40,19 @@ import multi_lora
 from .config import TrainConfig, load_config
 from .stages import BLOCKS, MOTION, StagePlan, adapter_config, apply_stage, count_parameters
 
-ENGINES = ("ddp", "fsdp2-shard-grad-op", "fsdp2-full-shard", "fsdp2-full-shard-offload")
+#: Every engine, from the most memory per GPU to the least (for the 2B stage configs on 8 GPUs).
+ENGINES = (
+    "ddp",
+    "deepspeed-zero2",
+    "fsdp2-shard-grad-op",
+    "deepspeed-zero3",
+    "fsdp2-full-shard",
+    "deepspeed-zero3-offload",
+    "fsdp2-full-shard-offload",
+)
 FLOAT32 = 4
 ADAM = 2 * FLOAT32  # two moments per trained parameter
+ZERO_MASTER = FLOAT32  # DeepSpeed's float32 copy of the trained partition
 GATHERED_BLOCKS = 2
 GIB = 2**30
 
@@ -100,7 +116,12 @@ def memory_per_gpu(counts: ParameterCounts, engine: str, num_gpus: int, *, ema: 
         return MemoryEstimate(
             counts.total * FLOAT32 // num_gpus + gathered, trained // num_gpus, shadows // num_gpus
         )
-    return MemoryEstimate(gathered, 0, 0)
+    zero_states = counts.trained * (FLOAT32 + ZERO_MASTER + ADAM) // num_gpus
+    if engine == "deepspeed-zero2":
+        return MemoryEstimate(counts.total * FLOAT32, zero_states, shadows)
+    if engine == "deepspeed-zero3":
+        return MemoryEstimate(counts.total * FLOAT32 // num_gpus + gathered, zero_states, shadows)
+    return MemoryEstimate(gathered, 0, 0)  # the offload engines
 
 
 def memory_table(counts: ParameterCounts, num_gpus: int, *, ema: bool) -> str:
