@@ -1,9 +1,11 @@
 """The accelerate training loop of one LayerFlow stage.
 
-``accelerate`` is the distributed engine: one process (CPU or GPU), DDP (gloo on CPU, NCCL on GPUs)
-or FSDP2 through an ``accelerate config`` (``configs/accelerate/``). Checkpoints are written by every
-rank through ``torch.distributed.checkpoint`` (:mod:`.checkpointing`): sharded states stay sharded,
-and a resume re-shards them to the processes it has. The final export gathers full weights, so it
+``accelerate`` is the distributed engine: one process (CPU or GPU), DDP (gloo on CPU, NCCL on GPUs),
+FSDP2 or DeepSpeed ZeRO-2/3 (:mod:`.zero`) through an ``accelerate config`` (``configs/accelerate/``).
+Checkpoints are written by every rank through ``torch.distributed.checkpoint`` (:mod:`.checkpointing`):
+sharded states stay sharded, and a resume re-shards them to the processes it has; under DeepSpeed the
+model and optimizer partitions are its engine checkpoint (``accelerator.save_state``) in the same
+atomic folder, resumed with the same process count. The final export gathers full weights, so it
 is the same diffusers folder whatever the engine. A launch whose processes are not the run that was
 asked for is refused first (:mod:`.launch`). The loop itself steps the optimizer once per
 ``gradient_accumulation_steps`` micro-batches, skipping DDP's gradient sync on the others, clips
