@@ -53,11 +53,11 @@ def sigkill_after(step: int):
     return callback
 
 
-def worker(rank: int, port: int, root: str, phase: str) -> None:
-    join_cpu_group(rank, WORLD, port)
+def worker(rank: int, port: int, root: str, phase: str, world: int = WORLD) -> None:
+    join_cpu_group(rank, world, port)
     engine, _, deepspeed_phase = phase.partition(":")
     if deepspeed_phase:  # "zero2:full": DeepSpeed, as accelerate launch with deepspeed-zero2.yaml sets it
-        deepspeed_worker(rank, Path(root), engine, deepspeed_phase)
+        deepspeed_worker(Path(root), engine, deepspeed_phase, world)
         return
     if phase == "machines":  # what a 2-machine launch gives: each process is its machine's local rank 0
         os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", GROUP_RANK=str(rank), NODE_RANK=str(rank))
@@ -80,28 +80,39 @@ def worker(rank: int, port: int, root: str, phase: str) -> None:
     assert trainer.accelerator.is_local_main_process == (phase == "machines" or rank == 0)
 
 
-def deepspeed_worker(rank: int, root: Path, engine: str, phase: str) -> None:
+def deepspeed_worker(root: Path, engine: str, phase: str, world: int) -> None:
     """A DeepSpeed run through accelerate (no ``ACCELERATE_USE_CPU``: it turns DeepSpeed off)."""
     del os.environ["ACCELERATE_USE_CPU"]
     os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE=engine[-1])
+    resume = {"resume": True, "allow_changes": True}  # one process: a micro-batch of 4 (same global batch)
     name, kwargs = {
         "full": (engine, {}),
         "killed": (f"{engine}-killed", {"on_step_end": sigkill_after(3)}),
         "resumed": (f"{engine}-killed", {"resume": True}),
         "fallback": (f"{engine}-fallback", {"resume": True}),
+        "one": (f"{engine}-one", resume),
+        "from-ddp": (f"{engine}-from-ddp", {"resume": True}),
     }[phase]
+    options = settings(root, name) | ({"optim": {"batch_size": 4}} if world == 1 else {})
     reset_accelerate_state()
-    trainer = LayerFlowTrainer(tiny_test_config(root, 1, settings(root, name)), **kwargs)
+    trainer = LayerFlowTrainer(tiny_test_config(root, 1, options), **kwargs)
     trainer.train()
-    assert trainer.deepspeed and trainer.accelerator.num_processes == WORLD, (
+    assert trainer.deepspeed and trainer.accelerator.num_processes == world, (
         "DeepSpeed did not run as one group"
     )
     assert trainer.model.zero_optimization_stage() == int(engine[-1])
 
 
-def launch(root: Path, phase: str) -> None:
+def launch(root: Path, phase: str, world: int = WORLD) -> None:
     reset_accelerate_state()
-    mp.start_processes(worker, args=(free_port(), str(root), phase), nprocs=WORLD, start_method="fork")
+    mp.start_processes(worker, args=(free_port(), str(root), phase, world), nprocs=world, start_method="fork")
+
+
+def copy_until_checkpoint_2(root: Path, source: str, name: str) -> None:
+    """``root/name``: run ``source`` as if killed after its checkpoint 2 (what it wrote later removed)."""
+    shutil.copytree(root / source, root / name)
+    for written_later in ("final", "checkpoints/checkpoint-4"):
+        shutil.rmtree(root / name / written_later)
 
 
 def final(root: Path, name: str) -> tuple[dict[str, torch.Tensor], list[float]]:
@@ -115,9 +126,7 @@ def sharded_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (checkpoint 2 written), then resumed; the FSDP2 run as two machines of one process each."""
     root = tmp_path_factory.mktemp("sharded")
     launch(root, "ddp")
-    shutil.copytree(root / "ddp", root / "ddp-resumed")  # as if killed after checkpoint 2
-    for written_later in ("final", "checkpoints/checkpoint-4"):
-        shutil.rmtree(root / "ddp-resumed" / written_later)
+    copy_until_checkpoint_2(root, "ddp", "ddp-resumed")
     launch(root, "ddp-resumed")
     launch(root, "full")
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
@@ -212,20 +221,19 @@ needs_deepspeed = pytest.mark.skipif(
 ZERO_STAGES = ("zero2", "zero3")
 
 
-def damage_newest_engine_file(run: Path) -> Path:
-    """Truncate rank 0's optimizer partition in the run's checkpoint 4 (its final export removed)."""
+def damage_newest_shard(run: Path) -> Path:
+    """Truncate a tensors shard of the run's checkpoint 4 (its final export removed)."""
     shutil.rmtree(run / "final")
-    partition = next(
-        (run / "checkpoints" / "checkpoint-4" / ckpt.ENGINE).rglob("zero_pp_rank_0_*optim_states.pt")
-    )
-    partition.write_bytes(partition.read_bytes()[:100])
-    return partition
+    shard = sorted((run / "checkpoints" / "checkpoint-4" / ckpt.TENSORS).glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    return shard
 
 
 @pytest.fixture(scope="module")
 def deepspeed_runs(sharded_runs: Path) -> Path:
     """Per ZeRO stage, 2 DeepSpeed processes: a run of 4 steps; one SIGKILLed after step 3 (checkpoint 2
-    written), then resumed; a copy of the first with checkpoint 4's engine files damaged, resumed."""
+    written), then resumed; a copy of the first with checkpoint 4 damaged, resumed. ZeRO-3 also resumes
+    the ZeRO-3 checkpoint 2 with one DeepSpeed process, and the DDP run's checkpoint 2 with two."""
     root = sharded_runs
     for engine in ZERO_STAGES:
         launch(root, f"{engine}:full")
@@ -233,8 +241,12 @@ def deepspeed_runs(sharded_runs: Path) -> Path:
             launch(root, f"{engine}:killed")
         launch(root, f"{engine}:resumed")
         shutil.copytree(root / engine, root / f"{engine}-fallback")
-        damage_newest_engine_file(root / f"{engine}-fallback")
+        damage_newest_shard(root / f"{engine}-fallback")
         launch(root, f"{engine}:fallback")
+    copy_until_checkpoint_2(root, "zero3", "zero3-one")
+    launch(root, "zero3:one", world=1)
+    copy_until_checkpoint_2(root, "ddp", "zero3-from-ddp")
+    launch(root, "zero3:from-ddp")
     return root
 
 
@@ -245,10 +257,18 @@ def test_a_sigkilled_deepspeed_run_resumes_bit_exactly(deepspeed_runs: Path, eng
     resumed, resumed_losses = final(deepspeed_runs, f"{engine}-killed")
     assert resumed_losses == full_losses and len(full_losses) == 4
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
-    engine_files = ckpt.read_state(deepspeed_runs / engine / "checkpoints" / "checkpoint-4")[
-        ckpt.ENGINE_FILES
-    ]
-    assert sum("optim_states" in name for name in engine_files) == WORLD  # each rank's partition
+    checkpoint = deepspeed_runs / engine / "checkpoints" / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "rng-rank0.safetensors",
+        "rng-rank1.safetensors",
+        "state.json",
+        ckpt.TENSORS,
+    ]  # the format of every engine, no DeepSpeed (pickle) files
+    content, _ = ckpt.read_checkpoint(checkpoint)
+    assert content.optimizer.keys() == {
+        f"{name}.{key}" for name in full for key in ("exp_avg", "exp_avg_sq", "step")
+    }
+    assert all(float(content.optimizer[f"{name}.step"]) == 4 for name in full)
 
 
 @needs_deepspeed
@@ -285,16 +305,41 @@ def test_a_damaged_deepspeed_checkpoint_falls_back_naming_it(
     assert fallback_losses == full_losses and all(torch.equal(full[k], fallback[k]) for k in full)
     copy = root / f"{engine}-damaged"
     shutil.copytree(root / engine, copy)
-    partition = damage_newest_engine_file(copy)
+    shard = damage_newest_shard(copy)
     with caplog.at_level(logging.WARNING):
         assert ckpt.newest_readable_checkpoint(copy) == copy / "checkpoints" / "checkpoint-2"
-    assert "skipping checkpoint checkpoint-4" in caplog.text and partition.name in caplog.text
+    assert "skipping checkpoint checkpoint-4" in caplog.text and shard.name in caplog.text
+
+
+def assert_continues(root: Path, name: str, oracle: str) -> None:
+    """Run ``name`` (resumed from another run's checkpoint 2) kept checkpoint 2's losses and trained on
+    to the uninterrupted ``oracle`` run within float tolerance (another reduction order)."""
+    (expected, expected_losses), (trained, losses) = final(root, oracle), final(root, name)
+    assert losses[:2] == expected_losses[:2]  # restored from checkpoint 2, not retrained
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
+    assert trained.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(trained[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 @needs_deepspeed
-def test_one_process_refuses_a_deepspeed_checkpoint_naming_the_launch(deepspeed_runs: Path) -> None:
-    """DeepSpeed's optimizer partitions load only into DeepSpeed with the process count that wrote them."""
+def test_one_process_resumes_a_deepspeed_checkpoint(deepspeed_runs: Path) -> None:
+    """The 2-process ZeRO-2 checkpoint 2 re-shards into one plain process, the ZeRO-3 one into one
+    DeepSpeed process (same global batch of 4); both continue to the 2-process run."""
     root = deepspeed_runs
-    shutil.copytree(root / "zero2", root / "zero2-one")
-    with pytest.raises(ckpt.CheckpointError, match="holds a DeepSpeed optimizer state.*with its 2 processes"):
-        train_tiny(root, "zero2-one", settings(root, "zero2-one"), resume=True)
+    copy_until_checkpoint_2(root, "zero2", "zero2-one")
+    train_tiny(
+        root,
+        "zero2-one",
+        settings(root, "zero2-one") | {"optim": {"batch_size": 4}},
+        resume=True,
+        allow_changes=True,
+    )
+    for engine in ZERO_STAGES:
+        assert_continues(root, f"{engine}-one", engine)
+
+
+@needs_deepspeed
+def test_deepspeed_resumes_a_ddp_checkpoint(deepspeed_runs: Path) -> None:
+    """The DDP run's checkpoint 2 (torch AdamW states by parameter name) continues under ZeRO-3."""
+    assert_continues(deepspeed_runs, "zero3-from-ddp", "ddp")

@@ -7,17 +7,13 @@ A checkpoint is a folder ``checkpoints/checkpoint-<step>/``::
                             ``torch.distributed.checkpoint`` as safetensors shards (one per rank, each
                             holding that rank's shard of a sharded (FSDP2) tensor and the layout in its header)
     rng-rank<r>.safetensors torch CPU (and CUDA) generator states of rank r
-    engine/                 DeepSpeed runs only: the engine's checkpoint (``accelerator.save_state``:
-                            each rank's model and optimizer partitions, in DeepSpeed's own files);
-                            there ``tensors/`` holds the consolidated trained weights and the EMA
     state.json              step, data position, loss history, optimizer hyper-parameters, LR
-                            scheduler, grad scaler, numpy/python RNG, config, the size of every
-                            ``engine/`` file; written LAST
+                            scheduler, grad scaler, numpy/python RNG, config; written LAST
 
-Every engine writes the same format: one process, DDP (each tensor replicated, written once) and
-FSDP2 (each rank writes its shards); reading re-shards, so a checkpoint resumes under another process
-count or engine. DeepSpeed's optimizer partitions are the engine's own (``engine/``), which resumes
-them only with the process count that wrote them. All ranks write into one hidden temporary folder, which the main process renames into
+Every engine writes the same format: one process, DDP (each tensor replicated, written once), FSDP2
+(each rank writes its shards) and DeepSpeed ZeRO (its partitions gathered into the full float32
+weights and AdamW states a torch optimizer has, by :mod:`.zero`); reading re-shards, so a checkpoint
+resumes under another process count or engine. All ranks write into one hidden temporary folder, which the main process renames into
 place when every rank is done (:func:`shared_atomic_directory`), so a killed run leaves either a whole
 checkpoint or none (stale temporary folders are ignored and cleaned up on resume).
 :func:`latest_checkpoint` only considers folders with a ``state.json``; a checkpoint damaged afterwards
@@ -35,7 +31,7 @@ import os
 import random
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +51,6 @@ from layerflow.atomic import atomic_directory
 CHECKPOINT_FORMAT = "layerflow-train-checkpoint"
 CHECKPOINT_VERSION = 2
 TENSORS = "tensors"
-ENGINE = "engine"
-ENGINE_FILES = "engine_files"
 PREFIX = "checkpoint-"
 STATE = "state.json"
 logger = logging.getLogger(__name__)
@@ -225,29 +219,20 @@ def write_checkpoint(
     tensors: Mapping[str, torch.Tensor],
     state: Mapping[str, Any] | None,
     keep: int | None,
-    engine_state: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` with every rank (collective) through one temporary folder renamed into
     place when complete; ``state`` (read on the main process only) is the last file written, so a write
-    that fails or is killed leaves no ``checkpoint-<step>``. ``engine_state(folder)``, called on every
-    rank, writes an engine's own checkpoint into ``engine/``; ``state.json`` records its files' sizes,
-    so a damaged one is found before a resume loads it."""
+    that fails or is killed leaves no ``checkpoint-<step>``."""
     final = checkpoint_dir(output_dir, step)
     with shared_atomic_directory(final) as tmp:
         writer = HuggingFaceStorageWriter(str(tmp / TENSORS), save_distributed=distributed())
         with _dcp_call():
             dcp.save(dict(tensors), storage_writer=writer, no_dist=not distributed())
         save_file(_contiguous(rng_tensors()), str(tmp / f"rng-rank{rank()}.safetensors"))
-        if engine_state is not None:
-            engine_state(tmp / ENGINE)
         barrier()
         if rank() == 0:
             assert state is not None, "the main process writes state.json"
-            files = _file_sizes(tmp / ENGINE) if engine_state is not None else None
-            _write_json(
-                tmp / STATE,
-                {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state, ENGINE_FILES: files},
-            )
+            _write_json(tmp / STATE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state})
     if rank() == 0:
         prune(output_dir, keep, step)
     return final
@@ -306,19 +291,7 @@ def check_readable(path: Path) -> dict[str, Any]:
                 pass
         except (OSError, SafetensorError) as error:
             raise CheckpointError(f"{file.relative_to(path.parent)} is damaged: {error}") from None
-    for name, size in (state.get(ENGINE_FILES) or {}).items():
-        file = path / ENGINE / name
-        found = file.stat().st_size if file.is_file() else None
-        if found != size:
-            raise CheckpointError(
-                f"{file.relative_to(path.parent)} is damaged: {found} bytes, {size} written"
-            )
     return state
-
-
-def _file_sizes(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` by relative path, with its size in bytes."""
-    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
 def load_tensors(path: Path, destination: Mapping[str, torch.Tensor]) -> None:

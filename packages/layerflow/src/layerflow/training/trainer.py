@@ -3,10 +3,10 @@
 ``accelerate`` is the distributed engine: one process (CPU or GPU), DDP (gloo on CPU, NCCL on GPUs),
 FSDP2 or DeepSpeed ZeRO-2/3 (:mod:`.zero`) through an ``accelerate config`` (``configs/accelerate/``).
 Checkpoints are written by every rank through ``torch.distributed.checkpoint`` (:mod:`.checkpointing`):
-sharded states stay sharded, and a resume re-shards them to the processes it has; under DeepSpeed the
-model and optimizer partitions are its engine checkpoint (``accelerator.save_state``) in the same
-atomic folder, resumed with the same process count. The final export gathers full weights, so it
-is the same diffusers folder whatever the engine. A launch whose processes are not the run that was
+sharded states stay sharded, and a resume re-shards them to the processes and engine it has (under
+DeepSpeed, :mod:`.zero` gathers the full weights and AdamW states into that same format and
+partitions them back). The final export gathers full weights, so it is the same diffusers folder
+whatever the engine. A launch whose processes are not the run that was
 asked for is refused first (:mod:`.launch`). The loop itself steps the optimizer once per
 ``gradient_accumulation_steps`` micro-batches, skipping DDP's gradient sync on the others, clips
 gradients, steps the LR schedule once per optimizer step (not once per process), updates the EMA,
@@ -269,15 +269,14 @@ class LayerFlowTrainer:
                 yield batch
 
     # ---------------------------------------------------------------------------- checkpoints
-    def _checkpoint_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-        """The tensors our format holds and the optimizer's JSON-able rest (collective). Under DeepSpeed
-        the engine checkpoint holds model and optimizer; ours holds the consolidated float32 trained
-        weights (for inspection and a resume under another engine or process count) and the EMA."""
+    def _checkpoint_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors our format holds and the optimizer's JSON-able rest (collective); under DeepSpeed
+        the full float32 weights and AdamW states, gathered from its partitions."""
         if self.deepspeed:
-            tensors = {f"trained.{name}": value for name, value in zero.full_fp32(self.trained).items()}
+            tensors, optimizer_meta = zero.checkpoint_tensors(self.model, self.trained)
             if self.ema is not None:
                 tensors |= {f"ema.{name}": shadow for name, shadow in self.ema.shadow.items()}
-            return tensors, None
+            return tensors, optimizer_meta
         return ckpt.checkpoint_tensors(
             self.model,
             self.optimizer.optimizer,
@@ -313,13 +312,7 @@ class LayerFlowTrainer:
             tensors,
             record,
             self.config.run.keep_checkpoints,
-            engine_state=self._save_engine if self.deepspeed else None,
         )
-
-    def _save_engine(self, folder: Path) -> None:
-        """DeepSpeed's engine checkpoint (this rank's model and optimizer partitions) into ``folder``
-        through accelerate; the frozen weights are left out (they are the starting point's)."""
-        self.accelerator.save_state(str(folder), exclude_frozen_parameters=True)
 
     def _check_start(self) -> None:
         """Before anything loads: the output folder is free (or resumed/overwritten), the checkpoint exists."""
@@ -370,15 +363,13 @@ class LayerFlowTrainer:
             )
         if self.ema is not None and state["ema_updates"] is None:
             raise ckpt.CheckpointError(f"{path} has no EMA state, but run.ema_decay is set")
-        if self.deepspeed:
-            self._load_engine(path, state)
+        if self.deepspeed:  # full tensors on every rank, partitioned into the engine
+            tensors = zero.checkpoint_destination(self.trained)
+            if self.ema is not None:
+                tensors |= {f"ema.{name}": shadow for name, shadow in self.ema.shadow.items()}
+            ckpt.load_tensors(path, tensors)
+            zero.load_checkpoint_tensors(self.model, self.trained, tensors, state["optimizer"])
         else:
-            if state["optimizer"] is None:
-                raise ckpt.CheckpointError(
-                    f"{path} holds a DeepSpeed optimizer state: resume it under DeepSpeed (the "
-                    "configs/accelerate/deepspeed-*.yaml launch) with its "
-                    f"{state['world_size']} processes"
-                )
             tensors, _ = self._checkpoint_tensors()
             ckpt.load_tensors(path, tensors)
             ckpt.load_optimizer(self.model, self.optimizer.optimizer, tensors, state["optimizer"])
@@ -393,20 +384,6 @@ class LayerFlowTrainer:
         return ckpt.TrainingState(
             state["step"], state["epoch"], state["batch_in_epoch"], list(state["losses"])
         )
-
-    def _load_engine(self, path: Path, state: dict[str, Any]) -> None:
-        """Load a DeepSpeed checkpoint written with this process count: the engine's model and
-        optimizer partitions through accelerate, the EMA from our tensors."""
-        processes = self.accelerator.num_processes
-        if state["distributed_type"] != DistributedType.DEEPSPEED.value or state["world_size"] != processes:
-            raise ckpt.CheckpointError(
-                f"{path} was written by {state['world_size']} {state['distributed_type']} process(es); "
-                f"DeepSpeed resumes only its own checkpoints with as many processes: launch "
-                f"{state['world_size']} DeepSpeed processes, or resume it under DDP/FSDP2"
-            )
-        self.accelerator.load_state(str(path / ckpt.ENGINE), load_module_strict=False)
-        if self.ema is not None:
-            ckpt.load_tensors(path, {f"ema.{name}": shadow for name, shadow in self.ema.shadow.items()})
 
     # ------------------------------------------------------------------------------ training
     def _micro_step(self, batch: Any, step: int, micro_step: int) -> torch.Tensor:
