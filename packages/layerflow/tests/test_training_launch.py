@@ -93,6 +93,10 @@ def test_the_launches_that_work_pass() -> None:
     torchrun = {"ACCELERATE_USE_CPU": "yes", "WORLD_SIZE": "2", "MASTER_PORT": "29500"}
     assert launch_problem(torchrun, 2, DistributedType.MULTI_CPU, "cpu") is None
     assert launch_problem({}, 1, DistributedType.NO, "cpu") is None  # plain python
+    env, _ = accelerate_env("--cpu", "--num_processes", "1")
+    assert launch_problem(env, 1, DistributedType.NO, "cpu") is None
+    fsdp = {"ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "8"}
+    assert launch_problem(fsdp, 8, DistributedType.FSDP, "cuda") is None
     deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "8"}  # DeepSpeed runs under the trainer
     assert launch_problem(deepspeed, 8, DistributedType.DEEPSPEED, "cuda") is None
     assert launch_problem(deepspeed | {"WORLD_SIZE": "2"}, 2, DistributedType.DEEPSPEED, "cpu") is None
@@ -127,7 +131,13 @@ def test_a_deepspeed_config_that_overrides_the_stage_config_is_refused(
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(file))
     with pytest.raises(ConfigError, match=r"train_micro_batch_size_per_gpu=16 \(the stage config gives 2\)"):
         deepspeed_plugin(tiny_test_config(tmp_path, 1))
-    env, _ = accelerate_env("--cpu", "--num_processes", "1")
-    assert launch_problem(env, 1, DistributedType.NO, "cpu") is None
-    fsdp = {"ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "8"}
-    assert launch_problem(fsdp, 8, DistributedType.FSDP, "cuda") is None
+
+
+def test_a_deepspeed_release_whose_internals_the_checkpoints_do_not_read_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.20.1")
+    with pytest.raises(ConfigError, match=r"^DeepSpeed 0\.20\.1 is installed; .* DeepSpeed 0\.19\.x"):
+        deepspeed_plugin(tiny_test_config(tmp_path, 1))

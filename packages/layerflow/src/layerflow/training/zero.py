@@ -30,6 +30,8 @@ from accelerate.utils import DeepSpeedPlugin, is_deepspeed_available
 from .config import ConfigError, TrainConfig
 
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+#: The DeepSpeed releases whose ZeRO optimizer internals the checkpoint code reads (the ``deepspeed`` extra).
+SUPPORTED_DEEPSPEED = "0.19"
 
 
 def deepspeed_requested(environ: Mapping[str, str] | None = None) -> bool:
@@ -65,6 +67,14 @@ def deepspeed_plugin(config: TrainConfig) -> DeepSpeedPlugin:
         raise ConfigError(
             "DeepSpeed was asked for (ACCELERATE_USE_DEEPSPEED=true) but is not installed: "
             "pip install 'layerflow[deepspeed]'"
+        )
+    from importlib.metadata import version
+
+    installed = version("deepspeed")
+    if not installed.startswith(SUPPORTED_DEEPSPEED + "."):
+        raise ConfigError(
+            f"DeepSpeed {installed} is installed; the trainer's checkpoints read the ZeRO optimizer "
+            f"internals of DeepSpeed {SUPPORTED_DEEPSPEED}.x: pip install 'layerflow[deepspeed]'"
         )
     plugin = DeepSpeedPlugin()
     # Every rank loads the starting point whole (as the FSDP2 configs' cpu_ram_efficient_loading=false):
