@@ -32,6 +32,8 @@ from .presets import MEMORIES, SPEEDS, Preset
 if TYPE_CHECKING:
     from .geometry import ModelGeometry
     from .pipelines import LayerFlowOutput, LayerFlowPipeline
+    from .pipelines.pipeline_layerflow import Unconditional
+    from .pipelines.scheduling import SchedulerKind
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: Upper bounds checked before any model loads: past them a run only fails late (memory) or overflows.
@@ -132,7 +134,7 @@ def _layout_of(index: Mapping[str, Any]) -> LayerLayout:
 
 def model_layout(model_dir: str | os.PathLike[str]) -> LayerLayout:
     """The layout of a model folder, after checking every component's config and weights."""
-    index = check_model_dir(model_dir)
+    index = check_model_dir(Path(model_dir))
     try:
         return _layout_of(index)
     except ValueError as error:
@@ -296,7 +298,7 @@ def load_pipeline(model: str | os.PathLike[str], device: str, options: TaskOptio
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     pipe = LayerFlowPipeline.from_pretrained(model, dtype=dtype)
     if options.scheduler != "dpm":
-        pipe.scheduler = switch_scheduler(pipe.scheduler, options.scheduler)
+        pipe.scheduler = switch_scheduler(pipe.scheduler, cast("SchedulerKind", options.scheduler))  # checked
     pipe.enable_preset(Preset(options.speed, options.memory), device)  # type: ignore[arg-type]  # checked
     return pipe
 
@@ -316,10 +318,14 @@ def run(
     conditions = dict(conditions or {})
     request = check_request(model, task, prompts, options)
     conditions = check_conditions(request, conditions, options)
-    pipe = model if request.model is None else load_pipeline(request.model, request.device, options)
+    pipe = (
+        cast("LayerFlowPipeline", model)  # check_request: a pipeline when no model folder was named
+        if request.model is None
+        else load_pipeline(request.model, request.device, options)
+    )
     unconditional = options.unconditional or ("encoded" if options.negative_prompts else None)
     try:
-        output = pipe(
+        output: LayerFlowOutput = pipe(  # type: ignore[assignment]  # return_dict is True
             dict(prompts),
             task,
             conditions=conditions or None,
@@ -330,7 +336,7 @@ def run(
             num_inference_steps=options.steps,
             guidance_scale=options.guidance,
             use_dynamic_cfg=options.dynamic_cfg,
-            unconditional=unconditional,
+            unconditional=cast("Unconditional | None", unconditional),  # checked
             isolate_conditions=options.isolate_conditions,
             first_frame_mode=cast(FirstFrameMode | None, options.first_frame_mode),  # checked
             generator=torch.Generator(device="cpu").manual_seed(options.seed),

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
+from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTransformer3DModel
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import CogVideoXPipeline
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -220,8 +221,9 @@ def stock_pipeline(assets: DemoAssets, transformer: CogVideoXTransformer3DModel,
     """The base as a stock ``CogVideoXPipeline`` (tiny T5, demo VAE, DPM++ with the recipe's SNR shift)."""
     from layerflow.pipelines.scheduling import make_scheduler
 
-    scheduler = make_scheduler("dpm")
-    scheduler = type(scheduler).from_config(scheduler.config, snr_shift_scale=recipe.snr_shift_scale)
+    stock = make_scheduler("dpm")
+    # typed as "maybe a (scheduler, kwargs) tuple"; it is a scheduler without return_unused_kwargs
+    scheduler: Any = type(stock).from_config(stock.config, snr_shift_scale=recipe.snr_shift_scale)
     pipeline = CogVideoXPipeline(
         tokenizer=assets.tokenizer,
         text_encoder=assets.text_encoder,
@@ -329,7 +331,7 @@ def train_base(
     scheduler = pipeline.scheduler
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
-    start, losses = 0, []
+    start, losses = 0, list[float]()
     if checkpoint_dir is not None:
         start, losses = _load_checkpoint(checkpoint_dir, fingerprint, model, ema, optimizer)
     bar = tqdm(

@@ -14,9 +14,9 @@ only changes the generated latents.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, cast, get_args
 
 import torch
 from diffusers.hooks import (
@@ -79,7 +79,8 @@ def cache_config(pipe: AcceleratedPipeline, method: CacheMethod, **settings: Any
 
     MagCache needs ``mag_ratios`` (:func:`calibrate_mag_ratios`) and the call's ``num_inference_steps``.
     """
-    timestep = lambda: pipe.current_timestep  # noqa: E731  # read at every hooked call
+    # read at every hooked call; diffusers types it as an int, its own pipelines pass the tensor
+    timestep = cast(Callable[[], int], lambda: pipe.current_timestep)
     if method == "first_block":
         return FirstBlockCacheConfig(**settings)
     if method == "pyramid_broadcast":
@@ -158,7 +159,7 @@ def count_block_calls(transformer: torch.nn.Module) -> Iterator[BlockCalls]:
 
     handles = [
         block.get_submodule(name).register_forward_pre_hook(count)
-        for block in transformer.transformer_blocks
+        for block in cast(torch.nn.ModuleList, transformer.transformer_blocks)
         for name in ("attn1.to_q", "ff.net.0")
     ]
     try:

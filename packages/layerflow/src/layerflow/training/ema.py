@@ -14,7 +14,7 @@ class ParameterEMA:
     are saved as safetensors and matched by name on resume.
     """
 
-    def __init__(self, parameters: Mapping[str, torch.nn.Parameter], decay: float):
+    def __init__(self, parameters: Mapping[str, torch.Tensor], decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
@@ -25,7 +25,7 @@ class ParameterEMA:
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()
-    def update(self, parameters: Mapping[str, torch.nn.Parameter]) -> None:
+    def update(self, parameters: Mapping[str, torch.Tensor]) -> None:
         decay = self.current_decay()
         for name, param in parameters.items():
             self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)

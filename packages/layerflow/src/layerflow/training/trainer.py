@@ -542,7 +542,7 @@ class LayerFlowTrainer:
             self.ema.copy_to(self.trained)
         if not any(isinstance(p, DTensor) for p in self.trained.values()):
             return dict(self.trained), False
-        full = get_model_state_dict(  # collective: rank 0 gets the full tensors
+        full: dict[str, Any] = get_model_state_dict(  # collective: rank 0 gets the full tensors
             self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         return ({name: full[name] for name in self.names} if full else {}), True

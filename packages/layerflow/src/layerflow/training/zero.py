@@ -222,8 +222,9 @@ def _set_fp32(param: torch.nn.Parameter, value: torch.Tensor, key: str | None) -
 
     value = value.to(device=param.device, dtype=torch.float32)
     if hasattr(param, "ds_tensor"):
-        size = param.ds_tensor.numel()
-        group = param.ds_process_group
+        partitioned: Any = param  # ZeRO-3 adds its partition attributes, untyped
+        size = partitioned.ds_tensor.numel()
+        group = partitioned.ds_process_group
         padded = torch.nn.functional.pad(
             value.flatten(), (0, size * dist.get_world_size(group) - value.numel())
         )
