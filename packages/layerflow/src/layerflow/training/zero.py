@@ -7,6 +7,8 @@ precision is DeepSpeed's ``torch_autocast``, not its ``bf16`` mode: the ``bf16``
 transformer to bfloat16, which would round the frozen base weights the export writes; autocast keeps
 them float32 as under DDP/FSDP2. The trainer passes its own torch AdamW (the engine wraps it in its
 ZeRO optimizer) and steps its LR schedule itself, so optimizer and schedule are those of every engine.
+With CPU offload accelerate swaps that AdamW for DeepSpeedCPUAdam over the same parameter groups (lr,
+betas, eps, weight decay).
 
 Under ZeRO-3 a parameter holds only this rank's partition; :func:`full_fp32` gathers the full float32
 values (DeepSpeed's ``safe_get_full_fp32_param``, collective) for the EMA and the export.
@@ -177,14 +179,15 @@ def load_checkpoint_tensors(
     zero_optimizer = engine.optimizer
     torch_optimizer = zero_optimizer.optimizer
     step = _common_step(tensors[f"optimizer.{name}.step"] for name in trained)
+    # With CPU offload accelerate swaps our AdamW for DeepSpeedCPUAdam (same parameter groups: lr,
+    # betas, eps, weight decay), which counts steps in a Python int where torch's AdamW keeps a tensor.
+    integer_step = type(torch_optimizer).__name__ == "DeepSpeedCPUAdam"
     for partition in _fp32_partitions(engine):
         # A fresh engine creates AdamW's state at its first step; the loaded one goes into it now.
         if not torch_optimizer.state.get(partition):
-            torch_optimizer.state[partition] = {
-                "step": step.clone(),
-                **{key: torch.zeros_like(partition) for key in _MOMENTS},
-            }
-        torch_optimizer.state[partition]["step"].copy_(step)
+            torch_optimizer.state[partition] = {key: torch.zeros_like(partition) for key in _MOMENTS}
+        state = torch_optimizer.state[partition]
+        state["step"] = int(step) if integer_step else step.clone()
     if engine.zero_optimization_stage() < 3:
         # ZeRO-1/2 map each parameter to its slice of the AdamW state only after a step; map them now.
         zero_optimizer._lazy_init_hp_params_optimizer_state()
@@ -249,8 +252,9 @@ def _fp32_partitions(engine: Any) -> list[torch.Tensor]:
 
 
 def _common_step(steps: Any) -> torch.Tensor:
-    """AdamW's step count, one for all parameters (the trainer steps them together)."""
-    found = [step.detach().to("cpu", torch.float32).reshape(()) for step in steps]
+    """AdamW's step count, one for all parameters (the trainer steps them together); a tensor, or an
+    int under DeepSpeedCPUAdam."""
+    found = [torch.as_tensor(step, dtype=torch.float32, device="cpu").reshape(()) for step in steps]
     if any(not torch.equal(step, found[0]) for step in found):
         raise RuntimeError(
             f"AdamW step counts differ between parameters: {sorted({float(s) for s in found})}"
