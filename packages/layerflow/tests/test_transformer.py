@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
@@ -99,6 +102,36 @@ def test_loads_a_stock_directory_and_materialises_new_modules(tmp_path):
     stock.load_state_dict(stock_small.state_dict())
     video, text, t = _inputs(frames=6, prompts=3)
     assert torch.equal(model(video, text, t, num_clips=3).sample, stock(video, text, t).sample)
+
+
+LOAD_STOCK = """
+import sys, torch
+from layerflow.models import LayerFlowTransformer3DModel
+torch.manual_seed(int(sys.argv[2]))
+expected = torch.rand(3)
+torch.manual_seed(int(sys.argv[2]))
+model = LayerFlowTransformer3DModel.from_pretrained(sys.argv[1], num_layer_prompts=3)
+weight = model.patch_embed.layer_embedder.embed[0].weight
+print(weight.flatten()[:8].tolist(), torch.equal(torch.rand(3), expected))
+"""
+
+
+def test_a_stock_directory_loads_the_same_new_modules_in_every_fresh_process(tmp_path):
+    """The layer embedder's random input projection (official "linear" kind) is drawn from a fixed seed,
+    not from whatever the process's RNG holds, and the caller's RNG stream is left where it was: two
+    fine-tunes of one stock checkpoint start from the same model (they differed run to run before)."""
+    _stock().save_pretrained(tmp_path / "stock")
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", LOAD_STOCK, str(tmp_path / "stock"), str(seed)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()[-1]
+        for seed in (1, 2)
+    ]
+    assert runs[0] == runs[1] and runs[0].endswith(" True")
+    assert "0.0, 0.0" not in runs[0]  # a real random projection (the LayerNorm after it starts at zero)
 
 
 @torch.no_grad()

@@ -34,6 +34,8 @@ from .adapters import ADAPTERS_FOLDER, bare_linears, load_adapters, save_adapter
 from .attention import install_layer_attention, segment_attention_kwargs
 
 logger = logging.getLogger(__name__)
+#: Seeds the modules a stock checkpoint lacks (see ``_materialize_new_modules``).
+NEW_MODULE_SEED = 0
 
 PositionMode = Literal["continuous", "per_clip"]
 LayerEmbedderKind = Literal["linear", "table"]
@@ -399,13 +401,19 @@ class LayerFlowTransformer3DModel(CogVideoXTransformer3DModel):
         save_adapters(self, Path(save_directory) / ADAPTERS_FOLDER)
 
     def _materialize_new_modules(self) -> None:
+        """Build what the checkpoint lacks, the same way in every process: the layer embedder's random
+        input projection is drawn from a fixed seed (the caller's RNG untouched), so two fine-tunes of
+        one stock checkpoint with one training seed are the same run."""
         embed = self.patch_embed
         reference = embed.text_proj.weight
         created: list[str] = []
         if embed.layer_embedder is not None and any(p.is_meta for p in embed.layer_embedder.parameters()):
-            embed.layer_embedder = LayerEmbedder(
-                embed.num_layer_prompts, embed.embed_dim, kind=embed.layer_embedder.kind, zero_init=True
-            ).to(device=reference.device, dtype=reference.dtype)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(NEW_MODULE_SEED)
+                embedder = LayerEmbedder(
+                    embed.num_layer_prompts, embed.embed_dim, kind=embed.layer_embedder.kind, zero_init=True
+                )
+            embed.layer_embedder = embedder.to(device=reference.device, dtype=reference.dtype)
             created.append("patch_embed.layer_embedder")
         if embed.position_table is not None and embed.position_table.is_meta:
             frames = int(self.config["learned_position_frames"])
