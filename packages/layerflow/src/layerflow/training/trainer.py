@@ -148,7 +148,11 @@ class LayerFlowTrainer:
         self.pipeline = load_starting_point(config)
         transformer = self.pipeline.transformer
         self.plan = StagePlan.from_config(config, transformer)
-        self.trained = apply_stage(transformer, config, self.plan)
+        # What the stage adds (a LoRA's random factors) is drawn from the run's seed, not from whatever
+        # the process's RNG holds: the same in every run and every process of one run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.run.seed)
+            self.trained = apply_stage(transformer, config, self.plan)
         self.names = sorted(self.trained)
         if config.model.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
