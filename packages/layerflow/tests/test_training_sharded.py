@@ -383,3 +383,50 @@ def test_one_process_resumes_a_deepspeed_checkpoint(deepspeed_runs: Path) -> Non
 def test_deepspeed_resumes_a_ddp_checkpoint(deepspeed_runs: Path) -> None:
     """The DDP run's checkpoint 2 (torch AdamW states by parameter name) continues under ZeRO-3."""
     assert_continues(deepspeed_runs, "zero3-from-ddp", "ddp")
+
+
+def lora_worker(rank: int, port: int, root: str, engine: str) -> None:
+    """Stage 3 (a content LoRA on the base) in bf16 autocast with gradient checkpointing, 2 steps."""
+    join_cpu_group(rank, WORLD, port)
+    if engine != "ddp":
+        del os.environ["ACCELERATE_USE_CPU"]
+        os.environ.update(ACCELERATE_USE_DEEPSPEED="true", **ZERO_ENGINES[engine])
+    options = {
+        "run": {
+            "max_steps": 2,
+            "checkpoint_every": 2,
+            "mixed_precision": "bf16",
+            "output_dir": f"{root}/lora-{engine}",
+        },
+        "model": {"gradient_checkpointing": True, "init_from": "base"},
+        "optim": {"batch_size": 2},
+    }
+    reset_accelerate_state()
+    LayerFlowTrainer(tiny_test_config(Path(root), 3, options)).train()
+
+
+@needs_deepspeed
+def test_deepspeed_trains_a_lora_stage_in_bf16_with_gradient_checkpointing_as_ddp_does(
+    sharded_runs: Path,
+) -> None:
+    """ZeRO-3 runs stage 3 (only the content LoRA trains) under torch_autocast bf16 with gradient
+    checkpointing as DDP does from the same seeds and data: the same losses within bf16 rounding, the
+    LoRA trained, the frozen base exported bit for bit (never rounded to bf16). The LoRA weights
+    themselves are not compared: Adam's first steps move each element by about lr times the sign of its
+    gradient, which the reduction order flips for near-zero gradients."""
+    for engine in ("ddp", "zero3"):
+        reset_accelerate_state()
+        mp.start_processes(
+            lora_worker, args=(free_port(), str(sharded_runs), engine), nprocs=WORLD, start_method="fork"
+        )
+    finals = [sharded_runs / f"lora-{engine}" / "final" for engine in ("ddp", "zero3")]
+    ddp_losses, zero_losses = (json.loads((f / "training.json").read_text())["losses"] for f in finals)
+    torch.testing.assert_close(torch.tensor(zero_losses), torch.tensor(ddp_losses), rtol=2e-3, atol=0.0)
+    ddp, zero = (load_file(str(f / "trained.safetensors")) for f in finals)
+    assert ddp.keys() == zero.keys() and ddp and all("lora" in key for key in ddp)
+    assert all(zero[key].abs().max() > 0 for key in zero if "lora_B" in key)  # B starts at zero
+    bases = [
+        load_file(str(f / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")) for f in finals
+    ]
+    assert bases[0].keys() == bases[1].keys()
+    assert all(torch.equal(bases[0][key], bases[1][key]) for key in bases[0])
