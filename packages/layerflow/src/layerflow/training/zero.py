@@ -252,8 +252,8 @@ def _fp32_partitions(engine: Any) -> list[torch.Tensor]:
 
 
 def _common_step(steps: Any) -> torch.Tensor:
-    """AdamW's step count, one for all parameters (the trainer steps them together); a tensor, or an
-    int under DeepSpeedCPUAdam."""
+    """AdamW's step count, one for all parameters (the trainer steps them together), as a float32
+    tensor; each count may be a tensor (torch's AdamW) or an int (DeepSpeedCPUAdam)."""
     found = [torch.as_tensor(step, dtype=torch.float32, device="cpu").reshape(()) for step in steps]
     if any(not torch.equal(step, found[0]) for step in found):
         raise RuntimeError(
