@@ -81,8 +81,10 @@ class BaseRecipe:
         steps, batch_size, learning_rate, warmup_steps, ema_decay: AdamW with linear warmup and a
             cosine decay; the saved weights are the EMA after ``steps`` steps.
         schedule_steps: length of the cosine decay (``None``: ``steps``, decaying to zero). Longer
-            than ``steps``: a run stopped part-way along a longer schedule, which is how the shipped
-            base fitted its CPU budget (its first ``steps`` steps equal those of the longer run).
+            than ``steps``: a run stopped part-way along a longer schedule (its first ``steps`` steps
+            equal those of the longer run). The shipped base decays fully over 30000 steps: against
+            14000 steps stopped on a 20000-step schedule, shape adherence 0.31 -> 0.50 and a
+            1200-step decompose-only fine-tune's held-out alpha IoU 0.29 -> 0.46 (random weights: 0.37).
         text_dropout: share of captions replaced by the empty prompt (CFG's unconditional one).
         snr_shift_scale: the noise schedule's SNR shift (CogVideoX-2B's 3.0, as the demo).
         seed: weights, clips, batches, noise.
@@ -95,8 +97,8 @@ class BaseRecipe:
     clips_per_video: int = 4
     train_samples: int = 2048
     eval_samples: int = 16
-    steps: int = 14000
-    schedule_steps: int | None = 20000
+    steps: int = 30000
+    schedule_steps: int | None = None
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup_steps: int = 500

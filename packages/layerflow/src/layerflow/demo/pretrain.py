@@ -6,7 +6,7 @@ This is how the folders shipped with layerflow were made:
   ``pretrained_vae/`` (about ``vae_steps`` x 0.4 s on one CPU thread);
 - ``base``: :func:`~.base.train_base` on the default :class:`~.base.BaseRecipe`, the tiny
   text-to-video model LayerFlow fine-tunes, written to ``pretrained_base/`` with its measured quality
-  (about ``steps`` x 0.1 s on one thread). ``--checkpoint-dir`` makes a long run resumable.
+  (about ``steps`` x 0.15 s on one thread). ``--checkpoint-dir`` makes a long run resumable.
 
 Run them after changing a default recipe: the demo then finds the new fingerprint.
 """
