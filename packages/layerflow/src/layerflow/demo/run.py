@@ -88,7 +88,9 @@ class DemoSettings:
     Args:
         base: the recipe of the pretrained text-to-video base the stages fine-tune (its transformer
             size is the recipe's).
-        stage_steps, stage_learning_rates: per stage.
+        stage_steps, stage_learning_rates: per stage. Stage 1's steps are what limits the targets
+            (measured on the shipped base, 16 held out: 2000 steps -> 4000 lift decomposition alpha
+            IoU 0.31 -> 0.49, shape 0.41 -> 0.56, cross-layer 0.37 -> 0.48); 3000 fits the budget.
         stage1_trains: ``model.stage1_trains``: ``"all"`` (measured on the shipped base, 2000 steps:
             better than the paper's ``"blocks"`` on every target, e.g. cross-layer IoU 0.37 vs 0.33,
             recomposition MAE 0.092 vs 0.120).
@@ -106,7 +108,7 @@ class DemoSettings:
 
     num_train: int = 256
     num_heldout: int = 16
-    stage_steps: tuple[int, int, int] = (2000, 50, 50)
+    stage_steps: tuple[int, int, int] = (3000, 50, 50)
     stage_learning_rates: tuple[float, float, float] = (1e-3, 1e-3, 1e-3)
     stage1_trains: str = "all"
     position_mode: str = "continuous"
