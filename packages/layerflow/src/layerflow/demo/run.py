@@ -81,9 +81,9 @@ class DemoSettings:
     """Everything the demo's size and budget depend on.
 
     The default is sized for about 13 minutes on a 2-core CPU (779 s measured, a test run beside
-    it) with the shipped VAE and base (see :mod:`.assets` and :mod:`.base`): stage 1 is most of it; :meth:`quick` runs every stage
-    with a handful of steps for CI (its base is trained in the run); :meth:`cuda` is a larger model
-    trained longer on more data of the same world, for a GPU.
+    it) with the shipped VAE and base (see :mod:`.assets` and :mod:`.base`): stage 1 is most of
+    it; :meth:`quick` runs every stage with a handful of steps for CI (its base is trained in the
+    run); :meth:`cuda` is a larger model trained longer on more data of the same world, for a GPU.
 
     Args:
         base: the recipe of the pretrained text-to-video base the stages fine-tune (its transformer
