@@ -29,6 +29,7 @@ from layerflow.metrics import (
     summarize,
 )
 from layerflow.pipelines import LayerFlowPipeline
+from layerflow.tiny import torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,16 @@ def _disc_path(shift: tuple[int, int], frames: int = 4, size: int = 32) -> torch
 )
 def test_motion_matches_the_caption(shift, caption, expected) -> None:
     assert motion_matches(_disc_path(shift), caption) == expected
+
+
+def test_a_run_holds_its_thread_count_and_gives_the_callers_back(demo_run: tuple[Path, Path]) -> None:
+    """The thread count is the settings' (it decides the numbers), and the caller's is restored."""
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["num_threads"] == DemoSettings.quick().num_threads
+    caller = torch.get_num_threads()
+    with torch_threads(caller + 1):
+        assert torch.get_num_threads() == caller + 1
+    assert torch.get_num_threads() == caller
+    with pytest.raises(ValueError, match="count >= 1, got 0"):
+        torch_threads(0).__enter__()

@@ -67,14 +67,25 @@ def tiny_transformer_config(**overrides: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one CPU thread: tiny models are dominated by thread overhead on shared machines."""
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch on exactly ``count`` CPU threads, then restore the previous count.
+
+    A fixed count, not the machine's: CPU reductions split work by thread, so the count is part of
+    what makes a run's numbers reproducible from one machine to another.
+    """
+    if count < 1:
+        raise ValueError(f"torch_threads needs count >= 1, got {count}")
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def single_thread() -> contextlib.AbstractContextManager[None]:
+    """Run torch on one CPU thread: tiny models are dominated by thread overhead on shared machines."""
+    return torch_threads(1)
 
 
 def _seeded(seed: int, build: Any) -> Any:
