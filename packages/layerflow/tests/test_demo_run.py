@@ -18,7 +18,14 @@ from layerflow.demo.animate import motion_matches
 from layerflow.demo.animate import score as animate_score
 from layerflow.demo.assets import VaeCeilingError, _clip_pool, measure_ceiling
 from layerflow.demo.diagnostics import encode_heldout, x0_errors
-from layerflow.demo.report import PREVIEW_FILE, PREVIEW_SCALE, ROUND_TRIP_DIR, TARGET_TASKS
+from layerflow.demo.report import (
+    PREVIEW_FILE,
+    PREVIEW_SCALE,
+    ROUND_TRIP_DIR,
+    TARGET_TASKS,
+    _budget_evidence,
+    _stage1_trend,
+)
 from layerflow.demo.run import TASKS
 from layerflow.media import read_manifest, read_png_sequence
 from layerflow.metrics import (
@@ -220,3 +227,12 @@ def test_a_run_holds_its_thread_count_and_gives_the_callers_back(demo_run: tuple
     assert torch.get_num_threads() == caller
     with pytest.raises(ValueError, match="count >= 1, got 0"):
         torch_threads(0).__enter__()
+
+
+def test_the_budget_evidence_tells_a_falling_stage1_loss_from_a_flat_one() -> None:
+    falling = [1.0] * 18 + [0.9, 0.9]  # the last tenth 10% below the tenth before
+    flat = [1.0] * 18 + [1.01, 1.01]
+    assert _stage1_trend(falling) == pytest.approx(0.1)
+    assert "still 10.0% lower" in _budget_evidence(_stage1_trend(falling))
+    assert "flat at the end of its cosine decay (+1.0%" in _budget_evidence(_stage1_trend(flat))
+    assert _budget_evidence(_stage1_trend([1.0] * 5)) == "stage-1 loss trend n/a"

@@ -80,9 +80,11 @@ logger = logging.getLogger(__name__)
 class DemoSettings:
     """Everything the demo's size and budget depend on.
 
-    The default is sized for about 13 minutes on an idle 2-core CPU with the shipped VAE and base
-    (see :mod:`.assets` and :mod:`.base`): stage 1 is most of it; :meth:`quick` runs every stage with a handful of steps for CI (its base is trained in the
-    run); :meth:`cuda` is a larger model trained longer on more data of the same world, for a GPU.
+    The default is sized for a 2-core CPU with the shipped VAE and base (see :mod:`.assets` and
+    :mod:`.base`): 701 s measured on a fresh clone of an idle machine, 775 s with the installs of
+    ``nox -s demo``, stage 1 most of it; :meth:`quick` runs every stage with a handful of steps
+    for CI (its base is trained in the run); :meth:`cuda` is a larger model trained longer on more
+    data of the same world, for a GPU.
 
     Args:
         base: the recipe of the pretrained text-to-video base the stages fine-tune (its transformer
@@ -107,7 +109,7 @@ class DemoSettings:
             precompute cache holds whole clips only), which its 50 steps afford.
         num_threads: torch CPU threads for the whole run, fixed rather than the machine's count so
             that a run's numbers do not depend on the machine: 2, the budget machine's cores (stage
-            1 at 0.10 s per step against 0.15 s on one thread, measured on a 2-core machine).
+            1 at 0.107 s per step against about 0.15 s on one thread, measured on a 2-core machine).
         device: where the models train and sample (``"cpu"`` or ``"cuda"``).
     """
 
