@@ -300,6 +300,14 @@ def test_calls_a_cache_cannot_serve_are_refused_before_any_model_runs(pipe):
             pipe(**_call(pipe, "generate"))
     finally:
         pipe.transformer.disable_cache()
+    pipe.transformer.enable_cache(cache_config(pipe, "pyramid_broadcast"))
+    try:
+        with pytest.raises(
+            ValueError, match=r"PyramidAttentionBroadcastConfig .* guidance_interval \(0, 1\)"
+        ):
+            pipe(**_call(pipe, "generate", guidance_interval=(0.0, 0.5)))
+    finally:
+        pipe.transformer.disable_cache()
 
 
 def test_preset_rejects_unknown_names():

@@ -260,6 +260,19 @@ def test_cli_numbers(saved, tmp_path, capsys, flag, value, message) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("start", "stop", "message"),
+    [
+        ("0.5", "0.2", "--guidance-interval: guidance_interval must satisfy 0 <= start < stop <= 1"),
+        ("0", "nan", "--guidance-interval: guidance_interval must satisfy 0 <= start < stop <= 1"),
+        ("-1", "1", "got (-1.0, 1.0)"),
+    ],
+)
+def test_cli_guidance_interval(saved, tmp_path, capsys, start, stop, message) -> None:
+    fails(capsys, [*generate(saved, tmp_path / "out"), "--guidance-interval", start, stop], message)
+    assert not (tmp_path / "out").exists()
+
+
 def test_sizes_are_sized_from_the_machines_memory(saved, tmp_path, capsys, monkeypatch) -> None:
     """Within the fixed limits, 1024 frames of 512x512 in the official layout's 4 clips hold at least
     4 * 1024 * 3 * 512 * 512 * 2 bytes = 6 GiB: refused on a machine of 1 GiB, before any model loads."""

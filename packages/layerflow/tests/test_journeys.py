@@ -106,8 +106,12 @@ def test_conditional_task(
 ) -> None:
     prompts = PROMPTS[:4] if command == "decompose" else PROMPTS
     out = tmp_path / "out"
-    layerflow(command, model_dir, "-i", f"{condition}={clips / condition}", "-o", out, *prompts, *FAST)
+    interval = ["--guidance-interval", "0", "0.5"]
+    layerflow(
+        command, model_dir, "-i", f"{condition}={clips / condition}", "-o", out, *prompts, *FAST, *interval
+    )
     assert_output(out, task)
+    assert read_manifest(out).settings["guidance_interval"] == [0.0, 0.5]
 
 
 def test_train_stages_then_generate(tmp_path: Path) -> None:

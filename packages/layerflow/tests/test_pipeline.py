@@ -56,9 +56,8 @@ def _run(pipe: LayerFlowPipeline, task: str, seed: int = 0, **kwargs):
         task,
         conditions=_conditions_for(pipe, task) or None,
         num_frames=8,
-        num_inference_steps=2,
         generator=torch.Generator().manual_seed(seed),
-        **kwargs,
+        **{"num_inference_steps": 2, **kwargs},
     )
 
 
@@ -135,6 +134,50 @@ def test_guidance_modes(pipe):
     for i in range(len(latents)):
         for j in range(i + 1, len(latents)):
             assert not torch.equal(latents[i], latents[j])
+
+
+def test_guidance_interval_guides_only_its_steps(pipe):
+    recorder = CallRecorder(pipe)
+    try:
+        half = _run(pipe, "decompose", guidance_interval=(0.0, 0.5), num_inference_steps=4)
+    finally:
+        recorder.close()
+    # diffusers' guider counting: steps int(0 * 4) <= i < int(0.5 * 4) are guided (a doubled batch).
+    assert [x.shape[0] for x in recorder.inputs] == [2, 2, 1, 1]
+    assert half.settings["guidance_interval"] == (0.0, 0.5)
+    every = _run(pipe, "decompose", num_inference_steps=4)
+    assert torch.equal(
+        _run(pipe, "decompose", guidance_interval=(0, 1), num_inference_steps=4).latents, every.latents
+    )
+    late = _run(pipe, "decompose", guidance_interval=(0.5, 1.0), num_inference_steps=4)
+    assert not torch.equal(half.latents, every.latents) and not torch.equal(half.latents, late.latents)
+    # An interval that holds no step (int(0.2 * 4) = 0) samples exactly as no guidance does.
+    none = _run(pipe, "decompose", guidance_interval=(0.0, 0.2), num_inference_steps=4)
+    assert torch.equal(
+        none.latents, _run(pipe, "decompose", guidance_scale=1.0, num_inference_steps=4).latents
+    )
+
+
+@pytest.mark.parametrize(
+    "interval, message",
+    [
+        ((0.5, 0.5), "0 <= start < stop <= 1"),
+        ((-0.1, 0.5), "0 <= start < stop <= 1"),
+        ((0.0, 1.5), "0 <= start < stop <= 1"),
+        ((0.0, float("nan")), "0 <= start < stop <= 1"),
+        ((0.5,), "two numbers"),
+        ("0.5", "two numbers"),
+        (0.5, "two numbers"),
+    ],
+)
+def test_guidance_interval_is_checked_before_any_model_runs(pipe, interval, message):
+    recorder = CallRecorder(pipe)
+    try:
+        with pytest.raises(ValueError, match=message):
+            _run(pipe, "generate", guidance_interval=interval)
+    finally:
+        recorder.close()
+    assert recorder.inputs == []
 
 
 def test_dynamic_guidance_matches_the_official_schedule():

@@ -133,6 +133,7 @@ def test_official_sampling_defaults_are_overridable():
         "num_inference_steps": 2,
         "guidance_scale": 6.0,
         "use_dynamic_cfg": True,
+        "guidance_interval": (0.0, 1.0),
         "unconditional": "zeros",
         "speed": "exact",
         "memory": "default",

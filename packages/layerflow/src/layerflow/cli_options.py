@@ -93,6 +93,13 @@ def add_task_options(parser: argparse.ArgumentParser, *, conditional: bool) -> N
         help="the official oscillating CFG schedule (default: on for official variants, else off)",
     )
     parser.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("START", "STOP"),
+        help="CFG only on the steps from START to STOP, fractions of --steps (default: 0 1, every step)",
+    )
+    parser.add_argument(
         "--unconditional",
         choices=("zeros", "encoded"),
         help="CFG text: all-zero (official; default) or encoded negative prompts (default with --negative)",
@@ -130,6 +137,7 @@ def task_options(args: argparse.Namespace) -> TaskOptions:
         steps=args.steps,
         guidance=args.guidance,
         dynamic_cfg=args.dynamic_cfg,
+        guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
         unconditional=args.unconditional,
         negative_prompts=pairs(args.negative, "--negative"),
         isolate_conditions=getattr(args, "isolate_conditions", False),

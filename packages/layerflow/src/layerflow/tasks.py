@@ -59,6 +59,7 @@ class TaskOptions:
     steps: int | None = None
     guidance: float | None = None
     dynamic_cfg: bool | None = None
+    guidance_interval: tuple[float, float] | None = None
     unconditional: str | None = None
     negative_prompts: Mapping[str, str] = field(default_factory=dict)
     isolate_conditions: bool = False
@@ -85,6 +86,13 @@ class TaskOptions:
             raise CliError(
                 f"--guidance must be between -{MAX_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {self.guidance:g}"
             )
+        if self.guidance_interval is not None:
+            from .pipelines.call_checks import check_guidance_interval
+
+            try:
+                check_guidance_interval(self.guidance_interval)
+            except ValueError as error:
+                raise CliError(f"--guidance-interval: {error}") from None
         if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
             raise CliError(f"--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {self.seed}")
         if self.speed not in SPEEDS:
@@ -336,6 +344,7 @@ def run(
             num_inference_steps=options.steps,
             guidance_scale=options.guidance,
             use_dynamic_cfg=options.dynamic_cfg,
+            guidance_interval=options.guidance_interval,
             unconditional=cast("Unconditional | None", unconditional),  # checked
             isolate_conditions=options.isolate_conditions,
             first_frame_mode=cast(FirstFrameMode | None, options.first_frame_mode),  # checked
@@ -357,6 +366,9 @@ def run(
         "vae_pass": request.layout.vae_pass,
         "variant": request.layout.variant,
     }
+    start, stop = output.settings["guidance_interval"]
+    if (start, stop) != (0, 1):  # recorded when partial: manifests of every-step guidance read as before
+        settings["guidance_interval"] = [float(start), float(stop)]
     if "first_frame_mode" in output.settings:  # the layers given as first frames, and how they were spliced
         settings["first_frames"] = list(split_conditions(conditions)[1])
         settings["first_frame_mode"] = output.settings["first_frame_mode"]

@@ -357,6 +357,24 @@ def _task_value(summary: dict[str, Any], name: str) -> float | None:
     return None if value is None else float(value)
 
 
+def sampling_sentence(settings: dict[str, Any]) -> str:
+    """How every task was sampled: steps, CFG scale and the steps it ran on."""
+    steps, scale = settings["inference_steps"], settings["guidance_scale"]
+    start, stop = settings["guidance_interval"]
+    guided = range(int(start * steps), int(stop * steps))
+    where = (
+        "every step"
+        if len(guided) == steps
+        else f"steps {guided.start + 1}-{guided.stop} only"
+        if guided
+        else "no step"
+    )
+    return (
+        f"Sampling: {steps} DPM++ steps, classifier-free guidance {scale:g} on {where} "
+        f"(`guidance_interval` ({start:g}, {stop:g})), the same for the trained model and the base."
+    )
+
+
 def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
     settings = report["settings"]
     frames, height, width = (settings["assets"][k] for k in ("num_frames", "height", "width"))
@@ -371,6 +389,8 @@ def render_markdown(report: dict[str, Any], output_dir: Path) -> str:
         "(same VAE, T5, seeds and sampler): what the three stages add. The VAE round trip column is the "
         "held-out truth encoded and decoded by the frozen VAE, scored the same way: no model can beat "
         "it through this VAE. The truth column is the same metric on the held-out layers themselves.",
+        "",
+        sampling_sentence(settings),
         "",
         "## Targets",
         "",

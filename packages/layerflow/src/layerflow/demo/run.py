@@ -99,6 +99,13 @@ class DemoSettings:
             better than the paper's ``"blocks"`` on every target, e.g. cross-layer IoU 0.37 vs 0.33,
             recomposition MAE 0.092 vs 0.120).
         stage1_ema: EMA decay of the stage-1 weights (the export uses the EMA); ``None``: off.
+        guidance_interval: the sampling steps that run CFG (fractions, the pipeline's
+            ``guidance_interval``): the first half, while the noise is high. Measured on the shipped
+            default's trained model, 16 held out, CFG 3: guided on every step / the first half /
+            none, recomposition MAE 0.050 / 0.035 / 0.032, decomposition alpha IoU 0.645 / 0.728 /
+            0.738, cross-layer IoU 0.65 / 0.71 / 0.73, foreground shape adherence 0.63 / 0.66 / 0.50
+            (the text fixes the shape early; late guidance pulls the layers apart). The unguided
+            half also runs one transformer batch instead of two.
         snr_shift_scale: the noise schedule's SNR shift: CogVideoX-2B's 3.0 (measured against 1.0 on
             the demo: text read more at mid noise, alpha IoU and adherence slightly higher).
         check_vae_ceiling: stop before training when the VAE misses its ceiling goals; when off, a
@@ -122,6 +129,7 @@ class DemoSettings:
     batch_size: int = 8
     inference_steps: int = 20
     guidance_scale: float = 3.0
+    guidance_interval: tuple[float, float] = (0.0, 0.5)
     snr_shift_scale: float = 3.0
     base: BaseRecipe = field(default_factory=BaseRecipe)
     stage1_ema: float | None = 0.995
@@ -360,7 +368,13 @@ def task_options(settings: DemoSettings, steps: int, seed: int) -> tasks.TaskOpt
     """The demo's geometry, guidance and ``steps``, seeded with ``seed``."""
     frames, height, width = settings.geometry
     return tasks.TaskOptions(
-        frames=frames, height=height, width=width, steps=steps, guidance=settings.guidance_scale, seed=seed
+        frames=frames,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance=settings.guidance_scale,
+        guidance_interval=settings.guidance_interval,
+        seed=seed,
     )
 
 
@@ -434,6 +448,7 @@ def sample_tasks(
                 "model": label,
                 "steps": settings.inference_steps,
                 "guidance_scale": settings.guidance_scale,
+                "guidance_interval": list(settings.guidance_interval),
             },
             overwrite=True,
         )

@@ -115,6 +115,7 @@ def check_settings(
         raise ValueError(f"unconditional must be 'zeros' or 'encoded', got {settings['unconditional']!r}")
     if settings["num_inference_steps"] < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {settings['num_inference_steps']}")
+    check_guidance_interval(settings["guidance_interval"])
     if num_videos_per_prompt < 1:
         raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
     bad_inputs = sorted(set(callback_inputs) - set(pipe._callback_tensor_inputs))
@@ -123,10 +124,29 @@ def check_settings(
     check_cache(pipe.transformer, settings)
 
 
+def check_guidance_interval(interval: Any) -> None:
+    """``(start, stop)``: two finite fractions of the steps with ``0 <= start < stop <= 1``."""
+    try:
+        start, stop = (float(value) for value in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be two numbers (start, stop), got {interval!r}") from None
+    if not 0.0 <= start < stop <= 1.0:  # NaN fails every comparison
+        raise ValueError(
+            f"guidance_interval must satisfy 0 <= start < stop <= 1 (fractions of the steps), got {interval!r}"
+        )
+
+
 def check_cache(transformer: Any, settings: Mapping[str, Any]) -> None:
     """The transformer's diffusers cache fits the call: FasterCache splits the guidance batch in
-    halves (it needs guidance); MagCache's ratios are laid out for its ``num_inference_steps``."""
+    halves (it needs guidance); MagCache's ratios are laid out for its ``num_inference_steps``;
+    every cache keeps per-step state of one batch size, which a partial guidance interval changes."""
     config = getattr(transformer, "_cache_config", None)
+    start, stop = settings["guidance_interval"]
+    if config is not None and (float(start), float(stop)) != (0.0, 1.0):
+        raise ValueError(
+            f"{type(config).__name__} keeps per-step state of the guidance batch: it needs "
+            f"guidance_interval (0, 1), got {tuple(settings['guidance_interval'])}"
+        )
     unguided = float(settings["guidance_scale"]) <= 1.0
     if isinstance(config, FasterCacheConfig) and not config.is_guidance_distilled and unguided:
         raise ValueError("FasterCache splits the guidance batch: it needs guidance_scale > 1")

@@ -54,7 +54,14 @@ class CallPlan:
 
     @property
     def guided(self) -> bool:
+        """Whether any step is guided (the call needs the unconditional text)."""
         return float(self.settings["guidance_scale"]) > 1.0
+
+    def guided_at(self, step: int, num_steps: int) -> bool:
+        """Whether step ``step`` of ``num_steps`` runs CFG: inside ``guidance_interval``, as
+        diffusers' guiders count it (``int(start * N) <= step < int(stop * N)``)."""
+        start, stop = self.settings["guidance_interval"]
+        return self.guided and int(start * num_steps) <= step < int(stop * num_steps)
 
 
 def plan_call(

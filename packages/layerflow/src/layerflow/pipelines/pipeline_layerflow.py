@@ -42,9 +42,13 @@ Unconditional = Literal["zeros", "encoded"]
 
 
 #: Sampling settings of the project's own layouts: the official sampler's, but a constant guidance
-#: scale instead of the SAT dynamic-CFG quirk. Official variants use :data:`OFFICIAL_SAMPLING`.
-#: Every one is a ``__call__`` argument.
-SAMPLING_DEFAULTS: Mapping[str, Any] = {**OFFICIAL_SAMPLING, "use_dynamic_cfg": False}
+#: scale instead of the SAT dynamic-CFG quirk, guided on every step. Official variants use
+#: :data:`OFFICIAL_SAMPLING`. Every one is a ``__call__`` argument.
+SAMPLING_DEFAULTS: Mapping[str, Any] = {
+    **OFFICIAL_SAMPLING,
+    "use_dynamic_cfg": False,
+    "guidance_interval": (0.0, 1.0),
+}
 
 
 def dynamic_guidance_scale(guidance_scale: float, timestep: float, num_inference_steps: int) -> float:
@@ -342,7 +346,7 @@ class LayerFlowPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Guided velocity of the generated latents at timestep ``t`` (conditions spliced in, CFG)."""
         full = self.assemble(self.scheduler.scale_model_input(state, t), condition, plan)
-        guided = text.shape[0] != full.shape[0]
+        guided = text.shape[0] != full.shape[0]  # the caller passes the conditional text alone when not
         model_input = torch.cat([full, full]) if guided else full
         # One batched call, unconditional half first (FasterCache's order); keyword inputs, so cache
         # hooks can split them; the context keys the cache hooks' state, as in diffusers' pipelines.
@@ -395,7 +399,8 @@ class LayerFlowPipeline(DiffusionPipeline):
                     continue
                 self._current_timestep = t
                 spliced = self.condition_at(plan, condition, first_frame_noise, t)
-                velocity = self._velocity(plan, latents, spliced, text, t)
+                step_text = text if plan.guided_at(i, len(timesteps)) else prompt_embeds
+                velocity = self._velocity(plan, latents, spliced, step_text, t)
                 if isinstance(self.scheduler, CogVideoXDPMScheduler):
                     latents, old_pred_original_sample = self.scheduler.step(
                         velocity,
@@ -447,6 +452,7 @@ class LayerFlowPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         use_dynamic_cfg: bool | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         unconditional: Unconditional | None = None,
         isolate_conditions: bool = False,
         num_videos_per_prompt: int = 1,
@@ -483,6 +489,12 @@ class LayerFlowPipeline(DiffusionPipeline):
                 ``None`` takes :meth:`sampling_defaults` (50 steps, CFG 6, all-zero unconditional
                 text; dynamic CFG, the CogVideoX/SAT schedule, on for official variants only).
                 ``unconditional="encoded"`` encodes ``negative_prompts`` (default empty) per layer.
+            guidance_interval: ``(start, stop)``, fractions of the steps: CFG runs on steps ``i``
+                with ``int(start * N) <= i < int(stop * N)`` (diffusers' guider ``start``/``stop``),
+                the other steps run the conditional half alone (one transformer batch, not two).
+                Default ``(0, 1)``: every step. Guidance only while the noise is high fixes the
+                layout of the scene from the text and leaves the layers' agreement to the model
+                (measured on the demo: see ``DemoSettings.guidance_interval``).
             isolate_conditions: condition clips attend only to the text and to themselves (needs the
                 layer-attention processor); default full joint attention, as the official model.
             output_type: ``"pt"`` tensors, ``"np"`` arrays, ``"latent"`` (no decoding).
@@ -495,6 +507,7 @@ class LayerFlowPipeline(DiffusionPipeline):
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             use_dynamic_cfg=use_dynamic_cfg,
+            guidance_interval=guidance_interval,
             unconditional=unconditional,
         )
         self._current_timestep = None
