@@ -81,7 +81,7 @@ class DemoSettings:
     """Everything the demo's size and budget depend on.
 
     The default is sized for a 2-core CPU with the shipped VAE and base (see :mod:`.assets` and
-    :mod:`.base`): 701 s measured on a fresh clone of an idle machine, 775 s with the installs of
+    :mod:`.base`): 629 s measured on a fresh clone of an idle machine, 701 s with the installs of
     ``nox -s demo``, stage 1 most of it; :meth:`quick` runs every stage with a handful of steps
     for CI (its base is trained in the run); :meth:`cuda` is a larger model trained longer on more
     data of the same world, for a GPU.
@@ -90,7 +90,7 @@ class DemoSettings:
         base: the recipe of the pretrained text-to-video base the stages fine-tune (its transformer
             size is the recipe's).
         stage_steps, stage_learning_rates: per stage. Stage 1's steps are what limits the targets
-            (measured on the shipped base, 16 held out, learning rate 3e-3: 4000 -> 6000 -> 8000
+            (measured on the shipped base, 16 held out, learning rate 3e-3, CFG on every step: 4000 -> 6000 -> 8000
             steps lift decomposition alpha IoU 0.53 -> 0.68 -> 0.71 and cross-layer IoU 0.53 ->
             0.69 -> 0.71); 6000 at two threads fits the budget. At 4000 steps a learning rate of
             1e-3 / 2e-3 / 3e-3 gave alpha IoU 0.49 / 0.52 / 0.53; batch 4 for 10000 steps (the same
@@ -106,6 +106,9 @@ class DemoSettings:
             0.738, cross-layer IoU 0.65 / 0.71 / 0.73, foreground shape adherence 0.63 / 0.66 / 0.50
             (the text fixes the shape early; late guidance pulls the layers apart). The unguided
             half also runs one transformer batch instead of two.
+        position_mode: the transformer's temporal positions over the concatenated clips:
+            ``"continuous"``, the base's own (``"per_clip"``, every clip at the first positions,
+            measured far worse: alpha IoU 0.22 against 0.73, cross-layer IoU 0.30 against 0.71).
         snr_shift_scale: the noise schedule's SNR shift: CogVideoX-2B's 3.0 (measured against 1.0 on
             the demo: text read more at mid noise, alpha IoU and adherence slightly higher).
         check_vae_ceiling: stop before training when the VAE misses its ceiling goals; when off, a
