@@ -25,6 +25,7 @@ from layerflow.demo.report import (
     TARGET_TASKS,
     _budget_evidence,
     _stage1_trend,
+    sampling_sentence,
 )
 from layerflow.demo.run import TASKS
 from layerflow.media import read_manifest, read_png_sequence
@@ -61,6 +62,7 @@ def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
             folder = out / task / sample
             manifest = json.loads((folder / "manifest.json").read_text())
             assert manifest["task"] == task and manifest["num_frames"] == frames
+            assert manifest["settings"]["guidance_interval"] == list(DemoSettings.quick().guidance_interval)
             names = {layer["name"]: layer for layer in manifest["layers"]}
             assert set(names) == {"foreground", "background", "composite"}
             assert (folder / "foreground.webm").stat().st_size > 0
@@ -83,6 +85,8 @@ def test_writes_every_promised_file(demo_run: tuple[Path, Path]) -> None:
     assert "![loss curves](loss_curves.png)" in markdown
     for section in ("## The VAE ceiling", "## The pretrained video base", "## Teacher-forced diagnostics"):
         assert section in markdown
+    quick = DemoSettings.quick()
+    assert f"Sampling: {quick.inference_steps} DPM++ steps, classifier-free guidance" in markdown
 
 
 def test_report_numbers_are_finite_and_come_from_the_metrics(demo_run: tuple[Path, Path]) -> None:
@@ -186,6 +190,7 @@ def test_animate_rows_are_written_and_scored(demo_run: tuple[Path, Path]) -> Non
             manifest = read_manifest(folder)
             assert manifest.task == "animate" and manifest.settings["first_frames"] == ["foreground"]
             assert manifest.settings["first_frame_mode"] == ANIMATE_ROWS[label][1]
+            assert manifest.settings["guidance_interval"] == list(DemoSettings.quick().guidance_interval)
             assert (folder / PREVIEW_FILE).is_file()
     stage3 = LayerFlowPipeline.load_config(out / "train" / "stage3" / "final" / "pipeline")
     assert "animate" in stage3["layout"]["tasks"]  # stage 3 trained the task: its own splice runs
@@ -227,6 +232,18 @@ def test_a_run_holds_its_thread_count_and_gives_the_callers_back(demo_run: tuple
     assert torch.get_num_threads() == caller
     with pytest.raises(ValueError, match="count >= 1, got 0"):
         torch_threads(0).__enter__()
+
+
+def test_the_report_says_on_which_steps_guidance_ran() -> None:
+    def sentence(interval: tuple[float, float], steps: int = 20) -> str:
+        return sampling_sentence(
+            {"inference_steps": steps, "guidance_scale": 3.0, "guidance_interval": interval}
+        )
+
+    assert "guidance 3 on steps 1-10 only (`guidance_interval` (0, 0.5))" in sentence((0.0, 0.5))
+    assert "on steps 6-20 only" in sentence((0.25, 1.0))
+    assert "on every step" in sentence((0.0, 1.0))
+    assert "on no step" in sentence((0.0, 0.01))  # int(0.01 * 20) = 0: the pipeline guides no step
 
 
 def test_the_budget_evidence_tells_a_falling_stage1_loss_from_a_flat_one() -> None:
