@@ -234,6 +234,22 @@ def test_a_run_holds_its_thread_count_and_gives_the_callers_back(demo_run: tuple
         torch_threads(0).__enter__()
 
 
+def test_stage1_trains_its_own_task_mix_and_stages_2_3_every_task_alike(tmp_path: Path) -> None:
+    from layerflow.demo.run import STAGE1_TASKS, stage_overrides
+    from layerflow.training import load_config
+
+    settings = DemoSettings.quick()
+    configs = {
+        stage: load_config(None, stage, stage_overrides(settings, stage, tmp_path, tmp_path, tmp_path, False))
+        for stage in (1, 2, 3)
+    }
+    assert dict(configs[1].objective.tasks) == dict(STAGE1_TASKS)
+    assert STAGE1_TASKS["decompose"] > STAGE1_TASKS["generate"] > STAGE1_TASKS["foreground_to_background"]
+    assert dict(configs[2].objective.tasks) == {task: 0.25 for task in TASKS}
+    share = settings.animate_share
+    assert dict(configs[3].objective.tasks) == {task: (1 - share) / 4 for task in TASKS} | {"animate": share}
+
+
 def test_the_report_says_on_which_steps_guidance_ran() -> None:
     def sentence(interval: tuple[float, float], steps: int = 20) -> str:
         return sampling_sentence(

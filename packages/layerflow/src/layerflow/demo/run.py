@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,16 @@ from .report import (
 logger = logging.getLogger(__name__)
 
 
+#: Stage 1's task mix (the trainer normalises it). Alpha is generated in ``generate`` and
+#: ``decompose`` and given in ``foreground_to_background``, whose batches teach only the background.
+STAGE1_TASKS: Mapping[str, float] = {
+    "generate": 0.25,
+    "foreground_to_background": 0.1,
+    "background_to_foreground": 0.25,
+    "decompose": 0.4,
+}
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Everything the demo's size and budget depend on.
@@ -95,6 +105,11 @@ class DemoSettings:
             0.69 -> 0.71); 6000 at two threads fits the budget. At 4000 steps a learning rate of
             1e-3 / 2e-3 / 3e-3 gave alpha IoU 0.49 / 0.52 / 0.53; batch 4 for 10000 steps (the same
             time as batch 8 for 6000) gave 0.67, shape 0.56 against 0.72.
+        stage1_tasks: stage 1's task probabilities (:data:`STAGE1_TASKS`; stages 2 and 3 draw the
+            four tasks alike). Measured against the uniform mix on the same base and steps, 16 held
+            out: recomposition MAE 0.035 -> 0.030, decomposition alpha IoU 0.728 -> 0.778, shape
+            adherence 0.66 -> 0.72, cross-layer IoU 0.71 -> 0.76; every task's cross-layer IoU rose,
+            ``foreground_to_background``'s too (0.735 -> 0.750).
         stage1_trains: ``model.stage1_trains``: ``"all"`` (measured on the 14000-step base shipped before, 2000 steps:
             better than the paper's ``"blocks"`` on every target, e.g. cross-layer IoU 0.37 vs 0.33,
             recomposition MAE 0.092 vs 0.120).
@@ -127,6 +142,7 @@ class DemoSettings:
     num_heldout: int = 16
     stage_steps: tuple[int, int, int] = (6000, 50, 50)
     stage_learning_rates: tuple[float, float, float] = (3e-3, 1e-3, 1e-3)
+    stage1_tasks: Mapping[str, float] = field(default_factory=lambda: dict(STAGE1_TASKS))
     stage1_trains: str = "all"
     position_mode: str = "continuous"
     batch_size: int = 8
@@ -266,7 +282,11 @@ def stage_overrides(
     steps = settings.stage_steps[stage - 1]
     animate = stage == 3 and settings.animate_share > 0
     others = (1 - settings.animate_share) / len(TASKS) if animate else 1 / len(TASKS)
-    objective = {task: others for task in TASKS} | ({"animate": settings.animate_share} if animate else {})
+    objective = (
+        dict(settings.stage1_tasks)
+        if stage == 1
+        else {task: others for task in TASKS} | ({"animate": settings.animate_share} if animate else {})
+    )
     return {
         "model": {
             "base": str(base),
