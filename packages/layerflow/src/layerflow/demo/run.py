@@ -91,7 +91,7 @@ class DemoSettings:
     """Everything the demo's size and budget depend on.
 
     The default is sized for a 2-core CPU with the shipped VAE and base (see :mod:`.assets` and
-    :mod:`.base`): 629 s measured on a fresh clone of an idle machine, 701 s with the installs of
+    :mod:`.base`): 601 s measured on a fresh clone of an idle machine, 664 s with the installs of
     ``nox -s demo``, stage 1 most of it; :meth:`quick` runs every stage with a handful of steps
     for CI (its base is trained in the run); :meth:`cuda` is a larger model trained longer on more
     data of the same world, for a GPU.
@@ -107,16 +107,16 @@ class DemoSettings:
             time as batch 8 for 6000) gave 0.67, shape 0.56 against 0.72.
         stage1_tasks: stage 1's task probabilities (:data:`STAGE1_TASKS`; stages 2 and 3 draw the
             four tasks alike). Measured against the uniform mix on the same base and steps, 16 held
-            out: recomposition MAE 0.035 -> 0.030, decomposition alpha IoU 0.728 -> 0.778, shape
-            adherence 0.66 -> 0.72, cross-layer IoU 0.71 -> 0.76; every task's cross-layer IoU rose,
-            ``foreground_to_background``'s too (0.735 -> 0.750).
+            out: recomposition MAE 0.035 -> 0.033, decomposition alpha IoU 0.728 -> 0.778, shape
+            adherence 0.66 -> 0.72, cross-layer IoU 0.71 -> 0.75; every task's cross-layer IoU rose,
+            ``foreground_to_background``'s too (0.735 -> 0.743).
         stage1_trains: ``model.stage1_trains``: ``"all"`` (measured on the 14000-step base shipped before, 2000 steps:
             better than the paper's ``"blocks"`` on every target, e.g. cross-layer IoU 0.37 vs 0.33,
             recomposition MAE 0.092 vs 0.120).
         stage1_ema: EMA decay of the stage-1 weights (the export uses the EMA); ``None``: off.
         guidance_interval: the sampling steps that run CFG (fractions, the pipeline's
-            ``guidance_interval``): the first half, while the noise is high. Measured on the shipped
-            default's trained model, 16 held out, CFG 3: guided on every step / the first half /
+            ``guidance_interval``): the first half, while the noise is high. Measured on the trained
+            model of a uniform stage-1 mix, 16 held out, CFG 3: guided on every step / the first half /
             none, recomposition MAE 0.050 / 0.035 / 0.032, decomposition alpha IoU 0.645 / 0.728 /
             0.738, cross-layer IoU 0.65 / 0.71 / 0.73, foreground shape adherence 0.63 / 0.66 / 0.50
             (the text fixes the shape early; late guidance pulls the layers apart). The unguided
