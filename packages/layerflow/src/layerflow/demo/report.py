@@ -25,6 +25,7 @@ from layerflow.layout import TASKS
 from layerflow.media.frames import to_uint8
 from layerflow.media.preview import over_checkerboard
 from layerflow.metrics import METRICS, TARGETS, EvaluationReport, summarize
+from layerflow.pipelines.call_checks import guided_steps
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -361,7 +362,7 @@ def sampling_sentence(settings: dict[str, Any]) -> str:
     """How every task was sampled: steps, CFG scale and the steps it ran on."""
     steps, scale = settings["inference_steps"], settings["guidance_scale"]
     start, stop = settings["guidance_interval"]
-    guided = range(int(start * steps), int(stop * steps))
+    guided = guided_steps((start, stop), steps)
     where = (
         "every step"
         if len(guided) == steps

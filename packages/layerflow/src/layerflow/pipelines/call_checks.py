@@ -136,13 +136,20 @@ def check_guidance_interval(interval: Any) -> None:
         )
 
 
+def guided_steps(interval: Sequence[float], num_steps: int) -> range:
+    """The steps a ``guidance_interval`` guides, counted as diffusers' guiders count them:
+    ``int(start * N) <= i < int(stop * N)``."""
+    start, stop = interval
+    return range(int(start * num_steps), int(stop * num_steps))
+
+
 def check_cache(transformer: Any, settings: Mapping[str, Any]) -> None:
     """The transformer's diffusers cache fits the call: FasterCache splits the guidance batch in
     halves (it needs guidance); MagCache's ratios are laid out for its ``num_inference_steps``;
     every cache keeps per-step state of one batch size, which a partial guidance interval changes."""
     config = getattr(transformer, "_cache_config", None)
-    start, stop = settings["guidance_interval"]
-    if config is not None and (float(start), float(stop)) != (0.0, 1.0):
+    steps = settings["num_inference_steps"]
+    if config is not None and len(guided_steps(settings["guidance_interval"], steps)) != steps:
         raise ValueError(
             f"{type(config).__name__} keeps per-step state of the guidance batch: it needs "
             f"guidance_interval (0, 1), got {tuple(settings['guidance_interval'])}"

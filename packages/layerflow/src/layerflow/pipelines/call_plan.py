@@ -19,6 +19,7 @@ from .call_checks import (
     call_batch_size,
     check_conditions,
     check_frames,
+    guided_steps,
 )
 
 
@@ -60,8 +61,7 @@ class CallPlan:
     def guided_at(self, step: int, num_steps: int) -> bool:
         """Whether step ``step`` of ``num_steps`` runs CFG: inside ``guidance_interval``, as
         diffusers' guiders count it (``int(start * N) <= step < int(stop * N)``)."""
-        start, stop = self.settings["guidance_interval"]
-        return self.guided and int(start * num_steps) <= step < int(stop * num_steps)
+        return self.guided and step in guided_steps(self.settings["guidance_interval"], num_steps)
 
 
 def plan_call(
